@@ -1,0 +1,1 @@
+//! vlmrun: a Rust-native GPU harness for vision-language models.
