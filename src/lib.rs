@@ -1,1 +1,14 @@
 //! vlmrun: a Rust-native GPU harness for vision-language models.
+//!
+//! Layers, bottom up: `config` (the run configuration), `device` (probing, the CUDA launcher and the
+//! device/precision policy), `hub` (where model files come from), `doctor` (environment checks), `cli` and
+//! `commands` (the command line), `error`/`exit` (errors and exit codes).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod device;
+pub mod doctor;
+pub mod error;
+pub mod exit;
+pub mod hub;

@@ -1,0 +1,44 @@
+//! Runs a parsed command line: resolves the configuration once, then hands it to the subcommand.
+
+mod config_cmd;
+mod doctor_cmd;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, ConfigRequest};
+use crate::device::CudaAvailability;
+use crate::error::Error;
+use crate::exit::Exit;
+
+/// Everything a subcommand gets: the resolved configuration and what the launcher found about CUDA.
+pub struct Context {
+    pub config: config::ResolvedConfig,
+    pub cuda: CudaAvailability,
+}
+
+/// Runs `cli`; returns the exit status of a command that finished (errors are returned, not printed).
+pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
+    let request = ConfigRequest {
+        file: cli.global.config.clone(),
+        sets: cli.global.sets.clone(),
+        device: cli.global.device.clone(),
+        precision: cli.global.precision.clone(),
+    };
+    let context = Context {
+        config: config::resolve(&request)?,
+        cuda,
+    };
+    match cli.command {
+        Command::Config => config_cmd::run(&context),
+        Command::Doctor { json } => doctor_cmd::run(&context, json),
+    }
+}
+
+/// Writes to stdout, mapping a closed pipe to an error instead of a panic.
+pub(crate) fn print_stdout(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(Error::Stdout)
+}

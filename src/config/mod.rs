@@ -1,0 +1,149 @@
+//! The run configuration: `configs/config.yaml`, then `--set key.path=value` overrides, then the
+//! `--device`/`--precision` flags, last one wins. This is the one place where they are merged; the
+//! result remembers where each value came from so `vlmrun config` can say it.
+
+mod error;
+mod load;
+mod overrides;
+mod provenance;
+mod schema;
+mod suggest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use error::ConfigError;
+pub use load::{load_file, parse_str};
+pub use provenance::Origin;
+pub use schema::*;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigRequest {
+    pub file: PathBuf,
+    pub sets: Vec<String>,
+    pub device: Option<String>,
+    pub precision: Option<String>,
+}
+
+/// The configuration a run uses, with the origin of every leaf value (`generation.num_beams`, ...).
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    pub config: Config,
+    pub file: PathBuf,
+    pub origins: BTreeMap<String, Origin>,
+}
+
+impl ResolvedConfig {
+    /// The resolved configuration as YAML, each value followed by a comment saying where it came from.
+    pub fn to_annotated_yaml(&self) -> Result<String, ConfigError> {
+        let tree = serde_json::to_value(&self.config)
+            .map_err(|err| ConfigError::Internal(err.to_string()))?;
+        Ok(provenance::annotated_yaml(&tree, &self.origins, &self.file))
+    }
+
+    /// Writes the annotated YAML to `dir/resolved-config.yaml` (every run keeps the config it used).
+    pub fn write_next_to(&self, dir: &Path) -> Result<PathBuf, std::io::Error> {
+        let path = dir.join("resolved-config.yaml");
+        let text = self
+            .to_annotated_yaml()
+            .map_err(|err| std::io::Error::other(err.to_string()))?;
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// Loads the file, applies the overrides and flags, and validates the result.
+pub fn resolve(request: &ConfigRequest) -> Result<ResolvedConfig, ConfigError> {
+    let loaded = load_file(&request.file)?;
+    resolve_loaded(loaded, request)
+}
+
+/// As [`resolve`], for a file already parsed.
+pub fn resolve_loaded(
+    loaded: load::LoadedFile,
+    request: &ConfigRequest,
+) -> Result<ResolvedConfig, ConfigError> {
+    let schema = serde_json::to_value(Config::default())
+        .map_err(|e| ConfigError::Internal(e.to_string()))?;
+    let mut origins = BTreeMap::new();
+    provenance::record_file_origins(&schema, &loaded.raw, &mut Vec::new(), &mut origins);
+
+    let mut config = loaded.config;
+    let mut tree =
+        serde_json::to_value(&config).map_err(|e| ConfigError::Internal(e.to_string()))?;
+    for argument in &request.sets {
+        let (segments, raw_value) = overrides::split_assignment(argument)?;
+        overrides::check_path(&schema, &segments, argument)?;
+        config = overrides::apply(&mut tree, &segments, &raw_value, argument)?;
+        origins.insert(segments.join("."), Origin::Set(argument.clone()));
+    }
+    if let Some(device) = &request.device {
+        config.device = device.parse().map_err(|message| ConfigError::Flag {
+            flag: "--device".to_string(),
+            value: device.clone(),
+            message,
+        })?;
+        origins.insert("device".to_string(), Origin::Flag("--device"));
+    }
+    if let Some(precision) = &request.precision {
+        config.precision = precision.parse().map_err(|message| ConfigError::Flag {
+            flag: "--precision".to_string(),
+            value: precision.clone(),
+            message,
+        })?;
+        origins.insert("precision".to_string(), Origin::Flag("--precision"));
+    }
+    validate(&config)?;
+    Ok(ResolvedConfig {
+        config,
+        file: request.file.clone(),
+        origins,
+    })
+}
+
+/// Cross-field rules the types alone cannot express.
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let generation = &config.generation;
+    let problem = if generation.num_beams == 0 {
+        Some(("generation.num_beams", "must be at least 1"))
+    } else if generation.batch_size == 0 {
+        Some(("generation.batch_size", "must be at least 1"))
+    } else if generation.max_length < 2 {
+        Some((
+            "generation.max_length",
+            "must be at least 2 (bos plus one token)",
+        ))
+    } else if generation.min_length > generation.max_length {
+        Some((
+            "generation.min_length",
+            "must not exceed generation.max_length",
+        ))
+    } else if !(generation.repetition_penalty > 0.0) {
+        Some((
+            "generation.repetition_penalty",
+            "must be > 0 (1.0 = no penalty)",
+        ))
+    } else if config.preprocess.max_pixels == 0 {
+        Some(("preprocess.max_pixels", "must be at least 1"))
+    } else {
+        None
+    };
+    match problem {
+        Some((key, message)) => Err(ConfigError::Flag {
+            flag: "config key".to_string(),
+            value: key.to_string(),
+            message: message.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Every leaf key path of the schema, e.g. `generation.num_beams`.
+pub fn leaf_paths() -> Vec<String> {
+    let mut paths = Vec::new();
+    if let Ok(schema) = serde_json::to_value(Config::default()) {
+        provenance::collect_leaves(&schema, &mut Vec::new(), &mut paths);
+    }
+    paths
+}

@@ -1,0 +1,287 @@
+//! The typed run configuration: what `configs/config.yaml` may contain. Every struct rejects unknown keys;
+//! every field has a default so a partial file is complete after loading.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole run configuration (`configs/config.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `cuda`, `cuda:N`, `cpu` or `auto` (CUDA when usable, else CPU with a warning).
+    pub device: DeviceSpec,
+    /// `f32`, `f16`, `bf16` or `auto` (bf16 on compute capability >= 8.0, f16 on older GPUs, f32 on CPU).
+    pub precision: PrecisionSpec,
+    /// Weight quantization. Only `none` is implemented.
+    pub quantization: Quantization,
+    /// Seed for everything random (synthetic inputs, shuffling).
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub preprocess: PreprocessConfig,
+    pub generation: GenerationSettings,
+    pub output: OutputConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            device: DeviceSpec::Auto,
+            precision: PrecisionSpec::Auto,
+            quantization: Quantization::None,
+            seed: 42,
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            preprocess: PreprocessConfig::default(),
+            generation: GenerationSettings::default(),
+            output: OutputConfig::default(),
+        }
+    }
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A local model directory (config.json, model.safetensors, tokenizer.json), or a hub id such as
+    /// `Salesforce/blip-image-captioning-base` resolved in the Hugging Face cache.
+    pub source: String,
+    /// Hub revision (branch, tag or commit) used when `source` is a hub id.
+    pub revision: String,
+    /// Never touch the network (also set by HF_HUB_OFFLINE=1).
+    pub offline: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            source: "models/tiny-blip".to_string(),
+            revision: "main".to_string(),
+            offline: false,
+        }
+    }
+}
+
+/// The kind of dataset `data.path` points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// A folder of images (no references, so no metrics).
+    Folder,
+    /// A JSONL manifest: `{"id"?, "image", "references"?}` per line, paths relative to the manifest.
+    Manifest,
+    /// A COCO captions annotation file (`images` + `annotations`) with `image_root`.
+    Coco,
+}
+
+/// The dataset to run over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub source: DataSource,
+    /// The folder, manifest or annotation file.
+    pub path: PathBuf,
+    /// COCO: the folder holding the images named in the annotation file.
+    pub image_root: Option<PathBuf>,
+    /// COCO: optional Karpathy-style split file (`dataset_coco.json`).
+    pub split_file: Option<PathBuf>,
+    /// COCO: split name inside `split_file` (`test`, `val`, ...).
+    pub split: Option<String>,
+    /// Use at most this many items (after `offset`).
+    pub limit: Option<usize>,
+    /// Skip this many items first.
+    pub offset: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            source: DataSource::Manifest,
+            path: PathBuf::from("tests/fixtures/samples.jsonl"),
+            image_root: None,
+            split_file: None,
+            split: None,
+            limit: None,
+            offset: 0,
+        }
+    }
+}
+
+/// Which order Pillow's separable BICUBIC resize runs its two passes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizePassOrder {
+    /// Pillow <= 12.3: always horizontal first (what the reference fixtures use).
+    Pillow12,
+    /// Pillow 13: vertical first when the height shrinks by more than twice the width.
+    Pillow13,
+}
+
+/// Image preprocessing (BlipImageProcessor, PIL path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    pub resize_pass_order: ResizePassOrder,
+    /// Images with more pixels than this are refused before decoding (Pillow's MAX_IMAGE_PIXELS).
+    pub max_pixels: u64,
+    /// CPU worker threads for decoding and resizing; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            resize_pass_order: ResizePassOrder::Pillow12,
+            max_pixels: 89_478_485,
+            workers: 0,
+        }
+    }
+}
+
+/// Caption generation, with Hugging Face `generate` semantics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationSettings {
+    /// Text the caption starts with (LAVIS uses "a picture of "). Empty: unconditional.
+    pub prompt: String,
+    /// 1 = greedy; more = beam search.
+    pub num_beams: usize,
+    /// Whole-sequence length limit (bos and prompt included), as transformers counts it.
+    pub max_length: usize,
+    /// The end token is blocked until the sequence (bos and prompt included) is this long.
+    pub min_length: usize,
+    pub length_penalty: f64,
+    pub repetition_penalty: f32,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for GenerationSettings {
+    fn default() -> Self {
+        GenerationSettings {
+            prompt: String::new(),
+            num_beams: 1,
+            max_length: 20,
+            min_length: 0,
+            length_penalty: 1.0,
+            repetition_penalty: 1.0,
+            batch_size: 8,
+        }
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Run directory: predictions, errors, report and the resolved config are written here.
+    pub dir: PathBuf,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            dir: PathBuf::from("runs/default"),
+        }
+    }
+}
+
+/// A device request as written in the config or on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    /// `cuda` (ordinal 0) or `cuda:N`.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let lower = text.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => match lower.strip_prefix("cuda:") {
+                Some(index) => index.parse::<usize>().map(DeviceSpec::Cuda).map_err(|_| {
+                    format!("invalid device `{text}`: the GPU index after `cuda:` must be a number, e.g. cuda:0")
+                }),
+                None => Err(format!(
+                    "invalid device `{text}`: expected one of cuda, cuda:N, cpu, auto"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+/// A precision request as written in the config or on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSpec {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for PrecisionSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(PrecisionSpec::Auto),
+            "f32" | "fp32" | "float32" => Ok(PrecisionSpec::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(PrecisionSpec::F16),
+            "bf16" | "bfloat16" => Ok(PrecisionSpec::Bf16),
+            _ => Err(format!(
+                "invalid precision `{text}`: expected one of f32, f16, bf16, auto"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PrecisionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrecisionSpec::Auto => "auto",
+            PrecisionSpec::F32 => "f32",
+            PrecisionSpec::F16 => "f16",
+            PrecisionSpec::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Weight quantization. Quantized kernels (q8_0, q4_0, q4k, q6k) are not implemented yet, so the schema
+/// accepts only `none` and the error lists what is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    None,
+}

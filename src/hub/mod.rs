@@ -1,0 +1,209 @@
+//! Where model files come from: a local directory, or a hub id resolved in the Hugging Face cache
+//! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). This part
+//! never touches the network and is always compiled; downloading is `fetch` (cargo feature `hub`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Files a BLIP model directory needs (weights: one of the two).
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("model directory {} not found\n  fix: set model.source to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base", path.display())]
+    LocalNotFound { path: PathBuf },
+
+    #[error("model {id} (revision {revision}) is not in the Hugging Face cache {}{offline}\n  fix: run `vlmrun fetch {id} --revision {revision}` on a machine with network access (cargo feature `hub`), or `huggingface-cli download {id}`, then copy the cache; or point model.source at a local directory", cache.display())]
+    NotCached {
+        id: String,
+        revision: String,
+        cache: PathBuf,
+        offline: &'static str,
+    },
+
+    #[error("model directory {} is missing {missing}\n  fix: a BLIP model directory needs config.json, model.safetensors (or model.safetensors.index.json and its shards) and tokenizer.json; see models/README.md", dir.display())]
+    MissingFiles { dir: PathBuf, missing: String },
+}
+
+/// The Hugging Face hub cache directory and the variable that chose it. Precedence as huggingface_hub:
+/// HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub.
+pub fn cache_dir() -> (PathBuf, &'static str) {
+    let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return (PathBuf::from(dir), "HF_HUB_CACHE");
+    }
+    if let Some(dir) = var("HUGGINGFACE_HUB_CACHE") {
+        return (PathBuf::from(dir), "HUGGINGFACE_HUB_CACHE");
+    }
+    if let Some(home) = var("HF_HOME") {
+        return (PathBuf::from(home).join("hub"), "HF_HOME");
+    }
+    if let Some(xdg) = var("XDG_CACHE_HOME") {
+        return (PathBuf::from(xdg).join("huggingface/hub"), "XDG_CACHE_HOME");
+    }
+    let home = var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    (
+        home.join(".cache/huggingface/hub"),
+        "default (~/.cache/huggingface/hub)",
+    )
+}
+
+/// True when HF_HUB_OFFLINE asks for no network.
+pub fn offline_from_env() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|value| {
+            matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// How `model.source` was understood.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelSource {
+    Local { dir: PathBuf },
+    Hub { id: String, revision: String },
+}
+
+/// A local directory when one exists at that path; otherwise `org/name` is a hub id.
+pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubError> {
+    let path = Path::new(source);
+    if path.is_dir() {
+        return Ok(ModelSource::Local {
+            dir: path.to_path_buf(),
+        });
+    }
+    // `models/x` where `models/` exists locally is a missing local directory, not a hub id.
+    let parent_is_local_dir = path
+        .parent()
+        .is_some_and(|parent| !parent.as_os_str().is_empty() && parent.is_dir());
+    if looks_like_hub_id(source) && !parent_is_local_dir {
+        return Ok(ModelSource::Hub {
+            id: source.to_string(),
+            revision: revision.to_string(),
+        });
+    }
+    Err(HubError::LocalNotFound {
+        path: path.to_path_buf(),
+    })
+}
+
+fn looks_like_hub_id(source: &str) -> bool {
+    let mut parts = source.split('/');
+    let (Some(org), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let valid = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with('.')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    valid(org) && valid(name)
+}
+
+/// The snapshot directory of a cached hub model, if the revision is in the cache.
+pub fn cached_snapshot(cache: &Path, id: &str, revision: &str) -> Option<PathBuf> {
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
+    let commit = if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(repo.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let snapshot = repo.join("snapshots").join(commit);
+    snapshot.is_dir().then_some(snapshot)
+}
+
+/// Resolves `model.source` to a directory with the model files, without any network access.
+pub fn resolve_model_dir(source: &str, revision: &str) -> Result<PathBuf, HubError> {
+    match classify_source(source, revision)? {
+        ModelSource::Local { dir } => Ok(dir),
+        ModelSource::Hub { id, revision } => {
+            let (cache, _) = cache_dir();
+            cached_snapshot(&cache, &id, &revision).ok_or(HubError::NotCached {
+                id,
+                revision,
+                cache,
+                offline: if offline_from_env() {
+                    " (HF_HUB_OFFLINE is set)"
+                } else {
+                    ""
+                },
+            })
+        }
+    }
+}
+
+/// Which required files a model directory lacks (empty when complete).
+pub fn missing_files(dir: &Path) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if !dir.join(CONFIG_FILE).is_file() {
+        missing.push(CONFIG_FILE);
+    }
+    if !dir.join(WEIGHTS_FILE).is_file() && !dir.join(WEIGHTS_INDEX_FILE).is_file() {
+        missing.push(WEIGHTS_FILE);
+    }
+    if !dir.join(TOKENIZER_FILE).is_file() {
+        missing.push(TOKENIZER_FILE);
+    }
+    missing
+}
+
+/// Resolves the directory and checks it holds every required file.
+pub fn resolve_complete_model_dir(source: &str, revision: &str) -> Result<PathBuf, HubError> {
+    let dir = resolve_model_dir(source, revision)?;
+    let missing = missing_files(&dir);
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(HubError::MissingFiles {
+            dir,
+            missing: missing.join(", "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths_are_told_apart() {
+        assert!(looks_like_hub_id("Salesforce/blip-image-captioning-base"));
+        assert!(!looks_like_hub_id("./models/x"));
+        assert!(!looks_like_hub_id("/abs/path"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(matches!(
+            classify_source("no-such-dir-anywhere", "main"),
+            Err(HubError::LocalNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn finds_a_snapshot_through_refs() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = cache.path().join("models--org--name");
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots").join(sha)).unwrap();
+        std::fs::write(repo.join("refs/main"), format!("{sha}\n")).unwrap();
+        let found = cached_snapshot(cache.path(), "org/name", "main").unwrap();
+        assert!(found.ends_with(sha));
+        assert!(cached_snapshot(cache.path(), "org/name", sha).is_some());
+        assert!(cached_snapshot(cache.path(), "org/name", "dev").is_none());
+        assert!(cached_snapshot(cache.path(), "org/other", "main").is_none());
+    }
+}
