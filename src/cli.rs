@@ -57,4 +57,77 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Caption images (one caption per line; --json: one object per line).
+    Caption(CaptionArgs),
+    /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable).
+    Baseline {
+        /// Delete earlier results in output.dir and start over (default: resume).
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) of an existing predictions file.
+    Score {
+        /// predictions.jsonl (lines with "id" and "caption").
+        #[arg(long, value_name = "FILE")]
+        predictions: std::path::PathBuf,
+        /// JSONL manifest with "id" + "references", or a COCO captions annotation file (.json).
+        #[arg(long, value_name = "FILE")]
+        references: std::path::PathBuf,
+        /// Print the scores (with per-image values) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vlmrun caption`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// Model directory or hub id (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Caption prefix (generation.prompt), e.g. "a picture of ".
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Beams; 1 = greedy (generation.num_beams).
+    #[arg(long, value_name = "N")]
+    pub beams: Option<String>,
+    /// Whole-sequence length limit (generation.max_length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<String>,
+    /// Minimum whole-sequence length (generation.min_length).
+    #[arg(long, value_name = "N")]
+    pub min_length: Option<String>,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// One JSON object per line: {"image", "caption", "token_ids"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG, JPEG, WebP).
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl CaptionArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 6] = [
+            ("--model", "model.source", &self.model),
+            ("--prompt", "generation.prompt", &self.prompt),
+            ("--beams", "generation.num_beams", &self.beams),
+            ("--max-length", "generation.max_length", &self.max_length),
+            ("--min-length", "generation.min_length", &self.min_length),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(flag, key, value)| {
+                value.as_ref().map(|value| crate::config::FlagOverride {
+                    flag,
+                    key,
+                    value: value.clone(),
+                })
+            })
+            .collect()
+    }
 }

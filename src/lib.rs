@@ -4,6 +4,8 @@
 //! device/precision policy), `hub` (where model files come from), `doctor` (environment checks), `cli` and
 //! `commands` (the command line), `error`/`exit` (errors and exit codes).
 
+pub mod baseline;
+pub mod captioner;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -12,3 +14,4 @@ pub mod doctor;
 pub mod error;
 pub mod exit;
 pub mod hub;
+pub mod report;

@@ -87,6 +87,18 @@ fn string_values_stay_strings() {
         .success()
         .stdout(predicate::str::contains("revision: \"2024\""))
         .stdout(predicate::str::contains("prompt: \"true\""));
+    vlmrun(dir.path())
+        .args([
+            "--set",
+            "generation.prompt=a picture of ",
+            "--set",
+            "data.limit=null",
+            "config",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("prompt: \"a picture of \""))
+        .stdout(predicate::str::contains("limit: null"));
 }
 
 #[test]

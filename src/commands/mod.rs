@@ -1,7 +1,10 @@
 //! Runs a parsed command line: resolves the configuration once, then hands it to the subcommand.
 
+mod baseline_cmd;
+mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
+mod score_cmd;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, ConfigRequest};
@@ -13,23 +16,38 @@ use crate::exit::Exit;
 pub struct Context {
     pub config: config::ResolvedConfig,
     pub cuda: CudaAvailability,
+    /// `--quiet`: no progress or summary on stderr.
+    pub quiet: bool,
 }
 
 /// Runs `cli`; returns the exit status of a command that finished (errors are returned, not printed).
 pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
+    let flags = match &cli.command {
+        Command::Caption(args) => args.overrides(),
+        _ => Vec::new(),
+    };
     let request = ConfigRequest {
         file: cli.global.config.clone(),
         sets: cli.global.sets.clone(),
+        flags,
         device: cli.global.device.clone(),
         precision: cli.global.precision.clone(),
     };
     let context = Context {
         config: config::resolve(&request)?,
         cuda,
+        quiet: cli.global.quiet,
     };
     match cli.command {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
+        Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
+        Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
+        Command::Score {
+            predictions,
+            references,
+            json,
+        } => score_cmd::run(&context, &predictions, &references, json),
     }
 }
 

@@ -22,8 +22,18 @@ pub use schema::*;
 pub struct ConfigRequest {
     pub file: PathBuf,
     pub sets: Vec<String>,
+    /// A command's own flags that set config keys (e.g. `caption --beams 3`), applied after `--set`.
+    pub flags: Vec<FlagOverride>,
     pub device: Option<String>,
     pub precision: Option<String>,
+}
+
+/// A command-line flag that stands for a config key.
+#[derive(Debug, Clone)]
+pub struct FlagOverride {
+    pub flag: &'static str,
+    pub key: &'static str,
+    pub value: String,
 }
 
 /// The configuration a run uses, with the origin of every leaf value (`generation.num_beams`, ...).
@@ -75,8 +85,24 @@ pub fn resolve_loaded(
     for argument in &request.sets {
         let (segments, raw_value) = overrides::split_assignment(argument)?;
         overrides::check_path(&schema, &segments, argument)?;
-        config = overrides::apply(&mut tree, &segments, &raw_value, argument)?;
+        config = overrides::apply(&mut tree, &schema, &segments, &raw_value, argument)?;
         origins.insert(segments.join("."), Origin::Set(argument.clone()));
+    }
+    for flag in &request.flags {
+        let segments: Vec<String> = flag.key.split('.').map(str::to_string).collect();
+        let label = format!("{} {}", flag.flag, flag.value);
+        overrides::check_path(&schema, &segments, &label)?;
+        config = overrides::apply(&mut tree, &schema, &segments, &flag.value, &label).map_err(
+            |err| match err {
+                ConfigError::Override { message, .. } => ConfigError::Flag {
+                    flag: flag.flag.to_string(),
+                    value: flag.value.clone(),
+                    message,
+                },
+                other => other,
+            },
+        )?;
+        origins.insert(flag.key.to_string(), Origin::Flag(flag.flag));
     }
     if let Some(device) = &request.device {
         config.device = device.parse().map_err(|message| ConfigError::Flag {

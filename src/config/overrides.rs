@@ -77,21 +77,29 @@ pub fn check_path(schema: &Value, segments: &[String], argument: &str) -> Result
     Ok(())
 }
 
-/// Applies one override to `tree` and re-validates the whole config. The value is read as a YAML scalar
-/// (so `3` is a number and `true` a bool); when that does not fit the schema, it is tried as a plain string.
+/// Applies one override to `tree` and re-validates the whole config. Keys whose schema type is a string
+/// take the text verbatim (so `--prompt "a picture of "` keeps its space); others read it as a YAML scalar
+/// (`3` is a number, `true` a bool, `null` unsets) and fall back to the plain string.
 pub fn apply(
     tree: &mut Value,
+    schema: &Value,
     segments: &[String],
     raw_value: &str,
     argument: &str,
 ) -> Result<Config, ConfigError> {
-    let typed: Value = if raw_value.trim().is_empty() {
-        Value::String(String::new())
+    let verbatim = Value::String(raw_value.to_string());
+    let schema_leaf = segments
+        .iter()
+        .try_fold(schema, |node, segment| node.get(segment));
+    let candidates = if matches!(schema_leaf, Some(Value::String(_))) || raw_value.trim().is_empty()
+    {
+        vec![verbatim]
     } else {
-        serde_saphyr::from_str(raw_value).unwrap_or_else(|_| Value::String(raw_value.to_string()))
+        let typed: Value = serde_saphyr::from_str(raw_value).unwrap_or_else(|_| verbatim.clone());
+        vec![typed, verbatim]
     };
     let mut first_error = None;
-    for candidate in [typed, Value::String(raw_value.to_string())] {
+    for candidate in candidates {
         let mut attempt = tree.clone();
         set_leaf(&mut attempt, segments, candidate)?;
         match serde_json::from_value::<Config>(attempt.clone()) {

@@ -1,0 +1,494 @@
+//! `vlmrun baseline`: the run_baseline.py equivalent. Dataset in; `predictions.jsonl`, `errors.jsonl`,
+//! COCO caption metrics, `report.json` and a summary out; resumable after a crash or Ctrl-C.
+//!
+//! Order of work, so that every mistake is reported before the expensive part: configuration -> dataset
+//! (every file and line checked) -> device, verified exactly as `doctor` does -> output directory writable
+//! -> model load (timed) -> warm-up -> batches (preprocessing on worker threads, a few batches ahead of
+//! the device) -> metrics -> report.
+
+pub mod dataset;
+pub mod memory;
+pub mod pipeline;
+pub mod predictions;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::captioner::Captioner;
+use crate::config::ResolvedConfig;
+use crate::device::{self, CudaAvailability, SystemFacts, Target};
+use crate::doctor;
+use crate::error::Error;
+use crate::exit::Exit;
+use crate::metrics;
+use crate::report::{write_json_atomic, Percentiles};
+use predictions::{JsonlAppender, Prediction};
+use report::{BaselineReport, Counts, Environment, Memory, Timings};
+
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
+pub const ERRORS_FILE: &str = "errors.jsonl";
+pub const REPORT_FILE: &str = "report.json";
+
+/// Options that are not configuration (they do not change what a run computes).
+pub struct RunOptions {
+    /// Delete earlier results in the output directory and start over.
+    pub fresh: bool,
+    /// Set by the Ctrl-C handler; checked between batches.
+    pub interrupted: Arc<AtomicBool>,
+    /// Progress output: a bar on a terminal, periodic lines otherwise, nothing when quiet.
+    pub quiet: bool,
+}
+
+/// Runs the baseline; returns the exit status (0, 3 completed with failures, 130 interrupted).
+pub fn run(
+    resolved: &ResolvedConfig,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    options: &RunOptions,
+) -> Result<Exit, Error> {
+    let started = Instant::now();
+    let config = &resolved.config;
+    let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
+
+    let check = doctor::run(config, facts, cuda);
+    if !check.usable {
+        let failing: Vec<String> = check
+            .checks
+            .iter()
+            .filter(|c| c.status == doctor::Status::Fail)
+            .map(|c| match &c.remedy {
+                Some(remedy) => format!("{}\n  fix: {remedy}", c.message),
+                None => c.message.clone(),
+            })
+            .collect();
+        return Err(Error::Usage(format!(
+            "device {} is not usable (as `vlmrun doctor` reports): {}",
+            config.device,
+            failing.join("; ")
+        )));
+    }
+    let active = device::activate(config.device, config.precision, facts, cuda)?;
+
+    let out_dir = prepare_output_dir(&config.output.dir, options.fresh)?;
+    resolved
+        .write_next_to(&out_dir)
+        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
+    let predictions_path = out_dir.join(PREDICTIONS_FILE);
+    let resumed = predictions::recover(&predictions_path).map_err(|err| Error::Output {
+        what: "predictions",
+        path: predictions_path.clone(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    if resumed.dropped_torn_bytes > 0 {
+        tracing::warn!(
+            "dropped a torn last line ({} bytes) from {}: that image is captioned again",
+            resumed.dropped_torn_bytes,
+            predictions_path.display()
+        );
+    }
+    let done_ids = resumed.done_ids();
+    let pending: Vec<dataset::Item> = items
+        .iter()
+        .filter(|item| !done_ids.contains(&item.id))
+        .cloned()
+        .collect();
+    let skipped = items.len() - pending.len();
+    if skipped > 0 && !options.quiet {
+        eprintln!(
+            "resuming: {skipped} of {} images already in {}",
+            items.len(),
+            predictions_path.display()
+        );
+    }
+
+    let mut counts = Counts {
+        dataset: items.len(),
+        skipped,
+        ..Counts::default()
+    };
+    let mut timings = Timings::default();
+    let mut memory = Memory::default();
+    let mut new_predictions = Vec::new();
+    let mut model_dir = None;
+    let mut interrupted = false;
+    if !pending.is_empty() {
+        let gpu_monitor = match &active.plan.target {
+            Target::Cuda { index, .. } => Some(memory::GpuMemoryMonitor::start(*index)),
+            Target::Cpu => None,
+        };
+        let captioner = Captioner::load(config, &active)?;
+        timings.model_load_s = Some(captioner.load_seconds);
+        model_dir = Some(captioner.model_dir().display().to_string());
+        timings.warmup_s = Some(warm_up(
+            &captioner,
+            config.generation.batch_size.min(pending.len()),
+        )?);
+        let outcome = caption_all(&captioner, pending, &out_dir, config, options)?;
+        counts.done = outcome.predictions.len();
+        counts.failed = outcome.failed;
+        counts.remaining = outcome.remaining;
+        interrupted = outcome.interrupted;
+        timings.run_s = outcome.run_s;
+        timings.images_per_s = if outcome.run_s > 0.0 {
+            counts.done as f64 / outcome.run_s
+        } else {
+            0.0
+        };
+        let generate_s: f64 = outcome.batch_latency_ms.iter().sum::<f64>() / 1e3;
+        let generated_tokens: usize = outcome
+            .predictions
+            .iter()
+            .map(|p| p.token_ids.len().saturating_sub(captioner.prompt_len()))
+            .sum();
+        timings.generated_tokens_per_s = if generate_s > 0.0 {
+            generated_tokens as f64 / generate_s
+        } else {
+            0.0
+        };
+        timings.batch_latency_ms = Percentiles::of(&outcome.batch_latency_ms);
+        timings.preprocess_batch_ms = Percentiles::of(&outcome.preprocess_ms);
+        memory.peak_gpu_bytes = gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
+        new_predictions = outcome.predictions;
+    }
+    memory.peak_host_rss_bytes = memory::peak_rss_bytes();
+
+    let all_predictions: Vec<Prediction> = resumed
+        .predictions
+        .into_iter()
+        .chain(new_predictions)
+        .collect();
+    let scores = score(&items, &all_predictions, &config.generation.prompt)?;
+    timings.total_s = started.elapsed().as_secs_f64();
+    let status = if interrupted {
+        "interrupted"
+    } else if counts.failed > 0 {
+        "complete_with_failures"
+    } else {
+        "complete"
+    };
+    let report = BaselineReport {
+        schema: report::SCHEMA.to_string(),
+        status: status.to_string(),
+        environment: environment(&active, facts, cuda, config, model_dir),
+        timings,
+        memory,
+        counts,
+        metrics: scores,
+        config: serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?,
+    };
+    let report_path = out_dir.join(REPORT_FILE);
+    write_json_atomic(&report_path, &report)
+        .map_err(|source| output_error("the report", &report_path, source))?;
+    if !options.quiet {
+        eprint!("{}", report.summary());
+        eprintln!("  results in {}", out_dir.display());
+    }
+    Ok(if interrupted {
+        Exit::Interrupted
+    } else if report.counts.failed > 0 {
+        Exit::CompletedWithFailures
+    } else {
+        Exit::Success
+    })
+}
+
+fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Output {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates the output directory, proves it is writable, and clears it with `--fresh`.
+fn prepare_output_dir(dir: &Path, fresh: bool) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| output_error("the output directory", dir, source))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
+    let _ = std::fs::remove_file(&probe);
+    if fresh {
+        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(output_error("(removing) an old result", &path, source)),
+            }
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Runs one batch of a flat gray image so kernel compilation, cuBLAS handles and allocator growth stay
+/// out of the timings. Returns its seconds.
+fn warm_up(captioner: &Captioner, batch: usize) -> Result<f64, Error> {
+    let started = Instant::now();
+    let size = captioner.image_size();
+    let image = image::RgbImage::from_pixel(size as u32, size as u32, image::Rgb([128, 128, 128]));
+    let pixels = captioner.processor().process_rgb(&image);
+    let batch = vec![pixels; batch.max(1)];
+    captioner.caption_pixels(&batch)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+struct Outcome {
+    predictions: Vec<Prediction>,
+    failed: usize,
+    remaining: usize,
+    interrupted: bool,
+    run_s: f64,
+    batch_latency_ms: Vec<f64>,
+    preprocess_ms: Vec<f64>,
+}
+
+fn caption_all(
+    captioner: &Captioner,
+    pending: Vec<dataset::Item>,
+    out_dir: &Path,
+    config: &crate::config::Config,
+    options: &RunOptions,
+) -> Result<Outcome, Error> {
+    let total = pending.len();
+    let workers = match config.preprocess.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let predictions_path = out_dir.join(PREDICTIONS_FILE);
+    let errors_path = out_dir.join(ERRORS_FILE);
+    let as_output = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err: predictions::PredictionsError| Error::Output {
+            what: "results",
+            path: path.clone(),
+            source: std::io::Error::other(err.to_string()),
+        }
+    };
+    let mut predictions_log =
+        JsonlAppender::open(&predictions_path).map_err(as_output(&predictions_path))?;
+    // errors.jsonl describes the latest run: images that failed before are retried.
+    let _ = std::fs::remove_file(&errors_path);
+    let mut errors_log = JsonlAppender::open(&errors_path).map_err(as_output(&errors_path))?;
+
+    let (batches, producer) = pipeline::spawn(
+        pending,
+        config.generation.batch_size,
+        captioner.processor().clone(),
+        workers,
+        options.interrupted.clone(),
+    )
+    .map_err(|err| Error::Internal(format!("starting preprocessing threads: {err}")))?;
+    let progress = Progress::new(total, options.quiet);
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        predictions: Vec::new(),
+        failed: 0,
+        remaining: 0,
+        interrupted: false,
+        run_s: 0.0,
+        batch_latency_ms: Vec::new(),
+        preprocess_ms: Vec::new(),
+    };
+    let mut handled = 0usize;
+    for batch in batches.iter() {
+        if !batch.failures.is_empty() {
+            for failure in &batch.failures {
+                tracing::warn!("{}", failure.error);
+            }
+            errors_log
+                .append(&batch.failures)
+                .map_err(as_output(&errors_path))?;
+            outcome.failed += batch.failures.len();
+        }
+        if !batch.pixels.is_empty() {
+            let generation_started = Instant::now();
+            let captions = captioner.caption_pixels(&batch.pixels)?;
+            let latency_ms = generation_started.elapsed().as_secs_f64() * 1e3;
+            let records: Vec<Prediction> = batch
+                .items
+                .iter()
+                .zip(captions)
+                .map(|(item, caption)| Prediction {
+                    id: item.id.clone(),
+                    image: item.image_as_given.clone(),
+                    caption: caption.text,
+                    token_ids: caption.token_ids,
+                    batch: batch.index,
+                    latency_ms,
+                })
+                .collect();
+            predictions_log
+                .append(&records)
+                .map_err(as_output(&predictions_path))?;
+            outcome.batch_latency_ms.push(latency_ms);
+            outcome.predictions.extend(records);
+        }
+        outcome.preprocess_ms.push(batch.preprocess_ms);
+        handled += batch.items.len() + batch.failures.len();
+        progress.update(handled, started);
+        if options.interrupted.load(Ordering::Relaxed) {
+            outcome.interrupted = true;
+            break;
+        }
+    }
+    drop(batches);
+    let _ = producer.join();
+    progress.finish();
+    outcome.remaining = total - handled;
+    outcome.run_s = started.elapsed().as_secs_f64();
+    if outcome.interrupted && !options.quiet {
+        eprintln!(
+            "interrupted: {} images done and saved, {} remaining; rerun the same command to resume",
+            handled, outcome.remaining
+        );
+    }
+    Ok(outcome)
+}
+
+/// A progress bar on a terminal, a line every ~5 s otherwise, nothing when quiet.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    quiet: bool,
+    last_line: std::cell::Cell<Option<Instant>>,
+}
+
+impl Progress {
+    fn new(total: usize, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            quiet,
+            last_line: std::cell::Cell::new(None),
+        }
+    }
+
+    fn update(&self, handled: usize, started: Instant) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(handled as u64);
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        let now = Instant::now();
+        let due = self
+            .last_line
+            .get()
+            .is_none_or(|last| now.duration_since(last).as_secs_f64() >= 5.0);
+        if due || handled == self.total {
+            self.last_line.set(Some(now));
+            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+            let rate = handled as f64 / elapsed;
+            let eta = if rate > 0.0 {
+                (self.total - handled) as f64 / rate
+            } else {
+                0.0
+            };
+            eprintln!(
+                "progress: {handled}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
+                self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// COCO metrics over every prediction whose item has references. LAVIS strips the prompt from the
+/// caption before scoring (`caption[len(prompt):]`); so do we.
+fn score(
+    items: &[dataset::Item],
+    predictions: &[Prediction],
+    prompt: &str,
+) -> Result<Option<metrics::Scores>, Error> {
+    let references: BTreeMap<String, Vec<String>> = items
+        .iter()
+        .filter(|item| !item.references.is_empty())
+        .map(|item| (item.id.clone(), item.references.clone()))
+        .collect();
+    let hypotheses: BTreeMap<String, String> = predictions
+        .iter()
+        .filter(|p| references.contains_key(&p.id))
+        .map(|p| (p.id.clone(), strip_prompt(&p.caption, prompt)))
+        .collect();
+    if hypotheses.is_empty() {
+        return Ok(None);
+    }
+    let references = references
+        .into_iter()
+        .filter(|(id, _)| hypotheses.contains_key(id))
+        .collect();
+    metrics::score(&hypotheses, &references)
+        .map(Some)
+        .map_err(|err| Error::Internal(format!("metrics: {err}")))
+}
+
+/// The caption without the prompt text it starts with (decoded text is lowercased by the tokenizer).
+pub fn strip_prompt(caption: &str, prompt: &str) -> String {
+    let prompt = prompt.trim().to_lowercase();
+    if prompt.is_empty() {
+        return caption.trim().to_string();
+    }
+    match caption.trim().strip_prefix(&prompt) {
+        Some(rest) => rest.trim().to_string(),
+        None => caption.trim().to_string(),
+    }
+}
+
+fn environment(
+    active: &device::ActiveDevice,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    config: &crate::config::Config,
+    model_dir: Option<String>,
+) -> Environment {
+    let (device_name, compute_capability) = match &active.plan.target {
+        Target::Cuda { gpu: Some(gpu), .. } => (
+            Some(gpu.name.clone()),
+            Some(format!(
+                "{}.{}",
+                gpu.compute_capability.0, gpu.compute_capability.1
+            )),
+        ),
+        _ => (None, None),
+    };
+    Environment {
+        vlmrun_version: device::build_info::VERSION.to_string(),
+        git_rev: device::build_info::GIT_REV.to_string(),
+        device: device::describe_target(&active.plan.target),
+        device_name,
+        driver: facts.driver.as_ref().ok().map(|d| d.version.clone()),
+        driver_cuda: facts
+            .driver
+            .as_ref()
+            .ok()
+            .map(|d| format!("{}.{}", d.cuda_version.0, d.cuda_version.1)),
+        cuda_build: match cuda {
+            CudaAvailability::Compiled(build) => Some(build.cuda_version.clone()),
+            _ => None,
+        },
+        compute_capability,
+        precision: active.precision.dtype.as_str().to_string(),
+        quantization: format!("{:?}", config.quantization).to_lowercase(),
+        model_dir,
+        cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}

@@ -1,0 +1,208 @@
+//! `predictions.jsonl`: one line per captioned image, appended and flushed after every batch, so a crash
+//! loses at most the batch in flight. Reopening it for a resumed run keeps every complete line, drops a
+//! torn last line (a crash mid-write), and reports which ids are already done.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One prediction line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub image: String,
+    pub caption: String,
+    pub token_ids: Vec<u32>,
+    /// Index of the batch (within its run) that produced it.
+    pub batch: usize,
+    /// Wall time of that batch's generation, milliseconds.
+    pub latency_ms: f64,
+}
+
+/// One failed image (`errors.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub id: String,
+    pub image: String,
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionsError {
+    #[error("{}:{line}: not a prediction line ({message})\n  fix: the file was edited or belongs to something else; rerun with --fresh, or use another output.dir", path.display())]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("cannot access {}: {source}\n  fix: check that output.dir is writable", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a previous run left.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub predictions: Vec<Prediction>,
+    /// Bytes of a torn last line that were dropped (0 when the file ended cleanly).
+    pub dropped_torn_bytes: usize,
+}
+
+impl Resumed {
+    pub fn done_ids(&self) -> HashSet<String> {
+        self.predictions.iter().map(|p| p.id.clone()).collect()
+    }
+}
+
+/// Reads an existing predictions file and truncates a torn tail so appends start on a line boundary.
+pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
+    let io = |source| PredictionsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Resumed::default()),
+        Err(err) => return Err(io(err)),
+    };
+    let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let (complete, tail) = bytes.split_at(complete_len);
+    let mut resumed = Resumed::default();
+    let mut seen = HashSet::new();
+    let lines: Vec<&[u8]> = complete.split(|&b| b == b'\n').collect();
+    let mut good_len = 0usize;
+    let line_count = lines.len().saturating_sub(1); // the split after the final '\n' is empty
+    for (index, line) in lines.iter().take(line_count).enumerate() {
+        let parsed = std::str::from_utf8(line)
+            .map_err(|err| err.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<Prediction>(text).map_err(|err| err.to_string())
+            });
+        match parsed {
+            Ok(prediction) => {
+                if seen.insert(prediction.id.clone()) {
+                    resumed.predictions.push(prediction);
+                }
+                good_len += line.len() + 1;
+            }
+            Err(message) => {
+                return Err(PredictionsError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message,
+                })
+            }
+        }
+    }
+    resumed.dropped_torn_bytes += tail.len();
+    if resumed.dropped_torn_bytes > 0 {
+        let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+        file.set_len(good_len as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok(resumed)
+}
+
+/// An append-only JSONL writer that flushes after every batch.
+pub struct JsonlAppender {
+    path: PathBuf,
+    writer: BufWriter<File>,
+}
+
+impl JsonlAppender {
+    pub fn open(path: &Path) -> Result<Self, PredictionsError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| PredictionsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(JsonlAppender {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+        })
+    }
+
+    /// Writes the records as whole lines and flushes them to the OS (a killed process loses nothing written).
+    pub fn append<T: Serialize>(&mut self, records: &[T]) -> Result<(), PredictionsError> {
+        let io = |source| PredictionsError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut buffer = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut buffer, record)
+                .map_err(|err| io(std::io::Error::other(err)))?;
+            buffer.push(b'\n');
+        }
+        self.writer.write_all(&buffer).map_err(io)?;
+        self.writer.flush().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(id: &str) -> Prediction {
+        Prediction {
+            id: id.into(),
+            image: format!("{id}.png"),
+            caption: "a cat".into(),
+            token_ids: vec![30522, 1037, 4937, 102],
+            batch: 0,
+            latency_ms: 1.5,
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_dropped_and_appends_continue_on_a_line_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("predictions.jsonl");
+        let mut log = JsonlAppender::open(&path).unwrap();
+        log.append(&[prediction("a"), prediction("b")]).unwrap();
+        drop(log);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"id":"c","image":"c.png","capt"#)
+            .unwrap();
+        drop(file);
+
+        let resumed = recover(&path).unwrap();
+        assert_eq!(
+            resumed.done_ids(),
+            HashSet::from(["a".to_string(), "b".to_string()])
+        );
+        assert!(resumed.dropped_torn_bytes > 0);
+        let mut log = JsonlAppender::open(&path).unwrap();
+        log.append(&[prediction("c")]).unwrap();
+        let again = recover(&path).unwrap();
+        assert_eq!(again.predictions.len(), 3);
+        assert_eq!(again.dropped_torn_bytes, 0);
+    }
+
+    #[test]
+    fn garbage_in_the_middle_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("predictions.jsonl");
+        let good = serde_json::to_string(&prediction("a")).unwrap();
+        std::fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
+        let err = recover(&path).unwrap_err();
+        assert!(err.to_string().contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let resumed = recover(&dir.path().join("none.jsonl")).unwrap();
+        assert!(resumed.predictions.is_empty());
+    }
+}
