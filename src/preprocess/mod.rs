@@ -6,8 +6,8 @@
 //! normalize with mean/std into CHW f32 ([`normalize`]), and stacking into an NCHW tensor
 //! ([`batch_tensor`]). Everything runs on the CPU; only the finished batch is uploaded.
 //!
-//! Exactness: PNG input gives the very same f32 values as the Python baseline (Pillow 12.3,
-//! or Pillow 13.0 with [`PassOrder::Pillow13`]). JPEG input is decoded by zune-jpeg rather than
+//! Exactness: PNG input gives the very same f32 values as the Python baseline (Pillow 12.3 by
+//! default; Pillow 13.0 or <= 12.1 through [`PassOrder`]). JPEG input is decoded by zune-jpeg rather than
 //! libjpeg-turbo; on 4:2:0 chroma-subsampled photos the decoded RGB differs from Pillow's by up
 //! to a few levels (see [`decode`]), i.e. up to about 4/255/0.26 = 0.06 in normalized units on
 //! the affected values, before the resize averages them.
@@ -59,7 +59,7 @@ pub struct ImageProcessor {
 }
 
 impl ImageProcessor {
-    /// BLIP's processor: CLIP mean/std, Pillow <= 12.3 pass order, Pillow's pixel limit.
+    /// BLIP's processor: CLIP mean/std, Pillow 12.3 pass order, Pillow's pixel limit.
     pub fn blip(size: usize) -> Self {
         ImageProcessor {
             size,

@@ -15,11 +15,14 @@
 //! - an axis whose size does not change is not resampled at all (a pure copy when neither
 //!   changes).
 //!
-//! The only version-dependent part is which pass runs first ([`PassOrder`]): Pillow up to
-//! 12.3 always runs the horizontal pass first; Pillow 13.0 runs the vertical pass first
-//! when the height shrinks by more than twice as many pixels as the width does.
-//! Because of the intermediate u8 rounding, the two orders differ by one level on some
-//! values.
+//! The only version-dependent part is which pass runs first ([`PassOrder`]); because of the
+//! intermediate u8 rounding, the two orders differ by one level on some values:
+//! - Pillow <= 12.1: always horizontal first;
+//! - Pillow 12.2 and 12.3: horizontal first, except that an image more than 100 times taller
+//!   than wide whose height shrinks is resized vertically first (`Image.resize` in Python
+//!   splits it into two one-axis resizes);
+//! - Pillow 13.0: vertical first when the height shrinks by more than twice as many pixels as
+//!   the width does (signed), horizontal first otherwise.
 //!
 //! Both passes are exact integer arithmetic, so summation order is free: the vertical
 //! pass accumulates whole rows (cache order, vectorisable) instead of walking columns.
@@ -37,23 +40,27 @@ const BICUBIC_A: f64 = -0.5;
 /// Channels of an RGB pixel.
 const CHANNELS: usize = 3;
 
-/// Which of the two separable passes runs first.
+/// Which of the two separable passes runs first, i.e. which Pillow version to agree with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PassOrder {
-    /// Horizontal pass, then vertical pass: every Pillow up to and including 12.3
-    /// (the version the Python baseline pins).
+    /// Pillow 12.2 and 12.3 (the version the Python baseline pins): horizontal pass first,
+    /// except vertical first when `in_h > 100 * in_w` and `out_h < in_h`. For every image
+    /// that is not 100 times taller than wide this is the same as [`Self::AlwaysHorizontal`].
     #[default]
     HorizontalFirst,
-    /// Pillow 13.0's rule: vertical first when `dy > 0 && dy > 2 * dx` with the signed
-    /// shrinkages `dx = in_w - out_w`, `dy = in_h - out_h`; horizontal first otherwise.
+    /// Pillow 13.0: vertical first when `dy > 0 && dy > 2 * dx` with the signed shrinkages
+    /// `dx = in_w - out_w`, `dy = in_h - out_h`; horizontal first otherwise.
     Pillow13,
+    /// Pillow up to 12.1 (and the Pillow of LAVIS-era environments): always horizontal first.
+    AlwaysHorizontal,
 }
 
 impl PassOrder {
     /// Whether the vertical pass runs before the horizontal one for this size change.
     pub fn vertical_first(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
         match self {
-            PassOrder::HorizontalFirst => false,
+            PassOrder::AlwaysHorizontal => false,
+            PassOrder::HorizontalFirst => u64::from(in_h) > 100 * u64::from(in_w) && out_h < in_h,
             PassOrder::Pillow13 => {
                 let dx = i64::from(in_w) - i64::from(out_w);
                 let dy = i64::from(in_h) - i64::from(out_h);
@@ -277,13 +284,17 @@ mod tests {
     }
 
     #[test]
-    fn pillow13_goes_vertical_first_only_for_strong_vertical_shrink() {
+    fn pass_order_rules_pick_vertical_first_as_each_pillow_version() {
         let order = PassOrder::Pillow13;
         assert!(order.vertical_first(691, 1000, 384, 384));
         assert!(!order.vertical_first(692, 1000, 384, 384));
         assert!(!order.vertical_first(640, 480, 384, 384));
         assert!(order.vertical_first(10, 4000, 16, 16));
         assert!(!PassOrder::HorizontalFirst.vertical_first(691, 1000, 384, 384));
+        assert!(PassOrder::HorizontalFirst.vertical_first(10, 1001, 16, 16));
+        assert!(!PassOrder::HorizontalFirst.vertical_first(10, 1000, 16, 16));
+        assert!(!PassOrder::HorizontalFirst.vertical_first(10, 1001, 16, 2000));
+        assert!(!PassOrder::AlwaysHorizontal.vertical_first(10, 4000, 16, 16));
     }
 
     #[test]
