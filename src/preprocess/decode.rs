@@ -1,0 +1,176 @@
+//! Image file -> 8-bit RGB, as `PIL.ImageOps.exif_transpose(Image.open(f)).convert("RGB")`.
+//!
+//! - The format is recognised from the content (not the extension): PNG, JPEG and WebP.
+//! - The pixel count is checked from the header, before any pixel is decoded, against
+//!   `max_pixels` (Pillow's `Image.MAX_IMAGE_PIXELS` is 89_478_485; Pillow only warns up to
+//!   twice that and raises above, vlmrun refuses anything above the limit).
+//! - EXIF orientation (JPEG APP1, PNG `eXIf`, WebP `EXIF`) is applied like `exif_transpose`.
+//!   Pillow also reads an orientation from XMP when EXIF has none; that is not done here.
+//! - Conversion to RGB follows Pillow's `convert("RGB")`, checked against Pillow 12.3.0:
+//!   - gray (`L`, and 1/2/4-bit gray, expanded to 0..=255 like Pillow) is replicated;
+//!   - alpha (`LA`, `RGBA`, palette or gray with `tRNS`) is dropped, never composited;
+//!   - palette images are expanded through the palette;
+//!   - 16-bit gray PNG opens in Pillow as mode `I;16` and converts to RGB by *clipping*
+//!     (values above 255 become 255, 0..=255 are kept): replicated here;
+//!   - 16-bit RGB, RGBA and gray+alpha PNG open in Pillow as 8-bit modes keeping the
+//!     *high byte* of each sample (`v >> 8`): replicated here.
+//! - JPEG goes through zune-jpeg, not libjpeg-turbo: 4:4:4 and grayscale files match Pillow
+//!   within a level or two from IDCT rounding, while 4:2:0 chroma-subsampled files differ by up
+//!   to a few levels on a sizeable share of values because the chroma upsampling differs.
+//!   CMYK/YCCK JPEGs are converted by zune-jpeg's own formula. PNG is bit-exact; use PNG
+//!   where exact agreement with the Python baseline matters.
+//! - WebP goes through the pure-Rust `image-webp` decoder: lossless WebP is exact, lossy WebP
+//!   may differ from libwebp by a level on some values (YUV->RGB conversion).
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+
+use super::error::PreprocessError;
+
+/// PNG colour type of 16-bit grayscale, read from the IHDR chunk.
+const PNG_COLOR_TYPE_GRAY: u8 = 0;
+/// Byte offset of the IHDR colour-type field in a PNG file (signature 8 + length 4 + tag 4 +
+/// width 4 + height 4 + bit depth 1).
+const PNG_COLOR_TYPE_OFFSET: usize = 25;
+
+/// Reads and decodes the image at `path` into Pillow-equivalent RGB.
+pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => PreprocessError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => PreprocessError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    decode_rgb(&bytes, path, max_pixels)
+}
+
+/// Decodes an in-memory image file into Pillow-equivalent RGB; `path` only labels errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+    let label = || path.to_path_buf();
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty { path: label() });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|err| corrupt(label(), &err))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| PreprocessError::UnsupportedFormat {
+            path: label(),
+            detail: "unrecognised file signature".to_string(),
+        })?;
+    // The pixel limit below replaces the decoder's allocation limit, which would refuse
+    // legitimate 16-bit images well under the pixel limit.
+    reader.limits(Limits::no_limits());
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|err| decode_error(label(), err))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(PreprocessError::TooLarge {
+            path: label(),
+            width,
+            height,
+            pixels,
+            max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(PreprocessError::Corrupt {
+            path: label(),
+            detail: format!("header announces a {width}x{height} image"),
+        });
+    }
+    // A broken EXIF block leaves the image unrotated (the pixels may still be fine); a broken
+    // file is reported by the pixel decoding just below.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let decoded = DynamicImage::from_decoder(decoder).map_err(|err| decode_error(label(), err))?;
+    let gray16_clips = format == ImageFormat::Png
+        && bytes.get(PNG_COLOR_TYPE_OFFSET) == Some(&PNG_COLOR_TYPE_GRAY);
+    let rgb =
+        to_pillow_rgb(decoded, gray16_clips).ok_or_else(|| PreprocessError::UnsupportedFormat {
+            path: label(),
+            detail: "floating-point pixels".to_string(),
+        })?;
+    let mut oriented = DynamicImage::ImageRgb8(rgb);
+    oriented.apply_orientation(orientation);
+    Ok(oriented.into_rgb8())
+}
+
+/// Converts decoded pixels to RGB the way Pillow's `convert("RGB")` treats the mode Pillow
+/// would have opened the file in. `gray16_clips`: 16-bit gray samples come from a PNG of
+/// colour type 0 (Pillow mode `I;16`, clipped) rather than a gray+alpha PNG (high byte).
+/// `None` for sample types no supported decoder produces (floating point).
+fn to_pillow_rgb(image: DynamicImage, gray16_clips: bool) -> Option<RgbImage> {
+    let (width, height) = (image.width(), image.height());
+    let gray16_to_u8 = |v: u16| {
+        if gray16_clips {
+            v.min(255) as u8
+        } else {
+            high_byte(v)
+        }
+    };
+    let raw: Vec<u8> = match image {
+        DynamicImage::ImageRgb8(rgb) => return Some(rgb),
+        DynamicImage::ImageLuma8(gray) => gray.as_raw().iter().flat_map(|&l| [l, l, l]).collect(),
+        DynamicImage::ImageLumaA8(gray_alpha) => gray_alpha
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|la| [la[0]; 3])
+            .collect(),
+        DynamicImage::ImageRgba8(rgba) => rgba
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|px| [px[0], px[1], px[2]])
+            .collect(),
+        DynamicImage::ImageLuma16(gray) => gray
+            .as_raw()
+            .iter()
+            .flat_map(|&l| [gray16_to_u8(l); 3])
+            .collect(),
+        DynamicImage::ImageLumaA16(gray_alpha) => gray_alpha
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|la| [gray16_to_u8(la[0]); 3])
+            .collect(),
+        DynamicImage::ImageRgb16(rgb) => rgb.as_raw().iter().map(|&v| high_byte(v)).collect(),
+        DynamicImage::ImageRgba16(rgba) => rgba
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|px| [high_byte(px[0]), high_byte(px[1]), high_byte(px[2])])
+            .collect(),
+        _ => return None,
+    };
+    RgbImage::from_raw(width, height, raw)
+}
+
+/// The most significant byte of a 16-bit sample (Pillow's `;16B` unpackers).
+fn high_byte(sample: u16) -> u8 {
+    (sample >> 8) as u8
+}
+
+/// Maps a decoder error to the variant that tells the user what to do.
+fn decode_error(path: PathBuf, err: ImageError) -> PreprocessError {
+    match err {
+        ImageError::Unsupported(unsupported) => PreprocessError::UnsupportedFormat {
+            path,
+            detail: unsupported.to_string(),
+        },
+        other => corrupt(path, &other),
+    }
+}
+
+fn corrupt(path: PathBuf, err: &dyn std::fmt::Display) -> PreprocessError {
+    PreprocessError::Corrupt {
+        path,
+        detail: err.to_string(),
+    }
+}

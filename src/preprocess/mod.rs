@@ -1,0 +1,125 @@
+//! Image preprocessing for BLIP, bit-exact with transformers' `BlipImageProcessor` on the PIL
+//! path (the Python baseline), plus prompt tokenization ([`prompt`]).
+//!
+//! The pipeline is: decode + EXIF orientation + `convert("RGB")` ([`decode`]), Pillow BICUBIC
+//! resize to `size x size` with no aspect ratio kept ([`resize`]), rescale by 1/255 and
+//! normalize with mean/std into CHW f32 ([`normalize`]), and stacking into an NCHW tensor
+//! ([`batch_tensor`]). Everything runs on the CPU; only the finished batch is uploaded.
+//!
+//! Exactness: PNG input gives the very same f32 values as the Python baseline (Pillow 12.3 by
+//! default; Pillow 13.0 or <= 12.1 through [`PassOrder`]). JPEG input is decoded by zune-jpeg rather than
+//! libjpeg-turbo; on 4:2:0 chroma-subsampled photos the decoded RGB differs from Pillow's by up
+//! to a few levels (see [`decode`]), i.e. up to about 4/255/0.26 = 0.06 in normalized units on
+//! the affected values, before the resize averages them.
+
+pub mod decode;
+mod error;
+pub mod normalize;
+pub mod prompt;
+pub mod resize;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+pub use error::PreprocessError;
+pub use resize::PassOrder;
+
+use normalize::Normalizer;
+
+/// OpenAI CLIP mean used by BLIP, as numpy rounds the Python floats to f32.
+pub const BLIP_MEAN: [f32; 3] = [
+    0.48145466f64 as f32,
+    0.4578275f64 as f32,
+    0.40821073f64 as f32,
+];
+/// OpenAI CLIP std used by BLIP, as numpy rounds the Python floats to f32.
+pub const BLIP_STD: [f32; 3] = [
+    0.26862954f64 as f32,
+    0.26130258f64 as f32,
+    0.27577711f64 as f32,
+];
+/// Pillow's default `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3).
+pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Turns image files into normalized CHW f32 pixel arrays of `size x size`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessor {
+    /// Output height and width in pixels (config `vision_config.image_size`).
+    pub size: usize,
+    /// Per-channel mean subtracted after rescaling to 0..=1.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: [f32; 3],
+    /// Order of the two resize passes (which Pillow version to agree with).
+    pub pass_order: PassOrder,
+    /// Largest accepted `width * height`, checked from the file header before decoding.
+    pub max_pixels: u64,
+}
+
+impl ImageProcessor {
+    /// BLIP's processor: CLIP mean/std, Pillow 12.3 pass order, Pillow's pixel limit.
+    pub fn blip(size: usize) -> Self {
+        ImageProcessor {
+            size,
+            mean: BLIP_MEAN,
+            std: BLIP_STD,
+            pass_order: PassOrder::HorizontalFirst,
+            max_pixels: PILLOW_MAX_IMAGE_PIXELS,
+        }
+    }
+
+    /// Decodes `path` to RGB (EXIF orientation applied, Pillow's `convert("RGB")`).
+    pub fn load_rgb(&self, path: &Path) -> Result<RgbImage, PreprocessError> {
+        decode::load_rgb(path, self.max_pixels)
+    }
+
+    /// Loads and preprocesses one image file: CHW f32, length `3 * size * size`.
+    pub fn process_file(&self, path: &Path) -> Result<Vec<f32>, PreprocessError> {
+        Ok(self.process_rgb(&self.load_rgb(path)?))
+    }
+
+    /// Resizes and normalizes an RGB image: CHW f32, length `3 * size * size`.
+    pub fn process_rgb(&self, image: &RgbImage) -> Vec<f32> {
+        let side = u32::try_from(self.size).unwrap_or(u32::MAX);
+        let resized = resize::resize_bicubic(image, side, side, self.pass_order);
+        Normalizer::new(self.mean, self.std).to_chw(&resized)
+    }
+
+    /// Stacks preprocessed images into one `(N, 3, size, size)` f32 tensor on `device`
+    /// (same as the free function [`batch_tensor`]).
+    pub fn batch_tensor(
+        images: &[Vec<f32>],
+        size: usize,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        batch_tensor(images, size, device)
+    }
+}
+
+/// Stacks CHW f32 images (each of length `3 * size * size`) into an `(N, 3, size, size)`
+/// tensor on `device`; errors if any image has another length.
+pub fn batch_tensor(
+    images: &[Vec<f32>],
+    size: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let image_len = 3 * size * size;
+    if let Some((index, wrong)) = images
+        .iter()
+        .enumerate()
+        .find(|(_, image)| image.len() != image_len)
+    {
+        candle_core::bail!(
+            "batch_tensor: image {index} has {} values, expected 3*{size}*{size} = {image_len}; \
+             preprocess every image with the same size",
+            wrong.len()
+        );
+    }
+    let mut flat = Vec::with_capacity(images.len() * image_len);
+    for image in images {
+        flat.extend_from_slice(image);
+    }
+    Tensor::from_vec(flat, (images.len(), 3, size, size), device)
+}

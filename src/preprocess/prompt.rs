@@ -1,0 +1,111 @@
+//! Prompt tokenization and caption decoding for BLIP, as transformers does it.
+//!
+//! `BlipForConditionalGeneration.generate` tokenizes the prompt with special tokens
+//! (`[CLS] ... [SEP]`), overwrites the first id with the decoder's bos `[DEC]` (30522) and
+//! drops the last id (the `[SEP]`). An empty prompt therefore gives `[30522]`.
+//! Decoding is `tokenizer.decode(ids, skip_special_tokens=True)`.
+
+use std::path::{Path, PathBuf};
+
+/// BLIP's decoder start token `[DEC]`, which replaces `[CLS]` at position 0.
+pub const DECODER_BOS_ID: u32 = 30522;
+
+/// Why a tokenizer could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// tokenizer.json is missing or not a valid `tokenizers` file.
+    #[error("cannot load tokenizer {path}: {detail}; point to the model's tokenizer.json (tokenizers format)")]
+    Load { path: PathBuf, detail: String },
+
+    /// The tokenizer lacks BERT's post-processor, so `[CLS]`/`[SEP]` are not added.
+    #[error(
+        "tokenizer {path} does not wrap text in [CLS] ... [SEP] (got ids {ids:?} for {prompt:?}): \
+         use the BLIP/BERT tokenizer.json with its TemplateProcessing post-processor"
+    )]
+    MissingSpecialTokens {
+        path: PathBuf,
+        prompt: String,
+        ids: Vec<u32>,
+    },
+
+    /// Encoding the prompt failed.
+    #[error("cannot tokenize prompt {prompt:?} with {path}: {detail}")]
+    Encode {
+        path: PathBuf,
+        prompt: String,
+        detail: String,
+    },
+
+    /// Decoding ids failed (e.g. an id outside the vocabulary).
+    #[error("cannot decode ids with tokenizer {path}: {detail}; are the ids from this model's vocabulary?")]
+    Decode { path: PathBuf, detail: String },
+}
+
+/// A BLIP (BERT WordPiece) tokenizer for prompts and captions.
+pub struct PromptTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    path: PathBuf,
+    cls_id: u32,
+    sep_id: u32,
+}
+
+impl PromptTokenizer {
+    /// Loads a `tokenizer.json` (the BERT tokenizer with `[DEC]`/`[ENC]` added).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PromptError> {
+        let path = path.as_ref().to_path_buf();
+        let load_error = |detail: String| PromptError::Load {
+            path: path.clone(),
+            detail,
+        };
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&path).map_err(|err| load_error(err.to_string()))?;
+        let cls_id = tokenizer
+            .token_to_id("[CLS]")
+            .ok_or_else(|| load_error("no [CLS] token in the vocabulary".to_string()))?;
+        let sep_id = tokenizer
+            .token_to_id("[SEP]")
+            .ok_or_else(|| load_error("no [SEP] token in the vocabulary".to_string()))?;
+        Ok(PromptTokenizer {
+            tokenizer,
+            path,
+            cls_id,
+            sep_id,
+        })
+    }
+
+    /// Decoder input ids for `prompt`: `[30522, prompt tokens...]` (no `[SEP]`);
+    /// the empty prompt gives `[30522]`.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, PromptError> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|err| PromptError::Encode {
+                path: self.path.clone(),
+                prompt: prompt.to_string(),
+                detail: err.to_string(),
+            })?;
+        let ids = encoding.get_ids();
+        match ids {
+            [first, middle @ .., last] if *first == self.cls_id && *last == self.sep_id => {
+                Ok(std::iter::once(DECODER_BOS_ID)
+                    .chain(middle.iter().copied())
+                    .collect())
+            }
+            _ => Err(PromptError::MissingSpecialTokens {
+                path: self.path.clone(),
+                prompt: prompt.to_string(),
+                ids: ids.to_vec(),
+            }),
+        }
+    }
+
+    /// Caption text of `ids`, skipping special tokens (`[DEC]`, `[SEP]`, `[PAD]`, ...).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, PromptError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|err| PromptError::Decode {
+                path: self.path.clone(),
+                detail: err.to_string(),
+            })
+    }
+}
