@@ -1,0 +1,84 @@
+//! Greedy search (HF `_sample` with `do_sample=False`): argmax of the processed f32 logits each
+//! step. Rows that finish leave the batch (their cache rows and image keys/values are dropped),
+//! so finished captions cost nothing; the others are unaffected.
+
+use candle_core::D;
+
+use super::logits::{eos_suppression, RepetitionPenalty};
+use super::{index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig};
+use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+
+/// Greedy decoding of every image in `image_kv` from the decoder start sequence `prompt`.
+pub fn greedy_search(
+    model: &BlipForConditionalGeneration,
+    mut image_kv: CrossAttentionKv,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    let device = model.device().clone();
+    let batch = image_kv.images()?;
+    let vocab = model.config().text_config.vocab_size;
+    let mut cache = model.new_cache(batch, cfg.max_length)?;
+    let mut penalty = if cfg.repetition_penalty != 1.0 {
+        Some(RepetitionPenalty::new(
+            cfg.repetition_penalty,
+            prompt,
+            batch,
+            vocab,
+            &device,
+        )?)
+    } else {
+        None
+    };
+    let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
+
+    let mut sequences: Vec<Vec<u32>> = vec![prompt.to_vec(); batch];
+    // Original image index of each row still decoding.
+    let mut active: Vec<usize> = (0..batch).collect();
+    let mut input = prompt_tensor(prompt, batch, &device)?;
+    let mut cur_len = prompt.len();
+    loop {
+        let mut scores = next_token_logits(model, &input, &image_kv, &mut cache)?;
+        if let Some(p) = &penalty {
+            scores = p.apply(&scores)?;
+        }
+        if cur_len < cfg.min_length {
+            scores = scores.broadcast_add(&eos_block)?;
+        }
+        let next = scores.argmax(D::Minus1)?;
+        let tokens = next.to_vec1::<u32>()?;
+        cur_len += 1;
+
+        let mut keep = Vec::with_capacity(active.len());
+        for (row, (&image, &token)) in active.iter().zip(&tokens).enumerate() {
+            if let Some(seq) = sequences.get_mut(image) {
+                seq.push(token);
+            }
+            if token != cfg.eos {
+                keep.push(row);
+            }
+        }
+        if cur_len >= cfg.max_length || keep.is_empty() {
+            break;
+        }
+        let mut next = next;
+        if keep.len() < active.len() {
+            let rows = index_tensor(&keep, &device)?;
+            cache.select_rows(&rows)?;
+            image_kv = image_kv.select_images(&rows)?;
+            if let Some(p) = &mut penalty {
+                p.select_rows(&rows)?;
+            }
+            next = next.index_select(&rows, 0)?;
+            active = keep
+                .iter()
+                .filter_map(|&row| active.get(row).copied())
+                .collect();
+        }
+        if let Some(p) = &mut penalty {
+            p.record(&next)?;
+        }
+        input = next.unsqueeze(1)?;
+    }
+    Ok(sequences)
+}

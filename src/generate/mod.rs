@@ -1,0 +1,188 @@
+//! Caption generation with Hugging Face `generate` semantics (transformers 5.17): greedy search
+//! and beam search over the BLIP text decoder, batched over images, with an explicit KV cache.
+//!
+//! Sequences count from bos: `max_length`/`min_length` bound the whole sequence (bos and prompt
+//! included), as in `BlipForConditionalGeneration.generate`.
+
+pub mod beam;
+pub mod beam_state;
+pub mod greedy;
+pub mod kv_cache;
+pub mod logits;
+
+use candle_core::{DType, Tensor};
+
+use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+
+/// Decoding parameters (HF `GenerationConfig` fields that BLIP captioning uses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Maximum length of the whole sequence (bos + prompt + generated).
+    pub max_length: usize,
+    /// The stop token is blocked while the sequence is shorter than this.
+    pub min_length: usize,
+    /// 1 = greedy search; more = beam search with this many beams.
+    pub num_beams: usize,
+    /// Beam search: finished hypotheses score `sum_logprobs / generated_len ** length_penalty`.
+    pub length_penalty: f64,
+    /// HF `repetition_penalty` (1.0 = off).
+    pub repetition_penalty: f32,
+    /// First token of every sequence (`[DEC]`, 30522 for BLIP).
+    pub bos: u32,
+    /// Stop token (`[SEP]`, 102: BLIP generates with `eos_token_id = sep_token_id`).
+    pub eos: u32,
+    /// Padding id (never part of the returned sequences).
+    pub pad: u32,
+}
+
+impl Default for GenerationConfig {
+    /// transformers' defaults for BLIP captioning: greedy, `max_length` 20.
+    fn default() -> Self {
+        Self {
+            max_length: 20,
+            min_length: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            repetition_penalty: 1.0,
+            bos: 30522,
+            eos: 102,
+            pad: 0,
+        }
+    }
+}
+
+/// Why generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("invalid generation config: {0}")]
+    InvalidConfig(String),
+    #[error("the prompt is {prompt_len} tokens (with bos) but max_length is {max_length}: raise max_length or shorten the prompt")]
+    PromptTooLong {
+        prompt_len: usize,
+        max_length: usize,
+    },
+    #[error("pixel_values must be (batch, 3, height, width), got {0:?}")]
+    BadPixelValues(Vec<usize>),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl GenerationConfig {
+    fn validate(&self, model: &BlipForConditionalGeneration) -> Result<(), GenerateError> {
+        let text = &model.config().text_config;
+        let bad = |what: String| Err(GenerateError::InvalidConfig(what));
+        if self.num_beams == 0 {
+            return bad("num_beams must be at least 1".into());
+        }
+        if 2 * self.num_beams > text.vocab_size {
+            return bad(format!(
+                "num_beams {} needs a vocabulary of at least {} tokens",
+                self.num_beams,
+                2 * self.num_beams
+            ));
+        }
+        if self.max_length > text.max_position_embeddings {
+            return bad(format!(
+                "max_length {} exceeds the decoder's max_position_embeddings {}",
+                self.max_length, text.max_position_embeddings
+            ));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be a positive number, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length_penalty must be finite, got {}",
+                self.length_penalty
+            ));
+        }
+        for (name, id) in [("bos", self.bos), ("eos", self.eos)] {
+            if id as usize >= text.vocab_size {
+                return bad(format!(
+                    "{name} id {id} is outside the vocabulary ({} tokens)",
+                    text.vocab_size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The decoder start sequence: `prompt_ids` as given when it starts with bos (as
+/// `PromptTokenizer::prompt_ids` returns it), bos prepended otherwise, `[bos]` when empty.
+pub fn decoder_start(prompt_ids: &[u32], bos: u32) -> Vec<u32> {
+    match prompt_ids.first() {
+        Some(&first) if first == bos => prompt_ids.to_vec(),
+        _ => std::iter::once(bos)
+            .chain(prompt_ids.iter().copied())
+            .collect(),
+    }
+}
+
+/// Captions every image of `pixel_values` `(B, 3, S, S)` (f32 or the model dtype). Returns, per
+/// image, the full sequence as transformers returns it: bos, prompt, generated ids, and the final
+/// eos when one was generated; never padding. Each caption depends only on its own image.
+pub fn generate(
+    model: &BlipForConditionalGeneration,
+    pixel_values: &Tensor,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    cfg.validate(model)?;
+    let dims = pixel_values.dims().to_vec();
+    let batch = match dims.as_slice() {
+        [b, 3, _, _] => *b,
+        _ => return Err(GenerateError::BadPixelValues(dims)),
+    };
+    let prompt = decoder_start(prompt_ids, cfg.bos);
+    if prompt.len() >= cfg.max_length {
+        return Err(GenerateError::PromptTooLong {
+            prompt_len: prompt.len(),
+            max_length: cfg.max_length,
+        });
+    }
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let image_kv = model
+        .text_decoder()
+        .image_kv(&model.image_embeds(pixel_values)?)?;
+    if cfg.num_beams == 1 {
+        greedy::greedy_search(model, image_kv, &prompt, cfg)
+    } else {
+        beam::beam_search(model, image_kv, &prompt, cfg)
+    }
+}
+
+/// Runs the decoder on `input_ids` `(R, T)` and returns f32 logits of the last position, `(R, V)`.
+fn next_token_logits(
+    model: &BlipForConditionalGeneration,
+    input_ids: &Tensor,
+    image_kv: &CrossAttentionKv,
+    cache: &mut kv_cache::KvCache,
+) -> candle_core::Result<Tensor> {
+    let t = input_ids.dim(1)?;
+    let hidden = model
+        .text_decoder()
+        .forward_hidden(input_ids, image_kv, cache)?;
+    let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+    model.text_decoder().logits(&last)?.to_dtype(DType::F32)
+}
+
+/// `(rows, T)` u32 tensor with `prompt` on every row.
+fn prompt_tensor(
+    prompt: &[u32],
+    rows: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    Tensor::new(prompt, device)?.unsqueeze(0)?.repeat((rows, 1))
+}
+
+/// u32 index tensor on `device`.
+fn index_tensor(indices: &[usize], device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    let ids: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    Tensor::from_vec(ids, indices.len(), device)
+}

@@ -1,0 +1,198 @@
+//! Loading a BLIP captioning model from a Hugging Face style directory: `config.json` plus
+//! `model.safetensors` or a sharded `model.safetensors.index.json`, memory-mapped and converted
+//! to the requested dtype on the requested device.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Shape};
+use candle_nn::VarBuilder;
+
+use super::config::{BlipConfig, ConfigError};
+use super::BlipForConditionalGeneration;
+
+/// Why a model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: not found (a BLIP model directory needs config.json next to its weights)", path = .path.display())]
+    MissingConfig { path: PathBuf },
+    #[error("{path}: cannot read: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}", path = .path.display())]
+    Config { path: PathBuf, source: ConfigError },
+    #[error("{dir}: no model.safetensors or model.safetensors.index.json (download the weights into this directory)", dir = .dir.display())]
+    MissingWeights { dir: PathBuf },
+    #[error("{path}: malformed shard index: {reason}", path = .path.display())]
+    BadIndex { path: PathBuf, reason: String },
+    #[error("{path}: weight shard listed in the index does not exist", path = .path.display())]
+    MissingShard { path: PathBuf },
+    #[error("cannot open weights {files}: {source}")]
+    OpenWeights {
+        files: String,
+        source: candle_core::Error,
+    },
+    #[error("tensor {name} is missing from the weights in {dir} (is this a BlipForConditionalGeneration checkpoint?)", dir = .dir.display())]
+    MissingTensor { name: String, dir: PathBuf },
+    #[error("tensor {name} has shape {found:?}, the config implies {expected:?} (config.json and weights disagree)")]
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("building the model from {dir}: {source}", dir = .dir.display())]
+    Build {
+        dir: PathBuf,
+        source: candle_core::Error,
+    },
+}
+
+/// The files of a model directory, with its config already parsed.
+#[derive(Debug, Clone)]
+pub struct BlipWeights {
+    pub dir: PathBuf,
+    pub config: BlipConfig,
+    /// `model.safetensors`, or every shard named by the index (sorted, deduplicated).
+    pub weight_files: Vec<PathBuf>,
+}
+
+impl BlipWeights {
+    /// Finds and parses `config.json` and the safetensors file(s) in `dir`; reads no tensor yet.
+    pub fn locate(dir: &Path) -> Result<Self, LoadError> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(LoadError::MissingConfig { path: config_path });
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(|source| LoadError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config = BlipConfig::from_json_str(&text).map_err(|source| LoadError::Config {
+            path: config_path,
+            source,
+        })?;
+
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let weight_files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_files(dir, &index)?
+        } else {
+            return Err(LoadError::MissingWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weight_files,
+        })
+    }
+
+    /// Memory-maps the weights and builds the model in `dtype` on `device`.
+    pub fn load(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<BlipForConditionalGeneration, LoadError> {
+        // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
+        // truncating them while the model is being built (tensors are copied out during `new`).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
+            .map_err(|source| LoadError::OpenWeights {
+                files: self
+                    .weight_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            })?;
+        BlipForConditionalGeneration::new(&self.config, vb).map_err(|e| self.classify(e))
+    }
+
+    /// Turns candle's tensor lookup errors into named [`LoadError`]s.
+    fn classify(&self, err: candle_core::Error) -> LoadError {
+        match innermost(&err) {
+            candle_core::Error::CannotFindTensor { path } => LoadError::MissingTensor {
+                name: path.clone(),
+                dir: self.dir.clone(),
+            },
+            candle_core::Error::UnexpectedShape { msg, expected, got }
+                if msg.starts_with("shape mismatch for ") =>
+            {
+                LoadError::WrongShape {
+                    name: msg.trim_start_matches("shape mismatch for ").to_string(),
+                    expected: dims(expected),
+                    found: dims(got),
+                }
+            }
+            _ => LoadError::Build {
+                dir: self.dir.clone(),
+                source: err,
+            },
+        }
+    }
+}
+
+/// Locates and loads the model in `dir` (see [`BlipWeights`]).
+pub fn load_model(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<BlipForConditionalGeneration, LoadError> {
+    BlipWeights::locate(dir)?.load(dtype, device)
+}
+
+fn dims(shape: &Shape) -> Vec<usize> {
+    shape.dims().to_vec()
+}
+
+fn innermost(err: &candle_core::Error) -> &candle_core::Error {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::Context { inner, .. }
+        | candle_core::Error::WithPath { inner, .. } => innermost(inner),
+        other => other,
+    }
+}
+
+/// The shard files of a `model.safetensors.index.json` (`weight_map` values), checked to exist.
+fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| LoadError::BadIndex {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no \"weight_map\" object".to_string()))?;
+    let mut files = BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
+        files.insert(file.to_string());
+    }
+    if files.is_empty() {
+        return Err(bad("empty weight_map".to_string()));
+    }
+    files
+        .into_iter()
+        .map(|file| {
+            let path = dir.join(file);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(LoadError::MissingShard { path })
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,95 @@
+//! BLIP image captioning (HF `BlipForConditionalGeneration`): the ViT vision tower and the BERT
+//! text decoder with cross-attention, loaded from Hugging Face weights.
+
+pub mod config;
+pub mod load;
+pub mod text;
+pub mod text_attention;
+pub mod vision;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::{BlipConfig, BlipTextConfig, BlipVisionConfig};
+pub use load::{load_model, BlipWeights, LoadError};
+pub use text::BlipTextLMHeadModel;
+pub use text_attention::CrossAttentionKv;
+pub use vision::BlipVisionModel;
+
+use crate::generate::kv_cache::{KvCache, KvCacheShape};
+
+/// `vision_model` + `text_decoder`.
+#[derive(Debug, Clone)]
+pub struct BlipForConditionalGeneration {
+    vision_model: BlipVisionModel,
+    text_decoder: BlipTextLMHeadModel,
+    config: BlipConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl BlipForConditionalGeneration {
+    /// Builds the model from `vb` (root of the HF checkpoint); the activation dtype is `vb`'s.
+    pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            vision_model: BlipVisionModel::new(&cfg.vision_config, vb.pp("vision_model"))?,
+            text_decoder: BlipTextLMHeadModel::new(&cfg.text_config, vb.pp("text_decoder"))?,
+            config: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BlipConfig {
+        &self.config
+    }
+
+    /// Activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn vision_model(&self) -> &BlipVisionModel {
+        &self.vision_model
+    }
+
+    pub fn text_decoder(&self) -> &BlipTextLMHeadModel {
+        &self.text_decoder
+    }
+
+    /// `(B, 3, S, S)` pixels (f32 or the model dtype) -> image embeds `(B, 1 + (S/p)^2, D_v)`.
+    pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.vision_model.forward(pixel_values)
+    }
+
+    /// An empty self-attention cache for `rows` sequences of at most `capacity` tokens.
+    pub fn new_cache(&self, rows: usize, capacity: usize) -> Result<KvCache> {
+        let t = &self.config.text_config;
+        let shape = KvCacheShape {
+            num_layers: self.text_decoder.num_layers(),
+            rows,
+            num_heads: t.num_attention_heads,
+            capacity,
+            head_dim: t.head_dim(),
+        };
+        KvCache::new(shape, self.dtype, &self.device)
+    }
+
+    /// Teacher-forced logits `(B, T, V)` for `input_ids` `(B, T)` (u32), as HF
+    /// `model(pixel_values, input_ids).logits`.
+    pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let image_kv = self
+            .text_decoder
+            .image_kv(&self.image_embeds(pixel_values)?)?;
+        let mut cache = self.new_cache(b, t)?;
+        let hidden = self
+            .text_decoder
+            .forward_hidden(input_ids, &image_kv, &mut cache)?;
+        self.text_decoder.logits(&hidden)
+    }
+}

@@ -1,0 +1,226 @@
+//! BLIP text decoder (`text_decoder.*`, HF `BlipTextLMHeadModel`): BERT embeddings, post-LN
+//! layers with causal self-attention and image cross-attention, and the tied LM head.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use super::config::{Activation, BlipTextConfig};
+use super::text_attention::{BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv};
+use super::vision::layer_norm;
+use crate::generate::kv_cache::KvCache;
+use crate::models::linear::Linear;
+
+/// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
+#[derive(Debug, Clone)]
+pub struct BlipTextEmbeddings {
+    /// `word_embeddings.weight`: `(V, D)`.
+    word_embeddings: Embedding,
+    /// `position_embeddings.weight`: `(P, D)`.
+    position_embeddings: Tensor,
+    /// HF `LayerNorm`.
+    layer_norm: LayerNorm,
+}
+
+impl BlipTextEmbeddings {
+    pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let word = vb
+            .pp("word_embeddings")
+            .get((cfg.vocab_size, d), "weight")?;
+        Ok(Self {
+            word_embeddings: Embedding::new(word, d),
+            position_embeddings: vb
+                .pp("position_embeddings")
+                .get((cfg.max_position_embeddings, d), "weight")?,
+            layer_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    /// The word embedding matrix `(V, D)` (the LM head decoder weight when tied).
+    pub fn word_embedding_weight(&self) -> &Tensor {
+        self.word_embeddings.embeddings()
+    }
+
+    /// Token ids `(R, T)` (u32) at positions `past..past+T` -> `(R, T, D)`.
+    pub fn forward(&self, input_ids: &Tensor, past: usize) -> Result<Tensor> {
+        let t = input_ids.dim(1)?;
+        let max_positions = self.position_embeddings.dim(0)?;
+        if past + t > max_positions {
+            candle_core::bail!(
+                "text positions {}..{} exceed max_position_embeddings {max_positions}",
+                past,
+                past + t
+            );
+        }
+        let words = self.word_embeddings.forward(input_ids)?;
+        let positions = self.position_embeddings.narrow(0, past, t)?;
+        self.layer_norm.forward(&words.broadcast_add(&positions)?)
+    }
+}
+
+/// `intermediate` + `output` of a decoder layer: dense -> activation -> dense, residual, LayerNorm.
+#[derive(Debug, Clone)]
+pub struct BlipTextFeedForward {
+    /// `intermediate.dense`: `(I, D)`.
+    intermediate: Linear,
+    /// `output.dense`: `(D, I)`.
+    output: Linear,
+    /// `output.LayerNorm`.
+    output_norm: LayerNorm,
+    act: Activation,
+}
+
+impl BlipTextFeedForward {
+    pub fn new(cfg: &BlipTextConfig, vb: &VarBuilder) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            intermediate: Linear::load(d, i, vb.pp("intermediate").pp("dense"))?,
+            output: Linear::load(i, d, vb.pp("output").pp("dense"))?,
+            output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `(R, T, D) -> (R, T, D)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = self.act.forward(&self.intermediate.forward(xs)?)?;
+        self.output_norm
+            .forward(&(self.output.forward(&hidden)? + xs)?)
+    }
+}
+
+/// `bert.encoder.layer.N`.
+#[derive(Debug, Clone)]
+pub struct BlipTextLayer {
+    attention: BlipTextSelfAttention,
+    crossattention: BlipTextCrossAttention,
+    feed_forward: BlipTextFeedForward,
+}
+
+impl BlipTextLayer {
+    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attention: BlipTextSelfAttention::new(cfg, layer_idx, vb.pp("attention"))?,
+            crossattention: BlipTextCrossAttention::new(cfg, layer_idx, vb.pp("crossattention"))?,
+            feed_forward: BlipTextFeedForward::new(cfg, &vb)?,
+        })
+    }
+
+    /// `(R, T, D) -> (R, T, D)`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        image_kv: &CrossAttentionKv,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let xs = self.attention.forward(xs, cache)?;
+        let xs = self.crossattention.forward(&xs, image_kv)?;
+        self.feed_forward.forward(&xs)
+    }
+}
+
+/// `cls.predictions`: transform (dense, activation, LayerNorm) then the vocabulary projection,
+/// whose weight is tied to the word embeddings and whose bias is `cls.predictions.bias`.
+#[derive(Debug, Clone)]
+pub struct BlipTextLMPredictionHead {
+    /// `transform.dense`: `(D, D)`.
+    transform_dense: Linear,
+    /// `transform.LayerNorm`.
+    transform_norm: LayerNorm,
+    act: Activation,
+    /// `decoder.weight` (or the tied word embeddings) `(V, D)` with bias `(V,)`.
+    decoder: Linear,
+}
+
+impl BlipTextLMPredictionHead {
+    /// `word_embeddings` is used as the decoder weight unless `decoder.weight` is in the file.
+    pub fn new(cfg: &BlipTextConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
+        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+        let transform = vb.pp("transform");
+        let weight = if vb.contains_tensor("decoder.weight") {
+            vb.pp("decoder").get((v, d), "weight")?
+        } else {
+            word_embeddings.clone()
+        };
+        let bias = vb.get(v, "bias")?;
+        Ok(Self {
+            transform_dense: Linear::load(d, d, transform.pp("dense"))?,
+            transform_norm: layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?,
+            act: cfg.hidden_act,
+            decoder: Linear::from_parts(weight, Some(bias)),
+        })
+    }
+
+    /// `(..., D) -> (..., V)` logits.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = self.act.forward(&self.transform_dense.forward(xs)?)?;
+        self.decoder.forward(&self.transform_norm.forward(&hidden)?)
+    }
+}
+
+/// `text_decoder`: `bert.{embeddings, encoder.layer.*}` and `cls.predictions`.
+#[derive(Debug, Clone)]
+pub struct BlipTextLMHeadModel {
+    embeddings: BlipTextEmbeddings,
+    layers: Vec<BlipTextLayer>,
+    predictions: BlipTextLMPredictionHead,
+}
+
+impl BlipTextLMHeadModel {
+    pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let bert = vb.pp("bert");
+        let embeddings = BlipTextEmbeddings::new(cfg, bert.pp("embeddings"))?;
+        let layers_vb = bert.pp("encoder").pp("layer");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BlipTextLayer::new(cfg, i, layers_vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let predictions = BlipTextLMPredictionHead::new(
+            cfg,
+            embeddings.word_embedding_weight(),
+            vb.pp("cls").pp("predictions"),
+        )?;
+        Ok(Self {
+            embeddings,
+            layers,
+            predictions,
+        })
+    }
+
+    /// Number of decoder layers (the [`KvCache`] needs one slot per layer).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Cross-attention keys/values of every layer for image embeds `(B, N, D_v)`.
+    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<CrossAttentionKv> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| layer.crossattention.image_kv(image_embeds))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CrossAttentionKv::from_layers(layers))
+    }
+
+    /// Runs `input_ids` `(R, T)` (u32, positions `cache.len()..`) through the decoder and returns
+    /// the last hidden states `(R, T, D)`. `R` must be a multiple of the images in `image_kv`
+    /// (consecutive rows share an image). Advances `cache` by `T`.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        image_kv: &CrossAttentionKv,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let t = input_ids.dim(1)?;
+        let mut xs = self.embeddings.forward(input_ids, cache.len())?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, image_kv, cache)?;
+        }
+        cache.advance(t);
+        Ok(xs)
+    }
+
+    /// Hidden states `(..., D)` -> vocabulary logits `(..., V)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.predictions.forward(hidden)
+    }
+}

@@ -1,0 +1,221 @@
+//! Attention blocks of the BLIP text decoder (`text_decoder.bert.encoder.layer.N.{attention,
+//! crossattention}`): causal self-attention over a [`KvCache`], and cross-attention over image
+//! keys/values computed once per image ([`CrossAttentionKv`]).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use super::config::BlipTextConfig;
+use super::vision::layer_norm;
+use crate::generate::kv_cache::KvCache;
+use crate::models::linear::Linear;
+
+/// `*.output`: dense projection, residual, post-LayerNorm (HF `BlipTextSelfOutput`).
+#[derive(Debug, Clone)]
+pub struct BlipTextSelfOutput {
+    /// `dense`: `(D, D)`.
+    dense: Linear,
+    /// HF `LayerNorm`.
+    layer_norm: LayerNorm,
+}
+
+impl BlipTextSelfOutput {
+    pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    /// `LN(dense(context) + residual)`, `(R, T, D)`.
+    pub fn forward(&self, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.layer_norm
+            .forward(&(self.dense.forward(context)? + residual)?)
+    }
+}
+
+/// `(R, T, H*Dh)` -> `(R, H, T, Dh)` contiguous, for `n` stacked projections at once:
+/// input `(R, T, n*H*Dh)`, output `(n, R, H, T, Dh)`.
+fn split_heads(xs: &Tensor, n: usize, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (r, t, _) = xs.dims3()?;
+    xs.reshape((r, t, n, heads, head_dim))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()
+}
+
+/// Causal additive mask `(t, past + t)` in `dtype`: 0 where a query may attend, -inf elsewhere.
+fn causal_mask(past: usize, t: usize, like: &Tensor) -> Result<Tensor> {
+    let total = past + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), like.device())?.to_dtype(like.dtype())
+}
+
+/// `attention` of a decoder layer: causal multi-head self-attention with separate HF
+/// `self.{query,key,value}` projections, stacked at load into one `(3D, D)` matmul.
+#[derive(Debug, Clone)]
+pub struct BlipTextSelfAttention {
+    /// `self.query|key|value` stacked: `(3D, D)`; query rows pre-scaled by `1/sqrt(head_dim)`.
+    qkv: Linear,
+    output: BlipTextSelfOutput,
+    layer_idx: usize,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BlipTextSelfAttention {
+    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let head_dim = cfg.head_dim();
+        let sv = vb.pp("self");
+        let query = Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())?;
+        let key = Linear::load(d, d, sv.pp("key"))?;
+        let value = Linear::load(d, d, sv.pp("value"))?;
+        Ok(Self {
+            qkv: Linear::concat_outputs(&[query, key, value])?,
+            output: BlipTextSelfOutput::new(cfg, vb.pp("output"))?,
+            layer_idx,
+            num_heads: cfg.num_attention_heads,
+            head_dim,
+        })
+    }
+
+    /// `(R, T, D) -> (R, T, D)`: appends this step's keys/values to `cache` (layer `layer_idx`)
+    /// and attends causally over everything cached.
+    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (r, t, d) = xs.dims3()?;
+        let past = cache.len();
+        let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
+        let q = qkv.get(0)?;
+        let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
+        let scores = q.matmul(&keys.t()?)?;
+        let scores = if t > 1 {
+            scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?;
+        self.output.forward(&context, xs)
+    }
+}
+
+/// Cross-attention keys and values of every decoder layer for a batch of images,
+/// `(images, heads, image_tokens, head_dim)` each: computed once per image, shared by all of
+/// that image's beams.
+#[derive(Debug, Clone)]
+pub struct CrossAttentionKv {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl CrossAttentionKv {
+    /// Wraps per-layer `(keys, values)`.
+    pub fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Self {
+        Self { layers }
+    }
+
+    /// Number of images.
+    pub fn images(&self) -> Result<usize> {
+        match self.layers.first() {
+            Some((k, _)) => k.dim(0),
+            None => Ok(0),
+        }
+    }
+
+    /// Keeps images `indices` (u32 on the same device), in that order.
+    pub fn select_images(&self, indices: &Tensor) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.index_select(indices, 0)?, v.index_select(indices, 0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    fn layer(&self, idx: usize) -> Result<&(Tensor, Tensor)> {
+        match self.layers.get(idx) {
+            Some(kv) => Ok(kv),
+            None => candle_core::bail!(
+                "cross-attention kv has no layer {idx} ({} layers)",
+                self.layers.len()
+            ),
+        }
+    }
+}
+
+/// `crossattention` of a decoder layer: queries from the text, keys/values from the image embeds.
+#[derive(Debug, Clone)]
+pub struct BlipTextCrossAttention {
+    /// `self.query`: `(D, D)`, pre-scaled by `1/sqrt(head_dim)`.
+    query: Linear,
+    /// `self.key|value` stacked: `(2D, D_v)`.
+    key_value: Linear,
+    output: BlipTextSelfOutput,
+    layer_idx: usize,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BlipTextCrossAttention {
+    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+        let (d, dv) = (cfg.hidden_size, cfg.encoder_hidden_size);
+        let head_dim = cfg.head_dim();
+        let sv = vb.pp("self");
+        let key = Linear::load(dv, d, sv.pp("key"))?;
+        let value = Linear::load(dv, d, sv.pp("value"))?;
+        Ok(Self {
+            query: Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())?,
+            key_value: Linear::concat_outputs(&[key, value])?,
+            output: BlipTextSelfOutput::new(cfg, vb.pp("output"))?,
+            layer_idx,
+            num_heads: cfg.num_attention_heads,
+            head_dim,
+        })
+    }
+
+    /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(B, H, N, Dh)` each.
+    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = split_heads(
+            &self.key_value.forward(image_embeds)?,
+            2,
+            self.num_heads,
+            self.head_dim,
+        )?;
+        Ok((kv.get(0)?, kv.get(1)?))
+    }
+
+    /// `(R, T, D) -> (R, T, D)` where the `R` rows are `B` images x `g` consecutive rows each
+    /// (beams): the `g*T` queries of an image attend to that image's keys/values together, so the
+    /// image K/V are never repeated per beam.
+    pub fn forward(&self, xs: &Tensor, image_kv: &CrossAttentionKv) -> Result<Tensor> {
+        let (r, t, d) = xs.dims3()?;
+        let (keys, values) = image_kv.layer(self.layer_idx)?;
+        let b = keys.dim(0)?;
+        if b == 0 || r % b != 0 {
+            candle_core::bail!("cross-attention: {r} text rows cannot be grouped over {b} images");
+        }
+        let g = r / b;
+        let (h, dh) = (self.num_heads, self.head_dim);
+        // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
+        let q = self
+            .query
+            .forward(xs)?
+            .reshape((b, g * t, h, dh))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scores = q.matmul(&keys.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
+        let context = probs.matmul(values)?.transpose(1, 2)?.reshape((r, t, d))?;
+        self.output.forward(&context, xs)
+    }
+}

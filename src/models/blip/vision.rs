@@ -1,0 +1,222 @@
+//! BLIP vision tower (`vision_model.*`): a pre-LN ViT turning pixels into image embeddings that
+//! the text decoder cross-attends to (HF `BlipVisionModel`).
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use super::config::{Activation, BlipVisionConfig};
+use crate::models::linear::Linear;
+
+/// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
+pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let weight = vb.get(dim, "weight")?;
+    let bias = vb.get(dim, "bias")?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+/// `vision_model.embeddings`: patch projection + class token + learned positions.
+#[derive(Debug, Clone)]
+pub struct BlipVisionEmbeddings {
+    /// `patch_embedding`: the Conv2d(3, D, p, stride p) as a matmul over flattened patches,
+    /// weight `(D, 3*p*p)` in (channel, row, column) order.
+    patch_embedding: Linear,
+    /// `class_embedding`: `(1, 1, D)`.
+    class_embedding: Tensor,
+    /// `position_embedding`: `(1, 1 + grid^2, D)`.
+    position_embedding: Tensor,
+    patch_size: usize,
+    grid_size: usize,
+    hidden_size: usize,
+}
+
+impl BlipVisionEmbeddings {
+    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let pe = vb.pp("patch_embedding");
+        let weight = pe.get((d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
+        let bias = pe.get(d, "bias")?;
+        Ok(Self {
+            patch_embedding: Linear::from_parts(weight, Some(bias)),
+            class_embedding: vb.get((1, 1, d), "class_embedding")?,
+            position_embedding: vb.get((1, cfg.num_positions(), d), "position_embedding")?,
+            patch_size: p,
+            grid_size: cfg.grid_size(),
+            hidden_size: d,
+        })
+    }
+
+    /// `(B, 3, H, W)` pixels (any float dtype) -> `(B, 1 + grid^2, D)` in the weights' dtype.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixel_values.dims4()?;
+        let (p, g) = (self.patch_size, self.grid_size);
+        if c != 3 || h != g * p || w != g * p {
+            candle_core::bail!(
+                "vision embeddings expect pixel_values of shape (B, 3, {}, {}), got {:?}",
+                g * p,
+                g * p,
+                pixel_values.dims()
+            );
+        }
+        let dtype = self.class_embedding.dtype();
+        // (B, 3, g, p, g, p) -> (B, g, g, 3, p, p): each patch becomes one row of 3*p*p values.
+        let patches = pixel_values
+            .to_dtype(dtype)?
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, 3 * p * p))?;
+        let patch_embeds = self.patch_embedding.forward(&patches)?;
+        let class_embeds = self
+            .class_embedding
+            .broadcast_as((b, 1, self.hidden_size))?;
+        let embeddings = Tensor::cat(&[&class_embeds, &patch_embeds], 1)?;
+        embeddings.broadcast_add(&self.position_embedding)
+    }
+}
+
+/// `encoder.layers.N.self_attn`: multi-head self-attention with one fused `qkv` projection.
+#[derive(Debug, Clone)]
+pub struct BlipAttention {
+    /// `qkv`: `(3D, D)`; the query rows are pre-multiplied by `head_dim^-0.5` at load.
+    qkv: Linear,
+    /// `projection`: `(D, D)`.
+    projection: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BlipAttention {
+    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let head_dim = cfg.head_dim();
+        let qkv = vb.pp("qkv");
+        let weight = qkv.get((3 * d, d), "weight")?;
+        let bias = qkv.get(3 * d, "bias")?;
+        // HF multiplies the scores by head_dim^-0.5; scaling q's projection is the same product.
+        let scale = (head_dim as f64).powf(-0.5);
+        let row_scale = Tensor::cat(
+            &[
+                Tensor::full(scale as f32, d, vb.device())?,
+                Tensor::ones(2 * d, DType::F32, vb.device())?,
+            ],
+            0,
+        )?
+        .to_dtype(weight.dtype())?;
+        let weight = weight.broadcast_mul(&row_scale.unsqueeze(1)?)?;
+        let bias = bias.mul(&row_scale)?;
+        Ok(Self {
+            qkv: Linear::from_parts(weight, Some(bias)),
+            projection: Linear::load(d, d, vb.pp("projection"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim,
+        })
+    }
+
+    /// `(B, N, D) -> (B, N, D)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((b, n, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = qkv.get(0)?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        self.projection.forward(&context)
+    }
+}
+
+/// `encoder.layers.N.mlp`: fc1 -> activation -> fc2.
+#[derive(Debug, Clone)]
+pub struct BlipMlp {
+    /// `fc1`: `(I, D)`.
+    fc1: Linear,
+    /// `fc2`: `(D, I)`.
+    fc2: Linear,
+    act: Activation,
+}
+
+impl BlipMlp {
+    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
+            fc2: Linear::load(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `(B, N, D) -> (B, N, D)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
+    }
+}
+
+/// `encoder.layers.N`: `x + attn(LN1(x))`, then `x + mlp(LN2(x))`.
+#[derive(Debug, Clone)]
+pub struct BlipEncoderLayer {
+    self_attn: BlipAttention,
+    layer_norm1: LayerNorm,
+    mlp: BlipMlp,
+    layer_norm2: LayerNorm,
+}
+
+impl BlipEncoderLayer {
+    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            self_attn: BlipAttention::new(cfg, vb.pp("self_attn"))?,
+            layer_norm1: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            mlp: BlipMlp::new(cfg, vb.pp("mlp"))?,
+            layer_norm2: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    /// `(B, N, D) -> (B, N, D)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.layer_norm1.forward(xs)?)?;
+        let xs = (xs + attn)?;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
+        xs + mlp
+    }
+}
+
+/// `vision_model`: embeddings, `encoder.layers.*`, `post_layernorm`.
+#[derive(Debug, Clone)]
+pub struct BlipVisionModel {
+    embeddings: BlipVisionEmbeddings,
+    layers: Vec<BlipEncoderLayer>,
+    post_layernorm: LayerNorm,
+}
+
+impl BlipVisionModel {
+    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let layers_vb = vb.pp("encoder").pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BlipEncoderLayer::new(cfg, layers_vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: BlipVisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
+            layers,
+            post_layernorm: layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?,
+        })
+    }
+
+    /// `(B, 3, H, W)` pixels -> `(B, 1 + grid^2, D)` image embeddings (`last_hidden_state`, post-LN).
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(pixel_values)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        self.post_layernorm.forward(&xs)
+    }
+}

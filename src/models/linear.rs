@@ -1,0 +1,100 @@
+//! The projection type every model layer uses (`y = x W^T + b`), so that a quantized weight
+//! format can be added as another variant later without touching the layers.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// An affine projection from `in_features` to `out_features`.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// Dense weight `(out_features, in_features)` in the activation dtype, optional bias `(out_features,)`.
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Linear {
+    /// Loads `weight` and `bias` under `vb` (HF `nn.Linear` spelling).
+    pub fn load(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_features, in_features), "weight")?;
+        let bias = vb.get(out_features, "bias")?;
+        Ok(Self::Dense {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// Loads a projection without bias (HF `nn.Linear(.., bias=False)`).
+    pub fn load_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_features, in_features), "weight")?;
+        Ok(Self::Dense { weight, bias: None })
+    }
+
+    /// Builds a dense projection from tensors already in memory.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::Dense { weight, bias }
+    }
+
+    /// Stacks projections that read the same input into one whose output is their outputs
+    /// concatenated (e.g. query/key/value into one matmul). All must be dense, all with or all
+    /// without bias.
+    pub fn concat_outputs(parts: &[Linear]) -> Result<Self> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for part in parts {
+            let Self::Dense { weight, bias } = part;
+            weights.push(weight.clone());
+            if let Some(b) = bias {
+                biases.push(b.clone());
+            }
+        }
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = match biases.len() {
+            0 => None,
+            n if n == parts.len() => Some(Tensor::cat(&biases, 0)?),
+            _ => candle_core::bail!("concat_outputs: either every part or none must have a bias"),
+        };
+        Ok(Self::Dense { weight, bias })
+    }
+
+    /// Multiplies the output (weight rows and bias) by `factor`: folds a constant scale that
+    /// follows the projection (such as the attention `1/sqrt(head_dim)`) into the weights.
+    pub fn scaled(&self, factor: f64) -> Result<Self> {
+        let Self::Dense { weight, bias } = self;
+        let bias = match bias {
+            Some(b) => Some((b * factor)?),
+            None => None,
+        };
+        Ok(Self::Dense {
+            weight: (weight * factor)?,
+            bias,
+        })
+    }
+
+    /// Number of output features.
+    pub fn out_features(&self) -> Result<usize> {
+        let Self::Dense { weight, .. } = self;
+        weight.dim(0)
+    }
+
+    /// `(..., in_features) -> (..., out_features)`. The leading dimensions are flattened so that
+    /// one GEMM runs whatever the rank.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let Self::Dense { weight, bias } = self;
+        let dims = xs.dims();
+        let in_features = xs.dim(D::Minus1)?;
+        let rows: usize = dims.iter().rev().skip(1).product();
+        let flat = xs.reshape((rows, in_features))?;
+        let out = flat.matmul(&weight.t()?)?;
+        let out = match bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        };
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out.dim(1)?;
+        }
+        out.reshape(out_dims)
+    }
+}

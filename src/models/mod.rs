@@ -1,0 +1,4 @@
+//! Model definitions (candle): shared layers and one module per model family.
+
+pub mod blip;
+pub mod linear;
