@@ -1,1 +1,3 @@
 //! vlmrun: a Rust-native GPU harness for vision-language models.
+
+pub mod metrics;
