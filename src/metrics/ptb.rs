@@ -1,0 +1,146 @@
+//! Caption tokenization as pycocoevalcap 1.2 does it: Stanford CoreNLP 3.4.1's `PTBTokenizer`
+//! (`-preserveLines -lowerCase`), tokens joined with single spaces, punctuation tokens dropped.
+//!
+//! The jar is a longest-match scanner generated from a rule table; this module re-implements that
+//! scanner (same rules, same priorities, same token rewrites) over UTF-16 code units, the way Java sees
+//! the text. Tokenization is case-sensitive and only the output tokens are lowercased, so `AT&T` stays
+//! one token while `at&t` splits. Scope and known departures:
+//! - pycocoevalcap feeds all captions to one jar run, one per line, so a few rules peek at the next
+//!   caption (a one-letter acronym such as `c.` loses its period when the next caption starts with
+//!   `The`, `A`, ...). Here every caption is tokenized as if followed by a neutral line.
+//! - A caption holding a character the jar treats as a line break (`\r`, U+000B, U+000C, U+2028,
+//!   U+2029) makes pycocoevalcap misalign every later caption; here those characters only separate tokens.
+//!   (`\n` is replaced by a space first, exactly as pycocoevalcap does.)
+//! - Characters outside the Basic Multilingual Plane (emoji) are deleted, as the jar deletes the two
+//!   halves of their surrogate pairs.
+
+mod char_tables;
+mod lexer;
+mod nfa;
+mod pattern;
+mod rules;
+
+use lexer::Lexer;
+
+/// Tokens pycocoevalcap removes after tokenizing (compared after lowercasing, so `-lrb-` stays).
+pub const PUNCTUATION: [&str; 17] = [
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+    "...", ";",
+];
+
+/// Errors of the PTB tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum PtbError {
+    /// A built-in lexer rule failed to compile: a defect in vlmrun itself.
+    #[error(
+        "built-in PTB lexer rule `{rule}` does not compile at byte {offset}: {reason} \
+         (a bug in vlmrun's src/metrics/ptb/rules.rs; please report it)"
+    )]
+    Rule {
+        rule: &'static str,
+        offset: usize,
+        reason: String,
+    },
+}
+
+/// A compiled PTB tokenizer; build once and reuse for many captions.
+pub struct PtbTokenizer {
+    lexer: Lexer,
+}
+
+impl PtbTokenizer {
+    /// Compiles the lexer rules (about a millisecond).
+    pub fn new() -> Result<Self, PtbError> {
+        let lexer = Lexer::new().map_err(|e| PtbError::Rule {
+            rule: e.name,
+            offset: e.error.offset,
+            reason: e.error.reason,
+        })?;
+        Ok(PtbTokenizer { lexer })
+    }
+
+    /// The jar's output tokens for one caption, lowercased, punctuation still in.
+    pub fn tokenize_raw(&self, caption: &str) -> Vec<String> {
+        let units: Vec<u16> = caption.replace('\n', " ").encode_utf16().collect();
+        self.lexer
+            .tokens(&units)
+            .iter()
+            .map(|token| String::from_utf16_lossy(token).to_lowercase())
+            .collect()
+    }
+
+    /// The caption as pycocoevalcap's `PTBTokenizer.tokenize` returns it: lowercased tokens joined by
+    /// single spaces, without the [`PUNCTUATION`] tokens.
+    pub fn tokenize(&self, caption: &str) -> String {
+        let tokens = self.tokenize_raw(caption);
+        let kept: Vec<&str> = tokens
+            .iter()
+            .map(String::as_str)
+            .filter(|token| !PUNCTUATION.contains(token))
+            .collect();
+        kept.join(" ")
+    }
+}
+
+/// Tokenizes one caption as pycocoevalcap does (compiles the lexer each call: use [`PtbTokenizer`] for
+/// many captions).
+pub fn tokenize(caption: &str) -> Result<String, PtbError> {
+    Ok(PtbTokenizer::new()?.tokenize(caption))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(caption: &str) -> String {
+        PtbTokenizer::new()
+            .map(|t| t.tokenize_raw(caption).join(" "))
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn metrics_md_table() {
+        let cases = [
+            ("A man's dog runs.", "a man 's dog runs"),
+            (
+                "Two black-and-white dogs, playing!",
+                "two black-and-white dogs playing",
+            ),
+            (
+                "A \"big\" (red) bus at 3:30 p.m.",
+                "a big -lrb- red -rrb- bus at 3:30 p.m.",
+            ),
+            ("It's a cat... isn't it?", "it 's a cat is n't it"),
+            (
+                "A U.S. flag; 2.5 inches {wide}",
+                "a u.s. flag 2.5 inches -lcb- wide -rcb-",
+            ),
+            (
+                "The cats' toys -- on the table.",
+                "the cats toys on the table",
+            ),
+            ("don't can't won't gonna", "do n't ca n't wo n't gon na"),
+            (
+                "e-mail @ home & co. #1 $5 50%",
+                "e-mail @ home & co. # 1 $ 5 50 %",
+            ),
+        ];
+        let tokenizer = match PtbTokenizer::new() {
+            Ok(tokenizer) => tokenizer,
+            Err(e) => panic!("{e}"),
+        };
+        for (input, expected) in cases {
+            assert_eq!(tokenizer.tokenize(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn raw_tokens_keep_punctuation() {
+        assert_eq!(
+            raw("It's a cat... isn't it?"),
+            "it 's a cat ... is n't it ?"
+        );
+        assert_eq!(raw("etc."), "etc.");
+        assert_eq!(raw("AT&T at&t"), "at&t at & t");
+    }
+}
