@@ -36,19 +36,30 @@ pub fn activate(
     facts: &SystemFacts,
     cuda: &CudaAvailability,
 ) -> Result<ActiveDevice, DeviceError> {
-    let mut device_plan = plan(spec, facts, cuda)?;
-    let device = open(&mut device_plan)?;
-    if let Some(reason) = &device_plan.fallback_reason {
+    let active = activate_quietly(spec, precision, facts, cuda)?;
+    if let Some(reason) = &active.plan.fallback_reason {
         tracing::warn!("device auto: using the CPU because {reason}");
     }
-    let precision = resolve_precision(precision, &device_plan.target)?;
     tracing::info!(
         "device {} -> {}; precision {} ({})",
-        device_plan.requested,
-        describe_target(&device_plan.target),
-        precision.dtype.as_str(),
-        precision.reason
+        active.plan.requested,
+        describe_target(&active.plan.target),
+        active.precision.dtype.as_str(),
+        active.precision.reason
     );
+    Ok(active)
+}
+
+/// As [`activate`], without logging (for `doctor`, which reports the same facts itself).
+pub fn activate_quietly(
+    spec: crate::config::DeviceSpec,
+    precision: crate::config::PrecisionSpec,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+) -> Result<ActiveDevice, DeviceError> {
+    let mut device_plan = plan(spec, facts, cuda)?;
+    let device = open(&mut device_plan)?;
+    let precision = resolve_precision(precision, &device_plan.target)?;
     Ok(ActiveDevice {
         device,
         plan: device_plan,

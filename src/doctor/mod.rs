@@ -148,7 +148,7 @@ pub fn run(config: &Config, facts: &SystemFacts, cuda: &CudaAvailability) -> Doc
     };
     let mut smoke_results = Vec::new();
     let mut usable = false;
-    match device::activate(config.device, config.precision, facts, cuda) {
+    match device::activate_quietly(config.device, config.precision, facts, cuda) {
         Ok(active) => {
             device_entry.resolved = Some(device::describe_target(&active.plan.target));
             device_entry.fallback_reason = active.plan.fallback_reason.clone();
