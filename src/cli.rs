@@ -65,6 +65,15 @@ pub enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Download a model (config.json, tokenizer.json, weights) into the Hugging Face cache (feature `hub`).
+    Fetch {
+        /// Hub id, e.g. Salesforce/blip-image-captioning-base.
+        #[arg(value_name = "HUB_ID")]
+        id: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+    },
     /// COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) of an existing predictions file.
     Score {
         /// predictions.jsonl (lines with "id" and "caption").

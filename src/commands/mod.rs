@@ -4,6 +4,7 @@ mod baseline_cmd;
 mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
+mod fetch_cmd;
 mod score_cmd;
 
 use crate::cli::{Cli, Command};
@@ -43,6 +44,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Doctor { json } => doctor_cmd::run(&context, json),
         Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
         Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
+        Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
         Command::Score {
             predictions,
             references,

@@ -2,6 +2,9 @@
 //! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). This part
 //! never touches the network and is always compiled; downloading is `fetch` (cargo feature `hub`).
 
+#[cfg(feature = "hub")]
+pub mod fetch;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -23,6 +26,13 @@ pub enum HubError {
         revision: String,
         cache: PathBuf,
         offline: &'static str,
+    },
+
+    #[error("downloading {file} of {id} failed: {message}\n  fix: check the network, the id and revision, and HF_TOKEN for gated models; set HF_ENDPOINT for a mirror")]
+    Download {
+        id: String,
+        file: String,
+        message: String,
     },
 
     #[error("model directory {} is missing {missing}\n  fix: a BLIP model directory needs config.json, model.safetensors (or model.safetensors.index.json and its shards) and tokenizer.json; see models/README.md", dir.display())]

@@ -1,0 +1,130 @@
+//! `vlmrun fetch <hub-id>` (cargo feature `hub`): downloads a BLIP model's files into the Hugging Face
+//! cache through hf-hub, with a progress bar, so later runs resolve the id offline.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
+
+use super::{cache_dir, HubError, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+
+/// Shows bytes downloaded per file on an indicatif bar.
+struct BarProgress {
+    bar: indicatif::ProgressBar,
+    per_file: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl ProgressHandler for BarProgress {
+    fn on_progress(&self, event: &ProgressEvent) {
+        let ProgressEvent::Download(event) = event else {
+            return;
+        };
+        match event {
+            DownloadEvent::Start { total_bytes, .. } => self.bar.set_length(*total_bytes),
+            DownloadEvent::Progress { files } => {
+                if let Ok(mut per_file) = self.per_file.lock() {
+                    for file in files {
+                        per_file.insert(
+                            file.filename.clone(),
+                            (file.bytes_completed, file.total_bytes),
+                        );
+                    }
+                    let done: u64 = per_file.values().map(|(done, _)| done).sum();
+                    self.bar.set_position(done);
+                }
+            }
+            DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            } => {
+                self.bar.set_length(*total_bytes);
+                self.bar.set_position(*bytes_completed);
+            }
+            DownloadEvent::Complete => {}
+        }
+    }
+}
+
+/// Downloads config.json, tokenizer.json and the weights (single file, or index + shards) of `id` at
+/// `revision`; returns the snapshot directory.
+pub fn fetch(
+    id: &str,
+    revision: &str,
+    offline: bool,
+    show_progress: bool,
+) -> Result<PathBuf, HubError> {
+    let failed = |file: &str, message: String| HubError::Download {
+        id: id.to_string(),
+        file: file.to_string(),
+        message,
+    };
+    let (owner, name) = id
+        .split_once('/')
+        .ok_or_else(|| failed("-", "a hub id looks like owner/name".to_string()))?;
+    let (cache, _) = cache_dir();
+    let client = hf_hub::HFClient::builder()
+        .cache_dir(cache)
+        .build_sync()
+        .map_err(|err| failed("-", err.to_string()))?;
+    let repo = client.model(owner, name);
+    let download = |file: &str| -> Result<PathBuf, HubError> {
+        let bar = if show_progress {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg:24} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_message(file.to_string());
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let progress = BarProgress {
+            bar: bar.clone(),
+            per_file: Mutex::new(HashMap::new()),
+        };
+        let result = repo
+            .download_file()
+            .filename(file)
+            .revision(revision)
+            .local_files_only(offline)
+            .progress(progress)
+            .send()
+            .map_err(|err| failed(file, err.to_string()));
+        bar.finish_and_clear();
+        result
+    };
+    download(CONFIG_FILE)?;
+    download(TOKENIZER_FILE)?;
+    let weights = match download(WEIGHTS_FILE) {
+        Ok(path) => path,
+        Err(single_error) => {
+            let index_path = download(WEIGHTS_INDEX_FILE).map_err(|_| single_error)?;
+            let index_text = std::fs::read_to_string(&index_path)
+                .map_err(|err| failed(WEIGHTS_INDEX_FILE, err.to_string()))?;
+            let index: serde_json::Value = serde_json::from_str(&index_text)
+                .map_err(|err| failed(WEIGHTS_INDEX_FILE, err.to_string()))?;
+            let mut shards: Vec<String> = index["weight_map"]
+                .as_object()
+                .map(|map| {
+                    map.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for shard in &shards {
+                download(shard)?;
+            }
+            index_path
+        }
+    };
+    Ok(weights
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
