@@ -144,6 +144,11 @@ pub fn run(
             .iter()
             .map(|p| p.token_ids.len().saturating_sub(captioner.prompt_len()))
             .sum();
+        timings.generation_images_per_s = if generate_s > 0.0 {
+            counts.done as f64 / generate_s
+        } else {
+            0.0
+        };
         timings.generated_tokens_per_s = if generate_s > 0.0 {
             generated_tokens as f64 / generate_s
         } else {
