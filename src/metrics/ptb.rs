@@ -20,7 +20,7 @@ mod nfa;
 mod pattern;
 mod rules;
 
-use lexer::Lexer;
+use lexer::{LexScratch, Lexer};
 
 /// Tokens pycocoevalcap removes after tokenizing (compared after lowercasing, so `-lrb-` stays).
 pub const PUNCTUATION: [&str; 17] = [
@@ -61,25 +61,41 @@ impl PtbTokenizer {
 
     /// The jar's output tokens for one caption, lowercased, punctuation still in.
     pub fn tokenize_raw(&self, caption: &str) -> Vec<String> {
-        let units: Vec<u16> = caption.replace('\n', " ").encode_utf16().collect();
-        self.lexer
-            .tokens(&units)
-            .iter()
-            .map(|token| java_lowercase(&String::from_utf16_lossy(token)))
-            .collect()
+        self.raw_with(caption, &mut self.lexer.scratch())
     }
 
     /// The caption as pycocoevalcap's `PTBTokenizer.tokenize` returns it: lowercased tokens joined by
     /// single spaces, without the [`PUNCTUATION`] tokens.
     pub fn tokenize(&self, caption: &str) -> String {
-        let tokens = self.tokenize_raw(caption);
-        let kept: Vec<&str> = tokens
-            .iter()
-            .map(String::as_str)
-            .filter(|token| !PUNCTUATION.contains(token))
-            .collect();
-        kept.join(" ")
+        drop_punctuation(&self.tokenize_raw(caption))
     }
+
+    /// [`PtbTokenizer::tokenize`] for many captions (reuses buffers between them).
+    pub fn tokenize_all<'a>(&self, captions: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut scratch = self.lexer.scratch();
+        captions
+            .into_iter()
+            .map(|caption| drop_punctuation(&self.raw_with(caption, &mut scratch)))
+            .collect()
+    }
+
+    fn raw_with(&self, caption: &str, scratch: &mut LexScratch) -> Vec<String> {
+        let units: Vec<u16> = caption.replace('\n', " ").encode_utf16().collect();
+        self.lexer
+            .tokens(&units, scratch)
+            .iter()
+            .map(|token| java_lowercase(&String::from_utf16_lossy(token)))
+            .collect()
+    }
+}
+
+fn drop_punctuation(tokens: &[String]) -> String {
+    let kept: Vec<&str> = tokens
+        .iter()
+        .map(String::as_str)
+        .filter(|token| !PUNCTUATION.contains(token))
+        .collect();
+    kept.join(" ")
 }
 
 /// Java's `String.toLowerCase(Locale.ENGLISH)`. It differs from Rust's `str::to_lowercase` only for
