@@ -40,7 +40,7 @@ impl MaxError {
 
     fn check(&mut self, got: f64, expected: f64, at: impl Into<String>) {
         let error = (got - expected).abs();
-        if !(error <= self.worst) {
+        if error > self.worst || error.is_nan() {
             self.worst = error;
             self.at = format!("{} (got {got}, expected {expected})", at.into());
         }

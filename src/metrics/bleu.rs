@@ -121,9 +121,10 @@ impl<'a> Cook<'a> {
 fn scores(stats: &Cooked) -> [f64; MAX_ORDER] {
     let mut out = [0.0; MAX_ORDER];
     let mut product = 1.0f64;
-    for k in 0..MAX_ORDER {
-        product *= (stats.correct[k] as f64 + TINY) / (stats.guess[k] as f64 + SMALL);
-        out[k] = product.powf(1.0 / (k + 1) as f64);
+    let counts = stats.correct.iter().zip(&stats.guess);
+    for (k, (slot, (&correct, &guess))) in out.iter_mut().zip(counts).enumerate() {
+        product *= (correct as f64 + TINY) / (guess as f64 + SMALL);
+        *slot = product.powf(1.0 / (k + 1) as f64);
     }
     let ratio = (stats.testlen as f64 + TINY) / (stats.reflen as f64 + SMALL);
     if ratio < 1.0 {
