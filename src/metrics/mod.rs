@@ -6,7 +6,7 @@
 
 pub mod bleu;
 pub mod cider;
-pub mod ngrams;
+mod ngrams;
 pub mod ptb;
 pub mod rouge;
 

@@ -97,10 +97,6 @@ impl<'a> GramInterner<'a> {
         self.orders.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.orders.is_empty()
-    }
-
     /// Order (1..=4) of an n-gram id.
     pub fn order(&self, gram: u32) -> usize {
         self.orders
