@@ -4,16 +4,17 @@
 //! The jar is a longest-match scanner generated from a rule table; this module re-implements that
 //! scanner (same rules, same priorities, same token rewrites) over UTF-16 code units, the way Java sees
 //! the text. Tokenization is case-sensitive and only the output tokens are lowercased, so `AT&T` stays
-//! one token while `at&t` splits. Scope and known departures:
+//! one token while `at&t` splits. The jar's letter and digit classes were probed from it
+//! (`char_tables.rs`); characters outside the Basic Multilingual Plane (emoji) are deleted, as the jar
+//! deletes both halves of their surrogate pairs. Known departures:
 //! - pycocoevalcap feeds all captions to one jar run, one per line, so a few rules peek at the next
 //!   caption (a one-letter acronym such as `c.` loses its period when the next caption starts with
 //!   `The`, `A`, ...). Here every caption is tokenized as if followed by a neutral line.
 //! - A caption holding a character the jar treats as a line break (`\r`, U+000B, U+000C, U+2028,
 //!   U+2029) makes pycocoevalcap misalign every later caption; here those characters only separate tokens.
 //!   (`\n` is replaced by a space first, exactly as pycocoevalcap does.)
-//! - Characters outside the Basic Multilingual Plane (emoji) are deleted, as the jar deletes the two
-//!   halves of their surrogate pairs.
 
+mod actions;
 mod char_tables;
 mod lexer;
 mod nfa;
