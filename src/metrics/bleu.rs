@@ -7,7 +7,7 @@
 //! `exp(1 - 1/ratio)` when `ratio = (testlen + 1e-15) / (reflen + 1e-9) < 1`. Words are split as
 //! Python's `str.split()`.
 
-use super::ngrams::{order, IdMap, Ngram, NgramCounts, Vocab, MAX_ORDER};
+use super::ngrams::{GramInterner, MAX_ORDER};
 use super::ImageCaptions;
 
 /// Added to the clipped match counts ("tiny" in pycocoevalcap).
@@ -32,7 +32,7 @@ struct Cooked {
 
 /// BLEU over already-tokenized captions. An image without references counts reference length 0.
 pub fn bleu(images: &[ImageCaptions<'_>]) -> BleuScores {
-    let mut vocab = Vocab::default();
+    let mut cook = Cook::default();
     let mut total = Cooked {
         testlen: 0,
         reflen: 0,
@@ -40,8 +40,8 @@ pub fn bleu(images: &[ImageCaptions<'_>]) -> BleuScores {
         correct: [0; MAX_ORDER],
     };
     let mut per_image = Vec::with_capacity(images.len());
-    for image in images {
-        let cooked = cook(image, &mut vocab);
+    for (index, image) in images.iter().enumerate() {
+        let cooked = cook.image(image, index as u32 + 1);
         total.testlen += cooked.testlen;
         total.reflen += cooked.reflen;
         for k in 0..MAX_ORDER {
@@ -56,41 +56,64 @@ pub fn bleu(images: &[ImageCaptions<'_>]) -> BleuScores {
     }
 }
 
-fn cook<'a>(image: &ImageCaptions<'a>, vocab: &mut Vocab<'a>) -> Cooked {
-    let mut reflens = Vec::with_capacity(image.references.len());
-    let mut max_counts: IdMap<Ngram, u32> = IdMap::default();
-    for reference in image.references {
-        let words = vocab.words(reference);
-        reflens.push(words.len());
-        for (ngram, count) in NgramCounts::new(&words, MAX_ORDER).entries {
-            let slot = max_counts.entry(ngram).or_insert(0);
-            *slot = (*slot).max(count);
+/// Interned n-grams plus, per n-gram id, the largest count in one reference of the current image.
+#[derive(Default)]
+struct Cook<'a> {
+    interner: GramInterner<'a>,
+    max_count: Vec<u32>,
+    /// Image (1-based) that `max_count` of each n-gram belongs to.
+    owner: Vec<u32>,
+}
+
+impl<'a> Cook<'a> {
+    fn image(&mut self, image: &ImageCaptions<'a>, stamp: u32) -> Cooked {
+        let mut reflens = Vec::with_capacity(image.references.len());
+        for reference in image.references {
+            let sentence = self.interner.sentence(reference);
+            reflens.push(sentence.words);
+            self.max_count.resize(self.interner.len(), 0);
+            self.owner.resize(self.interner.len(), 0);
+            for (gram, count) in sentence.grams {
+                let g = gram as usize;
+                if let (Some(owner), Some(max)) = (self.owner.get_mut(g), self.max_count.get_mut(g))
+                {
+                    if *owner != stamp {
+                        *owner = stamp;
+                        *max = 0;
+                    }
+                    *max = (*max).max(count);
+                }
+            }
         }
-    }
-    let words = vocab.words(image.hypothesis);
-    let testlen = words.len();
-    // "closest": min over (|reflen - testlen|, reflen), so ties go to the shorter reference.
-    let reflen = reflens
-        .iter()
-        .map(|&l| (l.abs_diff(testlen), l))
-        .min()
-        .map_or(0, |(_, l)| l);
-    let mut guess = [0; MAX_ORDER];
-    for (k, slot) in guess.iter_mut().enumerate() {
-        *slot = (testlen + 1).saturating_sub(k + 1);
-    }
-    let mut correct = [0; MAX_ORDER];
-    for (ngram, count) in NgramCounts::new(&words, MAX_ORDER).entries {
-        let clipped = count.min(max_counts.get(&ngram).copied().unwrap_or(0));
-        if let Some(slot) = correct.get_mut(order(&ngram).saturating_sub(1)) {
-            *slot += clipped as usize;
+        let sentence = self.interner.sentence(image.hypothesis);
+        let testlen = sentence.words;
+        // "closest": min over (|reflen - testlen|, reflen), so ties go to the shorter reference.
+        let reflen = reflens
+            .iter()
+            .map(|&l| (l.abs_diff(testlen), l))
+            .min()
+            .map_or(0, |(_, l)| l);
+        let mut guess = [0; MAX_ORDER];
+        for (k, slot) in guess.iter_mut().enumerate() {
+            *slot = (testlen + 1).saturating_sub(k + 1);
         }
-    }
-    Cooked {
-        testlen,
-        reflen,
-        guess,
-        correct,
+        let mut correct = [0; MAX_ORDER];
+        for (gram, count) in sentence.grams {
+            let g = gram as usize;
+            let in_refs = match (self.owner.get(g), self.max_count.get(g)) {
+                (Some(&owner), Some(&max)) if owner == stamp => max,
+                _ => 0,
+            };
+            if let Some(slot) = correct.get_mut(self.interner.order(gram).saturating_sub(1)) {
+                *slot += count.min(in_refs) as usize;
+            }
+        }
+        Cooked {
+            testlen,
+            reflen,
+            guess,
+            correct,
+        }
     }
 }
 
@@ -98,9 +121,10 @@ fn cook<'a>(image: &ImageCaptions<'a>, vocab: &mut Vocab<'a>) -> Cooked {
 fn scores(stats: &Cooked) -> [f64; MAX_ORDER] {
     let mut out = [0.0; MAX_ORDER];
     let mut product = 1.0f64;
-    for k in 0..MAX_ORDER {
-        product *= (stats.correct[k] as f64 + TINY) / (stats.guess[k] as f64 + SMALL);
-        out[k] = product.powf(1.0 / (k + 1) as f64);
+    let counts = stats.correct.iter().zip(&stats.guess);
+    for (k, (slot, (&correct, &guess))) in out.iter_mut().zip(counts).enumerate() {
+        product *= (correct as f64 + TINY) / (guess as f64 + SMALL);
+        *slot = product.powf(1.0 / (k + 1) as f64);
     }
     let ratio = (stats.testlen as f64 + TINY) / (stats.reflen as f64 + SMALL);
     if ratio < 1.0 {

@@ -11,7 +11,7 @@
 //!
 //! Sums run in pycocoevalcap's order (n-grams in first-occurrence order) so results agree to a few ULP.
 
-use super::ngrams::{numpy_mean, order, IdMap, Ngram, NgramCounts, Vocab, MAX_ORDER};
+use super::ngrams::{numpy_mean, GramInterner, Sentence, MAX_ORDER};
 use super::ImageCaptions;
 
 const SIGMA: f64 = 6.0;
@@ -23,10 +23,9 @@ pub struct CiderScores {
     pub per_image: Vec<f64>,
 }
 
-/// A sentence's tf-idf vectors: for each n-gram (first-occurrence order), its order index and weight.
+/// A sentence's tf-idf vectors: (n-gram id, order index, weight) in first-occurrence order.
 struct Vector {
-    weights: Vec<(Ngram, usize, f64)>,
-    lookup: IdMap<Ngram, f64>,
+    weights: Vec<(u32, usize, f64)>,
     norms: [f64; MAX_ORDER],
     /// Number of bigrams (pycocoevalcap's sentence length for the penalty).
     length: u32,
@@ -34,47 +33,69 @@ struct Vector {
 
 /// CIDEr-D over already-tokenized captions. An image without references scores 0.
 pub fn cider_d(images: &[ImageCaptions<'_>]) -> CiderScores {
-    let mut vocab = Vocab::default();
-    let counted: Vec<(NgramCounts, Vec<NgramCounts>)> = images
+    let mut interner = GramInterner::default();
+    let counted: Vec<(Sentence, Vec<Sentence>)> = images
         .iter()
         .map(|image| {
             let references = image
                 .references
                 .iter()
-                .map(|reference| NgramCounts::new(&vocab.words(reference), MAX_ORDER))
+                .map(|r| interner.sentence(r))
                 .collect();
-            (
-                NgramCounts::new(&vocab.words(image.hypothesis), MAX_ORDER),
-                references,
-            )
+            (interner.sentence(image.hypothesis), references)
         })
         .collect();
 
-    let mut document_frequency: IdMap<Ngram, u32> = IdMap::default();
-    let mut seen_in_image: IdMap<Ngram, usize> = IdMap::default();
+    // Document frequency over the references, then each n-gram's idf term `ref_len - ln(max(1, df))`.
+    let mut document_frequency = vec![0u32; interner.len()];
+    let mut counted_in = vec![usize::MAX; interner.len()];
     for (image, (_, references)) in counted.iter().enumerate() {
-        for reference in references {
-            for (ngram, _) in &reference.entries {
-                if seen_in_image.insert(*ngram, image) != Some(image) {
-                    *document_frequency.entry(*ngram).or_insert(0) += 1;
+        for &(gram, _) in references.iter().flat_map(|r| &r.grams) {
+            let g = gram as usize;
+            if let (Some(seen), Some(df)) = (counted_in.get_mut(g), document_frequency.get_mut(g)) {
+                if *seen != image {
+                    *seen = image;
+                    *df += 1;
                 }
             }
         }
     }
     let ref_len = (images.len() as f64).ln();
-    let vectorize = |counts: &NgramCounts| to_vector(counts, &document_frequency, ref_len);
+    let idf: Vec<f64> = document_frequency
+        .iter()
+        .map(|&df| ref_len - f64::from(df).max(1.0).ln())
+        .collect();
+    let order = |gram: u32| interner.order(gram).saturating_sub(1);
 
+    // Reference weights of the current reference, indexed by n-gram id (valid where `owner` matches).
+    let mut ref_weight = vec![0.0f64; interner.len()];
+    let mut owner = vec![u32::MAX; interner.len()];
+    let mut reference_number = 0u32;
     let per_image: Vec<f64> = counted
         .iter()
         .map(|(hypothesis, references)| {
             if references.is_empty() {
                 return 0.0;
             }
-            let hyp = vectorize(hypothesis);
+            let hyp = to_vector(hypothesis, &idf, order);
             let mut sums = [0.0f64; MAX_ORDER];
             for reference in references {
-                let similarity = similarity(&hyp, &vectorize(reference));
-                for (sum, value) in sums.iter_mut().zip(similarity) {
+                let reference = to_vector(reference, &idf, order);
+                reference_number = reference_number.wrapping_add(1);
+                for &(gram, _, weight) in &reference.weights {
+                    let g = gram as usize;
+                    if let (Some(slot), Some(who)) = (ref_weight.get_mut(g), owner.get_mut(g)) {
+                        *slot = weight;
+                        *who = reference_number;
+                    }
+                }
+                let lookup = |gram: u32| {
+                    let g = gram as usize;
+                    (owner.get(g) == Some(&reference_number))
+                        .then(|| ref_weight.get(g).copied())
+                        .flatten()
+                };
+                for (sum, value) in sums.iter_mut().zip(similarity(&hyp, &reference, lookup)) {
                     *sum += value;
                 }
             }
@@ -89,42 +110,40 @@ pub fn cider_d(images: &[ImageCaptions<'_>]) -> CiderScores {
     }
 }
 
-fn to_vector(counts: &NgramCounts, document_frequency: &IdMap<Ngram, u32>, ref_len: f64) -> Vector {
-    let mut weights = Vec::with_capacity(counts.entries.len());
-    let mut lookup = IdMap::default();
+fn to_vector(sentence: &Sentence, idf: &[f64], order: impl Fn(u32) -> usize) -> Vector {
+    let mut weights = Vec::with_capacity(sentence.grams.len());
     let mut squares = [0.0f64; MAX_ORDER];
     let mut length = 0;
-    for &(ngram, term_frequency) in &counts.entries {
-        let df = f64::from(document_frequency.get(&ngram).copied().unwrap_or(0))
-            .max(1.0)
-            .ln();
-        let n = order(&ngram).saturating_sub(1);
-        let weight = f64::from(term_frequency) * (ref_len - df);
+    for &(gram, term_frequency) in &sentence.grams {
+        let n = order(gram);
+        let weight = f64::from(term_frequency) * idf.get(gram as usize).copied().unwrap_or(0.0);
         if let Some(square) = squares.get_mut(n) {
             *square += weight * weight;
         }
         if n == 1 {
             length += term_frequency;
         }
-        weights.push((ngram, n, weight));
-        lookup.insert(ngram, weight);
+        weights.push((gram, n, weight));
     }
     Vector {
         weights,
-        lookup,
         norms: squares.map(f64::sqrt),
         length,
     }
 }
 
-/// Clipped, length-penalised cosine similarity per order.
-fn similarity(hyp: &Vector, reference: &Vector) -> [f64; MAX_ORDER] {
+/// Clipped, length-penalised cosine similarity per order; `reference_weight` looks up the
+/// reference's weight of a hypothesis n-gram (None when the reference lacks it).
+fn similarity(
+    hyp: &Vector,
+    reference: &Vector,
+    reference_weight: impl Fn(u32) -> Option<f64>,
+) -> [f64; MAX_ORDER] {
     let delta = f64::from(hyp.length) - f64::from(reference.length);
     let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
     let mut values = [0.0f64; MAX_ORDER];
-    for &(ngram, n, weight) in &hyp.weights {
-        if let (Some(&ref_weight), Some(value)) = (reference.lookup.get(&ngram), values.get_mut(n))
-        {
+    for &(gram, n, weight) in &hyp.weights {
+        if let (Some(ref_weight), Some(value)) = (reference_weight(gram), values.get_mut(n)) {
             *value += weight.min(ref_weight) * ref_weight;
         }
     }

@@ -6,7 +6,7 @@
 
 pub mod bleu;
 pub mod cider;
-pub mod ngrams;
+mod ngrams;
 pub mod ptb;
 pub mod rouge;
 
@@ -78,16 +78,16 @@ pub fn score(
 ) -> Result<Scores, MetricsError> {
     check_ids(hypotheses, references)?;
     let tokenizer = PtbTokenizer::new()?;
-    let hypotheses: BTreeMap<String, String> = hypotheses
-        .iter()
-        .map(|(id, caption)| (id.clone(), tokenizer.tokenize(caption)))
-        .collect();
+    let tokenized = tokenizer.tokenize_all(hypotheses.values().map(String::as_str));
+    let hypotheses: BTreeMap<String, String> = hypotheses.keys().cloned().zip(tokenized).collect();
+    let all_references = references.values().flatten().map(String::as_str);
+    let mut tokenized = tokenizer.tokenize_all(all_references).into_iter();
     let references: BTreeMap<String, Vec<String>> = references
         .iter()
         .map(|(id, captions)| {
             (
                 id.clone(),
-                captions.iter().map(|c| tokenizer.tokenize(c)).collect(),
+                tokenized.by_ref().take(captions.len()).collect(),
             )
         })
         .collect();

@@ -1,8 +1,8 @@
 //! Word interning and n-gram counting shared by BLEU and CIDEr-D, with Python's splitting rules.
 //!
 //! pycocoevalcap keys n-grams by tuples of strings and keeps them in insertion-ordered dicts; here
-//! words become `u32` ids, n-grams fixed-size id arrays, and counts keep first-occurrence order so
-//! floating-point sums run in the same order as pycocoevalcap's.
+//! words and n-grams become dense `u32` ids (an n-gram is interned as its (n-1)-gram prefix plus one
+//! word), and counts keep first-occurrence order so floating-point sums run in pycocoevalcap's order.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -10,23 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Largest n-gram order any metric here uses.
 pub const MAX_ORDER: usize = 4;
 
-/// An n-gram of interned words; unused trailing slots hold [`Ngram::PAD`].
-pub type Ngram = [u32; MAX_ORDER];
-
-trait NgramPad {
-    const PAD: u32;
-}
-
-impl NgramPad for Ngram {
-    const PAD: u32 = u32::MAX;
-}
-
-/// Order of an n-gram (1..=4).
-pub fn order(ngram: &Ngram) -> usize {
-    ngram.iter().take_while(|&&id| id != Ngram::PAD).count()
-}
-
-/// Multiplicative hasher for small integer keys (n-grams, word ids): SipHash is needlessly slow here.
+/// Multiplicative hasher for small keys (word and n-gram ids, short strings): SipHash is needlessly
+/// slow here.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -36,9 +21,24 @@ impl Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
         }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            if let Some(head) = tail.get_mut(..rest.len()) {
+                head.copy_from_slice(rest);
+            }
+            self.write_u64(u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(u64::from(value));
     }
 
     fn write_u32(&mut self, value: u32) {
@@ -54,7 +54,7 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Hash map keyed by ids or n-grams.
+/// Hash map with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Python's `str.isspace` for one character (Rust's `char::is_whitespace` plus U+001C..U+001F).
@@ -67,60 +67,99 @@ pub fn python_split(text: &str) -> impl Iterator<Item = &str> {
     text.split(is_python_space).filter(|word| !word.is_empty())
 }
 
-/// Maps words to dense ids.
+/// One sentence's n-gram counts.
+pub struct Sentence {
+    /// Number of words.
+    pub words: usize,
+    /// (n-gram id, count) for every 1..=4-gram, in pycocoevalcap's dict insertion order: all
+    /// unigrams by first occurrence, then all bigrams, and so on.
+    pub grams: Vec<(u32, u32)>,
+}
+
+/// Interns words and n-grams of a corpus to dense ids, so metrics can keep per-n-gram state in
+/// plain vectors indexed by id.
 #[derive(Default)]
-pub struct Vocab<'a> {
-    ids: HashMap<&'a str, u32>,
+pub struct GramInterner<'a> {
+    words: IdMap<&'a str, u32>,
+    /// (id of the n-gram minus its last word, or `u32::MAX` for unigrams; last word id) -> n-gram id.
+    grams: IdMap<(u32, u32), u32>,
+    /// Order (1..=4) of each n-gram id.
+    orders: Vec<u8>,
+    /// Per n-gram id: the sentence that last counted it and where, for counting without a map.
+    last_sentence: Vec<u32>,
+    slot: Vec<u32>,
+    sentences: u32,
 }
 
-impl<'a> Vocab<'a> {
-    /// Ids of `text` split as Python's `str.split()`.
-    pub fn words(&mut self, text: &'a str) -> Vec<u32> {
-        python_split(text)
-            .map(|word| {
-                let next = self.ids.len() as u32;
-                *self.ids.entry(word).or_insert(next)
-            })
-            .collect()
+impl<'a> GramInterner<'a> {
+    /// Number of distinct n-grams seen so far (ids are `0..len`).
+    pub fn len(&self) -> usize {
+        self.orders.len()
     }
-}
 
-/// Counts of every 1..=max_order-gram of a sentence, in pycocoevalcap's insertion order
-/// (all unigrams by first occurrence, then all bigrams, ...).
-pub struct NgramCounts {
-    /// (n-gram, count) in first-occurrence order.
-    pub entries: Vec<(Ngram, u32)>,
-    /// Position of each n-gram in `entries`.
-    pub index: IdMap<Ngram, usize>,
-}
+    /// Order (1..=4) of an n-gram id.
+    pub fn order(&self, gram: u32) -> usize {
+        self.orders
+            .get(gram as usize)
+            .map_or(0, |&n| usize::from(n))
+    }
 
-impl NgramCounts {
-    pub fn new(words: &[u32], max_order: usize) -> Self {
-        let mut entries: Vec<(Ngram, u32)> = Vec::new();
-        let mut index: IdMap<Ngram, usize> = IdMap::default();
-        for n in 1..=max_order.min(MAX_ORDER) {
-            for window in words.windows(n) {
-                let mut ngram: Ngram = [Ngram::PAD; MAX_ORDER];
-                for (slot, &id) in ngram.iter_mut().zip(window) {
-                    *slot = id;
+    /// Counts the 1..=4-grams of `text`, split as Python's `str.split()`.
+    pub fn sentence(&mut self, text: &'a str) -> Sentence {
+        let words: Vec<u32> = python_split(text)
+            .map(|word| {
+                let next = self.words.len() as u32;
+                *self.words.entry(word).or_insert(next)
+            })
+            .collect();
+        self.sentences = self.sentences.wrapping_add(1);
+        let stamp = self.sentences;
+        let mut grams: Vec<(u32, u32)> = Vec::with_capacity(words.len() * MAX_ORDER);
+        // prefix[i]: id of the (n-1)-gram starting at word i.
+        let mut prefix: Vec<u32> = vec![u32::MAX; words.len()];
+        for n in 1..=MAX_ORDER {
+            let starts = (words.len() + 1).saturating_sub(n);
+            for i in 0..starts {
+                let (Some(&parent), Some(&last)) = (prefix.get(i), words.get(i + n - 1)) else {
+                    continue;
+                };
+                let gram = self.intern(parent, last, n);
+                if let Some(p) = prefix.get_mut(i) {
+                    *p = gram;
                 }
-                match index.get(&ngram).and_then(|&i| entries.get_mut(i)) {
-                    Some((_, count)) => *count += 1,
-                    None => {
-                        index.insert(ngram, entries.len());
-                        entries.push((ngram, 1));
+                let g = gram as usize;
+                if self.last_sentence.get(g) == Some(&stamp) {
+                    if let Some((_, count)) =
+                        self.slot.get(g).and_then(|&at| grams.get_mut(at as usize))
+                    {
+                        *count += 1;
                     }
+                } else {
+                    if let (Some(seen), Some(at)) =
+                        (self.last_sentence.get_mut(g), self.slot.get_mut(g))
+                    {
+                        *seen = stamp;
+                        *at = grams.len() as u32;
+                    }
+                    grams.push((gram, 1));
                 }
             }
         }
-        NgramCounts { entries, index }
+        Sentence {
+            words: words.len(),
+            grams,
+        }
     }
 
-    pub fn get(&self, ngram: &Ngram) -> u32 {
-        self.index
-            .get(ngram)
-            .and_then(|&i| self.entries.get(i))
-            .map_or(0, |&(_, count)| count)
+    fn intern(&mut self, parent: u32, last: u32, order: usize) -> u32 {
+        let next = self.orders.len() as u32;
+        let gram = *self.grams.entry((parent, last)).or_insert(next);
+        if gram == next {
+            self.orders.push(order as u8);
+            self.last_sentence.push(0);
+            self.slot.push(0);
+        }
+        gram
     }
 }
 
@@ -171,11 +210,28 @@ mod tests {
     }
 
     #[test]
-    fn ngram_counts_keep_first_occurrence_order() {
-        let counts = NgramCounts::new(&[1, 2, 1, 2], 2);
-        let grams: Vec<(usize, u32)> = counts.entries.iter().map(|(g, c)| (order(g), *c)).collect();
-        assert_eq!(grams, [(1, 2), (1, 2), (2, 2), (2, 1)]);
-        assert_eq!(counts.get(&[1, 2, u32::MAX, u32::MAX]), 2);
+    fn sentence_counts_keep_first_occurrence_order() {
+        let mut interner = GramInterner::default();
+        let sentence = interner.sentence("x y x y");
+        let grams: Vec<(usize, u32)> = sentence
+            .grams
+            .iter()
+            .map(|&(g, c)| (interner.order(g), c))
+            .collect();
+        // x, y, "x y" (twice), "y x", "x y x", "y x y", "x y x y"
+        assert_eq!(
+            grams,
+            [(1, 2), (1, 2), (2, 2), (2, 1), (3, 1), (3, 1), (4, 1)]
+        );
+        let again = interner.sentence("y x");
+        assert_eq!(again.words, 2);
+        assert_eq!(again.grams.len(), 3);
+        assert_eq!(interner.len(), 7);
+        // Ids are shared across sentences: "y x" is the same bigram as before.
+        assert_eq!(
+            again.grams.get(2).map(|g| g.0),
+            sentence.grams.get(3).map(|g| g.0)
+        );
     }
 
     #[test]
