@@ -101,33 +101,51 @@ fn png_of_every_colour_type_and_exif_orientation_decodes_exactly_like_pillow() {
     );
 }
 
-/// zune-jpeg vs libjpeg-turbo. Measured on these fixtures: 4:4:4 max 2 levels on 1.0% of
-/// values, gray max 1 on 0.3%, 4:2:0 max 3 on 22%. Tolerance: 4:4:4 and gray within 2 levels
-/// on at most 5% of values (IDCT rounding); 4:2:0 within 4 levels (the bound preprocessing.md
-/// reports on photos) on at most 35% (chroma upsampling differs). The orientation must be the
-/// same (checked through the size and the pixels).
+/// zune-jpeg vs libjpeg-turbo, on synthetic and real-photo JPEGs. Measured: 4:4:4 max 2
+/// levels on ~1% of values, gray max 1, 4:2:0 max 3 on ~22% (synthetic) and up to 4 on the
+/// photos (see the printed report). Tolerance: 4:4:4 and gray within 2 levels on at most 5% of
+/// values (IDCT rounding); 4:2:0 within 4 levels (the bound preprocessing.md reports on
+/// photos) on at most 40% (chroma upsampling differs). The orientation must be the same
+/// (checked through the size and the pixels). After the 384x384 resize and normalization the
+/// difference at the model input is also reported and bounded (0.07, i.e. under 5 levels).
 #[test]
 fn jpeg_decodes_within_documented_tolerance_of_pillow() {
     let manifest = manifest();
+    let processor = ImageProcessor::blip(384);
     let mut report = Vec::new();
+    let mut failed = false;
     for entry in manifest.files.iter().filter(|e| e.kind == "jpeg") {
         let diff = compare_with_pillow(entry);
         let share = diff.differing as f64 / diff.values as f64;
+        let (max_allowed, share_allowed) = if entry.name.contains("420") {
+            (4, 0.40)
+        } else {
+            (2, 0.05)
+        };
+        failed |= diff.max > max_allowed || share > share_allowed;
+
+        let pillow_rgb = std::fs::read(fixture_dir().join(format!("{}.rgb", entry.name)))
+            .expect("expected .rgb");
+        let pillow_rgb = RgbImage::from_raw(entry.width, entry.height, pillow_rgb).expect("size");
+        let from_pillow = processor.process_rgb(&pillow_rgb);
+        let ours = processor
+            .process_file(&fixture_dir().join(&entry.file))
+            .expect("process");
+        let input_max = ours
+            .iter()
+            .zip(&from_pillow)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        failed |= input_max > 0.07;
         report.push(format!(
-            "{}: max |diff| {}, {:.1}% of values differ",
+            "{}: decode max |diff| {} levels on {:.1}% of values; model input max |diff| {input_max:.4}",
             entry.file,
             diff.max,
             100.0 * share
         ));
-        let max_allowed = if entry.name.contains("420") { 6 } else { 2 };
-        assert!(
-            diff.max <= max_allowed && share <= 0.6,
-            "{}",
-            report.join("\n")
-        );
     }
-    assert_eq!(report.len(), 4, "{report:?}");
     println!("{}", report.join("\n"));
+    assert!(!failed, "JPEG outside tolerance:\n{}", report.join("\n"));
+    assert_eq!(report.len(), 7, "{report:?}");
 }
 
 /// Measured: CMYK JPEG max 1 level on 0.3% of values, lossy WebP identical. Tolerance 2 levels.
@@ -174,12 +192,20 @@ fn truncated_files_error_at_every_length_and_never_panic() {
         "jpeg444_orientation6.jpg",
         "webp_lossless.webp",
         "webp_lossy.webp",
+        "photo_astronaut_420.jpg",
+        "../images/astronaut.png",
+        "../images/exif_rot6_48x32.png",
     ] {
         let bytes = fixture_bytes(file);
+        // Every length for small files; for the larger photos every length near both ends
+        // and a stride of 7 in between (keeps the test quick in debug builds).
+        let stride = if bytes.len() > 8192 { 7 } else { 1 };
         let full = decode_rgb(&bytes, label, PILLOW_MAX_IMAGE_PIXELS).expect("full file decodes");
         let mut silently_wrong = Vec::new();
         let mut accepted = 0;
-        for len in 0..bytes.len() {
+        let lengths = (0..bytes.len())
+            .filter(|len| len % stride == 0 || *len < 2048 || bytes.len() - len < 256);
+        for len in lengths {
             match decode_rgb(&bytes[..len], label, PILLOW_MAX_IMAGE_PIXELS) {
                 Ok(image) if image == full => accepted += 1,
                 Ok(_) => silently_wrong.push(len),

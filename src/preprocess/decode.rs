@@ -16,10 +16,11 @@
 //!     *high byte* of each sample (`v >> 8`): replicated here.
 //! - JPEG goes through zune-jpeg, not libjpeg-turbo (Pillow). Measured against Pillow 12.3.0
 //!   (tests/preprocess_decode.rs): 4:4:4 and grayscale files match within 2 levels on ~1% of
-//!   values (IDCT rounding); 4:2:0 chroma-subsampled files differ by up to 3-4 levels on
-//!   ~20-30% of values (different chroma upsampling); CMYK within 1 level. The tests allow
-//!   2 levels (4:4:4, gray) and 4 levels (4:2:0). PNG is bit-exact: use PNG where exact
-//!   agreement with the Python baseline matters.
+//!   values (IDCT rounding); 4:2:0 chroma-subsampled files differ by up to 4 levels on ~20% of
+//!   values on real photos (different chroma upsampling); CMYK within 1 level. At the model
+//!   input (after resize and normalization) that is at most ~0.06. The tests allow 2 levels
+//!   (4:4:4, gray) and 4 levels (4:2:0). PNG is bit-exact: use PNG where exact agreement with
+//!   the Python baseline matters.
 //! - A JPEG without its end-of-image marker is refused as truncated, like Pillow does
 //!   (zune-jpeg alone would fill the missing part with gray).
 //! - WebP goes through the pure-Rust `image-webp` decoder: lossless WebP is exact; the lossy
