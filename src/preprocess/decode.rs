@@ -195,14 +195,18 @@ fn to_pillow_rgb(image: DynamicImage, gray16_clips: bool) -> Option<RgbImage> {
         DynamicImage::ImageRgb8(rgb) => return Some(rgb),
         DynamicImage::ImageLuma8(gray) => gray.as_raw().iter().flat_map(|&l| [l, l, l]).collect(),
         DynamicImage::ImageLumaA8(gray_alpha) => gray_alpha
-            .as_raw()
-            .chunks_exact(2)
-            .flat_map(|la| [la[0]; 3])
+            .pixels()
+            .flat_map(|pixel| {
+                let [l, _alpha] = pixel.0;
+                [l; 3]
+            })
             .collect(),
         DynamicImage::ImageRgba8(rgba) => rgba
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|px| [px[0], px[1], px[2]])
+            .pixels()
+            .flat_map(|pixel| {
+                let [r, g, b, _alpha] = pixel.0;
+                [r, g, b]
+            })
             .collect(),
         DynamicImage::ImageLuma16(gray) => gray
             .as_raw()
@@ -210,15 +214,19 @@ fn to_pillow_rgb(image: DynamicImage, gray16_clips: bool) -> Option<RgbImage> {
             .flat_map(|&l| [gray16_to_u8(l); 3])
             .collect(),
         DynamicImage::ImageLumaA16(gray_alpha) => gray_alpha
-            .as_raw()
-            .chunks_exact(2)
-            .flat_map(|la| [gray16_to_u8(la[0]); 3])
+            .pixels()
+            .flat_map(|pixel| {
+                let [l, _alpha] = pixel.0;
+                [gray16_to_u8(l); 3]
+            })
             .collect(),
         DynamicImage::ImageRgb16(rgb) => rgb.as_raw().iter().map(|&v| high_byte(v)).collect(),
         DynamicImage::ImageRgba16(rgba) => rgba
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|px| [high_byte(px[0]), high_byte(px[1]), high_byte(px[2])])
+            .pixels()
+            .flat_map(|pixel| {
+                let [r, g, b, _alpha] = pixel.0;
+                [high_byte(r), high_byte(g), high_byte(b)]
+            })
             .collect(),
         _ => return None,
     };

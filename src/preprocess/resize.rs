@@ -160,14 +160,18 @@ fn horizontal_pass(src: &Raster, weights: &AxisWeights) -> Raster<'static> {
         for (taps, dst_px) in weights.taps.iter().zip(dst_row.chunks_exact_mut(CHANNELS)) {
             let start = taps.first_input * CHANNELS;
             let window = src_row.get(start..).unwrap_or_default();
-            let mut acc = [ROUNDING_HALF; CHANNELS];
+            let (mut red, mut green, mut blue) = (ROUNDING_HALF, ROUNDING_HALF, ROUNDING_HALF);
             for (&w, px) in taps.weights.iter().zip(window.chunks_exact(CHANNELS)) {
-                for (a, &p) in acc.iter_mut().zip(px) {
-                    *a = a.wrapping_add(i32::from(p).wrapping_mul(w));
+                if let [r, g, b] = *px {
+                    red = red.wrapping_add(i32::from(r).wrapping_mul(w));
+                    green = green.wrapping_add(i32::from(g).wrapping_mul(w));
+                    blue = blue.wrapping_add(i32::from(b).wrapping_mul(w));
                 }
             }
-            for (d, a) in dst_px.iter_mut().zip(acc) {
-                *d = fixed_point_to_u8(a);
+            if let [r, g, b] = dst_px {
+                *r = fixed_point_to_u8(red);
+                *g = fixed_point_to_u8(green);
+                *b = fixed_point_to_u8(blue);
             }
         }
     }
