@@ -5,10 +5,11 @@
 //!
 //! - the kernel is Keys' cubic with `a = -0.5` and support 2;
 //! - each axis has its own table: `scale = in / out`, `filterscale = max(scale, 1)`, and
-//!   output index `i` reads the inputs around `center = (i + 0.5) * scale` whose distance
-//!   (in output units, i.e. divided by `filterscale`) is below 2; the taps are normalised
-//!   to sum 1 in f64, then turned into i32 fixed point with 22 fractional bits (rounded
-//!   half away from zero);
+//!   output index `i` reads the inputs `j` in `trunc(center -/+ support + 0.5)` around
+//!   `center = (i + 0.5) * scale`, weighted by `kernel((j - center + 0.5) * (1 / filterscale))`
+//!   (a multiplication by the reciprocal, as Pillow does: a division can round differently);
+//!   the taps are normalised to sum 1 in f64 (real division by their sum), then turned into
+//!   i32 fixed point with 22 fractional bits (rounded half away from zero);
 //! - a pass accumulates `pixel * weight` in i32 from `1 << 21` (the rounding half) and
 //!   keeps `acc >> 22` clamped to 0..=255, so the image is rounded to u8 between the two
 //!   passes;
