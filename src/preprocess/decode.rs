@@ -1,11 +1,13 @@
 //! Image file -> 8-bit RGB, as `PIL.ImageOps.exif_transpose(Image.open(f)).convert("RGB")`.
 //!
 //! - The format is recognised from the content (not the extension): PNG, JPEG and WebP.
+//!   Other formats Pillow reads (GIF, BMP, TIFF, ...) are refused with "convert it to PNG".
 //! - The pixel count is checked from the header, before any pixel is decoded, against
 //!   `max_pixels` (Pillow's `Image.MAX_IMAGE_PIXELS` is 89_478_485; Pillow only warns up to
 //!   twice that and raises above, vlmrun refuses anything above the limit).
 //! - EXIF orientation (JPEG APP1, PNG `eXIf`, WebP `EXIF`) is applied like `exif_transpose`.
-//!   Pillow also reads an orientation from XMP when EXIF has none; that is not done here.
+//!   Not replicated: Pillow also takes an orientation from XMP when EXIF has none, and from a
+//!   PNG "Raw profile type exif" text chunk (ImageMagick); such files stay unrotated here.
 //! - Conversion to RGB follows Pillow's `convert("RGB")`, checked against Pillow 12.3.0:
 //!   - gray (`L`, and 1/2/4-bit gray, expanded to 0..=255 like Pillow) is replicated;
 //!   - alpha (`LA`, `RGBA`, palette or gray with `tRNS`) is dropped, never composited;
@@ -13,7 +15,10 @@
 //!   - 16-bit gray PNG opens in Pillow as mode `I;16` and converts to RGB by *clipping*
 //!     (values above 255 become 255, 0..=255 are kept): replicated here;
 //!   - 16-bit RGB, RGBA and gray+alpha PNG open in Pillow as 8-bit modes keeping the
-//!     *high byte* of each sample (`v >> 8`): replicated here.
+//!     *high byte* of each sample (`v >> 8`): replicated here;
+//!   - CMYK JPEG opens in Pillow as mode `CMYK` (Adobe-inverted data un-inverted) and converts
+//!     with `(255 - c) * (255 - k) / 255` per channel; zune-jpeg does its own CMYK -> RGB,
+//!     measured within 1 level of Pillow.
 //! - JPEG goes through zune-jpeg, not libjpeg-turbo (Pillow). Measured against Pillow 12.3.0
 //!   (tests/preprocess_decode.rs): 4:4:4 and grayscale files match within 2 levels on ~1% of
 //!   values (IDCT rounding); 4:2:0 chroma-subsampled files differ by up to 4 levels on ~20% of
