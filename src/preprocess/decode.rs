@@ -1,11 +1,13 @@
 //! Image file -> 8-bit RGB, as `PIL.ImageOps.exif_transpose(Image.open(f)).convert("RGB")`.
 //!
 //! - The format is recognised from the content (not the extension): PNG, JPEG and WebP.
+//!   Other formats Pillow reads (GIF, BMP, TIFF, ...) are refused with "convert it to PNG".
 //! - The pixel count is checked from the header, before any pixel is decoded, against
 //!   `max_pixels` (Pillow's `Image.MAX_IMAGE_PIXELS` is 89_478_485; Pillow only warns up to
 //!   twice that and raises above, vlmrun refuses anything above the limit).
 //! - EXIF orientation (JPEG APP1, PNG `eXIf`, WebP `EXIF`) is applied like `exif_transpose`.
-//!   Pillow also reads an orientation from XMP when EXIF has none; that is not done here.
+//!   Not replicated: Pillow also takes an orientation from XMP when EXIF has none, and from a
+//!   PNG "Raw profile type exif" text chunk (ImageMagick); such files stay unrotated here.
 //! - Conversion to RGB follows Pillow's `convert("RGB")`, checked against Pillow 12.3.0:
 //!   - gray (`L`, and 1/2/4-bit gray, expanded to 0..=255 like Pillow) is replicated;
 //!   - alpha (`LA`, `RGBA`, palette or gray with `tRNS`) is dropped, never composited;
@@ -13,14 +15,21 @@
 //!   - 16-bit gray PNG opens in Pillow as mode `I;16` and converts to RGB by *clipping*
 //!     (values above 255 become 255, 0..=255 are kept): replicated here;
 //!   - 16-bit RGB, RGBA and gray+alpha PNG open in Pillow as 8-bit modes keeping the
-//!     *high byte* of each sample (`v >> 8`): replicated here.
-//! - JPEG goes through zune-jpeg, not libjpeg-turbo: 4:4:4 and grayscale files match Pillow
-//!   within a level or two from IDCT rounding, while 4:2:0 chroma-subsampled files differ by up
-//!   to a few levels on a sizeable share of values because the chroma upsampling differs.
-//!   CMYK/YCCK JPEGs are converted by zune-jpeg's own formula. PNG is bit-exact; use PNG
-//!   where exact agreement with the Python baseline matters.
-//! - WebP goes through the pure-Rust `image-webp` decoder: lossless WebP is exact, lossy WebP
-//!   may differ from libwebp by a level on some values (YUV->RGB conversion).
+//!     *high byte* of each sample (`v >> 8`): replicated here;
+//!   - CMYK JPEG opens in Pillow as mode `CMYK` (Adobe-inverted data un-inverted) and converts
+//!     with `(255 - c) * (255 - k) / 255` per channel; zune-jpeg does its own CMYK -> RGB,
+//!     measured within 1 level of Pillow.
+//! - JPEG goes through zune-jpeg, not libjpeg-turbo (Pillow). Measured against Pillow 12.3.0
+//!   (tests/preprocess_decode.rs): 4:4:4 and grayscale files match within 2 levels on ~1% of
+//!   values (IDCT rounding); 4:2:0 chroma-subsampled files differ by up to 4 levels on ~20% of
+//!   values on real photos (different chroma upsampling); CMYK within 1 level. At the model
+//!   input (after resize and normalization) that is at most ~0.06. The tests allow 2 levels
+//!   (4:4:4, gray) and 4 levels (4:2:0). PNG is bit-exact: use PNG where exact agreement with
+//!   the Python baseline matters.
+//! - A JPEG without its end-of-image marker is refused as truncated, like Pillow does
+//!   (zune-jpeg alone would fill the missing part with gray).
+//! - WebP goes through the pure-Rust `image-webp` decoder: lossless WebP is exact; the lossy
+//!   WebP fixture also matched libwebp exactly, though that is not guaranteed in general.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -64,27 +73,32 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
             path: label(),
             detail: "unrecognised file signature".to_string(),
         })?;
-    // The pixel limit below replaces the decoder's allocation limit, which would refuse
-    // legitimate 16-bit images well under the pixel limit.
+    // png's header reading already reads ahead into the image data, so a PNG's size is taken
+    // from its IHDR chunk first.
+    if format == ImageFormat::Png {
+        if let Some((width, height)) = png_header_dimensions(bytes) {
+            check_pixel_limit(width, height, max_pixels, path)?;
+        }
+    }
+    // The pixel limit replaces the decoder's allocation limit, which would refuse legitimate
+    // 16-bit images well under the pixel limit.
     reader.limits(Limits::no_limits());
     let mut decoder = reader
         .into_decoder()
         .map_err(|err| decode_error(label(), err))?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(PreprocessError::TooLarge {
-            path: label(),
-            width,
-            height,
-            pixels,
-            max_pixels,
-        });
-    }
+    let pixels = check_pixel_limit(width, height, max_pixels, path)?;
     if pixels == 0 {
         return Err(PreprocessError::Corrupt {
             path: label(),
             detail: format!("header announces a {width}x{height} image"),
+        });
+    }
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        // zune-jpeg fills missing data with gray; Pillow refuses ("image file is truncated").
+        return Err(PreprocessError::Corrupt {
+            path: label(),
+            detail: "JPEG data ends before its end-of-image marker".to_string(),
         });
     }
     // A broken EXIF block leaves the image unrotated (the pixels may still be fine); a broken
@@ -105,6 +119,70 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     Ok(oriented.into_rgb8())
 }
 
+/// Refuses `width x height` above `max_pixels`; returns the pixel count.
+fn check_pixel_limit(
+    width: u32,
+    height: u32,
+    max_pixels: u64,
+    path: &Path,
+) -> Result<u64, PreprocessError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(PreprocessError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            pixels,
+            max_pixels,
+        });
+    }
+    Ok(pixels)
+}
+
+/// Width and height from a PNG's IHDR chunk (always the first chunk, at byte 8).
+fn png_header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let width = u32::from_be_bytes(bytes.get(16..20)?.try_into().ok()?);
+    let height = u32::from_be_bytes(bytes.get(20..24)?.try_into().ok()?);
+    Some((width, height))
+}
+
+/// Whether a JPEG has its end-of-image marker (FF D9) after the first start-of-scan.
+///
+/// The header segments are walked by their lengths (they may contain any bytes, e.g. an EXIF
+/// thumbnail with its own FF D9); inside entropy-coded data a 0xFF byte is always followed by
+/// 0x00 or a restart/segment marker, so FF D9 there can only be the end marker.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    const START_OF_SCAN: u8 = 0xDA;
+    const END_OF_IMAGE: [u8; 2] = [0xFF, 0xD9];
+    let mut position = 2; // after SOI
+    loop {
+        // Skip fill bytes before the marker code.
+        while bytes.get(position) == Some(&0xFF) && bytes.get(position + 1) == Some(&0xFF) {
+            position += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(position), bytes.get(position + 1)) else {
+            return false;
+        };
+        position += 2;
+        let standalone = marker == 0x01 || (0xD0..=0xD7).contains(&marker);
+        if standalone {
+            continue;
+        }
+        let (Some(&high), Some(&low)) = (bytes.get(position), bytes.get(position + 1)) else {
+            return false;
+        };
+        position += usize::from(u16::from_be_bytes([high, low]));
+        if marker == START_OF_SCAN {
+            return bytes
+                .get(position..)
+                .is_some_and(|scan| scan.windows(2).any(|pair| pair == END_OF_IMAGE));
+        }
+    }
+}
+
 /// Converts decoded pixels to RGB the way Pillow's `convert("RGB")` treats the mode Pillow
 /// would have opened the file in. `gray16_clips`: 16-bit gray samples come from a PNG of
 /// colour type 0 (Pillow mode `I;16`, clipped) rather than a gray+alpha PNG (high byte).
@@ -122,14 +200,18 @@ fn to_pillow_rgb(image: DynamicImage, gray16_clips: bool) -> Option<RgbImage> {
         DynamicImage::ImageRgb8(rgb) => return Some(rgb),
         DynamicImage::ImageLuma8(gray) => gray.as_raw().iter().flat_map(|&l| [l, l, l]).collect(),
         DynamicImage::ImageLumaA8(gray_alpha) => gray_alpha
-            .as_raw()
-            .chunks_exact(2)
-            .flat_map(|la| [la[0]; 3])
+            .pixels()
+            .flat_map(|pixel| {
+                let [l, _alpha] = pixel.0;
+                [l; 3]
+            })
             .collect(),
         DynamicImage::ImageRgba8(rgba) => rgba
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|px| [px[0], px[1], px[2]])
+            .pixels()
+            .flat_map(|pixel| {
+                let [r, g, b, _alpha] = pixel.0;
+                [r, g, b]
+            })
             .collect(),
         DynamicImage::ImageLuma16(gray) => gray
             .as_raw()
@@ -137,15 +219,19 @@ fn to_pillow_rgb(image: DynamicImage, gray16_clips: bool) -> Option<RgbImage> {
             .flat_map(|&l| [gray16_to_u8(l); 3])
             .collect(),
         DynamicImage::ImageLumaA16(gray_alpha) => gray_alpha
-            .as_raw()
-            .chunks_exact(2)
-            .flat_map(|la| [gray16_to_u8(la[0]); 3])
+            .pixels()
+            .flat_map(|pixel| {
+                let [l, _alpha] = pixel.0;
+                [gray16_to_u8(l); 3]
+            })
             .collect(),
         DynamicImage::ImageRgb16(rgb) => rgb.as_raw().iter().map(|&v| high_byte(v)).collect(),
         DynamicImage::ImageRgba16(rgba) => rgba
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|px| [high_byte(px[0]), high_byte(px[1]), high_byte(px[2])])
+            .pixels()
+            .flat_map(|pixel| {
+                let [r, g, b, _alpha] = pixel.0;
+                [high_byte(r), high_byte(g), high_byte(b)]
+            })
             .collect(),
         _ => return None,
     };

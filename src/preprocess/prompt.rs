@@ -3,7 +3,10 @@
 //! `BlipForConditionalGeneration.generate` tokenizes the prompt with special tokens
 //! (`[CLS] ... [SEP]`), overwrites the first id with the decoder's bos `[DEC]` (30522) and
 //! drops the last id (the `[SEP]`). An empty prompt therefore gives `[30522]`.
-//! Decoding is `tokenizer.decode(ids, skip_special_tokens=True)`.
+//! Decoding is `tokenizer.decode(ids, skip_special_tokens=True)` with transformers 5's default
+//! `clean_up_tokenization_spaces=False` ("a woman ' s dog."). transformers 4 defaulted to `True`
+//! for BERT tokenizers, so a LAVIS-era baseline writes "a woman's dog.": choose that with
+//! [`PromptTokenizer::with_clean_up_tokenization_spaces`].
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +50,7 @@ pub struct PromptTokenizer {
     path: PathBuf,
     cls_id: u32,
     sep_id: u32,
+    clean_up_tokenization_spaces: bool,
 }
 
 impl PromptTokenizer {
@@ -70,7 +74,15 @@ impl PromptTokenizer {
             path,
             cls_id,
             sep_id,
+            clean_up_tokenization_spaces: false,
         })
+    }
+
+    /// Sets transformers' `clean_up_tokenization_spaces` for [`Self::decode`]: `false`
+    /// (transformers 5, the default here) or `true` (transformers 4's BERT default).
+    pub fn with_clean_up_tokenization_spaces(mut self, clean_up: bool) -> Self {
+        self.clean_up_tokenization_spaces = clean_up;
+        self
     }
 
     /// Decoder input ids for `prompt`: `[30522, prompt tokens...]` (no `[SEP]`);
@@ -101,11 +113,36 @@ impl PromptTokenizer {
 
     /// Caption text of `ids`, skipping special tokens (`[DEC]`, `[SEP]`, `[PAD]`, ...).
     pub fn decode(&self, ids: &[u32]) -> Result<String, PromptError> {
-        self.tokenizer
+        let text = self
+            .tokenizer
             .decode(ids, true)
             .map_err(|err| PromptError::Decode {
                 path: self.path.clone(),
                 detail: err.to_string(),
-            })
+            })?;
+        Ok(if self.clean_up_tokenization_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
     }
+}
+
+/// transformers' `clean_up_tokenization`: removes the spaces WordPiece decoding leaves before
+/// punctuation and English contractions, in transformers' order.
+fn clean_up_tokenization(text: &str) -> String {
+    [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ]
+    .iter()
+    .fold(text.to_string(), |acc, (from, to)| acc.replace(from, to))
 }

@@ -5,10 +5,11 @@
 //!
 //! - the kernel is Keys' cubic with `a = -0.5` and support 2;
 //! - each axis has its own table: `scale = in / out`, `filterscale = max(scale, 1)`, and
-//!   output index `i` reads the inputs around `center = (i + 0.5) * scale` whose distance
-//!   (in output units, i.e. divided by `filterscale`) is below 2; the taps are normalised
-//!   to sum 1 in f64, then turned into i32 fixed point with 22 fractional bits (rounded
-//!   half away from zero);
+//!   output index `i` reads the inputs `j` in `trunc(center -/+ support + 0.5)` around
+//!   `center = (i + 0.5) * scale`, weighted by `kernel((j - center + 0.5) * (1 / filterscale))`
+//!   (a multiplication by the reciprocal, as Pillow does: a division can round differently);
+//!   the taps are normalised to sum 1 in f64 (real division by their sum), then turned into
+//!   i32 fixed point with 22 fractional bits (rounded half away from zero);
 //! - a pass accumulates `pixel * weight` in i32 from `1 << 21` (the rounding half) and
 //!   keeps `acc >> 22` clamped to 0..=255, so the image is rounded to u8 between the two
 //!   passes;
@@ -160,14 +161,18 @@ fn horizontal_pass(src: &Raster, weights: &AxisWeights) -> Raster<'static> {
         for (taps, dst_px) in weights.taps.iter().zip(dst_row.chunks_exact_mut(CHANNELS)) {
             let start = taps.first_input * CHANNELS;
             let window = src_row.get(start..).unwrap_or_default();
-            let mut acc = [ROUNDING_HALF; CHANNELS];
+            let (mut red, mut green, mut blue) = (ROUNDING_HALF, ROUNDING_HALF, ROUNDING_HALF);
             for (&w, px) in taps.weights.iter().zip(window.chunks_exact(CHANNELS)) {
-                for (a, &p) in acc.iter_mut().zip(px) {
-                    *a = a.wrapping_add(i32::from(p).wrapping_mul(w));
+                if let [r, g, b] = *px {
+                    red = red.wrapping_add(i32::from(r).wrapping_mul(w));
+                    green = green.wrapping_add(i32::from(g).wrapping_mul(w));
+                    blue = blue.wrapping_add(i32::from(b).wrapping_mul(w));
                 }
             }
-            for (d, a) in dst_px.iter_mut().zip(acc) {
-                *d = fixed_point_to_u8(a);
+            if let [r, g, b] = dst_px {
+                *r = fixed_point_to_u8(red);
+                *g = fixed_point_to_u8(green);
+                *b = fixed_point_to_u8(blue);
             }
         }
     }
