@@ -55,6 +55,7 @@ impl Captioner {
         processor.pass_order = match config.preprocess.resize_pass_order {
             ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
             ResizePassOrder::Pillow13 => PassOrder::Pillow13,
+            ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
         };
         let prompt_ids = tokenizer
             .prompt_ids(&config.generation.prompt)

@@ -108,7 +108,9 @@ impl BaselineReport {
             "throughput".into(),
             format!(
                 "{:.2} images/s ({:.2} in generation alone), {:.1} generated tokens/s",
-                self.timings.images_per_s, self.timings.generation_images_per_s, self.timings.generated_tokens_per_s
+                self.timings.images_per_s,
+                self.timings.generation_images_per_s,
+                self.timings.generated_tokens_per_s
             ),
         ));
         if let Some(latency) = &self.timings.batch_latency_ms {

@@ -110,14 +110,18 @@ impl Default for DataConfig {
     }
 }
 
-/// Which order Pillow's separable BICUBIC resize runs its two passes in.
+/// Which Pillow's BICUBIC pass order to reproduce (the two separable passes round to u8 in between, so
+/// the order changes pixels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizePassOrder {
-    /// Pillow <= 12.3: always horizontal first (what the reference fixtures use).
+    /// Pillow 12.2-12.3 (the reference fixtures): horizontal first, except vertical first for images more
+    /// than 100 times taller than wide.
     Pillow12,
     /// Pillow 13: vertical first when the height shrinks by more than twice the width.
     Pillow13,
+    /// Pillow <= 12.1 (LAVIS-era environments): always horizontal first.
+    Pillow121,
 }
 
 /// Image preprocessing (BlipImageProcessor, PIL path).
