@@ -61,13 +61,17 @@ impl Captioner {
             .prompt_ids(&config.generation.prompt)
             .map_err(|err| Error::Usage(format!("generation.prompt: {err}")))?;
         let settings = &config.generation;
+        let text_config = &model.config().text_config;
+        // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
         let generation = GenerationConfig {
             max_length: settings.max_length,
             min_length: settings.min_length,
             num_beams: settings.num_beams,
             length_penalty: settings.length_penalty,
             repetition_penalty: settings.repetition_penalty,
-            ..GenerationConfig::default()
+            bos: text_config.bos_token_id,
+            eos: text_config.sep_token_id,
+            pad: text_config.pad_token_id,
         };
         Ok(Captioner {
             model,

@@ -212,3 +212,35 @@ fn invalid_device_and_precision_flags() {
         &["--precision f64", "f32, f16, bf16, auto"],
     );
 }
+
+#[test]
+fn every_shipped_config_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let resolved = vlmrun::config::resolve(&vlmrun::config::ConfigRequest {
+            file: path.clone(),
+            ..Default::default()
+        });
+        assert!(resolved.is_ok(), "{}: {:?}", path.display(), resolved.err());
+        seen += 1;
+    }
+    assert!(seen >= 3, "config.yaml plus the two LAVIS recipes");
+    let lavis = vlmrun::config::resolve(&vlmrun::config::ConfigRequest {
+        file: root.join("configs/blip-base-coco.yaml"),
+        ..Default::default()
+    })
+    .unwrap()
+    .config;
+    assert_eq!(lavis.generation.prompt, "a picture of ");
+    assert_eq!(
+        (
+            lavis.generation.num_beams,
+            lavis.generation.max_length,
+            lavis.generation.min_length
+        ),
+        (3, 20, 5)
+    );
+    assert_eq!(lavis.generation.batch_size, 64);
+}
