@@ -54,9 +54,10 @@ fn cpu_and_auto_are_usable_with_a_real_smoke_test() {
         .as_str()
         .unwrap()
         .contains("without CUDA"));
+    // doctor reports the fallback in its table; the one-line warning is for commands that do work.
     assert_eq!(
         stderr.matches("using the CPU because").count(),
-        1,
+        0,
         "{stderr}"
     );
 }
