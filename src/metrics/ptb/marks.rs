@@ -1,6 +1,7 @@
 //! Recognisers for punctuation, quotes, brackets, emoticons, markup and character entities, each
 //! written from the jar's observed output (examples in the comments are jar input -> jar output).
 
+use super::chars::is_word;
 use super::scanner::{Proposal, Scanner};
 
 /// Bracket words the jar passes through (compared without case): `-LRB-` stays `-LRB-`.
@@ -95,8 +96,11 @@ impl Scanner<'_> {
         if self.is(i, |c| matches!(c, ':' | ';' | '=')) {
             let nose = usize::from(self.at(i + 1) == Some('-'));
             let mouth = self.at(i + 1 + nose)?;
-            if matches!(mouth, ')' | '(' | 'D' | 'd' | 'P' | 'p' | 'O' | ']') {
-                let end = i + 2 + nose;
+            // Not when a word follows directly: `:)a` gives `:`, `-RRB-`, `a`.
+            let end = i + 2 + nose;
+            if matches!(mouth, ')' | '(' | 'D' | 'd' | 'P' | 'p' | 'O' | ']')
+                && !self.is(end, is_word)
+            {
                 return Proposal::one(end - i, brackets(self.slice(i, end)));
             }
             return None;

@@ -56,7 +56,7 @@ impl Scanner<'_> {
             end -= 1;
             return Proposal::one(end - i, self.slice(i, end));
         }
-        if pure {
+        if pure && self.contraction(end).is_none() {
             if let Some(at) = lexicon::split_point(word) {
                 return Some(Proposal {
                     len: end - i,
@@ -205,7 +205,7 @@ impl Scanner<'_> {
             .and_then(|w| Proposal::one(w.len(), self.slice(i, i + w.len())))
     }
 
-    /// Numbers: `3.14`, `1,000`, `10:30:45`, `-5`, `+1`, `.5`.
+    /// Numbers: `3.14`, `1,000`, `10:30:45`, `-5`, `+1`, `.5`, `:30`.
     pub(super) fn number(&self, i: usize) -> Option<Proposal> {
         let mut start = i;
         if self.is(i, |c| c == '-' || c == '+') {
@@ -213,8 +213,9 @@ impl Scanner<'_> {
         }
         let mut end = self.run(start, is_digit);
         if end == start {
-            // `.5`
-            if !(self.at(start) == Some('.') && self.is(start + 1, is_digit)) {
+            // `.5`, and `,5` `:30` after a word (`red3:30` gives `red3`, `:30`).
+            let lead = |c: char| matches!(c, '.' | ',' | ':');
+            if !(self.is(start, lead) && self.is(start + 1, is_digit)) {
                 return None;
             }
             end = start;
@@ -341,14 +342,23 @@ impl Scanner<'_> {
             };
             return Proposal::one(end - i, token);
         }
-        let apostrophe = self.at(i).filter(|&c| is_apostrophe(c))?;
+        // `&apos;` works like `’`.
+        let (mark_len, strict) = if self.starts_with_caseless(i, "&apos;") {
+            (6, false)
+        } else {
+            let apostrophe = self.at(i).filter(|&c| is_apostrophe(c))?;
+            (1, apostrophe == '\'')
+        };
+        let from = i + mark_len;
         CONTRACTIONS
             .iter()
-            .filter(|ending| self.starts_with_caseless(i + 1, ending))
-            .filter(|ending| apostrophe != '\'' || !self.is(i + 1 + ending.len(), is_letter))
-            .map(|ending| ending.len() + 1)
+            .filter(|ending| self.starts_with_caseless(from, ending))
+            .filter(|ending| !strict || !self.is(from + ending.len(), is_letter))
+            .map(|ending| ending.len())
             .max()
-            .and_then(|len| Proposal::one(len, format!("'{}", self.slice(i + 1, i + len))))
+            .and_then(|len| {
+                Proposal::one(mark_len + len, format!("'{}", self.slice(from, from + len)))
+            })
     }
 
     /// Words that start with an apostrophe: `'em`, `'cause`, `'n'`, `'90s`, `'99`, and `'t` before
@@ -371,13 +381,13 @@ impl Scanner<'_> {
         {
             return Proposal::one(2, format!("'{}", self.slice(i + 1, i + 2)));
         }
+        // `'90s` (even before letters: `'90sisn't`), and `'99` before white space or the end.
         let digits = self.run(i + 1, |c| c.is_ascii_digit());
         if digits == i + 3 {
             if self.at(i + 2) == Some('0') && self.is(i + 3, |c| c == 's' || c == 'S') {
-                if !self.is(i + 4, is_word) {
-                    return Proposal::one(4, self.slice(i, i + 4));
-                }
-            } else if !self.is(i + 3, is_word) {
+                return Proposal::one(4, self.slice(i, i + 4));
+            }
+            if self.at(i + 3).is_none_or(is_ignored) {
                 return Proposal::one(3, self.slice(i, i + 3));
             }
         }
