@@ -284,4 +284,128 @@ mod tests {
         assert!(faster.worse_by < 0.0 && !faster.regressed);
         assert!(change("z".into(), Better::Lower, 0.0, 1.0, 0.1).is_none());
     }
+
+    fn document(device_name: &str) -> BenchDocument {
+        use crate::bench::document::*;
+        let summary = |ms: f64| Summary {
+            count: 3,
+            p50: ms,
+            p95: ms * 1.1,
+            mean: ms,
+            max: ms * 1.2,
+        };
+        let record = |batch_size: usize| Record {
+            batch_size,
+            num_beams: 1,
+            generated_tokens: 20,
+            vision_ms: Some(10.0),
+            vision_images_per_s: Some(100.0 * batch_size as f64),
+            prefill_ms: Some(2.0),
+            decode_step_ms: Some(1.0),
+            decode_step_in_generate_ms: Some(1.2),
+            generate_ms: Some(summary(40.0)),
+            latency_ms: summary(50.0),
+            images_per_s: 20.0 * batch_size as f64,
+            generated_tokens_per_s: 400.0,
+            peak_gpu_bytes: Some(1 << 30),
+        };
+        BenchDocument {
+            schema: SCHEMA.to_string(),
+            tool: "vlmrun".to_string(),
+            environment: Environment {
+                device: "cuda:0".into(),
+                device_name: device_name.into(),
+                driver: None,
+                driver_cuda: None,
+                cuda_build: None,
+                compute_capability: None,
+                precision: "bf16".into(),
+                quantization: "none".into(),
+                vlmrun_version: "0".into(),
+                git_rev: "x".into(),
+                framework: "candle".into(),
+                cpu_threads: 1,
+                model_dir: None,
+            },
+            model: ModelShape {
+                image_size: 384,
+                patch_size: 16,
+                vision_hidden_size: 768,
+                vision_layers: 12,
+                text_hidden_size: 768,
+                text_layers: 12,
+                vocab_size: 30524,
+            },
+            settings: Settings {
+                batch_sizes: vec![1, 8],
+                beams: vec![1],
+                prompt: String::new(),
+                prompt_tokens: 1,
+                generated_tokens: 20,
+                forced_length: 21,
+                warmup: 1,
+                iterations: 3,
+                peak_gpu_measure: Some("nvml-process".into()),
+            },
+            model_load_s: Some(1.0),
+            preprocess: Some(PreprocessTiming {
+                input: "x".into(),
+                ms: summary(5.0),
+                images_per_s_one_thread: 200.0,
+            }),
+            records: vec![record(1), record(8)],
+            config: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn names_only_what_regressed_beyond_the_threshold() {
+        let baseline = document("GPU A");
+        let mut current = baseline.clone();
+        current.records[1].decode_step_ms = Some(1.2); // 20% slower
+        current.records[1].images_per_s *= 0.97; // 3% slower: within 5%
+        current.records[0].peak_gpu_bytes = Some(2 << 30); // twice the memory
+        current.records[0].vision_images_per_s = Some(150.0); // better
+        let report = compare(&baseline, &current, 0.05).unwrap();
+        let names: Vec<&str> = report.regressions().map(|m| m.metric.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "batch 1, beams 1: peak_gpu_bytes",
+                "batch 8, beams 1: decode_step_ms"
+            ]
+        );
+        assert_eq!(report.metrics.len(), 1 + 2 * 6);
+        let within = compare(&baseline, &current, 2.0).unwrap();
+        assert!(!within.has_regressions());
+    }
+
+    #[test]
+    fn refuses_other_devices_and_settings() {
+        let baseline = document("GPU A");
+        let err = compare(&baseline, &document("GPU B"), 0.05).unwrap_err();
+        assert!(matches!(err, BenchError::DeviceMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("\"GPU A\""), "{err}");
+        let mut f16 = document("GPU A");
+        f16.environment.precision = "f16".into();
+        let err = compare(&baseline, &f16, 0.05).unwrap_err();
+        assert!(err.to_string().contains("precision"), "{err}");
+        let mut other_batches = document("GPU A");
+        for r in &mut other_batches.records {
+            r.batch_size += 100;
+        }
+        let err = compare(&baseline, &other_batches, 0.05).unwrap_err();
+        assert!(matches!(err, BenchError::NoCommonRecords { .. }), "{err}");
+    }
+
+    #[test]
+    fn reads_only_bench_documents() {
+        let doc = document("GPU A");
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(parse_document(&text, Path::new("a.json")).unwrap(), doc);
+        let err =
+            parse_document(r#"{"schema": "vlmrun.bench/2"}"#, Path::new("b.json")).unwrap_err();
+        assert!(err.to_string().contains("vlmrun.bench/2"), "{err}");
+        assert!(parse_document("[]", Path::new("c.json")).is_err());
+    }
 }
