@@ -99,13 +99,17 @@ mod tests {
         let image = synthetic_image();
         assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
         assert_eq!(image, synthetic_image());
-        // Values the Python reference computes with the same formula (numpy uint32 arithmetic).
-        assert_eq!(image.get_pixel(0, 0).0[0], 0);
-        let hash = 100u32.wrapping_mul(73_856_093) ^ 50u32.wrapping_mul(19_349_663);
-        assert_eq!(
-            image.get_pixel(100, 50).0[0],
-            (100 * 191 / 639 + ((hash >> 11) & 63)) as u8
-        );
+        // Values benches/reference/pytorch_blip.py's numpy version of the formula gives.
+        for (x, y, rgb) in [
+            (0, 0, [0, 63, 63]),
+            (100, 50, [90, 21, 27]),
+            (639, 479, [194, 251, 251]),
+            (333, 222, [157, 93, 99]),
+        ] {
+            assert_eq!(image.get_pixel(x, y).0, rgb, "pixel ({x}, {y})");
+        }
+        let sum: u64 = image.as_raw().iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(sum, 116_579_761);
         let distinct: std::collections::BTreeSet<u8> = image.as_raw().iter().copied().collect();
         assert!(
             distinct.len() > 200,
