@@ -74,6 +74,8 @@ pub enum Command {
         #[arg(long, default_value = "main")]
         revision: String,
     },
+    /// Throughput and latency, phase by phase (docs/performance.md); --compare checks for regressions (exit 3).
+    Bench(BenchArgs),
     /// COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) of an existing predictions file.
     Score {
         /// predictions.jsonl (lines with "id" and "caption").
@@ -127,6 +129,72 @@ impl CaptionArgs {
             ("--max-length", "generation.max_length", &self.max_length),
             ("--min-length", "generation.min_length", &self.min_length),
             ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(flag, key, value)| {
+                value.as_ref().map(|value| crate::config::FlagOverride {
+                    flag,
+                    key,
+                    value: value.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `vlmrun bench`: --model, --prompt and --quantization override the config keys named in their help;
+/// batch sizes and beams default to generation.batch_size and generation.num_beams.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model directory or hub id (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Caption prefix (generation.prompt).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Weight quantization (quantization); only `none` exists.
+    #[arg(long, value_name = "KIND")]
+    pub quantization: Option<String>,
+    /// Batch sizes to measure, e.g. 1,8,64 (default: generation.batch_size).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Beam counts to measure, e.g. 1,3; 1 = greedy (default: generation.num_beams).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub beams: Vec<usize>,
+    /// Tokens generated per caption, forced (max_length = min_length = prompt + N).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub tokens: usize,
+    /// Untimed warm-up batches per record.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed repetitions of each phase per record (medians are reported).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub iterations: usize,
+    /// Where to write the JSON document (schema vlmrun.bench/1); default OUTPUT_DIR/bench.json.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Draw images/s against batch size to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// A reference document (e.g. from benches/reference/pytorch_blip.py): ratio table and plot lines.
+    #[arg(long, value_name = "REF.json")]
+    pub reference: Option<PathBuf>,
+    /// A baseline document: exit 3 naming every metric worse than --threshold (same device only).
+    #[arg(long, value_name = "BASELINE.json")]
+    pub compare: Option<PathBuf>,
+    /// Allowed regression for --compare, e.g. 5%.
+    #[arg(long, value_name = "PERCENT", default_value = "5%")]
+    pub threshold: String,
+}
+
+impl BenchArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 3] = [
+            ("--model", "model.source", &self.model),
+            ("--prompt", "generation.prompt", &self.prompt),
+            ("--quantization", "quantization", &self.quantization),
         ];
         pairs
             .into_iter()

@@ -8,6 +8,7 @@
 //! `commands` (the command line), `error`/`exit` (errors and exit codes).
 
 pub mod baseline;
+pub mod bench;
 pub mod captioner;
 pub mod cli;
 pub mod commands;

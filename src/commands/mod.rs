@@ -1,6 +1,7 @@
 //! Runs a parsed command line: resolves the configuration once, then hands it to the subcommand.
 
 mod baseline_cmd;
+mod bench_cmd;
 mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
@@ -25,6 +26,7 @@ pub struct Context {
 pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
+        Command::Bench(args) => args.overrides(),
         _ => Vec::new(),
     };
     let request = ConfigRequest {
@@ -44,6 +46,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Doctor { json } => doctor_cmd::run(&context, json),
         Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
         Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
+        Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
         Command::Score {
             predictions,

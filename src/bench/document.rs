@@ -1,0 +1,167 @@
+//! The bench result document, schema `vlmrun.bench/1`: written by `vlmrun bench --out` and by
+//! `benches/reference/pytorch_blip.py`, read back by `--compare` and `--reference`. Every time is in
+//! milliseconds or seconds as its field name says; a field that does not apply (peak GPU memory on the
+//! CPU, a phase the reference cannot time apart) is `null`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::Percentiles;
+
+/// The schema name and version this module reads and writes.
+pub const SCHEMA: &str = "vlmrun.bench/1";
+
+/// One bench run on one device, precision and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchDocument {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// What produced it: `vlmrun` or `pytorch` (the reference script).
+    pub tool: String,
+    pub environment: Environment,
+    pub model: ModelShape,
+    pub settings: Settings,
+    /// Resolving the model directory, reading the tokenizer and loading the weights onto the device
+    /// (synchronised), seconds.
+    pub model_load_s: Option<f64>,
+    /// Decode + resize + normalize of one synthetic 640x480 JPEG on one CPU thread.
+    pub preprocess: Option<PreprocessTiming>,
+    /// One record per (batch size, beams), in the order they ran.
+    pub records: Vec<Record>,
+    /// The resolved configuration the run used (generation lengths forced), as JSON; the reference
+    /// script writes its own settings here.
+    pub config: serde_json::Value,
+}
+
+/// Where the numbers were taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    /// `cpu` or `cuda:0 (NVIDIA H100 80GB HBM3, compute capability 9.0)`.
+    pub device: String,
+    /// The GPU's name, or the CPU model for CPU runs: `--compare` requires these to be equal.
+    pub device_name: String,
+    pub driver: Option<String>,
+    /// Highest CUDA version the driver supports.
+    pub driver_cuda: Option<String>,
+    /// CUDA toolkit the binary (or torch) was built with.
+    pub cuda_build: Option<String>,
+    pub compute_capability: Option<String>,
+    /// `f32`, `f16` or `bf16`.
+    pub precision: String,
+    pub quantization: String,
+    pub vlmrun_version: String,
+    pub git_rev: String,
+    /// Framework versions, e.g. `candle 0.11` or `torch 2.11.0, transformers 5.17.0`.
+    pub framework: String,
+    pub cpu_threads: usize,
+    pub model_dir: Option<String>,
+}
+
+/// The model's shapes (enough to tell base from large from tiny).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub vision_hidden_size: usize,
+    pub vision_layers: usize,
+    pub text_hidden_size: usize,
+    pub text_layers: usize,
+    pub vocab_size: usize,
+}
+
+/// What every record ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub batch_sizes: Vec<usize>,
+    pub beams: Vec<usize>,
+    pub prompt: String,
+    /// Prompt length in decoder tokens, bos included.
+    pub prompt_tokens: usize,
+    /// Tokens generated per caption: min = max, so every run does the same work.
+    pub generated_tokens: usize,
+    /// Whole-sequence length used for both `max_length` and `min_length`.
+    pub forced_length: usize,
+    pub warmup: usize,
+    pub iterations: usize,
+    /// How `peak_gpu_bytes` was measured (`nvml-process`: this process's GPU memory, CUDA context
+    /// included, sampled every 20 ms; `torch-allocated`: `torch.cuda.max_memory_allocated`).
+    pub peak_gpu_measure: Option<String>,
+}
+
+/// CPU preprocessing of one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessTiming {
+    /// e.g. `640x480 synthetic JPEG (quality 90) -> 384x384`.
+    pub input: String,
+    pub ms: Summary,
+    /// 1000 / median ms: one thread's rate.
+    pub images_per_s_one_thread: f64,
+}
+
+/// Measurements for one (batch size, beams).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub batch_size: usize,
+    pub num_beams: usize,
+    pub generated_tokens: usize,
+    /// Vision encoder on the batch (pixels already on the device), median.
+    pub vision_ms: Option<f64>,
+    /// batch_size / vision seconds.
+    pub vision_images_per_s: Option<f64>,
+    /// Cross-attention keys/values of the image embeds + the decoder over the prompt + the first
+    /// token's logits and argmax, for the batch's rows, median.
+    pub prefill_ms: Option<f64>,
+    /// One decoder step for all batch_size x beams rows (forward with the cache, logits, argmax read
+    /// back), median over every step of every iteration. The search's own bookkeeping is not in it.
+    pub decode_step_ms: Option<f64>,
+    /// (generate median - vision - prefill) / (generated_tokens - 1): a whole step inside `generate`,
+    /// search bookkeeping included.
+    pub decode_step_in_generate_ms: Option<f64>,
+    /// Generation alone: pixels on the device -> token ids on the host.
+    pub generate_ms: Option<Summary>,
+    /// End to end per batch: preprocessed pixels on the host -> upload -> generate -> caption text.
+    pub latency_ms: Summary,
+    /// batch_size / median end-to-end seconds.
+    pub images_per_s: f64,
+    /// Generated tokens per second end to end (batch_size x generated_tokens / median seconds).
+    pub generated_tokens_per_s: f64,
+    /// Peak GPU memory during this record (see `settings.peak_gpu_measure`); null on the CPU.
+    pub peak_gpu_bytes: Option<u64>,
+}
+
+/// Summary statistics of a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub mean: f64,
+    pub max: f64,
+}
+
+impl From<Percentiles> for Summary {
+    fn from(p: Percentiles) -> Self {
+        Summary {
+            count: p.count,
+            p50: p.p50,
+            p95: p.p95,
+            mean: p.mean,
+            max: p.max,
+        }
+    }
+}
+
+impl Summary {
+    /// Statistics of `values` (numpy-style percentiles); `None` for an empty sample.
+    pub fn of(values: &[f64]) -> Option<Summary> {
+        Percentiles::of(values).map(Summary::from)
+    }
+}
+
+impl BenchDocument {
+    /// The record for (batch size, beams), if the run had one.
+    pub fn record(&self, batch_size: usize, num_beams: usize) -> Option<&Record> {
+        self.records
+            .iter()
+            .find(|r| r.batch_size == batch_size && r.num_beams == num_beams)
+    }
+}

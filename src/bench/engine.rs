@@ -1,0 +1,210 @@
+//! The model under test, set up for benchmarking: BLIP, its tokenizer and image processor on one
+//! device and dtype, with generation lengths forced (`min_length = max_length = prompt + N`) so every
+//! caption has exactly N generated tokens and every run does the same work.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::document::ModelShape;
+use super::BenchError;
+use crate::config::{Config, ResizePassOrder};
+use crate::device::ActiveDevice;
+use crate::generate::{decoder_start, generate, GenerationConfig};
+use crate::hub;
+use crate::models::blip::{load::load_model, BlipForConditionalGeneration};
+use crate::preprocess::prompt::PromptTokenizer;
+use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
+
+pub struct BenchModel {
+    model: BlipForConditionalGeneration,
+    tokenizer: PromptTokenizer,
+    processor: ImageProcessor,
+    /// The decoder start sequence: bos and the prompt's tokens.
+    prompt: Vec<u32>,
+    /// Generation settings from the config with both lengths set to `prompt.len() + generated_tokens`.
+    generation: GenerationConfig,
+    generated_tokens: usize,
+    active: ActiveDevice,
+    model_dir: PathBuf,
+    /// Seconds spent resolving the directory, reading the tokenizer and loading the weights (synchronised).
+    pub load_seconds: f64,
+}
+
+impl BenchModel {
+    /// Loads `model.source` in the active precision and forces `generated_tokens` per caption.
+    pub fn load(
+        config: &Config,
+        active: &ActiveDevice,
+        generated_tokens: usize,
+    ) -> Result<BenchModel, BenchError> {
+        if generated_tokens == 0 {
+            return Err(BenchError::Settings(
+                "--tokens must be at least 1".to_string(),
+            ));
+        }
+        let started = Instant::now();
+        let model_dir =
+            hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
+        let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
+            .map_err(|err| BenchError::Model(err.to_string()))?;
+        let model = load_model(&model_dir, active.precision.dtype, &active.device)
+            .map_err(|err| BenchError::Model(format!("{err:#}")))?;
+        active
+            .device
+            .synchronize()
+            .map_err(BenchError::compute("synchronising after the model load"))?;
+        let load_seconds = started.elapsed().as_secs_f64();
+
+        let text = &model.config().text_config;
+        let prompt_ids = tokenizer
+            .prompt_ids(&config.generation.prompt)
+            .map_err(|err| BenchError::Settings(format!("generation.prompt: {err}")))?;
+        let prompt = decoder_start(&prompt_ids, text.bos_token_id);
+        let forced_length = prompt.len() + generated_tokens;
+        if forced_length > text.max_position_embeddings {
+            return Err(BenchError::Settings(format!(
+                "prompt ({} tokens) + {generated_tokens} generated tokens exceeds the decoder's {} positions: lower --tokens",
+                prompt.len(),
+                text.max_position_embeddings
+            )));
+        }
+        let settings = &config.generation;
+        // BLIP captioning stops on [SEP] (sep_token_id), as the captioner does; blocked here until the end.
+        let generation = GenerationConfig {
+            max_length: forced_length,
+            min_length: forced_length,
+            num_beams: 1,
+            length_penalty: settings.length_penalty,
+            repetition_penalty: settings.repetition_penalty,
+            bos: text.bos_token_id,
+            eos: text.sep_token_id,
+            pad: text.pad_token_id,
+        };
+        let mut processor = ImageProcessor::blip(model.config().vision_config.image_size);
+        processor.max_pixels = config.preprocess.max_pixels;
+        processor.pass_order = match config.preprocess.resize_pass_order {
+            ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
+            ResizePassOrder::Pillow13 => PassOrder::Pillow13,
+            ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
+        };
+        Ok(BenchModel {
+            model,
+            tokenizer,
+            processor,
+            prompt,
+            generation,
+            generated_tokens,
+            active: active.clone(),
+            model_dir,
+            load_seconds,
+        })
+    }
+
+    pub fn model(&self) -> &BlipForConditionalGeneration {
+        &self.model
+    }
+
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    pub fn active(&self) -> &ActiveDevice {
+        &self.active
+    }
+
+    pub fn model_dir(&self) -> &std::path::Path {
+        &self.model_dir
+    }
+
+    /// The decoder start sequence (bos + prompt tokens).
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    pub fn generated_tokens(&self) -> usize {
+        self.generated_tokens
+    }
+
+    /// `max_length` = `min_length` of every generation.
+    pub fn forced_length(&self) -> usize {
+        self.generation.max_length
+    }
+
+    /// The forced generation settings with `num_beams` beams.
+    pub fn generation(&self, num_beams: usize) -> GenerationConfig {
+        GenerationConfig {
+            num_beams,
+            ..self.generation.clone()
+        }
+    }
+
+    /// The model's shapes.
+    pub fn shape(&self) -> ModelShape {
+        let config = self.model.config();
+        ModelShape {
+            image_size: config.vision_config.image_size,
+            patch_size: config.vision_config.patch_size,
+            vision_hidden_size: config.vision_config.hidden_size,
+            vision_layers: config.vision_config.num_hidden_layers,
+            text_hidden_size: config.text_config.hidden_size,
+            text_layers: config.text_config.num_hidden_layers,
+            vocab_size: config.text_config.vocab_size,
+        }
+    }
+
+    /// Waits for the device to finish queued work (a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<(), BenchError> {
+        self.active
+            .device
+            .synchronize()
+            .map_err(BenchError::compute("device synchronise"))
+    }
+
+    /// Uploads preprocessed CHW images as an `(N, 3, S, S)` batch in the model dtype.
+    pub fn upload(&self, pixels: &[Vec<f32>]) -> Result<Tensor, BenchError> {
+        batch_tensor(pixels, self.processor.size, &self.active.device)
+            .and_then(|t| t.to_dtype(self.active.precision.dtype))
+            .map_err(BenchError::compute("uploading the image batch"))
+    }
+
+    /// Forced-length generation of `batch` with `num_beams`; checks every caption has exactly
+    /// `generated_tokens` tokens after the prompt.
+    pub fn generate_forced(
+        &self,
+        batch: &Tensor,
+        num_beams: usize,
+    ) -> Result<Vec<Vec<u32>>, BenchError> {
+        let sequences = generate(
+            &self.model,
+            batch,
+            &self.prompt,
+            &self.generation(num_beams),
+        )?;
+        for sequence in &sequences {
+            let found = sequence.len().saturating_sub(self.prompt.len());
+            if found != self.generated_tokens {
+                return Err(BenchError::ForcedTokens {
+                    batch_size: sequences.len(),
+                    num_beams,
+                    expected: self.generated_tokens,
+                    found,
+                });
+            }
+        }
+        Ok(sequences)
+    }
+
+    /// Caption text of each sequence (special tokens skipped).
+    pub fn decode(&self, sequences: &[Vec<u32>]) -> Result<Vec<String>, BenchError> {
+        sequences
+            .iter()
+            .map(|ids| {
+                self.tokenizer
+                    .decode(ids)
+                    .map_err(|err| BenchError::Internal(format!("decoding tokens: {err}")))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,161 @@
+//! `--plot FILE.svg`: end-to-end images/s against batch size (both axes logarithmic), one line per
+//! beam count, and the reference's lines (dashed colours of the same beams) when one is given.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::document::BenchDocument;
+use super::BenchError;
+
+/// One line of the chart.
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    dashed: bool,
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+];
+
+fn series_of(doc: &BenchDocument, dashed: bool) -> Vec<Series> {
+    let mut beams: Vec<usize> = doc.records.iter().map(|r| r.num_beams).collect();
+    beams.sort_unstable();
+    beams.dedup();
+    beams
+        .into_iter()
+        .enumerate()
+        .map(|(index, num_beams)| {
+            let mut points: Vec<(f64, f64)> = doc
+                .records
+                .iter()
+                .filter(|r| r.num_beams == num_beams && r.images_per_s > 0.0)
+                .map(|r| (r.batch_size as f64, r.images_per_s))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let search = if num_beams == 1 {
+                "greedy".to_string()
+            } else {
+                format!("beam {num_beams}")
+            };
+            Series {
+                label: format!("{} {search}", doc.tool),
+                points,
+                color: PALETTE[index % PALETTE.len()],
+                dashed,
+            }
+        })
+        .collect()
+}
+
+/// Renders the chart as an SVG document.
+pub fn render_svg(
+    current: &BenchDocument,
+    reference: Option<&BenchDocument>,
+) -> Result<String, String> {
+    let mut lines = series_of(current, false);
+    if let Some(reference) = reference {
+        lines.extend(series_of(reference, true));
+    }
+    let all: Vec<(f64, f64)> = lines
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .collect();
+    if all.is_empty() {
+        return Err("no record with a positive images/s to draw".to_string());
+    }
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, 0.0f64);
+    for &(x, y) in &all {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    let x_range = (0.8f64..x_max * 1.25).log_scale();
+    let y_range = (y_min / 1.5..y_max * 1.5).log_scale();
+    let title = format!(
+        "images/s vs batch size: {}, {}",
+        current.environment.device_name, current.environment.precision
+    );
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x_range, y_range)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("batch size (images per forward pass)")
+            .y_desc("images/s (end to end)")
+            .x_labels(12)
+            .y_labels(12)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| {
+                if *y >= 10.0 {
+                    format!("{y:.0}")
+                } else {
+                    format!("{y:.2}")
+                }
+            })
+            .draw()
+            .map_err(|e| err(&e))?;
+        for line in &lines {
+            let color = line.color;
+            let style = color.stroke_width(2);
+            let drawn = if line.dashed {
+                chart.draw_series(DashedLineSeries::new(line.points.clone(), 8, 5, style))
+            } else {
+                chart.draw_series(LineSeries::new(line.points.clone(), style))
+            }
+            .map_err(|e| err(&e))?;
+            let dashed = line.dashed;
+            drawn.label(line.label.clone()).legend(move |(x, y)| {
+                let end = if dashed { x + 10 } else { x + 20 };
+                PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2))
+            });
+            chart
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|&point| Circle::new(point, 4, color.filled())),
+                )
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+
+/// Renders and writes the chart to `path` atomically.
+pub fn write_svg(
+    path: &Path,
+    current: &BenchDocument,
+    reference: Option<&BenchDocument>,
+) -> Result<(), BenchError> {
+    let plot_error = |message: String| BenchError::Plot {
+        path: path.to_path_buf(),
+        message,
+    };
+    let svg = render_svg(current, reference).map_err(plot_error)?;
+    crate::report::write_atomic(path, svg.as_bytes()).map_err(|err| plot_error(err.to_string()))
+}
