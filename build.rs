@@ -7,9 +7,17 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
-    for head in [".git/HEAD", ".git/index"] {
-        if std::path::Path::new(head).exists() {
-            println!("cargo:rerun-if-changed={head}");
+    // Rebuild when HEAD moves: HEAD itself, the branch ref it points at, and the index (also in worktrees,
+    // where .git is a file and the real paths come from `git rev-parse --git-path`).
+    let mut watched = vec!["HEAD".to_string(), "index".to_string()];
+    if let Some(branch) = run("git", &["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = run("git", &["rev-parse", "--git-path", &name]) {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
     let git_rev =
