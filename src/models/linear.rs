@@ -78,23 +78,41 @@ impl Linear {
         weight.dim(0)
     }
 
+    /// The bias `(out_features,)`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        let Self::Dense { bias, .. } = self;
+        bias.as_ref()
+    }
+
     /// `(..., in_features) -> (..., out_features)`. The leading dimensions are flattened so that
     /// one GEMM runs whatever the rank.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let Self::Dense { weight, bias } = self;
+        let out = self.forward_no_bias(xs)?;
+        match self.bias() {
+            Some(b) => out.broadcast_add(b),
+            None => Ok(out),
+        }
+    }
+
+    /// `x W^T` without the bias, for callers that fuse the bias into the next kernel.
+    pub fn forward_no_bias(&self, xs: &Tensor) -> Result<Tensor> {
+        let Self::Dense { weight, .. } = self;
         let dims = xs.dims();
         let in_features = xs.dim(D::Minus1)?;
         let rows: usize = dims.iter().rev().skip(1).product();
-        let flat = xs.reshape((rows, in_features))?;
-        let out = flat.matmul(&weight.t()?)?;
-        let out = match bias {
-            Some(b) => out.broadcast_add(b)?,
-            None => out,
-        };
+        let out = xs.reshape((rows, in_features))?.matmul(&weight.t()?)?;
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = out.dim(1)?;
         }
         out.reshape(out_dims)
+    }
+
+    /// The bias, or an error naming `what` when this projection has none.
+    pub fn expect_bias(&self, what: &str) -> Result<&Tensor> {
+        match self.bias() {
+            Some(b) => Ok(b),
+            None => candle_core::bail!("{what} has no bias"),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Attention blocks of the BLIP text decoder (`text_decoder.bert.encoder.layer.N.{attention,
 //! crossattention}`): causal self-attention over a [`KvCache`], and cross-attention over image
-//! keys/values computed once per image ([`CrossAttentionKv`]).
+//! keys/values computed once per image ([`CrossAttentionKv`]). One-token decode steps take the
+//! fused CUDA kernels when [`FusedOps`] is enabled.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -8,7 +9,18 @@ use candle_nn::{LayerNorm, VarBuilder};
 use super::config::BlipTextConfig;
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
+use crate::models::fused::FusedOps;
 use crate::models::linear::Linear;
+
+/// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
+/// bias + residual + LayerNorm kernel.
+pub(crate) fn residual_norm_params(bias: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
+    let beta = match norm.bias() {
+        Some(b) => b.clone(),
+        None => norm.weight().zeros_like()?,
+    };
+    Tensor::stack(&[bias, norm.weight(), &beta], 0)
+}
 
 /// `*.output`: dense projection, residual, post-LayerNorm (HF `BlipTextSelfOutput`).
 #[derive(Debug, Clone)]
@@ -17,18 +29,35 @@ pub struct BlipTextSelfOutput {
     dense: Linear,
     /// HF `LayerNorm`.
     layer_norm: LayerNorm,
+    /// `[dense.bias; LayerNorm.weight; LayerNorm.bias]` for the fused kernel.
+    fused_params: Tensor,
+    eps: f64,
 }
 
 impl BlipTextSelfOutput {
     pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let dense = Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?;
+        let layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
+        let fused_params = residual_norm_params(dense.expect_bias("dense")?, &layer_norm)?;
         Ok(Self {
-            dense: Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?,
-            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dense,
+            layer_norm,
+            fused_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
     /// `LN(dense(context) + residual)`, `(R, T, D)`.
-    pub fn forward(&self, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, context: &Tensor, residual: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        if ops.enabled() {
+            let projected = self.dense.forward_no_bias(context)?;
+            return ops.bias_residual_layer_norm(
+                &projected,
+                residual,
+                &self.fused_params,
+                self.eps,
+            );
+        }
         self.layer_norm
             .forward(&(self.dense.forward(context)? + residual)?)
     }
@@ -91,42 +120,52 @@ impl BlipTextSelfAttention {
 
     /// `(R, T, D) -> (R, T, D)`: appends this step's keys/values to `cache` (layer `layer_idx`)
     /// and attends causally over everything cached.
-    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache, ops: &FusedOps) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
         let past = cache.len();
-        let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
-        let q = qkv.get(0)?;
-        let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
-        let scores = q.matmul(&keys.t()?)?;
-        let scores = if t > 1 {
-            scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+        let context = if t == 1 && ops.enabled() {
+            cache.check_room(1)?;
+            let qkv = self.qkv.forward_no_bias(xs)?.reshape((r, 3 * d))?;
+            let bias = self.qkv.expect_bias("text self-attention qkv")?;
+            let buffer = cache.layer(self.layer_idx)?;
+            ops.kv_write(buffer, &qkv, bias, cache.geometry(), past)?;
+            ops.self_attention_step(&qkv, bias, buffer, cache.geometry(), past + 1)?
+                .reshape((r, 1, d))?
         } else {
-            scores
+            let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
+            let q = qkv.get(0)?;
+            let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
+            let scores = q.matmul(&keys.t()?)?;
+            let scores = if t > 1 {
+                scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+            } else {
+                scores
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?;
-        self.output.forward(&context, xs)
+        self.output.forward(&context, xs, ops)
     }
 }
 
-/// Cross-attention keys and values of every decoder layer for a batch of images,
-/// `(images, heads, image_tokens, head_dim)` each: computed once per image, shared by all of
-/// that image's beams.
+/// Cross-attention keys and values of every decoder layer for a batch of images: per layer one
+/// `(2, images, heads, image_tokens, head_dim)` tensor (keys, then values), computed once per
+/// image and shared by all of that image's beams.
 #[derive(Debug, Clone)]
 pub struct CrossAttentionKv {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<Tensor>,
 }
 
 impl CrossAttentionKv {
-    /// Wraps per-layer `(keys, values)`.
-    pub fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Self {
+    /// Wraps per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
+    pub fn from_layers(layers: Vec<Tensor>) -> Self {
         Self { layers }
     }
 
     /// Number of images.
     pub fn images(&self) -> Result<usize> {
         match self.layers.first() {
-            Some((k, _)) => k.dim(0),
+            Some(kv) => kv.dim(1),
             None => Ok(0),
         }
     }
@@ -136,12 +175,12 @@ impl CrossAttentionKv {
         let layers = self
             .layers
             .iter()
-            .map(|(k, v)| Ok((k.index_select(indices, 0)?, v.index_select(indices, 0)?)))
+            .map(|kv| kv.index_select(indices, 1))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
 
-    fn layer(&self, idx: usize) -> Result<&(Tensor, Tensor)> {
+    fn layer(&self, idx: usize) -> Result<&Tensor> {
         match self.layers.get(idx) {
             Some(kv) => Ok(kv),
             None => candle_core::bail!(
@@ -182,40 +221,54 @@ impl BlipTextCrossAttention {
         })
     }
 
-    /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(B, H, N, Dh)` each.
-    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = split_heads(
+    /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(2, B, H, N, Dh)`.
+    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        split_heads(
             &self.key_value.forward(image_embeds)?,
             2,
             self.num_heads,
             self.head_dim,
-        )?;
-        Ok((kv.get(0)?, kv.get(1)?))
+        )
     }
 
     /// `(R, T, D) -> (R, T, D)` where the `R` rows are `B` images x `g` consecutive rows each
     /// (beams): the `g*T` queries of an image attend to that image's keys/values together, so the
     /// image K/V are never repeated per beam.
-    pub fn forward(&self, xs: &Tensor, image_kv: &CrossAttentionKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        image_kv: &CrossAttentionKv,
+        ops: &FusedOps,
+    ) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
-        let (keys, values) = image_kv.layer(self.layer_idx)?;
-        let b = keys.dim(0)?;
+        let kv = image_kv.layer(self.layer_idx)?;
+        let (b, n) = (kv.dim(1)?, kv.dim(3)?);
         if b == 0 || r % b != 0 {
             candle_core::bail!("cross-attention: {r} text rows cannot be grouped over {b} images");
         }
         let g = r / b;
         let (h, dh) = (self.num_heads, self.head_dim);
-        // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
-        let q = self
-            .query
-            .forward(xs)?
-            .reshape((b, g * t, h, dh))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let scores = q.matmul(&keys.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
-        let context = probs.matmul(values)?.transpose(1, 2)?.reshape((r, t, d))?;
-        self.output.forward(&context, xs)
+        let context = if t == 1 && ops.enabled() && ops.cross_attention_fits(g, n, dh) {
+            let q = self.query.forward_no_bias(xs)?.reshape((r, d))?;
+            let bias = self.query.expect_bias("cross-attention query")?;
+            ops.cross_attention_step(&q, bias, kv, g)?
+                .reshape((r, 1, d))?
+        } else {
+            // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
+            let q = self
+                .query
+                .forward(xs)?
+                .reshape((b, g * t, h, dh))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let scores = q.matmul(&kv.get(0)?.t()?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
+            probs
+                .matmul(&kv.get(1)?)?
+                .transpose(1, 2)?
+                .reshape((r, t, d))?
+        };
+        self.output.forward(&context, xs, ops)
     }
 }

@@ -5,6 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, BlipVisionConfig};
+use crate::models::fused::FusedOps;
 use crate::models::linear::Linear;
 
 /// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
@@ -152,8 +153,13 @@ impl BlipMlp {
     }
 
     /// `(B, N, D) -> (B, N, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let hidden = if ops.enabled() && self.act == Activation::GeluErf {
+            ops.bias_gelu(&self.fc1.forward_no_bias(xs)?, self.fc1.expect_bias("fc1")?)?
+        } else {
+            self.act.forward(&self.fc1.forward(xs)?)?
+        };
+        self.fc2.forward(&hidden)
     }
 }
 
@@ -178,10 +184,10 @@ impl BlipEncoderLayer {
     }
 
     /// `(B, N, D) -> (B, N, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         let attn = self.self_attn.forward(&self.layer_norm1.forward(xs)?)?;
         let xs = (xs + attn)?;
-        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?, ops)?;
         xs + mlp
     }
 }
@@ -192,10 +198,18 @@ pub struct BlipVisionModel {
     embeddings: BlipVisionEmbeddings,
     layers: Vec<BlipEncoderLayer>,
     post_layernorm: LayerNorm,
+    ops: FusedOps,
 }
 
 impl BlipVisionModel {
+    /// Builds the tower with fused CUDA kernels when `vb`'s device is CUDA.
     pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let ops = FusedOps::for_device(vb.device())?;
+        Self::new_with_ops(cfg, vb, ops)
+    }
+
+    /// Builds the tower with an existing kernel handle.
+    pub fn new_with_ops(cfg: &BlipVisionConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| BlipEncoderLayer::new(cfg, layers_vb.pp(i)))
@@ -208,14 +222,20 @@ impl BlipVisionModel {
                 cfg.layer_norm_eps,
                 vb.pp("post_layernorm"),
             )?,
+            ops,
         })
+    }
+
+    /// Replaces the kernel handle (e.g. [`FusedOps::disabled`] for the composed ops).
+    pub fn set_ops(&mut self, ops: FusedOps) {
+        self.ops = ops;
     }
 
     /// `(B, 3, H, W)` pixels -> `(B, 1 + grid^2, D)` image embeddings (`last_hidden_state`, post-LN).
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let mut xs = self.embeddings.forward(pixel_values)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, &self.ops)?;
         }
         self.post_layernorm.forward(&xs)
     }
