@@ -43,6 +43,16 @@ fn time<T>(device: &Device, f: impl Fn() -> T) -> (f64, T) {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        let device = if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0)?
+        } else {
+            Device::Cpu
+        };
+        let batch = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+        probe_vision_layer(&device, DType::BF16, batch)?;
+        return Ok(());
+    }
     let dtype = match args.first().map(String::as_str).unwrap_or("bf16") {
         "f16" => DType::F16,
         "f32" => DType::F32,
@@ -106,6 +116,94 @@ fn main() -> anyhow::Result<()> {
             v * 1e3,
             batch as f64 / v,
             (g - v) * 1e3 / new_tokens as f64
+        );
+    }
+    Ok(())
+}
+
+/// Times the pieces of one ViT-base layer at `batch` images (synchronising after each), to see
+/// where the vision encoder spends its time.
+pub fn probe_vision_layer(device: &Device, dtype: DType, batch: usize) -> Result<()> {
+    let (n, d, h, dh, inter) = (577usize, 768usize, 12usize, 64usize, 3072usize);
+    let rows = batch * n;
+    let x = Tensor::randn(0f32, 1.0, (rows, d), device)?.to_dtype(dtype)?;
+    let w_qkv = Tensor::randn(0f32, 0.02, (3 * d, d), device)?.to_dtype(dtype)?;
+    let b_qkv = Tensor::randn(0f32, 0.02, 3 * d, device)?.to_dtype(dtype)?;
+    let w_fc1 = Tensor::randn(0f32, 0.02, (inter, d), device)?.to_dtype(dtype)?;
+    let gamma = Tensor::ones(d, dtype, device)?;
+    let beta = Tensor::zeros(d, dtype, device)?;
+    let reps = 5;
+    let t = |name: &str, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
+        let out = f()?;
+        device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        device.synchronize()?;
+        println!(
+            "  {name:<40} {:8.3} ms",
+            start.elapsed().as_secs_f64() * 1e3 / reps as f64
+        );
+        Ok(out)
+    };
+    println!("one ViT-base layer's pieces, batch {batch}, {dtype:?}:");
+    t("layer_norm (rows, 768)", &|| {
+        candle_nn::ops::layer_norm(&x, &gamma, &beta, 1e-5)
+    })?;
+    let qkv = t("matmul qkv (rows,768)x(768,2304)", &|| {
+        x.matmul(&w_qkv.t()?)
+    })?;
+    let qkv = t("broadcast_add bias (rows,2304)", &|| {
+        qkv.broadcast_add(&b_qkv)
+    })?;
+    let heads = t("permute to (3,B,H,N,Dh) contiguous", &|| {
+        qkv.reshape((batch, n, 3, h, dh))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()
+    })?;
+    let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+    let scores = t("matmul q k^T (B*H,577,577)", &|| q.matmul(&k.t()?))?;
+    let kt = k.t()?.contiguous()?;
+    t("matmul q kT contiguous", &|| q.matmul(&kt))?;
+    let probs = t("softmax_last_dim", &|| {
+        candle_nn::ops::softmax_last_dim(&scores)
+    })?;
+    let ctx = t("matmul probs v", &|| probs.matmul(&v))?;
+    t("transpose(1,2) reshape (B,N,D)", &|| {
+        ctx.transpose(1, 2)?.reshape((batch, n, d))
+    })?;
+    let h1 = t("matmul fc1 (rows,768)x(768,3072)", &|| {
+        x.matmul(&w_fc1.t()?)
+    })?;
+    t("gelu_erf (rows,3072)", &|| h1.gelu_erf())?;
+    t("add (rows,768)", &|| &x + &x)?;
+
+    // Per-op overhead at decode sizes: issue 1000 small ops, time the issuing and the total.
+    let small = Tensor::randn(0f32, 1.0, (1, d), device)?.to_dtype(dtype)?;
+    for (name, f) in [
+        (
+            "tiny add (1,768)",
+            &(|| &small + &small) as &dyn Fn() -> Result<Tensor>,
+        ),
+        ("gemv (1,768)x(768,2304)", &|| small.matmul(&w_qkv.t()?)),
+        ("layer_norm (1,768)", &|| {
+            candle_nn::ops::layer_norm(&small, &gamma, &beta, 1e-5)
+        }),
+    ] {
+        f()?;
+        device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..1000 {
+            f()?;
+        }
+        let issued = start.elapsed().as_secs_f64();
+        device.synchronize()?;
+        let total = start.elapsed().as_secs_f64();
+        println!(
+            "  1000 x {name:<28} issue {:6.2} us/op, done {:6.2} us/op",
+            issued * 1e3,
+            total * 1e3
         );
     }
     Ok(())

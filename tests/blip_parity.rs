@@ -407,6 +407,12 @@ fn fused_kernels_agree_with_composed_ops() {
         .unwrap();
     let ids = ids.repeat((stems.len(), 1)).unwrap();
     let (abs, rel) = errors(
+        &f.model.image_embeds(&pixels).unwrap(),
+        &composed.image_embeds(&pixels).unwrap(),
+    );
+    eprintln!("vision embeds fused vs composed: max abs {abs:.3e}, relative {rel:.3e}");
+    assert!(rel <= REL_TOL);
+    let (abs, rel) = errors(
         &f.model.forward(&pixels, &ids).unwrap(),
         &composed.forward(&pixels, &ids).unwrap(),
     );

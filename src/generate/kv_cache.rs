@@ -1,9 +1,9 @@
 //! Self-attention key/value cache for incremental decoding, owned by the generation loop and
 //! passed explicitly to the decoder so that beam search can reorder (or drop) rows between steps.
 //!
-//! Each layer holds one preallocated `(2, rows, heads, capacity, head_dim)` buffer (keys, then
-//! values); a step writes its new keys/values in place at the current length and attends over
-//! the filled prefix.
+//! One preallocated `(layers, 2, rows, heads, capacity, head_dim)` buffer holds every layer's
+//! keys then values; a step writes its new keys/values in place at the current length and
+//! attends over the filled prefix. Reordering rows is one `index_select` for all layers.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -12,8 +12,8 @@ use crate::models::fused::CacheGeometry;
 /// The self-attention cache of every decoder layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// Per layer `(2, rows, heads, capacity, head_dim)`.
-    layers: Vec<Tensor>,
+    /// `(layers, 2, rows, heads, capacity, head_dim)`.
+    buffer: Tensor,
     /// Positions already written (identical for every row: rows share the prompt and advance together).
     len: usize,
     shape: KvCacheShape,
@@ -31,20 +31,19 @@ pub struct KvCacheShape {
 }
 
 impl KvCache {
-    /// Allocates zeroed buffers.
+    /// Allocates the zeroed buffer.
     pub fn new(shape: KvCacheShape, dtype: DType, device: &Device) -> Result<Self> {
         let dims = (
+            shape.num_layers,
             2,
             shape.rows,
             shape.num_heads,
             shape.capacity,
             shape.head_dim,
         );
-        let layers = (0..shape.num_layers)
-            .map(|_| Tensor::zeros(dims, dtype, device))
-            .collect::<Result<Vec<_>>>()?;
+        let buffer = Tensor::zeros(dims, dtype, device)?;
         Ok(Self {
-            layers,
+            buffer,
             len: 0,
             shape,
         })
@@ -75,15 +74,15 @@ impl KvCache {
         }
     }
 
-    /// The `(2, rows, heads, capacity, head_dim)` buffer of `layer`.
-    pub fn layer(&self, layer: usize) -> Result<&Tensor> {
-        match self.layers.get(layer) {
-            Some(buffer) => Ok(buffer),
-            None => candle_core::bail!(
+    /// The `(2, rows, heads, capacity, head_dim)` buffer of `layer` (a view).
+    pub fn layer(&self, layer: usize) -> Result<Tensor> {
+        if layer >= self.shape.num_layers {
+            candle_core::bail!(
                 "kv cache has no layer {layer} ({} layers)",
-                self.layers.len()
-            ),
+                self.shape.num_layers
+            );
         }
+        self.buffer.get(layer)
     }
 
     /// Fails unless `t` more positions fit.
@@ -128,9 +127,7 @@ impl KvCache {
     /// Keeps rows `indices` (u32, on the cache's device) in that order: beam reordering,
     /// expanding one row per image to `num_beams` rows, or dropping finished rows.
     pub fn select_rows(&mut self, indices: &Tensor) -> Result<()> {
-        for buffer in &mut self.layers {
-            *buffer = buffer.index_select(indices, 1)?;
-        }
+        self.buffer = self.buffer.index_select(indices, 2)?;
         self.shape.rows = indices.dim(0)?;
         Ok(())
     }

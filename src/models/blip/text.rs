@@ -1,7 +1,7 @@
 //! BLIP text decoder (`text_decoder.*`, HF `BlipTextLMHeadModel`): BERT embeddings, post-LN
 //! layers with causal self-attention and image cross-attention, and the tied LM head.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::config::{Activation, BlipTextConfig};
@@ -11,7 +11,7 @@ use super::text_attention::{
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
-use crate::models::linear::Linear;
+use crate::models::linear::{Epilogue, Linear};
 
 /// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
 #[derive(Debug, Clone)]
@@ -120,12 +120,12 @@ impl BlipTextFeedForward {
     pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         if ops.enabled() {
             let hidden = if self.act == Activation::GeluErf {
-                let bias = self.intermediate.expect_bias("intermediate.dense")?;
-                ops.bias_gelu(&self.intermediate.forward_no_bias(xs)?, bias)?
+                self.intermediate
+                    .forward_fused(xs, ops, Epilogue::BiasGelu)?
             } else {
                 self.act.forward(&self.intermediate.forward(xs)?)?
             };
-            let projected = self.output.forward_no_bias(&hidden)?;
+            let projected = self.output.forward_fused(&hidden, ops, Epilogue::None)?;
             return ops.bias_residual_layer_norm(&projected, xs, &self.fused_params, self.eps);
         }
         let hidden = self.act.forward(&self.intermediate.forward(xs)?)?;
@@ -199,21 +199,14 @@ impl BlipTextLMPredictionHead {
 
     /// `(..., D) -> (..., V)` logits in f32 (as `generate` reads them).
     pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
-        if ops.enabled() {
-            let hidden = if self.act == Activation::GeluErf {
-                let bias = self.transform_dense.expect_bias("transform.dense")?;
-                ops.bias_gelu(&self.transform_dense.forward_no_bias(xs)?, bias)?
-            } else {
-                self.act.forward(&self.transform_dense.forward(xs)?)?
-            };
-            let normed = self.transform_norm.forward(&hidden)?;
-            let bias = self.decoder.expect_bias("decoder")?;
-            return ops.bias_to_f32(&self.decoder.forward_no_bias(&normed)?, bias);
-        }
-        let hidden = self.act.forward(&self.transform_dense.forward(xs)?)?;
-        self.decoder
-            .forward(&self.transform_norm.forward(&hidden)?)?
-            .to_dtype(DType::F32)
+        let hidden = if self.act == Activation::GeluErf {
+            self.transform_dense
+                .forward_fused(xs, ops, Epilogue::BiasGelu)?
+        } else {
+            self.act.forward(&self.transform_dense.forward(xs)?)?
+        };
+        let normed = self.transform_norm.forward(&hidden)?;
+        self.decoder.forward_fused(&normed, ops, Epilogue::BiasF32)
     }
 }
 
@@ -254,6 +247,11 @@ impl BlipTextLMHeadModel {
         })
     }
 
+    /// The kernel handle the decoder uses.
+    pub fn fused_ops(&self) -> &FusedOps {
+        &self.ops
+    }
+
     /// Replaces the kernel handle (e.g. [`FusedOps::disabled`] for the composed ops).
     pub fn set_ops(&mut self, ops: FusedOps) {
         self.ops = ops;
@@ -271,7 +269,7 @@ impl BlipTextLMHeadModel {
             .iter()
             .map(|layer| layer.crossattention.image_kv(image_embeds))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CrossAttentionKv::from_layers(layers))
+        CrossAttentionKv::from_layers(&layers)
     }
 
     /// Runs `input_ids` `(R, T)` (u32, positions `cache.len()..`) through the decoder and returns

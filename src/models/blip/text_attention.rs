@@ -10,7 +10,7 @@ use super::config::BlipTextConfig;
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
-use crate::models::linear::Linear;
+use crate::models::linear::{Epilogue, Linear};
 
 /// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
 /// bias + residual + LayerNorm kernel.
@@ -50,7 +50,7 @@ impl BlipTextSelfOutput {
     /// `LN(dense(context) + residual)`, `(R, T, D)`.
     pub fn forward(&self, context: &Tensor, residual: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         if ops.enabled() {
-            let projected = self.dense.forward_no_bias(context)?;
+            let projected = self.dense.forward_fused(context, ops, Epilogue::None)?;
             return ops.bias_residual_layer_norm(
                 &projected,
                 residual,
@@ -123,13 +123,17 @@ impl BlipTextSelfAttention {
     pub fn forward(&self, xs: &Tensor, cache: &mut KvCache, ops: &FusedOps) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
         let past = cache.len();
-        let context = if t == 1 && ops.enabled() {
+        let context = if t == 1 && ops.enabled() && ops.self_attention_fits(past + 1, self.head_dim)
+        {
             cache.check_room(1)?;
-            let qkv = self.qkv.forward_no_bias(xs)?.reshape((r, 3 * d))?;
+            let qkv = self
+                .qkv
+                .forward_fused(xs, ops, Epilogue::None)?
+                .reshape((r, 3 * d))?;
             let bias = self.qkv.expect_bias("text self-attention qkv")?;
             let buffer = cache.layer(self.layer_idx)?;
-            ops.kv_write(buffer, &qkv, bias, cache.geometry(), past)?;
-            ops.self_attention_step(&qkv, bias, buffer, cache.geometry(), past + 1)?
+            ops.kv_write(&buffer, &qkv, bias, cache.geometry(), past)?;
+            ops.self_attention_step(&qkv, bias, &buffer, cache.geometry(), past + 1)?
                 .reshape((r, 1, d))?
         } else {
             let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
@@ -148,46 +152,39 @@ impl BlipTextSelfAttention {
     }
 }
 
-/// Cross-attention keys and values of every decoder layer for a batch of images: per layer one
-/// `(2, images, heads, image_tokens, head_dim)` tensor (keys, then values), computed once per
-/// image and shared by all of that image's beams.
+/// Cross-attention keys and values of every decoder layer for a batch of images, one
+/// `(layers, 2, images, heads, image_tokens, head_dim)` tensor (keys, then values): computed
+/// once per image and shared by all of that image's beams.
 #[derive(Debug, Clone)]
 pub struct CrossAttentionKv {
-    layers: Vec<Tensor>,
+    all: Tensor,
 }
 
 impl CrossAttentionKv {
-    /// Wraps per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
-    pub fn from_layers(layers: Vec<Tensor>) -> Self {
-        Self { layers }
+    /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
+    pub fn from_layers(layers: &[Tensor]) -> Result<Self> {
+        Ok(Self {
+            all: Tensor::stack(layers, 0)?,
+        })
     }
 
     /// Number of images.
     pub fn images(&self) -> Result<usize> {
-        match self.layers.first() {
-            Some(kv) => kv.dim(1),
-            None => Ok(0),
-        }
+        self.all.dim(2)
     }
 
     /// Keeps images `indices` (u32 on the same device), in that order.
     pub fn select_images(&self, indices: &Tensor) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|kv| kv.index_select(indices, 1))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            all: self.all.index_select(indices, 2)?,
+        })
     }
 
-    fn layer(&self, idx: usize) -> Result<&Tensor> {
-        match self.layers.get(idx) {
-            Some(kv) => Ok(kv),
-            None => candle_core::bail!(
-                "cross-attention kv has no layer {idx} ({} layers)",
-                self.layers.len()
-            ),
+    fn layer(&self, idx: usize) -> Result<Tensor> {
+        if idx >= self.all.dim(0)? {
+            candle_core::bail!("cross-attention kv has no layer {idx}");
         }
+        self.all.get(idx)
     }
 }
 
@@ -249,9 +246,12 @@ impl BlipTextCrossAttention {
         let g = r / b;
         let (h, dh) = (self.num_heads, self.head_dim);
         let context = if t == 1 && ops.enabled() && ops.cross_attention_fits(g, n, dh) {
-            let q = self.query.forward_no_bias(xs)?.reshape((r, d))?;
+            let q = self
+                .query
+                .forward_fused(xs, ops, Epilogue::None)?
+                .reshape((r, d))?;
             let bias = self.query.expect_bias("cross-attention query")?;
-            ops.cross_attention_step(&q, bias, kv, g)?
+            ops.cross_attention_step(&q, bias, &kv, g)?
                 .reshape((r, 1, d))?
         } else {
             // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)

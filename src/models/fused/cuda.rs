@@ -1,50 +1,103 @@
 //! CUDA implementations of the fused ops: candle custom ops launching the kernels of
-//! `kernels.cu`, compiled once per model with NVRTC.
+//! `kernels.cu`, compiled with NVRTC and loaded once per model (function handles cached, so a
+//! launch costs no lookup).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
 use super::CacheGeometry;
 
-/// Name under which the module is cached by the candle device.
-const MODULE: &str = "vlmrun_blip_fused";
 const SOURCE: &str = include_str!("kernels.cu");
 /// Shared memory a block may use without opting in to more.
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
 
-/// The compiled PTX of `kernels.cu`.
+/// Kernels instantiated for f32, f16 and bf16 (`<name>_<dtype>` in kernels.cu).
+#[derive(Debug, Clone, Copy)]
+pub enum Kernel {
+    BiasResidualLn,
+    BiasResidualLn2,
+    EmbedLn,
+    BiasGelu,
+    BiasToF32,
+    KvWrite,
+    SelfAttnDecode,
+    CrossAttnDecode,
+    BiasSplitHeads,
+    MergeHeads,
+    SoftmaxRows,
+    Gemv,
+    GemvF32Out,
+    Patchify,
+    VisionEmbed,
+}
+
+const TYPED: [(Kernel, &str); 15] = [
+    (Kernel::BiasResidualLn, "bias_residual_ln"),
+    (Kernel::BiasResidualLn2, "bias_residual_ln2"),
+    (Kernel::EmbedLn, "embed_ln"),
+    (Kernel::BiasGelu, "bias_gelu"),
+    (Kernel::BiasToF32, "bias_to_f32"),
+    (Kernel::KvWrite, "kv_write"),
+    (Kernel::SelfAttnDecode, "self_attn_decode"),
+    (Kernel::CrossAttnDecode, "cross_attn_decode"),
+    (Kernel::BiasSplitHeads, "bias_split_heads"),
+    (Kernel::MergeHeads, "merge_heads"),
+    (Kernel::SoftmaxRows, "softmax_rows"),
+    (Kernel::Gemv, "gemv"),
+    (Kernel::GemvF32Out, "gemv_f32out"),
+    (Kernel::Patchify, "patchify"),
+    (Kernel::VisionEmbed, "vision_embed"),
+];
+const DTYPES: [(DType, &str); 3] = [
+    (DType::F32, "f32"),
+    (DType::F16, "f16"),
+    (DType::BF16, "bf16"),
+];
+
+/// The loaded module's functions.
 #[derive(Debug)]
 pub struct Kernels {
-    ptx: String,
+    /// `TYPED.len() x DTYPES.len()`, in that order.
+    typed: Vec<CudaFunction>,
+    beam_scores: CudaFunction,
+    topk_rows: CudaFunction,
 }
 
 impl Kernels {
-    /// Compiles the kernels with NVRTC (a few hundred milliseconds).
-    pub fn compile() -> Result<Self> {
+    /// Compiles the kernels with NVRTC and loads them into `dev`'s context.
+    pub fn load(dev: &CudaDevice) -> Result<Self> {
         let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
             candle_core::Error::Msg(format!(
                 "compiling vlmrun's fused CUDA kernels with NVRTC: {e}"
             ))
         })?;
-        Ok(Self { ptx: ptx.to_src() })
+        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let mut typed = Vec::with_capacity(TYPED.len() * DTYPES.len());
+        for (_, base) in TYPED {
+            for (_, suffix) in DTYPES {
+                typed.push(module.load_function(&format!("{base}_{suffix}")).w()?);
+            }
+        }
+        Ok(Self {
+            typed,
+            beam_scores: module.load_function("beam_scores_f32").w()?,
+            topk_rows: module.load_function("topk_rows_f32").w()?,
+        })
     }
 
-    fn func(
-        &self,
-        dev: &CudaDevice,
-        base: &str,
-        dtype: DType,
-    ) -> Result<candle_core::cuda_backend::CudaFunc> {
-        let suffix = match dtype {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            other => bail!("fused kernel {base}: unsupported dtype {other:?}"),
+    fn get(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+        let Some(d) = DTYPES.iter().position(|(t, _)| *t == dtype) else {
+            bail!("fused kernels support f32/f16/bf16, got {dtype:?}")
         };
-        dev.get_or_load_custom_func(&format!("{base}_{suffix}"), MODULE, &self.ptx)
+        match self.typed.get(kernel as usize * DTYPES.len() + d) {
+            Some(f) => Ok(f),
+            None => bail!("fused kernel {kernel:?} not loaded"),
+        }
     }
 }
 
@@ -58,7 +111,15 @@ fn view<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> Result<C
 
 fn grid_for(n: usize, block: u32) -> u32 {
     let blocks = n.div_ceil(block as usize).max(1);
-    blocks.min(65_535 * 8) as u32
+    blocks.min(65_535 * 16) as u32
+}
+
+fn linear_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid_for(n, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Runs `$body` with `$t` bound to the Rust element type of `$dtype`.
@@ -82,6 +143,18 @@ macro_rules! with_dtype {
     };
 }
 
+/// Launches `func` with `cfg`; `$args` are pushed in order.
+macro_rules! launch {
+    ($dev:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let stream = $dev.cuda_stream();
+        let mut builder = stream.launch_builder($func);
+        $( builder.arg($arg); )+
+        // SAFETY: the argument lists match the kernel signatures in kernels.cu and every
+        // caller checks the buffer sizes the kernel indexes.
+        unsafe { builder.launch($cfg) }.w()?;
+    }};
+}
+
 fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
     bail!("{name} is a CUDA kernel; CPU tensors take the composed path")
 }
@@ -96,10 +169,16 @@ fn block_for_width(d: usize) -> u32 {
     }
 }
 
-/// `LayerNorm(x + bias + residual)` with `params = [bias; gamma; beta]` `(3, d)`.
+fn last_dim(layout: &Layout) -> usize {
+    layout.shape().dims().last().copied().unwrap_or(1)
+}
+
+/// `LayerNorm(x + bias + residual)` with `params = [bias; gamma; beta]` `(3, d)`; with
+/// `two_outputs` the result is `(2, ..)`: the sum, then its LayerNorm.
 pub struct BiasResidualLayerNorm<'a> {
     pub kernels: &'a Kernels,
     pub eps: f32,
+    pub two_outputs: bool,
 }
 
 impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
@@ -127,9 +206,8 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
         pl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
-        let shape = xl.shape().clone();
-        let d = shape.dims().last().copied().unwrap_or(1);
-        let n = shape.elem_count();
+        let d = last_dim(xl);
+        let n = xl.shape().elem_count();
         if rl.shape() != xl.shape() || pl.shape().elem_count() != 3 * d {
             bail!(
                 "bias_residual_layer_norm: shapes {:?} {:?} {:?}",
@@ -138,25 +216,36 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
                 pl.shape()
             );
         }
-        let func = self.kernels.func(&dev, "bias_residual_ln", x.dtype())?;
-        let block = block_for_width(d);
+        let rows = n / d;
         let cfg = LaunchConfig {
-            grid_dim: ((n / d) as u32, 1, 1),
-            block_dim: (block, 1, 1),
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (block_for_width(d), 1, 1),
             shared_mem_bytes: ((d + 32) * 4) as u32,
         };
+        let kernel = if self.two_outputs {
+            Kernel::BiasResidualLn2
+        } else {
+            Kernel::BiasResidualLn
+        };
+        let func = self.kernels.get(kernel, x.dtype())?;
+        let (d_arg, rows_arg, eps) = (d as i32, rows as i64, self.eps);
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
             let rv = view(r.as_cuda_slice::<T>()?, rl, "residual")?;
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let (d_arg, eps) = (d as i32, self.eps);
-            let mut b = func.builder();
-            b.arg(&xv).arg(&rv).arg(&pv).arg(&out).arg(&d_arg).arg(&eps);
-            // SAFETY: argument list matches the kernel signature; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+            if self.two_outputs {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(2 * n)? };
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
+                let mut dims = vec![2];
+                dims.extend_from_slice(xl.shape().dims());
+                Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
+            } else {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(n)? };
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
+                Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+            }
         })
     }
 }
@@ -165,7 +254,7 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
 pub struct EmbedLayerNorm<'a> {
     pub kernels: &'a Kernels,
     pub eps: f32,
-    /// Tokens per row (positions cycle `past..past + t`).
+    /// Tokens per row (positions run `past..past + t` in every row).
     pub t: usize,
     pub past: usize,
     pub max_positions: usize,
@@ -196,21 +285,24 @@ impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
         tl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = w.device().clone();
-        let d = wl.shape().dims().last().copied().unwrap_or(1);
+        let d = last_dim(wl);
         let rows = il.shape().elem_count();
         let p = self.max_positions;
         if tl.shape().elem_count() != (p + 2) * d || self.past + self.t > p || self.t == 0 {
             bail!(
-                "embed_layer_norm: bad table {:?} for {p} positions",
-                tl.shape()
+                "embed_layer_norm: table {:?} for {p} positions, positions {}..{}",
+                tl.shape(),
+                self.past,
+                self.past + self.t
             );
         }
-        let func = self.kernels.func(&dev, "embed_ln", w.dtype())?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (block_for_width(d), 1, 1),
             shared_mem_bytes: ((d + 32) * 4) as u32,
         };
+        let func = self.kernels.get(Kernel::EmbedLn, w.dtype())?;
+        let (d_arg, t_arg, past_arg, eps) = (d as i32, self.t as i32, self.past as i32, self.eps);
         with_dtype!(w.dtype(), T, {
             let idv = view(ids.as_cuda_slice::<u32>()?, il, "ids")?;
             let wv = view(w.as_cuda_slice::<T>()?, wl, "word embeddings")?;
@@ -218,20 +310,7 @@ impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
             let params = tv.slice(p * d..(p + 2) * d);
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
-            let (d_arg, t_arg, past_arg, eps) =
-                (d as i32, self.t as i32, self.past as i32, self.eps);
-            let mut b = func.builder();
-            b.arg(&idv)
-                .arg(&wv)
-                .arg(&tv)
-                .arg(&params)
-                .arg(&out)
-                .arg(&d_arg)
-                .arg(&t_arg)
-                .arg(&past_arg)
-                .arg(&eps);
-            // SAFETY: argument list matches the kernel signature; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
+            launch!(dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps);
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, d)),
@@ -267,23 +346,17 @@ impl candle_core::CustomOp2 for BiasEpilogue<'_> {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
-        let shape = xl.shape().clone();
-        let d = shape.dims().last().copied().unwrap_or(1);
-        let n = shape.elem_count();
+        let d = last_dim(xl);
+        let n = xl.shape().elem_count();
         if bl.shape().elem_count() != d {
             bail!("bias_epilogue: bias {:?} for rows of {d}", bl.shape());
         }
-        let base = if self.to_f32 {
-            "bias_to_f32"
+        let kernel = if self.to_f32 {
+            Kernel::BiasToF32
         } else {
-            "bias_gelu"
+            Kernel::BiasGelu
         };
-        let func = self.kernels.func(&dev, base, x.dtype())?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid_for(n, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let func = self.kernels.get(kernel, x.dtype())?;
         let (d_arg, n_arg) = (d as i32, n as i64);
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
@@ -291,19 +364,13 @@ impl candle_core::CustomOp2 for BiasEpilogue<'_> {
             if self.to_f32 {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<f32>(n)? };
-                let mut b = func.builder();
-                b.arg(&xv).arg(&bv).arg(&out).arg(&d_arg).arg(&n_arg);
-                // SAFETY: argument list matches the kernel signature.
-                unsafe { b.launch(cfg) }.w()?;
-                Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+                launch!(dev, func, linear_cfg(n), &xv, &bv, &out, &d_arg, &n_arg);
+                Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             } else {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<T>(n)? };
-                let mut b = func.builder();
-                b.arg(&xv).arg(&bv).arg(&out).arg(&d_arg).arg(&n_arg);
-                // SAFETY: argument list matches the kernel signature.
-                unsafe { b.launch(cfg) }.w()?;
-                Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+                launch!(dev, func, linear_cfg(n), &xv, &bv, &out, &d_arg, &n_arg);
+                Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             }
         })
     }
@@ -327,17 +394,30 @@ pub struct KvWrite<'a> {
     pub pos: usize,
 }
 
-impl candle_core::InplaceOpN<2> for KvWrite<'_> {
+impl candle_core::InplaceOp3 for KvWrite<'_> {
     fn name(&self) -> &'static str {
         "kv_write"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("kv_write is a CUDA kernel; CPU caches take the composed path")
     }
     fn cuda_fwd(
         &self,
         kv: &mut CudaStorage,
         kl: &Layout,
-        srcs: [(&CudaStorage, &Layout); 2],
+        qkv: &CudaStorage,
+        ql: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
     ) -> Result<()> {
-        let [(qkv, ql), (bias, bl)] = srcs;
         let g = self.geometry;
         check_geometry(&g, kl)?;
         let dm = g.heads * g.head_dim;
@@ -353,35 +433,24 @@ impl candle_core::InplaceOpN<2> for KvWrite<'_> {
             );
         }
         let dev = qkv.device().clone();
-        let func = self.kernels.func(&dev, "kv_write", qkv.dtype())?;
-        let n = 2 * g.rows * dm;
-        let cfg = LaunchConfig {
-            grid_dim: (grid_for(n, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let args = [
+        let func = self.kernels.get(Kernel::KvWrite, qkv.dtype())?;
+        let cfg = linear_cfg(2 * g.rows * dm);
+        let (rows, heads, cap, dh, pos) = (
             g.rows as i32,
             g.heads as i32,
             g.cap as i32,
             g.head_dim as i32,
             self.pos as i32,
-        ];
+        );
         with_dtype!(qkv.dtype(), T, {
             let Some((start, end)) = kl.contiguous_offsets() else {
                 bail!("kv_write: cache must be contiguous")
             };
-            let dst = kv.as_cuda_slice_mut::<T>()?;
-            let mut dst = dst.slice_mut(start..end);
             let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
-            let mut b = func.builder();
-            b.arg(&mut dst).arg(&qv).arg(&bv);
-            for a in &args {
-                b.arg(a);
-            }
-            // SAFETY: argument list matches the kernel signature; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
+            let dst = kv.as_cuda_slice_mut::<T>()?;
+            let mut dst = dst.slice_mut(start..end);
+            launch!(dev, func, cfg, &mut dst, &qv, &bv, &rows, &heads, &cap, &dh, &pos);
             Ok(())
         })
     }
@@ -392,6 +461,13 @@ pub struct SelfAttentionStep<'a> {
     pub kernels: &'a Kernels,
     pub geometry: CacheGeometry,
     pub len: usize,
+}
+
+impl SelfAttentionStep<'_> {
+    /// Whether the kernel's shared memory holds `len` positions.
+    pub fn fits(len: usize, head_dim: usize) -> bool {
+        (head_dim + len + 32) * 4 <= MAX_SHARED_BYTES
+    }
 }
 
 impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
@@ -433,40 +509,33 @@ impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
                 self.len
             );
         }
-        let smem = (g.head_dim + self.len + 32) * 4;
-        if smem > MAX_SHARED_BYTES {
+        if !Self::fits(self.len, g.head_dim) {
             bail!(
                 "self_attention_step: {} positions need too much shared memory",
                 self.len
             );
         }
         let dev = qkv.device().clone();
-        let func = self.kernels.func(&dev, "self_attn_decode", qkv.dtype())?;
+        let func = self.kernels.get(Kernel::SelfAttnDecode, qkv.dtype())?;
         let cfg = LaunchConfig {
             grid_dim: (g.heads as u32, g.rows as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: smem as u32,
+            shared_mem_bytes: ((g.head_dim + self.len + 32) * 4) as u32,
         };
-        let args = [
+        let (rows, heads, cap, dh, len) = (
             g.rows as i32,
             g.heads as i32,
             g.cap as i32,
             g.head_dim as i32,
             self.len as i32,
-        ];
+        );
         with_dtype!(qkv.dtype(), T, {
             let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "kv cache")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(g.rows * dm)? };
-            let mut b = func.builder();
-            b.arg(&qv).arg(&bv).arg(&kvv).arg(&out);
-            for a in &args {
-                b.arg(a);
-            }
-            // SAFETY: argument list matches the kernel signature; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
+            launch!(dev, func, cfg, &qv, &bv, &kvv, &out, &rows, &heads, &cap, &dh, &len);
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((g.rows, dm)),
@@ -534,35 +603,517 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
             );
         }
         let dev = q.device().clone();
-        let func = self.kernels.func(&dev, "cross_attn_decode", q.dtype())?;
+        let func = self.kernels.get(Kernel::CrossAttnDecode, q.dtype())?;
         let cfg = LaunchConfig {
             grid_dim: (heads as u32, images as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: ((self.group * dh + self.group * n + 32) * 4) as u32,
         };
-        let args = [
+        let (images_arg, g_arg, heads_arg, n_arg, dh_arg) = (
             images as i32,
             self.group as i32,
             heads as i32,
             n as i32,
             dh as i32,
-        ];
+        );
         with_dtype!(q.dtype(), T, {
             let qv = view(q.as_cuda_slice::<T>()?, ql, "q")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "image kv")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * dm)? };
-            let mut b = func.builder();
-            b.arg(&qv).arg(&bv).arg(&kvv).arg(&out);
-            for a in &args {
-                b.arg(a);
-            }
-            // SAFETY: argument list matches the kernel signature; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
+            launch!(
+                dev,
+                func,
+                cfg,
+                &qv,
+                &bv,
+                &kvv,
+                &out,
+                &images_arg,
+                &g_arg,
+                &heads_arg,
+                &n_arg,
+                &dh_arg
+            );
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, dm)),
+            ))
+        })
+    }
+}
+
+/// `(b*n, 3*heads*dh)` projection output + bias -> `(3, b, heads, n, dh)`.
+pub struct BiasSplitHeads<'a> {
+    pub kernels: &'a Kernels,
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl candle_core::CustomOp2 for BiasSplitHeads<'_> {
+    fn name(&self) -> &'static str {
+        "bias_split_heads"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, n, h, dh) = (self.batch, self.tokens, self.heads, self.head_dim);
+        let total = 3 * b * n * h * dh;
+        if xl.shape().elem_count() != total || bl.shape().elem_count() != 3 * h * dh {
+            bail!(
+                "bias_split_heads: x {:?}, bias {:?}",
+                xl.shape(),
+                bl.shape()
+            );
+        }
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::BiasSplitHeads, x.dtype())?;
+        let (b_arg, n_arg, h_arg, dh_arg) = (b as i32, n as i32, h as i32, dh as i32);
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            launch!(
+                dev,
+                func,
+                linear_cfg(total),
+                &xv,
+                &bv,
+                &out,
+                &b_arg,
+                &n_arg,
+                &h_arg,
+                &dh_arg
+            );
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((3, b, h, n, dh)),
+            ))
+        })
+    }
+}
+
+/// `(b, heads, n, dh)` -> `(b, n, heads*dh)`.
+pub struct MergeHeads<'a> {
+    pub kernels: &'a Kernels,
+}
+
+impl candle_core::CustomOp1 for MergeHeads<'_> {
+    fn name(&self) -> &'static str {
+        "merge_heads"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let [b, h, n, dh] = match xl.shape().dims() {
+            [a, b, c, d] => [*a, *b, *c, *d],
+            other => bail!("merge_heads: expected (b, heads, n, dh), got {other:?}"),
+        };
+        let total = b * h * n * dh;
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::MergeHeads, x.dtype())?;
+        let (b_arg, h_arg, n_arg, dh_arg) = (b as i32, h as i32, n as i32, dh as i32);
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            launch!(
+                dev,
+                func,
+                linear_cfg(total),
+                &xv,
+                &out,
+                &b_arg,
+                &h_arg,
+                &n_arg,
+                &dh_arg
+            );
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((b, n, h * dh)),
+            ))
+        })
+    }
+}
+
+/// Softmax over the last dimension (at most 1024 wide), one warp per row.
+pub struct SoftmaxRows<'a> {
+    pub kernels: &'a Kernels,
+}
+
+impl candle_core::CustomOp1 for SoftmaxRows<'_> {
+    fn name(&self) -> &'static str {
+        "softmax_rows"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = last_dim(xl);
+        if n > 1024 || n == 0 {
+            bail!("softmax_rows: rows of {n} (1..=1024 supported)");
+        }
+        let total = xl.shape().elem_count();
+        let rows = total / n;
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::SoftmaxRows, x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows_arg, n_arg) = (rows as i64, n as i32);
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            launch!(dev, func, cfg, &xv, &out, &rows_arg, &n_arg);
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+        })
+    }
+}
+
+/// Rows a [`Gemv`] handles in one launch.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// `x (rows, in) . w (out, in)^T (+ bias) (GELU)`, f32 output optional; for `rows <= 8`.
+pub struct Gemv<'a> {
+    pub kernels: &'a Kernels,
+    pub has_bias: bool,
+    pub gelu: bool,
+    pub f32_out: bool,
+}
+
+impl Gemv<'_> {
+    /// Whether `x` `(rows, in)` and `w` `(out, in)` suit the kernel: few rows, 16-byte aligned rows.
+    pub fn applies(x: &Layout, w: &Layout, elem_size: usize) -> bool {
+        let in_features = last_dim(x);
+        let rows = x.shape().elem_count() / in_features.max(1);
+        let per16 = 16 / elem_size;
+        let aligned = |l: &Layout| l.is_contiguous() && (l.start_offset() * elem_size) % 16 == 0;
+        rows >= 1 && rows <= GEMV_MAX_ROWS && in_features % per16 == 0 && aligned(x) && aligned(w)
+    }
+}
+
+impl candle_core::CustomOp3 for Gemv<'_> {
+    fn name(&self) -> &'static str {
+        "gemv"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let in_features = last_dim(xl);
+        let rows = xl.shape().elem_count() / in_features.max(1);
+        let [out_features, w_in] = match wl.shape().dims() {
+            [a, b] => [*a, *b],
+            other => bail!("gemv: weight {other:?}"),
+        };
+        if w_in != in_features || !Self::applies(xl, wl, x.dtype().size_in_bytes()) {
+            bail!("gemv: x {:?} against weight {:?}", xl.shape(), wl.shape());
+        }
+        if self.has_bias && bl.shape().elem_count() != out_features {
+            bail!("gemv: bias {:?} for {out_features} outputs", bl.shape());
+        }
+        let dev = x.device().clone();
+        let kernel = if self.f32_out {
+            Kernel::GemvF32Out
+        } else {
+            Kernel::Gemv
+        };
+        let func = self.kernels.get(kernel, x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (out_features.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = [
+            rows as i32,
+            in_features as i32,
+            out_features as i32,
+            self.has_bias as i32,
+            self.gelu as i32,
+        ];
+        let mut out_dims = xl.shape().dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out_features;
+        }
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            let wv = view(w.as_cuda_slice::<T>()?, wl, "weight")?;
+            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            let n = rows * out_features;
+            if self.f32_out {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<f32>(n)? };
+                launch!(
+                    dev, func, cfg, &xv, &wv, &bv, &out, &args[0], &args[1], &args[2], &args[3],
+                    &args[4]
+                );
+                Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev),
+                    Shape::from(out_dims),
+                ))
+            } else {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(n)? };
+                launch!(
+                    dev, func, cfg, &xv, &wv, &bv, &out, &args[0], &args[1], &args[2], &args[3],
+                    &args[4]
+                );
+                Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev),
+                    Shape::from(out_dims),
+                ))
+            }
+        })
+    }
+}
+
+/// Beam step scores: `log_softmax(logits) (+ -inf at eos) + running[row]`, f32.
+pub struct BeamScores<'a> {
+    pub kernels: &'a Kernels,
+    /// Column set to -inf (the min-length rule), if any.
+    pub blocked: Option<u32>,
+}
+
+impl candle_core::CustomOp2 for BeamScores<'_> {
+    fn name(&self) -> &'static str {
+        "beam_scores"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        running: &CudaStorage,
+        rl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let n = last_dim(xl);
+        let total = xl.shape().elem_count();
+        let rows = total / n;
+        if rl.shape().elem_count() != rows {
+            bail!(
+                "beam_scores: {} running scores for {rows} rows",
+                rl.shape().elem_count()
+            );
+        }
+        let dev = x.device().clone();
+        let xv = view(x.as_cuda_slice::<f32>()?, xl, "logits")?;
+        let rv = view(running.as_cuda_slice::<f32>()?, rl, "running scores")?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<f32>(total)? };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_arg, eos) = (n as i32, self.blocked.map_or(-1, |e| e as i32));
+        launch!(
+            dev,
+            &self.kernels.beam_scores,
+            cfg,
+            &xv,
+            &rv,
+            &out,
+            &n_arg,
+            &eos
+        );
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+    }
+}
+
+/// Per row, the `k` (<= 16) largest entries: `(rows, 2, k)` f32, values then indices.
+pub struct TopKRows<'a> {
+    pub kernels: &'a Kernels,
+    pub k: usize,
+}
+
+/// Largest `k` a [`TopKRows`] supports.
+pub const TOPK_MAX: usize = 16;
+
+impl candle_core::CustomOp1 for TopKRows<'_> {
+    fn name(&self) -> &'static str {
+        "topk_rows"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = last_dim(xl);
+        let rows = xl.shape().elem_count() / n.max(1);
+        if self.k == 0 || self.k > TOPK_MAX || self.k > n || n >= (1 << 24) {
+            bail!("topk_rows: k {} over rows of {n}", self.k);
+        }
+        let dev = x.device().clone();
+        let xv = view(x.as_cuda_slice::<f32>()?, xl, "scores")?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<f32>(rows * 2 * self.k)? };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_arg, k_arg) = (n as i32, self.k as i32);
+        launch!(dev, &self.kernels.topk_rows, cfg, &xv, &out, &n_arg, &k_arg);
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((rows, 2, self.k)),
+        ))
+    }
+}
+
+/// f32 pixels `(b, 3, g*p, g*p)` -> patch rows `(b, g*g, 3*p*p)` in `dtype`.
+pub struct Patchify<'a> {
+    pub kernels: &'a Kernels,
+    pub patch: usize,
+    pub dtype: DType,
+}
+
+impl candle_core::CustomOp1 for Patchify<'_> {
+    fn name(&self) -> &'static str {
+        "patchify"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, px: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let p = self.patch;
+        let [b, c, h, w] = match pl.shape().dims() {
+            [a, b, c, d] => [*a, *b, *c, *d],
+            other => bail!("patchify: pixels {other:?}"),
+        };
+        if c != 3 || p == 0 || h != w || h % p != 0 {
+            bail!("patchify: pixels {:?} with patch {p}", pl.shape());
+        }
+        let g = h / p;
+        let total = b * 3 * h * w;
+        let dev = px.device().clone();
+        let func = self.kernels.get(Kernel::Patchify, self.dtype)?;
+        let pv = view(px.as_cuda_slice::<f32>()?, pl, "pixels")?;
+        let (b_arg, g_arg, p_arg) = (b as i32, g as i32, p as i32);
+        with_dtype!(self.dtype, T, {
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            launch!(
+                dev,
+                func,
+                linear_cfg(total),
+                &pv,
+                &out,
+                &b_arg,
+                &g_arg,
+                &p_arg
+            );
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((b, g * g, 3 * p * p)),
+            ))
+        })
+    }
+}
+
+/// Patch projections `(b, np, d)` (without bias) -> embeddings `(b, 1 + np, d)`;
+/// `table = [bias; class; positions]` `(3 + np, d)`.
+pub struct VisionEmbed<'a> {
+    pub kernels: &'a Kernels,
+}
+
+impl candle_core::CustomOp2 for VisionEmbed<'_> {
+    fn name(&self) -> &'static str {
+        "vision_embed"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        table: &CudaStorage,
+        tl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let [b, np, d] = match xl.shape().dims() {
+            [a, b, c] => [*a, *b, *c],
+            other => bail!("vision_embed: patches {other:?}"),
+        };
+        if tl.shape().dims() != [np + 3, d] {
+            bail!(
+                "vision_embed: table {:?} for {np} patches of width {d}",
+                tl.shape()
+            );
+        }
+        let total = b * (np + 1) * d;
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::VisionEmbed, x.dtype())?;
+        let (b_arg, np_arg, d_arg) = (b as i32, np as i32, d as i32);
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "patches")?;
+            let tv = view(table.as_cuda_slice::<T>()?, tl, "table")?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            launch!(
+                dev,
+                func,
+                linear_cfg(total),
+                &xv,
+                &tv,
+                &out,
+                &b_arg,
+                &np_arg,
+                &d_arg
+            );
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((b, np + 1, d)),
             ))
         })
     }

@@ -226,6 +226,288 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Vision encoder helpers
+// ---------------------------------------------------------------------------------------------
+
+// h = x + bias + residual; out[0] = h, out[1] = LayerNorm(h) with params = [bias; gamma; beta].
+// out: (2, rows, d). grid: rows; shared: (d + 32) floats. LayerNorm reads h as stored (rounded).
+template <typename T>
+__device__ void bias_residual_ln2(const T* x, const T* residual, const T* params, T* out, long rows, int d, float eps) {
+    extern __shared__ float smem[];
+    float* row = smem;
+    float* scratch = smem + d;
+    long off = (long)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        st(out, off + i, ld(x, off + i) + ld(params, i) + ld(residual, off + i));
+        row[i] = ld(out, off + i);
+    }
+    layer_norm_row(row, d, params + d, params + 2 * d, eps, out, rows * d + off, scratch);
+}
+
+// qkv (b*n, 3*heads*dh) + bias -> out (3, b, heads, n, dh).
+template <typename T>
+__device__ void bias_split_heads(const T* qkv, const T* bias, T* out, int b, int n, int heads, int dh) {
+    int dm = heads * dh;
+    long total = 3L * b * n * dm;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int e = (int)(i % dh);
+        long r = i / dh;
+        int ni = (int)(r % n); r /= n;
+        int h = (int)(r % heads); r /= heads;
+        int bi = (int)(r % b);
+        int which = (int)(r / b);
+        int col = which * dm + h * dh + e;
+        st(out, i, ld(qkv, ((long)bi * n + ni) * 3 * dm + col) + ld(bias, col));
+    }
+}
+
+// (b, heads, n, dh) -> (b, n, heads*dh).
+template <typename T>
+__device__ void merge_heads(const T* x, T* out, int b, int heads, int n, int dh) {
+    long total = (long)b * heads * n * dh;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int e = (int)(i % dh);
+        long r = i / dh;
+        int h = (int)(r % heads); r /= heads;
+        int ni = (int)(r % n);
+        int bi = (int)(r / n);
+        st(out, i, ld(x, (((long)bi * heads + h) * n + ni) * dh + e));
+    }
+}
+
+// Softmax over rows of width n <= 1024, one warp per row (values kept in registers).
+template <typename T>
+__device__ void softmax_rows(const T* x, T* out, long rows, int n) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    const T* xr = x + row * n;
+    float v[32];
+    float m = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = idx < n ? ld(xr, idx) : NEG_INF;
+        m = fmaxf(m, v[j]);
+    }
+    m = warp_max(m);
+    float z = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = idx < n ? expf(v[j] - m) : 0.f;
+        z += v[j];
+    }
+    z = warp_sum(z);
+    float inv = 1.0f / z;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        if (idx < n) st(out, row * n + idx, v[j] * inv);
+    }
+}
+
+// f32 pixels (b, 3, g*p, g*p) -> patches (b*g*g, 3*p*p) in T, each row in (channel, y, x) order.
+template <typename T>
+__device__ void patchify(const float* px, T* out, int b, int g, int p) {
+    long total = (long)b * g * g * 3 * p * p;
+    long side = (long)g * p;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int xx = (int)(i % p);
+        long r = i / p;
+        int yy = (int)(r % p); r /= p;
+        int c = (int)(r % 3); r /= 3;
+        int gx = (int)(r % g); r /= g;
+        int gy = (int)(r % g);
+        long bi = r / g;
+        st(out, i, px[((bi * 3 + c) * side + (long)gy * p + yy) * side + (long)gx * p + xx]);
+    }
+}
+
+// out (b, 1+np, d): token 0 = class + pos[0], token 1+j = patches[b, j] + bias + pos[1+j];
+// table = [bias; class; positions (1+np rows)].
+template <typename T>
+__device__ void vision_embed(const T* patches, const T* table, T* out, int b, int np, int d) {
+    long total = (long)b * (np + 1) * d;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int e = (int)(i % d);
+        long r = i / d;
+        int t = (int)(r % (np + 1));
+        long bi = r / (np + 1);
+        float v = t == 0 ? ld(table, (long)d + e) : ld(patches, (bi * np + t - 1) * d + e) + ld(table, e);
+        st(out, i, v + ld(table, (long)(2 + t) * d + e));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-batch matrix-vector products (decode with few rows): out[r, o] = x[r] . w[o] (+ bias[o]),
+// optionally GELU. One warp per output feature, 16-byte loads; rows <= 8, in % (16 / sizeof(T)) == 0.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void load16(const float* p, float* v) {
+    float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+__device__ __forceinline__ void load16(const bf16raw* p, float* v) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        v[2 * j] = __uint_as_float(w[j] << 16);
+        v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void load16(const f16raw* p, float* v) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        unsigned short lo = (unsigned short)(w[j] & 0xffffu), hi = (unsigned short)(w[j] >> 16);
+        float a, b;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
+        asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
+        v[2 * j] = a;
+        v[2 * j + 1] = b;
+    }
+}
+
+template <typename T, typename O>
+__device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, int in, int outn, int has_bias, int gelu) {
+    const int V = 16 / sizeof(T);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int o = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (o >= outn) return;
+    float acc[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+    const T* wr = w + (long)o * in;
+    for (int k = lane * V; k < in; k += 32 * V) {
+        float wv[V];
+        load16(wr + k, wv);
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            if (r < rows) {
+                float xv[V];
+                load16(x + (long)r * in + k, xv);
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[r] += wv[j] * xv[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+        if (r < rows) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) {
+                if (has_bias) s += ld(bias, o);
+                if (gelu) s = 0.5f * s * (1.0f + erff(s * 0.70710678118654752f));
+                st(out, (long)r * outn + o, s);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Beam search helpers (f32 logits)
+// ---------------------------------------------------------------------------------------------
+
+// out[r] = log_softmax(x[r]) (eos column -inf when eos >= 0) + running[r]. grid: rows; shared 32 floats.
+extern "C" __global__ void beam_scores_f32(const float* x, const float* running, float* out, int n, int eos) {
+    __shared__ float scratch[32];
+    long off = (long)blockIdx.x * n;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, x[off + i]);
+    m = block_max(m, scratch);
+    float z = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) z += expf(x[off + i] - m);
+    z = block_sum(z, scratch);
+    float lz = logf(z);
+    float add = running[blockIdx.x];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = (x[off + i] - m) - lz;
+        if (i == eos) v = NEG_INF;
+        out[off + i] = v + add;
+    }
+}
+
+// Better candidate: larger value, then smaller index.
+__device__ __forceinline__ bool better(float v, int i, float w, int j) {
+    return v > w || (v == w && i < j);
+}
+
+// Top k (<= 16) of each row of x (rows, n), largest first (ties: lower index first).
+// out (rows, 2, k): values, then the indices as floats (exact below 2^24). grid: rows, block: 256.
+extern "C" __global__ void topk_rows_f32(const float* x, float* out_rows, int n, int k) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ int winner_thread;
+    long off = (long)blockIdx.x * n;
+    float lv[16];
+    int li[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) { lv[j] = NEG_INF; li[j] = 0x7fffffff; }
+    float last_v = NEG_INF;
+    int last_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = x[off + i];
+        if (better(v, i, last_v, last_i)) {
+            // insert, keeping lv sorted (best first)
+            float cv = v;
+            int ci = i;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                if (j < k && better(cv, ci, lv[j], li[j])) {
+                    float tv = lv[j]; int ti = li[j];
+                    lv[j] = cv; li[j] = ci;
+                    cv = tv; ci = ti;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 16; ++j) if (j == k - 1) { last_v = lv[j]; last_i = li[j]; }
+        }
+    }
+    int head = 0;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int out = 0; out < k; ++out) {
+        float bv = NEG_INF;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) if (j == head) { bv = lv[j]; bi = li[j]; }
+        int bt = threadIdx.x;
+        // warp argmax
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            int ot = __shfl_xor_sync(0xffffffffu, bt, o);
+            if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; bt = ot; }
+        }
+        __syncthreads();
+        if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+        __shared__ int st_thread[32];
+        if (lane == 0) st_thread[warp] = bt;
+        __syncthreads();
+        if (warp == 0) {
+            float wv = lane < nwarps ? sv[lane] : NEG_INF;
+            int wi = lane < nwarps ? si[lane] : 0x7fffffff;
+            int wt = lane < nwarps ? st_thread[lane] : 0;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, wv, o);
+                int oi = __shfl_xor_sync(0xffffffffu, wi, o);
+                int ot = __shfl_xor_sync(0xffffffffu, wt, o);
+                if (better(ov, oi, wv, wi)) { wv = ov; wi = oi; wt = ot; }
+            }
+            if (lane == 0) {
+                out_rows[(long)blockIdx.x * 2 * k + out] = wv;
+                out_rows[(long)blockIdx.x * 2 * k + k + out] = (float)wi;
+                winner_thread = wt;
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == winner_thread) head++;
+    }
+}
+
 #define INSTANTIATE(T, S)                                                                              \
 extern "C" __global__ void bias_residual_ln_##S(const T* x, const T* r, const T* p, T* o, int d, float eps) { \
     bias_residual_ln(x, r, p, o, d, eps);                                                              \
@@ -243,6 +525,24 @@ extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, const 
 }                                                                                                      \
 extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int dh) { \
     cross_attn_decode(q, b, kv, o, images, g, heads, n, dh);                                           \
+}                                                                                                      \
+extern "C" __global__ void bias_residual_ln2_##S(const T* x, const T* r, const T* p, T* o, long rows, int d, float eps) { \
+    bias_residual_ln2(x, r, p, o, rows, d, eps);                                                       \
+}                                                                                                      \
+extern "C" __global__ void bias_split_heads_##S(const T* x, const T* b, T* o, int bsz, int n, int heads, int dh) { \
+    bias_split_heads(x, b, o, bsz, n, heads, dh);                                                      \
+}                                                                                                      \
+extern "C" __global__ void merge_heads_##S(const T* x, T* o, int bsz, int heads, int n, int dh) {      \
+    merge_heads(x, o, bsz, heads, n, dh);                                                              \
+}                                                                                                      \
+extern "C" __global__ void patchify_##S(const float* px, T* o, int b, int g, int p) { patchify(px, o, b, g, p); } \
+extern "C" __global__ void vision_embed_##S(const T* x, const T* t, T* o, int b, int np, int d) { vision_embed(x, t, o, b, np, d); } \
+extern "C" __global__ void softmax_rows_##S(const T* x, T* o, long rows, int n) { softmax_rows(x, o, rows, n); } \
+extern "C" __global__ void gemv_##S(const T* x, const T* w, const T* b, T* o, int rows, int in, int outn, int has_bias, int gelu) { \
+    gemv<T, T>(x, w, b, o, rows, in, outn, has_bias, gelu);                                            \
+}                                                                                                      \
+extern "C" __global__ void gemv_f32out_##S(const T* x, const T* w, const T* b, float* o, int rows, int in, int outn, int has_bias, int gelu) { \
+    gemv<T, float>(x, w, b, o, rows, in, outn, has_bias, gelu);                                        \
 }
 
 INSTANTIATE(float, f32)

@@ -1,10 +1,11 @@
-//! Fused kernels for the decode step on CUDA (bias + residual + LayerNorm, bias + GELU,
-//! embedding + LayerNorm, one-token self- and cross-attention, KV cache writes), so that a
-//! decode step launches a few kernels per layer instead of ~30.
+//! Fused CUDA kernels for BLIP (decode step: bias + residual + LayerNorm, bias + GELU, embedding
+//! + LayerNorm, KV cache writes, one-token self- and cross-attention, small-batch GEMV; vision:
+//! bias + head split, softmax, head merge; beam search: log-softmax + scores, per-row top-k), so
+//! that a decode step launches a few kernels per layer instead of ~30.
 //!
 //! [`FusedOps`] is a handle the layers receive; on CPU (or a build without `cuda`) it is
 //! disabled and the layers use composed candle ops, which the parity tests check against
-//! transformers. Each method assumes [`FusedOps::enabled`].
+//! transformers. Each kernel method assumes [`FusedOps::enabled`] and errors otherwise.
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -32,12 +33,12 @@ pub struct FusedOps {
 }
 
 impl FusedOps {
-    /// Compiles the kernels when `device` is a CUDA device; disabled otherwise.
+    /// Compiles and loads the kernels when `device` is a CUDA device; disabled otherwise.
     pub fn for_device(device: &Device) -> Result<Self> {
         #[cfg(feature = "cuda")]
-        if device.is_cuda() {
+        if let Device::Cuda(dev) = device {
             return Ok(Self {
-                kernels: Some(Arc::new(cuda::Kernels::compile()?)),
+                kernels: Some(Arc::new(cuda::Kernels::load(dev)?)),
             });
         }
         let _ = device;
@@ -52,17 +53,6 @@ impl FusedOps {
     /// Whether the fused kernels are in use.
     pub fn enabled(&self) -> bool {
         self.kernels.is_some()
-    }
-
-    /// Whether [`FusedOps::cross_attention_step`] supports `group` queries over `n` image tokens.
-    pub fn cross_attention_fits(&self, group: usize, n: usize, head_dim: usize) -> bool {
-        #[cfg(feature = "cuda")]
-        return cuda::CrossAttentionStep::fits(group, n, head_dim);
-        #[cfg(not(feature = "cuda"))]
-        {
-            let _ = (group, n, head_dim);
-            false
-        }
     }
 }
 
@@ -86,6 +76,25 @@ impl FusedOps {
         let op = cuda::BiasResidualLayerNorm {
             kernels: self.kernels()?,
             eps: eps as f32,
+            two_outputs: false,
+        };
+        x.contiguous()?
+            .apply_op3_no_bwd(&residual.contiguous()?, params, &op)
+    }
+
+    /// `h = x + bias + residual` and `LayerNorm(h)` (with `params = [bias; gamma; beta]`), as one
+    /// `(2, ..)` tensor: index 0 is `h`, 1 its LayerNorm.
+    pub fn bias_residual_layer_norm2(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        params: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let op = cuda::BiasResidualLayerNorm {
+            kernels: self.kernels()?,
+            eps: eps as f32,
+            two_outputs: true,
         };
         x.contiguous()?
             .apply_op3_no_bwd(&residual.contiguous()?, params, &op)
@@ -156,6 +165,11 @@ impl FusedOps {
         cache.inplace_op3(qkv, bias, &op)
     }
 
+    /// Whether [`FusedOps::self_attention_step`] supports `len` cached positions.
+    pub fn self_attention_fits(&self, len: usize, head_dim: usize) -> bool {
+        cuda::SelfAttentionStep::fits(len, head_dim)
+    }
+
     /// Attention of each row's query (from `qkv` + `bias`) over the first `len` cached positions; `(rows, d)`.
     pub fn self_attention_step(
         &self,
@@ -173,6 +187,11 @@ impl FusedOps {
         qkv.apply_op3_no_bwd(bias, cache, &op)
     }
 
+    /// Whether [`FusedOps::cross_attention_step`] supports `group` queries over `n` image tokens.
+    pub fn cross_attention_fits(&self, group: usize, n: usize, head_dim: usize) -> bool {
+        cuda::CrossAttentionStep::fits(group, n, head_dim)
+    }
+
     /// Cross-attention of `q` `(images*group, d)` (projection without bias) plus `bias` over
     /// image keys/values `(2, images, heads, n, dh)`; `(images*group, d)`.
     pub fn cross_attention_step(
@@ -188,16 +207,149 @@ impl FusedOps {
         };
         q.contiguous()?.apply_op3_no_bwd(bias, image_kv, &op)
     }
+
+    /// `(b*n, 3*heads*dh)` (projection without bias) + bias -> `(3, b, heads, n, dh)`.
+    pub fn bias_split_heads(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+    ) -> Result<Tensor> {
+        let head_dim = x.dim(candle_core::D::Minus1)? / (3 * heads).max(1);
+        let op = cuda::BiasSplitHeads {
+            kernels: self.kernels()?,
+            batch,
+            tokens,
+            heads,
+            head_dim,
+        };
+        x.contiguous()?.apply_op2_no_bwd(bias, &op)
+    }
+
+    /// `(b, heads, n, dh)` -> `(b, n, heads*dh)`.
+    pub fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&cuda::MergeHeads {
+            kernels: self.kernels()?,
+        })
+    }
+
+    /// Softmax over the last dimension when it is at most 1024 wide (`None` otherwise).
+    pub fn softmax_last_dim(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if x.dim(candle_core::D::Minus1)? > 1024 {
+            return Ok(None);
+        }
+        Ok(Some(x.contiguous()?.apply_op1_no_bwd(
+            &cuda::SoftmaxRows {
+                kernels: self.kernels()?,
+            },
+        )?))
+    }
+
+    /// `x . w^T (+ bias) (GELU)` through the small-batch GEMV kernel, when `x` has at most 8
+    /// rows and suitable alignment (`None` otherwise: use a GEMM).
+    pub fn gemv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+        f32_out: bool,
+    ) -> Result<Option<Tensor>> {
+        let elem = x.dtype().size_in_bytes();
+        if x.dtype() != w.dtype() || !cuda::Gemv::applies(x.layout(), w.layout(), elem) {
+            return Ok(None);
+        }
+        let op = cuda::Gemv {
+            kernels: self.kernels()?,
+            has_bias: bias.is_some(),
+            gelu,
+            f32_out,
+        };
+        Ok(Some(x.apply_op3_no_bwd(w, bias.unwrap_or(w), &op)?))
+    }
+
+    /// f32 pixels `(b, 3, s, s)` -> patch rows `(b, (s/p)^2, 3*p*p)` in `dtype` (`None` unless
+    /// the pixels are f32).
+    pub fn patchify(
+        &self,
+        pixels: &Tensor,
+        patch: usize,
+        dtype: candle_core::DType,
+    ) -> Result<Option<Tensor>> {
+        if pixels.dtype() != candle_core::DType::F32 {
+            return Ok(None);
+        }
+        let op = cuda::Patchify {
+            kernels: self.kernels()?,
+            patch,
+            dtype,
+        };
+        Ok(Some(pixels.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+
+    /// Patch projections `(b, np, d)` (without bias) -> `(b, 1 + np, d)` embeddings with bias,
+    /// class token and positions from `table = [bias; class; positions]`.
+    pub fn vision_embed(&self, patches: &Tensor, table: &Tensor) -> Result<Tensor> {
+        patches.contiguous()?.apply_op2_no_bwd(
+            table,
+            &cuda::VisionEmbed {
+                kernels: self.kernels()?,
+            },
+        )
+    }
+
+    /// Beam step scores `log_softmax(logits) + running` (f32, `(rows, vocab)`), with column
+    /// `blocked` at -inf.
+    pub fn beam_scores(
+        &self,
+        logits: &Tensor,
+        running: &Tensor,
+        blocked: Option<u32>,
+    ) -> Result<Tensor> {
+        let op = cuda::BeamScores {
+            kernels: self.kernels()?,
+            blocked,
+        };
+        logits
+            .contiguous()?
+            .apply_op2_no_bwd(&running.contiguous()?, &op)
+    }
+
+    /// Per row the `k` largest entries of f32 `scores`, as `(rows, 2, k)`: values, then indices
+    /// (exact as f32). `None` when `k` exceeds the kernel's limit.
+    pub fn top_k_rows(&self, scores: &Tensor, k: usize) -> Result<Option<Tensor>> {
+        if k > cuda::TOPK_MAX {
+            return Ok(None);
+        }
+        Ok(Some(scores.contiguous()?.apply_op1_no_bwd(
+            &cuda::TopKRows {
+                kernels: self.kernels()?,
+                k,
+            },
+        )?))
+    }
 }
 
 /// CPU builds: the layers never call these (the handle is disabled); they exist so that the
 /// layer code compiles the same way for every build.
 #[cfg(not(feature = "cuda"))]
+#[allow(clippy::unused_self)]
 impl FusedOps {
     fn unavailable<T>(&self) -> Result<T> {
         candle_core::bail!("fused kernels need a build with the `cuda` feature")
     }
     pub fn bias_residual_layer_norm(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: f64,
+    ) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn bias_residual_layer_norm2(
         &self,
         _: &Tensor,
         _: &Tensor,
@@ -232,6 +384,9 @@ impl FusedOps {
     ) -> Result<()> {
         self.unavailable()
     }
+    pub fn self_attention_fits(&self, _: usize, _: usize) -> bool {
+        false
+    }
     pub fn self_attention_step(
         &self,
         _: &Tensor,
@@ -242,6 +397,9 @@ impl FusedOps {
     ) -> Result<Tensor> {
         self.unavailable()
     }
+    pub fn cross_attention_fits(&self, _: usize, _: usize, _: usize) -> bool {
+        false
+    }
     pub fn cross_attention_step(
         &self,
         _: &Tensor,
@@ -250,5 +408,43 @@ impl FusedOps {
         _: usize,
     ) -> Result<Tensor> {
         self.unavailable()
+    }
+    pub fn bias_split_heads(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn merge_heads(&self, _: &Tensor) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn softmax_last_dim(&self, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn gemv(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: bool,
+        _: bool,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn beam_scores(&self, _: &Tensor, _: &Tensor, _: Option<u32>) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn patchify(&self, _: &Tensor, _: usize, _: candle_core::DType) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn vision_embed(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn top_k_rows(&self, _: &Tensor, _: usize) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 }
