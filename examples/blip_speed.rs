@@ -108,6 +108,21 @@ fn main() -> anyhow::Result<()> {
             full.push(t);
             lengths = out.iter().map(Vec::len).max().unwrap_or(0);
         }
+        if std::env::var_os("VLMRUN_PROFILE").is_some() {
+            // One more generate between cuProfilerStart/Stop (for `ncu --profile-from-start off`).
+            #[cfg(feature = "cuda")]
+            // SAFETY: plain driver calls without arguments.
+            unsafe {
+                candle_core::cuda_backend::cudarc::driver::sys::cuProfilerStart();
+            }
+            let _ = generate(&model, &pixels, &[], &gen)?;
+            device.synchronize()?;
+            #[cfg(feature = "cuda")]
+            // SAFETY: as above.
+            unsafe {
+                candle_core::cuda_backend::cudarc::driver::sys::cuProfilerStop();
+            }
+        }
         let (v, g) = (median(vision), median(full));
         println!(
             "batch {batch:>3}: generate {:8.2} ms = {:8.1} images/s | vision {:7.2} ms = {:8.1} images/s | decode {:.3} ms/step (len {lengths})",

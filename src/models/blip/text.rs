@@ -176,6 +176,9 @@ pub struct BlipTextLMPredictionHead {
     act: Activation,
     /// `decoder.weight` (or the tied word embeddings) `(V, D)` with bias `(V,)`.
     decoder: Linear,
+    /// `[transform.LayerNorm.weight; bias]` for the fused kernel.
+    norm_params: Tensor,
+    eps: f64,
 }
 
 impl BlipTextLMPredictionHead {
@@ -189,11 +192,20 @@ impl BlipTextLMPredictionHead {
             word_embeddings.clone()
         };
         let bias = vb.get(v, "bias")?;
+        let transform_dense = Linear::load(d, d, transform.pp("dense"))?;
+        let transform_norm = layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?;
+        let beta = match transform_norm.bias() {
+            Some(b) => b.clone(),
+            None => transform_norm.weight().zeros_like()?,
+        };
+        let norm_params = Tensor::stack(&[transform_norm.weight(), &beta], 0)?;
         Ok(Self {
-            transform_dense: Linear::load(d, d, transform.pp("dense"))?,
-            transform_norm: layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?,
+            transform_dense,
+            transform_norm,
             act: cfg.hidden_act,
             decoder: Linear::from_parts(weight, Some(bias)),
+            norm_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
@@ -205,7 +217,11 @@ impl BlipTextLMPredictionHead {
         } else {
             self.act.forward(&self.transform_dense.forward(xs)?)?
         };
-        let normed = self.transform_norm.forward(&hidden)?;
+        let normed = if ops.enabled() {
+            ops.layer_norm(&hidden, &self.norm_params, self.eps)?
+        } else {
+            self.transform_norm.forward(&hidden)?
+        };
         self.decoder.forward_fused(&normed, ops, Epilogue::BiasF32)
     }
 }
@@ -264,6 +280,20 @@ impl BlipTextLMHeadModel {
 
     /// Cross-attention keys/values of every layer for image embeds `(B, N, D_v)`.
     pub fn image_kv(&self, image_embeds: &Tensor) -> Result<CrossAttentionKv> {
+        if self.ops.enabled() {
+            if let Some(first) = self.layers.first() {
+                let (b, n, _) = image_embeds.dims3()?;
+                let (heads, head_dim) = first.crossattention.head_shape();
+                let dims = (self.layers.len(), 2, b, heads, n, head_dim);
+                let all = Tensor::zeros(dims, image_embeds.dtype(), image_embeds.device())?;
+                for (l, layer) in self.layers.iter().enumerate() {
+                    layer
+                        .crossattention
+                        .image_kv_into(&all.get(l)?, image_embeds, &self.ops)?;
+                }
+                return Ok(CrossAttentionKv::from_tensor(all));
+            }
+        }
         let layers = self
             .layers
             .iter()

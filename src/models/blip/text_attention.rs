@@ -9,7 +9,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use super::config::BlipTextConfig;
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
-use crate::models::fused::FusedOps;
+use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 
 /// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
@@ -161,6 +161,11 @@ pub struct CrossAttentionKv {
 }
 
 impl CrossAttentionKv {
+    /// Wraps a `(layers, 2, images, heads, image_tokens, head_dim)` tensor.
+    pub fn from_tensor(all: Tensor) -> Self {
+        Self { all }
+    }
+
     /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
     pub fn from_layers(layers: &[Tensor]) -> Result<Self> {
         Ok(Self {
@@ -216,6 +221,34 @@ impl BlipTextCrossAttention {
             num_heads: cfg.num_attention_heads,
             head_dim,
         })
+    }
+
+    /// Fused path of [`BlipTextCrossAttention::image_kv`]: writes this layer's keys and values
+    /// into `dst` `(2, B, H, N, Dh)`.
+    pub fn image_kv_into(&self, dst: &Tensor, image_embeds: &Tensor, ops: &FusedOps) -> Result<()> {
+        let (b, n, _) = image_embeds.dims3()?;
+        let geometry = SplitGeometry {
+            batch: b,
+            tokens: n,
+            padded: n,
+            heads: self.num_heads,
+            head_dim: self.head_dim,
+            nproj: 2,
+        };
+        let kv = self
+            .key_value
+            .forward_fused(image_embeds, ops, Epilogue::None)?;
+        ops.split_heads_into(
+            dst,
+            &kv,
+            self.key_value.expect_bias("cross-attention key/value")?,
+            geometry,
+        )
+    }
+
+    /// Heads and head width.
+    pub fn head_shape(&self) -> (usize, usize) {
+        (self.num_heads, self.head_dim)
     }
 
     /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(2, B, H, N, Dh)`.

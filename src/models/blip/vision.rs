@@ -6,7 +6,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
-use crate::models::fused::FusedOps;
+use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 
 /// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
@@ -158,14 +158,30 @@ impl BlipAttention {
     /// its bias (the caller adds it together with the residual), `(B, N, D)`.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
+        // Keys/values padded with zero rows to a multiple of 8 tokens, so that the attention
+        // GEMMs get 16-byte aligned leading dimensions (577 would force slow unaligned kernels);
+        // the softmax gives the padded columns probability 0.
+        let padded = n.next_multiple_of(8);
+        let padded = if padded <= 1024 { padded } else { n };
+        let geometry = SplitGeometry {
+            batch: b,
+            tokens: n,
+            padded,
+            heads: self.num_heads,
+            head_dim: self.head_dim,
+            nproj: 3,
+        };
         let qkv = self.qkv.forward_fused(xs, ops, Epilogue::None)?;
-        let heads =
-            ops.bias_split_heads(&qkv, self.qkv.expect_bias("qkv")?, b, n, self.num_heads)?;
-        let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+        let heads = ops.split_heads(&qkv, self.qkv.expect_bias("qkv")?, geometry)?;
+        let q = heads.get(0)?.narrow(2, 0, n)?;
+        let (k, v) = (heads.get(1)?, heads.get(2)?);
         let scores = q.matmul(&k.t()?)?;
-        let probs = match ops.softmax_last_dim(&scores)? {
+        let probs = match ops.softmax_last_dim(&scores, n)? {
             Some(p) => p,
-            None => candle_nn::ops::softmax_last_dim(&scores)?,
+            None if padded == n => candle_nn::ops::softmax_last_dim(&scores)?,
+            None => candle_core::bail!(
+                "vision attention: {padded} padded tokens exceed the softmax kernel"
+            ),
         };
         let context = ops.merge_heads(&probs.matmul(&v)?)?;
         self.projection.forward_fused(&context, ops, Epilogue::None)

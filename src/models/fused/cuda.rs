@@ -10,7 +10,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
-use super::CacheGeometry;
+use super::{CacheGeometry, SplitGeometry};
 
 const SOURCE: &str = include_str!("kernels.cu");
 /// Shared memory a block may use without opting in to more.
@@ -27,16 +27,17 @@ pub enum Kernel {
     KvWrite,
     SelfAttnDecode,
     CrossAttnDecode,
-    BiasSplitHeads,
+    SplitHeads,
     MergeHeads,
     SoftmaxRows,
     Gemv,
     GemvF32Out,
     Patchify,
     VisionEmbed,
+    LayerNormRows,
 }
 
-const TYPED: [(Kernel, &str); 15] = [
+const TYPED: [(Kernel, &str); 16] = [
     (Kernel::BiasResidualLn, "bias_residual_ln"),
     (Kernel::BiasResidualLn2, "bias_residual_ln2"),
     (Kernel::EmbedLn, "embed_ln"),
@@ -45,13 +46,14 @@ const TYPED: [(Kernel, &str); 15] = [
     (Kernel::KvWrite, "kv_write"),
     (Kernel::SelfAttnDecode, "self_attn_decode"),
     (Kernel::CrossAttnDecode, "cross_attn_decode"),
-    (Kernel::BiasSplitHeads, "bias_split_heads"),
+    (Kernel::SplitHeads, "split_heads"),
     (Kernel::MergeHeads, "merge_heads"),
     (Kernel::SoftmaxRows, "softmax_rows"),
     (Kernel::Gemv, "gemv"),
     (Kernel::GemvF32Out, "gemv_f32out"),
     (Kernel::Patchify, "patchify"),
     (Kernel::VisionEmbed, "vision_embed"),
+    (Kernel::LayerNormRows, "layer_norm_rows"),
 ];
 const DTYPES: [(DType, &str); 3] = [
     (DType::F32, "f32"),
@@ -66,6 +68,8 @@ pub struct Kernels {
     typed: Vec<CudaFunction>,
     beam_scores: CudaFunction,
     topk_rows: CudaFunction,
+    set_column: CudaFunction,
+    argmax_rows: CudaFunction,
 }
 
 impl Kernels {
@@ -87,6 +91,8 @@ impl Kernels {
             typed,
             beam_scores: module.load_function("beam_scores_f32").w()?,
             topk_rows: module.load_function("topk_rows_f32").w()?,
+            set_column: module.load_function("set_column_f32").w()?,
+            argmax_rows: module.load_function("argmax_rows_f32").w()?,
         })
     }
 
@@ -109,14 +115,10 @@ fn view<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> Result<C
     }
 }
 
-fn grid_for(n: usize, block: u32) -> u32 {
-    let blocks = n.div_ceil(block as usize).max(1);
-    blocks.min(65_535 * 16) as u32
-}
-
-fn linear_cfg(n: usize) -> LaunchConfig {
+/// Row-wise kernels: one block (grid-stride) per row, 256 threads over the columns.
+fn rows_cfg(rows: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (grid_for(n, 256), 1, 1),
+        grid_dim: (rows.clamp(1, 1 << 20) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -357,19 +359,20 @@ impl candle_core::CustomOp2 for BiasEpilogue<'_> {
             Kernel::BiasGelu
         };
         let func = self.kernels.get(kernel, x.dtype())?;
-        let (d_arg, n_arg) = (d as i32, n as i64);
+        let rows = n / d.max(1);
+        let (d_arg, rows_arg) = (d as i32, rows as i64);
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             if self.to_f32 {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<f32>(n)? };
-                launch!(dev, func, linear_cfg(n), &xv, &bv, &out, &d_arg, &n_arg);
+                launch!(dev, func, rows_cfg(rows), &xv, &bv, &out, &d_arg, &rows_arg);
                 Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             } else {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<T>(n)? };
-                launch!(dev, func, linear_cfg(n), &xv, &bv, &out, &d_arg, &n_arg);
+                launch!(dev, func, rows_cfg(rows), &xv, &bv, &out, &d_arg, &rows_arg);
                 Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             }
         })
@@ -434,7 +437,7 @@ impl candle_core::InplaceOp3 for KvWrite<'_> {
         }
         let dev = qkv.device().clone();
         let func = self.kernels.get(Kernel::KvWrite, qkv.dtype())?;
-        let cfg = linear_cfg(2 * g.rows * dm);
+        let cfg = rows_cfg(g.rows);
         let (rows, heads, cap, dh, pos) = (
             g.rows as i32,
             g.heads as i32,
@@ -551,10 +554,19 @@ pub struct CrossAttentionStep<'a> {
     pub group: usize,
 }
 
+/// Threads of a cross-attention block (8 warps).
+const CROSS_BLOCK: usize = 256;
+
 impl CrossAttentionStep<'_> {
-    /// Whether the kernel's shared memory holds `group` queries over `n` keys.
+    fn shared_bytes(group: usize, n: usize, head_dim: usize) -> usize {
+        (group * head_dim + group * n + (CROSS_BLOCK / 32) * group * head_dim + 32) * 4
+    }
+
+    /// Whether the kernel handles `group` (<= 8) queries over `n` keys of width `head_dim` (<= 128).
     pub fn fits(group: usize, n: usize, head_dim: usize) -> bool {
-        (group * head_dim + group * n + 32) * 4 <= MAX_SHARED_BYTES
+        (1..=8).contains(&group)
+            && head_dim <= 128
+            && Self::shared_bytes(group, n, head_dim) <= MAX_SHARED_BYTES
     }
 }
 
@@ -606,36 +618,19 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
         let func = self.kernels.get(Kernel::CrossAttnDecode, q.dtype())?;
         let cfg = LaunchConfig {
             grid_dim: (heads as u32, images as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: ((self.group * dh + self.group * n + 32) * 4) as u32,
+            block_dim: (CROSS_BLOCK as u32, 1, 1),
+            shared_mem_bytes: Self::shared_bytes(self.group, n, dh) as u32,
         };
-        let (images_arg, g_arg, heads_arg, n_arg, dh_arg) = (
-            images as i32,
-            self.group as i32,
-            heads as i32,
-            n as i32,
-            dh as i32,
-        );
+        let elem = q.dtype().size_in_bytes();
+        let vec_ok = dh % (16 / elem) == 0 && (kl.start_offset() * elem) % 16 == 0;
+        let a = [images, self.group, heads, n, dh, vec_ok as usize].map(|v| v as i32);
         with_dtype!(q.dtype(), T, {
             let qv = view(q.as_cuda_slice::<T>()?, ql, "q")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "image kv")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * dm)? };
-            launch!(
-                dev,
-                func,
-                cfg,
-                &qv,
-                &bv,
-                &kvv,
-                &out,
-                &images_arg,
-                &g_arg,
-                &heads_arg,
-                &n_arg,
-                &dh_arg
-            );
+            launch!(dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]);
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, dm)),
@@ -644,18 +639,54 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
     }
 }
 
-/// `(b*n, 3*heads*dh)` projection output + bias -> `(3, b, heads, n, dh)`.
-pub struct BiasSplitHeads<'a> {
-    pub kernels: &'a Kernels,
-    pub batch: usize,
-    pub tokens: usize,
-    pub heads: usize,
-    pub head_dim: usize,
+impl SplitGeometry {
+    fn check(&self, xl: &Layout, bl: &Layout) -> Result<()> {
+        let dm = self.nproj * self.heads * self.head_dim;
+        if xl.shape().elem_count() != self.batch * self.tokens * dm
+            || bl.shape().elem_count() != dm
+            || self.padded < self.tokens
+        {
+            bail!(
+                "split_heads: x {:?}, bias {:?} for {self:?}",
+                xl.shape(),
+                bl.shape()
+            );
+        }
+        Ok(())
+    }
+
+    fn out_dims(&self) -> [usize; 5] {
+        [
+            self.nproj,
+            self.batch,
+            self.heads,
+            self.padded,
+            self.head_dim,
+        ]
+    }
+
+    fn args(&self) -> [i32; 6] {
+        [
+            self.batch,
+            self.tokens,
+            self.padded,
+            self.heads,
+            self.head_dim,
+            self.nproj,
+        ]
+        .map(|v| v as i32)
+    }
 }
 
-impl candle_core::CustomOp2 for BiasSplitHeads<'_> {
+/// Head split into a new tensor.
+pub struct SplitHeads<'a> {
+    pub kernels: &'a Kernels,
+    pub geometry: SplitGeometry,
+}
+
+impl candle_core::CustomOp2 for SplitHeads<'_> {
     fn name(&self) -> &'static str {
-        "bias_split_heads"
+        "split_heads"
     }
     fn cpu_fwd(
         &self,
@@ -673,18 +704,12 @@ impl candle_core::CustomOp2 for BiasSplitHeads<'_> {
         bias: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (b, n, h, dh) = (self.batch, self.tokens, self.heads, self.head_dim);
-        let total = 3 * b * n * h * dh;
-        if xl.shape().elem_count() != total || bl.shape().elem_count() != 3 * h * dh {
-            bail!(
-                "bias_split_heads: x {:?}, bias {:?}",
-                xl.shape(),
-                bl.shape()
-            );
-        }
+        let g = self.geometry;
+        g.check(xl, bl)?;
+        let total: usize = g.out_dims().iter().product();
         let dev = x.device().clone();
-        let func = self.kernels.get(Kernel::BiasSplitHeads, x.dtype())?;
-        let (b_arg, n_arg, h_arg, dh_arg) = (b as i32, n as i32, h as i32, dh as i32);
+        let func = self.kernels.get(Kernel::SplitHeads, x.dtype())?;
+        let a = g.args();
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
@@ -693,19 +718,90 @@ impl candle_core::CustomOp2 for BiasSplitHeads<'_> {
             launch!(
                 dev,
                 func,
-                linear_cfg(total),
+                rows_cfg(g.batch * g.padded),
                 &xv,
                 &bv,
                 &out,
-                &b_arg,
-                &n_arg,
-                &h_arg,
-                &dh_arg
+                &a[0],
+                &a[1],
+                &a[2],
+                &a[3],
+                &a[4],
+                &a[5]
             );
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
-                Shape::from((3, b, h, n, dh)),
+                Shape::from(g.out_dims().to_vec()),
             ))
+        })
+    }
+}
+
+/// Head split written into an existing `(nproj, batch, heads, padded, head_dim)` tensor (view).
+pub struct SplitHeadsInto<'a> {
+    pub kernels: &'a Kernels,
+    pub geometry: SplitGeometry,
+}
+
+impl candle_core::InplaceOp3 for SplitHeadsInto<'_> {
+    fn name(&self) -> &'static str {
+        "split_heads_into"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("split_heads_into is a CUDA kernel")
+    }
+    fn cuda_fwd(
+        &self,
+        dst: &mut CudaStorage,
+        dl: &Layout,
+        x: &CudaStorage,
+        xl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        let g = self.geometry;
+        g.check(xl, bl)?;
+        if dl.shape().dims() != g.out_dims() {
+            bail!(
+                "split_heads_into: destination {:?}, expected {:?}",
+                dl.shape(),
+                g.out_dims()
+            );
+        }
+        let Some((start, end)) = dl.contiguous_offsets() else {
+            bail!("split_heads_into: destination must be contiguous")
+        };
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::SplitHeads, x.dtype())?;
+        let a = g.args();
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            let out = dst.as_cuda_slice_mut::<T>()?;
+            let mut out = out.slice_mut(start..end);
+            launch!(
+                dev,
+                func,
+                rows_cfg(g.batch * g.padded),
+                &xv,
+                &bv,
+                &mut out,
+                &a[0],
+                &a[1],
+                &a[2],
+                &a[3],
+                &a[4],
+                &a[5]
+            );
+            Ok(())
         })
     }
 }
@@ -738,7 +834,7 @@ impl candle_core::CustomOp1 for MergeHeads<'_> {
             launch!(
                 dev,
                 func,
-                linear_cfg(total),
+                rows_cfg(b * n),
                 &xv,
                 &out,
                 &b_arg,
@@ -754,9 +850,11 @@ impl candle_core::CustomOp1 for MergeHeads<'_> {
     }
 }
 
-/// Softmax over the last dimension (at most 1024 wide), one warp per row.
+/// Softmax over the first `valid` columns of the last dimension (at most 1024), one warp per
+/// row; the remaining columns are written as 0.
 pub struct SoftmaxRows<'a> {
     pub kernels: &'a Kernels,
+    pub valid: usize,
 }
 
 impl candle_core::CustomOp1 for SoftmaxRows<'_> {
@@ -767,12 +865,13 @@ impl candle_core::CustomOp1 for SoftmaxRows<'_> {
         no_cpu(self.name())
     }
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let n = last_dim(xl);
-        if n > 1024 || n == 0 {
-            bail!("softmax_rows: rows of {n} (1..=1024 supported)");
+        let stride = last_dim(xl);
+        let n = self.valid;
+        if n > 1024 || n == 0 || n > stride || stride > 1024 {
+            bail!("softmax_rows: {n} of {stride} columns (at most 1024)");
         }
         let total = xl.shape().elem_count();
-        let rows = total / n;
+        let rows = total / stride;
         let dev = x.device().clone();
         let func = self.kernels.get(Kernel::SoftmaxRows, x.dtype())?;
         let cfg = LaunchConfig {
@@ -780,12 +879,12 @@ impl candle_core::CustomOp1 for SoftmaxRows<'_> {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (rows_arg, n_arg) = (rows as i64, n as i32);
+        let (rows_arg, n_arg, stride_arg) = (rows as i64, n as i32, stride as i32);
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(total)? };
-            launch!(dev, func, cfg, &xv, &out, &rows_arg, &n_arg);
+            launch!(dev, func, cfg, &xv, &out, &rows_arg, &n_arg, &stride_arg);
             Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
         })
     }
@@ -1040,7 +1139,7 @@ impl candle_core::CustomOp1 for Patchify<'_> {
             launch!(
                 dev,
                 func,
-                linear_cfg(total),
+                rows_cfg(b * g * g),
                 &pv,
                 &out,
                 &b_arg,
@@ -1103,7 +1202,7 @@ impl candle_core::CustomOp2 for VisionEmbed<'_> {
             launch!(
                 dev,
                 func,
-                linear_cfg(total),
+                rows_cfg(b * (np + 1)),
                 &xv,
                 &tv,
                 &out,
@@ -1115,6 +1214,133 @@ impl candle_core::CustomOp2 for VisionEmbed<'_> {
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((b, np + 1, d)),
             ))
+        })
+    }
+}
+
+/// Sets column `col` of f32 `(rows, n)` to `value`, in place.
+pub struct SetColumn<'a> {
+    pub kernels: &'a Kernels,
+    pub col: usize,
+    pub value: f32,
+}
+
+impl candle_core::InplaceOp1 for SetColumn<'_> {
+    fn name(&self) -> &'static str {
+        "set_column"
+    }
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        bail!("set_column is a CUDA kernel")
+    }
+    fn cuda_fwd(&self, x: &mut CudaStorage, xl: &Layout) -> Result<()> {
+        let n = last_dim(xl);
+        let rows = xl.shape().elem_count() / n.max(1);
+        if self.col >= n {
+            bail!("set_column: column {} of {n}", self.col);
+        }
+        let Some((start, end)) = xl.contiguous_offsets() else {
+            bail!("set_column: tensor must be contiguous")
+        };
+        let dev = x.device().clone();
+        let slice = x.as_cuda_slice_mut::<f32>()?;
+        let mut slice = slice.slice_mut(start..end);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows_arg, n_arg, col_arg, value) =
+            (rows as i32, n as i32, self.col as i32, self.value);
+        launch!(
+            dev,
+            &self.kernels.set_column,
+            cfg,
+            &mut slice,
+            &rows_arg,
+            &n_arg,
+            &col_arg,
+            &value
+        );
+        Ok(())
+    }
+}
+
+/// First index of each row's maximum (f32 `(rows, n)` -> u32 `(rows,)`), like `torch.argmax`.
+pub struct ArgmaxRows<'a> {
+    pub kernels: &'a Kernels,
+}
+
+impl candle_core::CustomOp1 for ArgmaxRows<'_> {
+    fn name(&self) -> &'static str {
+        "argmax_rows"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = last_dim(xl);
+        let rows = xl.shape().elem_count() / n.max(1);
+        let dev = x.device().clone();
+        let xv = view(x.as_cuda_slice::<f32>()?, xl, "x")?;
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<u32>(rows)? };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n_arg = n as i32;
+        launch!(dev, &self.kernels.argmax_rows, cfg, &xv, &out, &n_arg);
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows)))
+    }
+}
+
+/// `LayerNorm(x)` with `params = [gamma; beta]` `(2, d)`.
+pub struct LayerNormRows<'a> {
+    pub kernels: &'a Kernels,
+    pub eps: f32,
+}
+
+impl candle_core::CustomOp2 for LayerNormRows<'_> {
+    fn name(&self) -> &'static str {
+        "layer_norm_rows"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        p: &CudaStorage,
+        pl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = last_dim(xl);
+        let n = xl.shape().elem_count();
+        if pl.shape().elem_count() != 2 * d {
+            bail!("layer_norm_rows: params {:?} for width {d}", pl.shape());
+        }
+        let dev = x.device().clone();
+        let func = self.kernels.get(Kernel::LayerNormRows, x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: ((n / d.max(1)) as u32, 1, 1),
+            block_dim: (block_for_width(d), 1, 1),
+            shared_mem_bytes: ((d + 32) * 4) as u32,
+        };
+        let (d_arg, eps) = (d as i32, self.eps);
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
         })
     }
 }

@@ -64,6 +64,39 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(t);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Small-batch matrix-vector products (decode with few rows): out[r, o] = x[r] . w[o] (+ bias[o]),
+// optionally GELU. One warp per output feature, 16-byte loads; rows <= 8, in % (16 / sizeof(T)) == 0.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void load16(const float* p, float* v) {
+    float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+__device__ __forceinline__ void load16(const bf16raw* p, float* v) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        v[2 * j] = __uint_as_float(w[j] << 16);
+        v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void load16(const f16raw* p, float* v) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        unsigned short lo = (unsigned short)(w[j] & 0xffffu), hi = (unsigned short)(w[j] >> 16);
+        float a, b;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
+        asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
+        v[2 * j] = a;
+        v[2 * j + 1] = b;
+    }
+}
+
+
 // LayerNorm of the `row` values already in shared memory; writes out[row_off + i].
 template <typename T>
 __device__ void layer_norm_row(float* row, int d, const T* gamma, const T* beta, float eps,
@@ -105,20 +138,54 @@ __device__ void embed_ln(const unsigned int* ids, const T* word, const T* pos_ta
     layer_norm_row(row, d, params, params + d, eps, out, (long)blockIdx.x * d, scratch);
 }
 
-// out = gelu_erf(x + bias), x of n elements in rows of width d.
+// h = x + bias + residual; out[0] = h, out[1] = LayerNorm(h) with params = [bias; gamma; beta].
+// out: (2, rows, d). grid: rows; shared: (d + 32) floats. LayerNorm reads h as stored (rounded).
 template <typename T>
-__device__ void bias_gelu(const T* x, const T* bias, T* out, int d, long n) {
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        float v = ld(x, i) + ld(bias, i % d);
-        st(out, i, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+__device__ void bias_residual_ln2(const T* x, const T* residual, const T* params, T* out, long rows, int d, float eps) {
+    extern __shared__ float smem[];
+    float* row = smem;
+    float* scratch = smem + d;
+    long off = (long)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        st(out, off + i, ld(x, off + i) + ld(params, i) + ld(residual, off + i));
+        row[i] = ld(out, off + i);
+    }
+    layer_norm_row(row, d, params + d, params + 2 * d, eps, out, rows * d + off, scratch);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Row-wise elementwise kernels: grid-stride over rows (blockIdx.x), threads over columns, so that
+// no per-element 64-bit division is needed.
+// ---------------------------------------------------------------------------------------------
+
+// out = gelu_erf(x + bias), rows of width d.
+template <typename T>
+__device__ void bias_gelu(const T* x, const T* bias, T* out, int d, long rows) {
+    for (long r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (int c = threadIdx.x; c < d; c += blockDim.x) {
+            float v = ld(x, r * d + c) + ld(bias, c);
+            st(out, r * d + c, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+        }
     }
 }
 
-// out (f32) = x + bias, x of n elements in rows of width d.
+// out (f32) = x + bias, rows of width d.
 template <typename T>
-__device__ void bias_to_f32(const T* x, const T* bias, float* out, int d, long n) {
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        out[i] = ld(x, i) + ld(bias, i % d);
+__device__ void bias_to_f32(const T* x, const T* bias, float* out, int d, long rows) {
+    for (long r = blockIdx.x; r < rows; r += gridDim.x)
+        for (int c = threadIdx.x; c < d; c += blockDim.x) out[r * d + c] = ld(x, r * d + c) + ld(bias, c);
+}
+
+// out = LayerNorm(x) with params = [gamma; beta] (2, d). grid: rows; shared: (d + 32) floats.
+template <typename T>
+__device__ void layer_norm_rows(const T* x, const T* params, T* out, int d, float eps) {
+    extern __shared__ float smem[];
+    float* row = smem;
+    float* scratch = smem + d;
+    long off = (long)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) row[i] = ld(x, off + i);
+    layer_norm_row(row, d, params, params + d, eps, out, off, scratch);
 }
 
 // Writes this step's keys/values into the cache kv (2, rows, heads, cap, dh) at position pos.
@@ -126,15 +193,214 @@ __device__ void bias_to_f32(const T* x, const T* bias, float* out, int d, long n
 template <typename T>
 __device__ void kv_write(T* kv, const T* qkv, const T* bias, int rows, int heads, int cap, int dh, int pos) {
     int dm = heads * dh;
-    long n = 2L * rows * dm;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        int which = (int)(i / ((long)rows * dm));
-        long rem = i % ((long)rows * dm);
-        int r = (int)(rem / dm), c = (int)(rem % dm);
-        int h = c / dh, e = c % dh;
-        int col = (1 + which) * dm + c;
-        float v = ld(qkv, (long)r * 3 * dm + col) + ld(bias, col);
-        st(kv, (((long)which * rows + r) * heads + h) * cap * dh + (long)pos * dh + e, v);
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (int c = threadIdx.x; c < 2 * dm; c += blockDim.x) {
+            int which = c / dm, rem = c - which * dm;
+            int h = rem / dh, e = rem - h * dh;
+            int col = dm + c;
+            float v = ld(qkv, (long)r * 3 * dm + col) + ld(bias, col);
+            st(kv, (((long)which * rows + r) * heads + h) * cap * dh + (long)pos * dh + e, v);
+        }
+    }
+}
+
+// x (b*n, nproj*heads*dh) + bias -> out (nproj, b, heads, npad, dh); rows n..npad are zero.
+template <typename T>
+__device__ void split_heads(const T* x, const T* bias, T* out, int b, int n, int npad, int heads, int dh, int nproj) {
+    int dm = heads * dh;
+    long rows = (long)b * npad;
+    for (long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int bi = (int)(row / npad), ni = (int)(row % npad);
+        for (int c = threadIdx.x; c < nproj * dm; c += blockDim.x) {
+            int which = c / dm, rem = c - which * dm;
+            int h = rem / dh, e = rem - h * dh;
+            float v = ni < n ? ld(x, ((long)bi * n + ni) * nproj * dm + c) + ld(bias, c) : 0.f;
+            st(out, ((((long)which * b + bi) * heads + h) * npad + ni) * dh + e, v);
+        }
+    }
+}
+
+// (b, heads, n, dh) -> (b, n, heads*dh).
+template <typename T>
+__device__ void merge_heads(const T* x, T* out, int b, int heads, int n, int dh) {
+    int dm = heads * dh;
+    long rows = (long)b * n;
+    for (long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int bi = (int)(row / n), ni = (int)(row % n);
+        for (int c = threadIdx.x; c < dm; c += blockDim.x) {
+            int h = c / dh, e = c - h * dh;
+            st(out, row * dm + c, ld(x, (((long)bi * heads + h) * n + ni) * dh + e));
+        }
+    }
+}
+
+// Softmax over the first n columns of rows of width stride (n <= 1024), one warp per row;
+// columns n..stride are written as 0.
+template <typename T>
+__device__ void softmax_rows(const T* x, T* out, long rows, int n, int stride) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    const T* xr = x + row * stride;
+    float v[32];
+    float m = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = idx < n ? ld(xr, idx) : NEG_INF;
+        m = fmaxf(m, v[j]);
+    }
+    m = warp_max(m);
+    float z = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = idx < n ? expf(v[j] - m) : 0.f;
+        z += v[j];
+    }
+    z = warp_sum(z);
+    float inv = 1.0f / z;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        if (idx < stride) st(out, row * stride + idx, v[j] * inv);
+    }
+}
+
+// f32 pixels (b, 3, g*p, g*p) -> patches (b*g*g, 3*p*p) in T, each row in (channel, y, x) order.
+template <typename T>
+__device__ void patchify(const float* px, T* out, int b, int g, int p) {
+    long rows = (long)b * g * g;
+    int width = 3 * p * p;
+    long side = (long)g * p;
+    for (long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int gx = (int)(row % g), gy = (int)((row / g) % g);
+        long bi = row / ((long)g * g);
+        for (int c = threadIdx.x; c < width; c += blockDim.x) {
+            int ch = c / (p * p), rem = c - ch * p * p;
+            int yy = rem / p, xx = rem - yy * p;
+            st(out, row * width + c, px[((bi * 3 + ch) * side + (long)gy * p + yy) * side + (long)gx * p + xx]);
+        }
+    }
+}
+
+// out (b, 1+np, d): token 0 = class + pos[0], token 1+j = patches[b, j] + bias + pos[1+j];
+// table = [bias; class; positions (1+np rows)].
+template <typename T>
+__device__ void vision_embed(const T* patches, const T* table, T* out, int b, int np, int d) {
+    long rows = (long)b * (np + 1);
+    for (long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int t = (int)(row % (np + 1));
+        long bi = row / (np + 1);
+        for (int e = threadIdx.x; e < d; e += blockDim.x) {
+            float v = t == 0 ? ld(table, (long)d + e) : ld(patches, (bi * np + t - 1) * d + e) + ld(table, e);
+            st(out, row * d + e, v + ld(table, (long)(2 + t) * d + e));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-token cross-attention: the g queries of each image attend over that image's n keys/values.
+// q: (images*g, heads*dh) projection output without bias; bias: (heads*dh);
+// kv: (2, images, heads, n, dh). grid (heads, images), block 256; g <= 8, dh <= 128.
+// shared: (g*dh + g*n + 8*g*dh + 32) floats. Scores: one thread per key (16-byte loads when
+// vec_ok); output: warps split the keys, lanes the head dimension, then a cross-warp sum.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T* out,
+                                  int images, int g, int heads, int n, int dh, int vec_ok) {
+    const int V = 16 / sizeof(T);
+    extern __shared__ float smem[];
+    int nwarps = blockDim.x >> 5;
+    float* q = smem;
+    float* p = q + g * dh;
+    float* part = p + g * n;
+    float* scratch = part + nwarps * g * dh;
+    int h = blockIdx.x, b = blockIdx.y, dm = heads * dh;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < g * dh; i += blockDim.x) {
+        int qi = i / dh, e = i - qi * dh;
+        q[i] = ld(q_raw, ((long)b * g + qi) * dm + h * dh + e) + ld(bias, h * dh + e);
+    }
+    __syncthreads();
+    const T* keys = kv + ((long)b * heads + h) * n * dh;
+    const T* values = kv + (((long)images + b) * heads + h) * n * dh;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const T* krow = keys + (long)j * dh;
+        float acc[8];
+#pragma unroll
+        for (int qi = 0; qi < 8; ++qi) acc[qi] = 0.f;
+        if (vec_ok) {
+            for (int e = 0; e < dh; e += V) {
+                float kvv[V];
+                load16(krow + e, kvv);
+#pragma unroll
+                for (int qi = 0; qi < 8; ++qi) {
+                    if (qi < g) {
+#pragma unroll
+                        for (int t = 0; t < V; ++t) acc[qi] += q[qi * dh + e + t] * kvv[t];
+                    }
+                }
+            }
+        } else {
+            for (int e = 0; e < dh; ++e) {
+                float kvv = ld(krow, e);
+#pragma unroll
+                for (int qi = 0; qi < 8; ++qi) if (qi < g) acc[qi] += q[qi * dh + e] * kvv;
+            }
+        }
+#pragma unroll
+        for (int qi = 0; qi < 8; ++qi) if (qi < g) p[qi * n + j] = acc[qi];
+    }
+    __syncthreads();
+    for (int qi = 0; qi < g; ++qi) {
+        float* pq = p + qi * n;
+        float m = NEG_INF;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, pq[j]);
+        m = block_max(m, scratch);
+        float z = 0.f;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) { float e = expf(pq[j] - m); pq[j] = e; z += e; }
+        z = block_sum(z, scratch);
+        __syncthreads();
+        float inv = 1.0f / z;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) pq[j] *= inv;
+        __syncthreads();
+    }
+    // Weighted sum of values: warp w takes keys [j0, j1), lane covers e = lane + 32u.
+    int per = (n + nwarps - 1) / nwarps;
+    int j0 = warp * per, j1 = min(n, j0 + per);
+    float acc[8][4];
+#pragma unroll
+    for (int qi = 0; qi < 8; ++qi)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc[qi][u] = 0.f;
+    for (int j = j0; j < j1; ++j) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int e = lane + 32 * u;
+            if (e < dh) {
+                float v = ld(values, (long)j * dh + e);
+#pragma unroll
+                for (int qi = 0; qi < 8; ++qi) if (qi < g) acc[qi][u] += p[qi * n + j] * v;
+            }
+        }
+    }
+#pragma unroll
+    for (int qi = 0; qi < 8; ++qi) {
+        if (qi < g) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                int e = lane + 32 * u;
+                if (e < dh) part[(warp * g + qi) * dh + e] = acc[qi][u];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < g * dh; i += blockDim.x) {
+        int qi = i / dh, e = i - qi * dh;
+        float s = 0.f;
+        for (int w = 0; w < nwarps; ++w) s += part[(w * g + qi) * dh + e];
+        st(out, ((long)b * g + qi) * dm + h * dh + e, s);
     }
 }
 
@@ -176,201 +442,6 @@ __device__ void self_attn_decode(const T* qkv, const T* bias, const T* kv, T* ou
     }
 }
 
-// The g queries of each image attend over that image's n keys/values.
-// q: (images*g, heads*dh) projection output without bias; bias: (heads*dh);
-// kv: (2, images, heads, n, dh). grid (heads, images); shared: (g*dh + g*n + 32) floats.
-template <typename T>
-__device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T* out,
-                                  int images, int g, int heads, int n, int dh) {
-    extern __shared__ float smem[];
-    float* q = smem;
-    float* p = smem + g * dh;
-    float* scratch = p + g * n;
-    int h = blockIdx.x, b = blockIdx.y, dm = heads * dh;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int i = threadIdx.x; i < g * dh; i += blockDim.x) {
-        int qi = i / dh, e = i % dh;
-        q[i] = ld(q_raw, ((long)b * g + qi) * dm + h * dh + e) + ld(bias, h * dh + e);
-    }
-    __syncthreads();
-    const T* keys = kv + ((long)b * heads + h) * n * dh;
-    const T* values = kv + (((long)images + b) * heads + h) * n * dh;
-    for (int j = warp; j < n; j += nwarps) {
-        for (int qi = 0; qi < g; ++qi) {
-            float s = 0.f;
-            for (int e = lane; e < dh; e += 32) s += q[qi * dh + e] * ld(keys, (long)j * dh + e);
-            s = warp_sum(s);
-            if (lane == 0) p[qi * n + j] = s;
-        }
-    }
-    __syncthreads();
-    for (int qi = 0; qi < g; ++qi) {
-        float* pq = p + qi * n;
-        float m = NEG_INF;
-        for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, pq[j]);
-        m = block_max(m, scratch);
-        float z = 0.f;
-        for (int j = threadIdx.x; j < n; j += blockDim.x) { float e = expf(pq[j] - m); pq[j] = e; z += e; }
-        z = block_sum(z, scratch);
-        __syncthreads();
-        float inv = 1.0f / z;
-        for (int j = threadIdx.x; j < n; j += blockDim.x) pq[j] *= inv;
-        __syncthreads();
-    }
-    for (int i = threadIdx.x; i < g * dh; i += blockDim.x) {
-        int qi = i / dh, e = i % dh;
-        const float* pq = p + qi * n;
-        float acc = 0.f;
-        for (int j = 0; j < n; ++j) acc += pq[j] * ld(values, (long)j * dh + e);
-        st(out, ((long)b * g + qi) * dm + h * dh + e, acc);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Vision encoder helpers
-// ---------------------------------------------------------------------------------------------
-
-// h = x + bias + residual; out[0] = h, out[1] = LayerNorm(h) with params = [bias; gamma; beta].
-// out: (2, rows, d). grid: rows; shared: (d + 32) floats. LayerNorm reads h as stored (rounded).
-template <typename T>
-__device__ void bias_residual_ln2(const T* x, const T* residual, const T* params, T* out, long rows, int d, float eps) {
-    extern __shared__ float smem[];
-    float* row = smem;
-    float* scratch = smem + d;
-    long off = (long)blockIdx.x * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        st(out, off + i, ld(x, off + i) + ld(params, i) + ld(residual, off + i));
-        row[i] = ld(out, off + i);
-    }
-    layer_norm_row(row, d, params + d, params + 2 * d, eps, out, rows * d + off, scratch);
-}
-
-// qkv (b*n, 3*heads*dh) + bias -> out (3, b, heads, n, dh).
-template <typename T>
-__device__ void bias_split_heads(const T* qkv, const T* bias, T* out, int b, int n, int heads, int dh) {
-    int dm = heads * dh;
-    long total = 3L * b * n * dm;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        int e = (int)(i % dh);
-        long r = i / dh;
-        int ni = (int)(r % n); r /= n;
-        int h = (int)(r % heads); r /= heads;
-        int bi = (int)(r % b);
-        int which = (int)(r / b);
-        int col = which * dm + h * dh + e;
-        st(out, i, ld(qkv, ((long)bi * n + ni) * 3 * dm + col) + ld(bias, col));
-    }
-}
-
-// (b, heads, n, dh) -> (b, n, heads*dh).
-template <typename T>
-__device__ void merge_heads(const T* x, T* out, int b, int heads, int n, int dh) {
-    long total = (long)b * heads * n * dh;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        int e = (int)(i % dh);
-        long r = i / dh;
-        int h = (int)(r % heads); r /= heads;
-        int ni = (int)(r % n);
-        int bi = (int)(r / n);
-        st(out, i, ld(x, (((long)bi * heads + h) * n + ni) * dh + e));
-    }
-}
-
-// Softmax over rows of width n <= 1024, one warp per row (values kept in registers).
-template <typename T>
-__device__ void softmax_rows(const T* x, T* out, long rows, int n) {
-    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    const T* xr = x + row * n;
-    float v[32];
-    float m = NEG_INF;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        v[j] = idx < n ? ld(xr, idx) : NEG_INF;
-        m = fmaxf(m, v[j]);
-    }
-    m = warp_max(m);
-    float z = 0.f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        v[j] = idx < n ? expf(v[j] - m) : 0.f;
-        z += v[j];
-    }
-    z = warp_sum(z);
-    float inv = 1.0f / z;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        if (idx < n) st(out, row * n + idx, v[j] * inv);
-    }
-}
-
-// f32 pixels (b, 3, g*p, g*p) -> patches (b*g*g, 3*p*p) in T, each row in (channel, y, x) order.
-template <typename T>
-__device__ void patchify(const float* px, T* out, int b, int g, int p) {
-    long total = (long)b * g * g * 3 * p * p;
-    long side = (long)g * p;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        int xx = (int)(i % p);
-        long r = i / p;
-        int yy = (int)(r % p); r /= p;
-        int c = (int)(r % 3); r /= 3;
-        int gx = (int)(r % g); r /= g;
-        int gy = (int)(r % g);
-        long bi = r / g;
-        st(out, i, px[((bi * 3 + c) * side + (long)gy * p + yy) * side + (long)gx * p + xx]);
-    }
-}
-
-// out (b, 1+np, d): token 0 = class + pos[0], token 1+j = patches[b, j] + bias + pos[1+j];
-// table = [bias; class; positions (1+np rows)].
-template <typename T>
-__device__ void vision_embed(const T* patches, const T* table, T* out, int b, int np, int d) {
-    long total = (long)b * (np + 1) * d;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        int e = (int)(i % d);
-        long r = i / d;
-        int t = (int)(r % (np + 1));
-        long bi = r / (np + 1);
-        float v = t == 0 ? ld(table, (long)d + e) : ld(patches, (bi * np + t - 1) * d + e) + ld(table, e);
-        st(out, i, v + ld(table, (long)(2 + t) * d + e));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small-batch matrix-vector products (decode with few rows): out[r, o] = x[r] . w[o] (+ bias[o]),
-// optionally GELU. One warp per output feature, 16-byte loads; rows <= 8, in % (16 / sizeof(T)) == 0.
-// ---------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ void load16(const float* p, float* v) {
-    float4 f = *reinterpret_cast<const float4*>(p);
-    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
-}
-__device__ __forceinline__ void load16(const bf16raw* p, float* v) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    unsigned int w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        v[2 * j] = __uint_as_float(w[j] << 16);
-        v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-    }
-}
-__device__ __forceinline__ void load16(const f16raw* p, float* v) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    unsigned int w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        unsigned short lo = (unsigned short)(w[j] & 0xffffu), hi = (unsigned short)(w[j] >> 16);
-        float a, b;
-        asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
-        asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
-        v[2 * j] = a;
-        v[2 * j + 1] = b;
-    }
-}
 
 template <typename T, typename O>
 __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, int in, int outn, int has_bias, int gelu) {
@@ -407,6 +478,7 @@ __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, in
         }
     }
 }
+
 
 // ---------------------------------------------------------------------------------------------
 // Beam search helpers (f32 logits)
@@ -508,36 +580,77 @@ extern "C" __global__ void topk_rows_f32(const float* x, float* out_rows, int n,
     }
 }
 
+// x[r, col] = value for every row (min-length rule on f32 logits). grid: ceil(rows / 256).
+extern "C" __global__ void set_column_f32(float* x, int rows, int n, int col, float value) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < rows) x[(long)r * n + col] = value;
+}
+
+// First index of the maximum of each row (torch.argmax). grid: rows, block: 256.
+extern "C" __global__ void argmax_rows_f32(const float* x, unsigned int* out, int n) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    long off = (long)blockIdx.x * n;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = x[off + i];
+        if (better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        bv = lane < nwarps ? sv[lane] : NEG_INF;
+        bi = lane < nwarps ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (unsigned int)bi;
+    }
+}
+
+
 #define INSTANTIATE(T, S)                                                                              \
 extern "C" __global__ void bias_residual_ln_##S(const T* x, const T* r, const T* p, T* o, int d, float eps) { \
     bias_residual_ln(x, r, p, o, d, eps);                                                              \
 }                                                                                                      \
+extern "C" __global__ void bias_residual_ln2_##S(const T* x, const T* r, const T* p, T* o, long rows, int d, float eps) { \
+    bias_residual_ln2(x, r, p, o, rows, d, eps);                                                       \
+}                                                                                                      \
+extern "C" __global__ void layer_norm_rows_##S(const T* x, const T* p, T* o, int d, float eps) {       \
+    layer_norm_rows(x, p, o, d, eps);                                                                  \
+}                                                                                                      \
 extern "C" __global__ void embed_ln_##S(const unsigned int* ids, const T* w, const T* pos, const T* p, T* o, int d, int t, int past, float eps) { \
     embed_ln(ids, w, pos, p, o, d, t, past, eps);                                                      \
 }                                                                                                      \
-extern "C" __global__ void bias_gelu_##S(const T* x, const T* b, T* o, int d, long n) { bias_gelu(x, b, o, d, n); } \
-extern "C" __global__ void bias_to_f32_##S(const T* x, const T* b, float* o, int d, long n) { bias_to_f32(x, b, o, d, n); } \
+extern "C" __global__ void bias_gelu_##S(const T* x, const T* b, T* o, int d, long rows) { bias_gelu(x, b, o, d, rows); } \
+extern "C" __global__ void bias_to_f32_##S(const T* x, const T* b, float* o, int d, long rows) { bias_to_f32(x, b, o, d, rows); } \
 extern "C" __global__ void kv_write_##S(T* kv, const T* qkv, const T* b, int rows, int heads, int cap, int dh, int pos) { \
     kv_write(kv, qkv, b, rows, heads, cap, dh, pos);                                                   \
 }                                                                                                      \
 extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, const T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
     self_attn_decode(qkv, b, kv, o, rows, heads, cap, dh, len);                                        \
 }                                                                                                      \
-extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int dh) { \
-    cross_attn_decode(q, b, kv, o, images, g, heads, n, dh);                                           \
+extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int dh, int vec_ok) { \
+    cross_attn_decode(q, b, kv, o, images, g, heads, n, dh, vec_ok);                                   \
 }                                                                                                      \
-extern "C" __global__ void bias_residual_ln2_##S(const T* x, const T* r, const T* p, T* o, long rows, int d, float eps) { \
-    bias_residual_ln2(x, r, p, o, rows, d, eps);                                                       \
-}                                                                                                      \
-extern "C" __global__ void bias_split_heads_##S(const T* x, const T* b, T* o, int bsz, int n, int heads, int dh) { \
-    bias_split_heads(x, b, o, bsz, n, heads, dh);                                                      \
+extern "C" __global__ void split_heads_##S(const T* x, const T* b, T* o, int bsz, int n, int npad, int heads, int dh, int nproj) { \
+    split_heads(x, b, o, bsz, n, npad, heads, dh, nproj);                                              \
 }                                                                                                      \
 extern "C" __global__ void merge_heads_##S(const T* x, T* o, int bsz, int heads, int n, int dh) {      \
     merge_heads(x, o, bsz, heads, n, dh);                                                              \
 }                                                                                                      \
+extern "C" __global__ void softmax_rows_##S(const T* x, T* o, long rows, int n, int stride) { softmax_rows(x, o, rows, n, stride); } \
 extern "C" __global__ void patchify_##S(const float* px, T* o, int b, int g, int p) { patchify(px, o, b, g, p); } \
 extern "C" __global__ void vision_embed_##S(const T* x, const T* t, T* o, int b, int np, int d) { vision_embed(x, t, o, b, np, d); } \
-extern "C" __global__ void softmax_rows_##S(const T* x, T* o, long rows, int n) { softmax_rows(x, o, rows, n); } \
 extern "C" __global__ void gemv_##S(const T* x, const T* w, const T* b, T* o, int rows, int in, int outn, int has_bias, int gelu) { \
     gemv<T, T>(x, w, b, o, rows, in, outn, has_bias, gelu);                                            \
 }                                                                                                      \

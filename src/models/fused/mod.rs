@@ -1,7 +1,8 @@
 //! Fused CUDA kernels for BLIP (decode step: bias + residual + LayerNorm, bias + GELU, embedding
 //! + LayerNorm, KV cache writes, one-token self- and cross-attention, small-batch GEMV; vision:
-//! bias + head split, softmax, head merge; beam search: log-softmax + scores, per-row top-k), so
-//! that a decode step launches a few kernels per layer instead of ~30.
+//! head split with padding, softmax, head merge, patchify, embedding assembly; beam search:
+//! log-softmax + scores and per-row top-k; greedy: argmax), so that a decode step launches a
+//! few kernels per layer instead of ~30 and no slow broadcast/strided candle kernel runs.
 //!
 //! [`FusedOps`] is a handle the layers receive; on CPU (or a build without `cuda`) it is
 //! disabled and the layers use composed candle ops, which the parity tests check against
@@ -12,7 +13,7 @@ mod cuda;
 
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// Geometry of one layer's self-attention cache buffer `(2, rows, heads, cap, head_dim)`.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +22,18 @@ pub struct CacheGeometry {
     pub heads: usize,
     pub cap: usize,
     pub head_dim: usize,
+}
+
+/// Geometry of a head split: `(batch*tokens, nproj*heads*head_dim)` projection output + bias
+/// -> `(nproj, batch, heads, padded, head_dim)`, rows `tokens..padded` zero.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitGeometry {
+    pub batch: usize,
+    pub tokens: usize,
+    pub padded: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub nproj: usize,
 }
 
 /// Handle to the compiled fused kernels (none on CPU).
@@ -98,6 +111,17 @@ impl FusedOps {
         };
         x.contiguous()?
             .apply_op3_no_bwd(&residual.contiguous()?, params, &op)
+    }
+
+    /// `LayerNorm(x)` with `params = [gamma; beta]` `(2, d)`.
+    pub fn layer_norm(&self, x: &Tensor, params: &Tensor, eps: f64) -> Result<Tensor> {
+        x.contiguous()?.apply_op2_no_bwd(
+            params,
+            &cuda::LayerNormRows {
+                kernels: self.kernels()?,
+                eps: eps as f32,
+            },
+        )
     }
 
     /// `LayerNorm(word[ids] + position)` for ids `(R, T)` at positions `past..past+T`;
@@ -208,24 +232,34 @@ impl FusedOps {
         q.contiguous()?.apply_op3_no_bwd(bias, image_kv, &op)
     }
 
-    /// `(b*n, 3*heads*dh)` (projection without bias) + bias -> `(3, b, heads, n, dh)`.
-    pub fn bias_split_heads(
+    /// `(batch*tokens, nproj*heads*dh)` (projection without bias) + bias ->
+    /// `(nproj, batch, heads, padded, dh)`, rows `tokens..padded` zero.
+    pub fn split_heads(
         &self,
         x: &Tensor,
         bias: &Tensor,
-        batch: usize,
-        tokens: usize,
-        heads: usize,
+        geometry: SplitGeometry,
     ) -> Result<Tensor> {
-        let head_dim = x.dim(candle_core::D::Minus1)? / (3 * heads).max(1);
-        let op = cuda::BiasSplitHeads {
+        let op = cuda::SplitHeads {
             kernels: self.kernels()?,
-            batch,
-            tokens,
-            heads,
-            head_dim,
+            geometry,
         };
         x.contiguous()?.apply_op2_no_bwd(bias, &op)
+    }
+
+    /// As [`FusedOps::split_heads`], written into `dst` (a contiguous view of that shape).
+    pub fn split_heads_into(
+        &self,
+        dst: &Tensor,
+        x: &Tensor,
+        bias: &Tensor,
+        geometry: SplitGeometry,
+    ) -> Result<()> {
+        let op = cuda::SplitHeadsInto {
+            kernels: self.kernels()?,
+            geometry,
+        };
+        dst.inplace_op3(&x.contiguous()?, bias, &op)
     }
 
     /// `(b, heads, n, dh)` -> `(b, n, heads*dh)`.
@@ -235,14 +269,16 @@ impl FusedOps {
         })
     }
 
-    /// Softmax over the last dimension when it is at most 1024 wide (`None` otherwise).
-    pub fn softmax_last_dim(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    /// Softmax over the first `valid` columns of the last dimension (the rest written as 0),
+    /// when that dimension is at most 1024 wide (`None` otherwise).
+    pub fn softmax_last_dim(&self, x: &Tensor, valid: usize) -> Result<Option<Tensor>> {
         if x.dim(candle_core::D::Minus1)? > 1024 {
             return Ok(None);
         }
         Ok(Some(x.contiguous()?.apply_op1_no_bwd(
             &cuda::SoftmaxRows {
                 kernels: self.kernels()?,
+                valid,
             },
         )?))
     }
@@ -272,13 +308,8 @@ impl FusedOps {
 
     /// f32 pixels `(b, 3, s, s)` -> patch rows `(b, (s/p)^2, 3*p*p)` in `dtype` (`None` unless
     /// the pixels are f32).
-    pub fn patchify(
-        &self,
-        pixels: &Tensor,
-        patch: usize,
-        dtype: candle_core::DType,
-    ) -> Result<Option<Tensor>> {
-        if pixels.dtype() != candle_core::DType::F32 {
+    pub fn patchify(&self, pixels: &Tensor, patch: usize, dtype: DType) -> Result<Option<Tensor>> {
+        if pixels.dtype() != DType::F32 {
             return Ok(None);
         }
         let op = cuda::Patchify {
@@ -298,6 +329,22 @@ impl FusedOps {
                 kernels: self.kernels()?,
             },
         )
+    }
+
+    /// Sets column `col` of the contiguous f32 matrix `x` to `value`, in place.
+    pub fn set_column(&self, x: &Tensor, col: usize, value: f32) -> Result<()> {
+        x.inplace_op1(&cuda::SetColumn {
+            kernels: self.kernels()?,
+            col,
+            value,
+        })
+    }
+
+    /// First index of each row's maximum of the f32 `(rows, n)` matrix, u32 `(rows,)`.
+    pub fn argmax_rows(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&cuda::ArgmaxRows {
+            kernels: self.kernels()?,
+        })
     }
 
     /// Beam step scores `log_softmax(logits) + running` (f32, `(rows, vocab)`), with column
@@ -335,7 +382,6 @@ impl FusedOps {
 /// CPU builds: the layers never call these (the handle is disabled); they exist so that the
 /// layer code compiles the same way for every build.
 #[cfg(not(feature = "cuda"))]
-#[allow(clippy::unused_self)]
 impl FusedOps {
     fn unavailable<T>(&self) -> Result<T> {
         candle_core::bail!("fused kernels need a build with the `cuda` feature")
@@ -356,6 +402,9 @@ impl FusedOps {
         _: &Tensor,
         _: f64,
     ) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn layer_norm(&self, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
         self.unavailable()
     }
     pub fn embed_layer_norm(
@@ -409,20 +458,22 @@ impl FusedOps {
     ) -> Result<Tensor> {
         self.unavailable()
     }
-    pub fn bias_split_heads(
+    pub fn split_heads(&self, _: &Tensor, _: &Tensor, _: SplitGeometry) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn split_heads_into(
         &self,
         _: &Tensor,
         _: &Tensor,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) -> Result<Tensor> {
+        _: &Tensor,
+        _: SplitGeometry,
+    ) -> Result<()> {
         self.unavailable()
     }
     pub fn merge_heads(&self, _: &Tensor) -> Result<Tensor> {
         self.unavailable()
     }
-    pub fn softmax_last_dim(&self, _: &Tensor) -> Result<Option<Tensor>> {
+    pub fn softmax_last_dim(&self, _: &Tensor, _: usize) -> Result<Option<Tensor>> {
         Ok(None)
     }
     pub fn gemv(
@@ -435,13 +486,19 @@ impl FusedOps {
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
-    pub fn beam_scores(&self, _: &Tensor, _: &Tensor, _: Option<u32>) -> Result<Tensor> {
-        self.unavailable()
-    }
-    pub fn patchify(&self, _: &Tensor, _: usize, _: candle_core::DType) -> Result<Option<Tensor>> {
+    pub fn patchify(&self, _: &Tensor, _: usize, _: DType) -> Result<Option<Tensor>> {
         Ok(None)
     }
     pub fn vision_embed(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn set_column(&self, _: &Tensor, _: usize, _: f32) -> Result<()> {
+        self.unavailable()
+    }
+    pub fn argmax_rows(&self, _: &Tensor) -> Result<Tensor> {
+        self.unavailable()
+    }
+    pub fn beam_scores(&self, _: &Tensor, _: &Tensor, _: Option<u32>) -> Result<Tensor> {
         self.unavailable()
     }
     pub fn top_k_rows(&self, _: &Tensor, _: usize) -> Result<Option<Tensor>> {
