@@ -35,9 +35,12 @@ pub enum Kernel {
     Patchify,
     VisionEmbed,
     LayerNormRows,
+    WarpBiasResidualLn,
+    WarpLayerNorm,
+    WarpEmbedLn,
 }
 
-const TYPED: [(Kernel, &str); 16] = [
+const TYPED: [(Kernel, &str); 19] = [
     (Kernel::BiasResidualLn, "bias_residual_ln"),
     (Kernel::BiasResidualLn2, "bias_residual_ln2"),
     (Kernel::EmbedLn, "embed_ln"),
@@ -54,7 +57,32 @@ const TYPED: [(Kernel, &str); 16] = [
     (Kernel::Patchify, "patchify"),
     (Kernel::VisionEmbed, "vision_embed"),
     (Kernel::LayerNormRows, "layer_norm_rows"),
+    (Kernel::WarpBiasResidualLn, "warp_bias_residual_ln"),
+    (Kernel::WarpLayerNorm, "warp_layer_norm"),
+    (Kernel::WarpEmbedLn, "warp_embed_ln"),
 ];
+
+/// Bias epilogues: blocks over rows and over 256-column chunks.
+fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
+    let chunks = d.div_ceil(256).clamp(1, 65_535);
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 1 << 20) as u32, chunks as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Widest row the warp-per-row LayerNorm kernels keep in registers.
+const WARP_ROW_MAX: usize = 1024;
+
+/// Warp-per-row kernels: 8 rows per 256-thread block.
+fn warp_rows_cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 const DTYPES: [(DType, &str); 3] = [
     (DType::F32, "f32"),
     (DType::F16, "f16"),
@@ -219,35 +247,50 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
             );
         }
         let rows = n / d;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (block_for_width(d), 1, 1),
-            shared_mem_bytes: ((d + 32) * 4) as u32,
-        };
-        let kernel = if self.two_outputs {
-            Kernel::BiasResidualLn2
-        } else {
-            Kernel::BiasResidualLn
-        };
-        let func = self.kernels.get(kernel, x.dtype())?;
-        let (d_arg, rows_arg, eps) = (d as i32, rows as i64, self.eps);
+        let (d_arg, rows_arg, eps, two) =
+            (d as i32, rows as i64, self.eps, self.two_outputs as i32);
+        let out_len = if self.two_outputs { 2 * n } else { n };
+        let mut out_dims = if self.two_outputs { vec![2] } else { vec![] };
+        out_dims.extend_from_slice(xl.shape().dims());
         with_dtype!(x.dtype(), T, {
             let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
             let rv = view(r.as_cuda_slice::<T>()?, rl, "residual")?;
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
-            if self.two_outputs {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<T>(2 * n)? };
-                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
-                let mut dims = vec![2];
-                dims.extend_from_slice(xl.shape().dims());
-                Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(out_len)? };
+            if d <= WARP_ROW_MAX {
+                let func = self.kernels.get(Kernel::WarpBiasResidualLn, x.dtype())?;
+                launch!(
+                    dev,
+                    func,
+                    warp_rows_cfg(rows),
+                    &xv,
+                    &rv,
+                    &pv,
+                    &out,
+                    &rows_arg,
+                    &d_arg,
+                    &eps,
+                    &two
+                );
             } else {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<T>(n)? };
-                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
-                Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+                let cfg = LaunchConfig {
+                    grid_dim: (rows as u32, 1, 1),
+                    block_dim: (block_for_width(d), 1, 1),
+                    shared_mem_bytes: ((d + 32) * 4) as u32,
+                };
+                if self.two_outputs {
+                    let func = self.kernels.get(Kernel::BiasResidualLn2, x.dtype())?;
+                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
+                } else {
+                    let func = self.kernels.get(Kernel::BiasResidualLn, x.dtype())?;
+                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
+                }
             }
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from(out_dims),
+            ))
         })
     }
 }
@@ -312,7 +355,29 @@ impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
             let params = tv.slice(p * d..(p + 2) * d);
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
-            launch!(dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps);
+            if d <= WARP_ROW_MAX {
+                let func = self.kernels.get(Kernel::WarpEmbedLn, w.dtype())?;
+                let rows_arg = rows as i64;
+                launch!(
+                    dev,
+                    func,
+                    warp_rows_cfg(rows),
+                    &idv,
+                    &wv,
+                    &tv,
+                    &params,
+                    &out,
+                    &rows_arg,
+                    &d_arg,
+                    &t_arg,
+                    &past_arg,
+                    &eps
+                );
+            } else {
+                launch!(
+                    dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps
+                );
+            }
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, d)),
@@ -367,12 +432,30 @@ impl candle_core::CustomOp2 for BiasEpilogue<'_> {
             if self.to_f32 {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<f32>(n)? };
-                launch!(dev, func, rows_cfg(rows), &xv, &bv, &out, &d_arg, &rows_arg);
+                launch!(
+                    dev,
+                    func,
+                    epilogue_cfg(rows, d),
+                    &xv,
+                    &bv,
+                    &out,
+                    &d_arg,
+                    &rows_arg
+                );
                 Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             } else {
                 // SAFETY: every element is written by the kernel.
                 let out = unsafe { dev.alloc::<T>(n)? };
-                launch!(dev, func, rows_cfg(rows), &xv, &bv, &out, &d_arg, &rows_arg);
+                launch!(
+                    dev,
+                    func,
+                    epilogue_cfg(rows, d),
+                    &xv,
+                    &bv,
+                    &out,
+                    &d_arg,
+                    &rows_arg
+                );
                 Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
             }
         })
@@ -1286,7 +1369,7 @@ impl candle_core::CustomOp1 for ArgmaxRows<'_> {
         let out = unsafe { dev.alloc::<u32>(rows)? };
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
         let n_arg = n as i32;
@@ -1339,7 +1422,23 @@ impl candle_core::CustomOp2 for LayerNormRows<'_> {
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(n)? };
-            launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
+            if d <= WARP_ROW_MAX {
+                let func = self.kernels.get(Kernel::WarpLayerNorm, x.dtype())?;
+                let rows_arg = (n / d.max(1)) as i64;
+                launch!(
+                    dev,
+                    func,
+                    warp_rows_cfg(n / d.max(1)),
+                    &xv,
+                    &pv,
+                    &out,
+                    &rows_arg,
+                    &d_arg,
+                    &eps
+                );
+            } else {
+                launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
+            }
             Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
         })
     }

@@ -155,6 +155,81 @@ __device__ void bias_residual_ln2(const T* x, const T* residual, const T* params
 
 
 // ---------------------------------------------------------------------------------------------
+// Warp-per-row LayerNorm kernels (rows of width d <= 1024 kept in registers, no shared memory):
+// grid ceil(rows / 8), block 256.
+// ---------------------------------------------------------------------------------------------
+
+// LayerNorm of v (this lane's elements lane + 32 j of a row) written to out[off + idx].
+template <typename T>
+__device__ void warp_ln_store(float* v, int d, const T* gamma, const T* beta, float eps, T* out, long off) {
+    int lane = threadIdx.x & 31;
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) if (lane + 32 * j < d) s += v[j];
+    float mean = warp_sum(s) / d;
+    float q = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) if (lane + 32 * j < d) { float c = v[j] - mean; q += c * c; }
+    float inv = 1.0f / sqrtf(warp_sum(q) / d + eps);
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        if (idx < d) st(out, off + idx, (v[j] - mean) * inv * ld(gamma, idx) + ld(beta, idx));
+    }
+}
+
+// mode 0: out = LN(x + bias + residual); mode 1: out[0] = h = x + bias + residual, out[1] = LN(h);
+// params = [bias; gamma; beta].
+template <typename T>
+__device__ void warp_bias_residual_ln(const T* x, const T* residual, const T* params, T* out, long rows, int d, float eps, int two) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    long off = row * d;
+    float v[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = 0.f;
+        if (idx < d) {
+            v[j] = ld(x, off + idx) + ld(params, idx) + ld(residual, off + idx);
+            if (two) { st(out, off + idx, v[j]); v[j] = ld(out, off + idx); }
+        }
+    }
+    warp_ln_store(v, d, params + d, params + 2 * d, eps, out, two ? rows * d + off : off);
+}
+
+// out = LN(x), params = [gamma; beta].
+template <typename T>
+__device__ void warp_layer_norm(const T* x, const T* params, T* out, long rows, int d, float eps) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    float v[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) { int idx = lane + 32 * j; v[j] = idx < d ? ld(x, row * d + idx) : 0.f; }
+    warp_ln_store(v, d, params, params + d, eps, out, row * d);
+}
+
+// out row i = LN(word[ids[i]] + pos_table[past + i % t]); params = [gamma; beta].
+template <typename T>
+__device__ void warp_embed_ln(const unsigned int* ids, const T* word, const T* pos_table, const T* params, T* out,
+                              long rows, int d, int t, int past, float eps) {
+    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    long src = (long)ids[row] * d;
+    long pos = (long)(past + (int)(row % t)) * d;
+    float v[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        int idx = lane + 32 * j;
+        v[j] = idx < d ? ld(word, src + idx) + ld(pos_table, pos + idx) : 0.f;
+    }
+    warp_ln_store(v, d, params, params + d, eps, out, row * d);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Row-wise elementwise kernels: grid-stride over rows (blockIdx.x), threads over columns, so that
 // no per-element 64-bit division is needed.
 // ---------------------------------------------------------------------------------------------
@@ -163,7 +238,7 @@ __device__ void bias_residual_ln2(const T* x, const T* residual, const T* params
 template <typename T>
 __device__ void bias_gelu(const T* x, const T* bias, T* out, int d, long rows) {
     for (long r = blockIdx.x; r < rows; r += gridDim.x) {
-        for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < d; c += gridDim.y * blockDim.x) {
             float v = ld(x, r * d + c) + ld(bias, c);
             st(out, r * d + c, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
         }
@@ -174,7 +249,8 @@ __device__ void bias_gelu(const T* x, const T* bias, T* out, int d, long rows) {
 template <typename T>
 __device__ void bias_to_f32(const T* x, const T* bias, float* out, int d, long rows) {
     for (long r = blockIdx.x; r < rows; r += gridDim.x)
-        for (int c = threadIdx.x; c < d; c += blockDim.x) out[r * d + c] = ld(x, r * d + c) + ld(bias, c);
+        for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < d; c += gridDim.y * blockDim.x)
+            out[r * d + c] = ld(x, r * d + c) + ld(bias, c);
 }
 
 // out = LayerNorm(x) with params = [gamma; beta] (2, d). grid: rows; shared: (d + 32) floats.
@@ -325,32 +401,40 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
     __syncthreads();
     const T* keys = kv + ((long)b * heads + h) * n * dh;
     const T* values = kv + (((long)images + b) * heads + h) * n * dh;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const T* krow = keys + (long)j * dh;
-        float acc[8];
+    int lpk = dh / V;  // lanes per key when each lane loads 16 bytes
+    if (vec_ok && dh % V == 0 && lpk <= 32 && (32 % lpk) == 0) {
+        // A warp reads 32/lpk whole key rows per step (coalesced), lanes of one key reduce.
+        int kpw = 32 / lpk, sub = lane / lpk, part = lane - sub * lpk;
+        for (int j0 = warp * kpw; j0 < n; j0 += nwarps * kpw) {
+            int j = j0 + sub;
+            float kvv[V];
+            if (j < n) {
+                load16(keys + (long)j * dh + part * V, kvv);
+            } else {
 #pragma unroll
-        for (int qi = 0; qi < 8; ++qi) acc[qi] = 0.f;
-        if (vec_ok) {
-            for (int e = 0; e < dh; e += V) {
-                float kvv[V];
-                load16(krow + e, kvv);
+                for (int t = 0; t < V; ++t) kvv[t] = 0.f;
+            }
 #pragma unroll
-                for (int qi = 0; qi < 8; ++qi) {
-                    if (qi < g) {
+            for (int qi = 0; qi < 8; ++qi) {
+                if (qi < g) {
+                    float s = 0.f;
 #pragma unroll
-                        for (int t = 0; t < V; ++t) acc[qi] += q[qi * dh + e + t] * kvv[t];
-                    }
+                    for (int t = 0; t < V; ++t) s += q[qi * dh + part * V + t] * kvv[t];
+                    for (int o = lpk >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                    if (part == 0 && j < n) p[qi * n + j] = s;
                 }
             }
-        } else {
-            for (int e = 0; e < dh; ++e) {
-                float kvv = ld(krow, e);
-#pragma unroll
-                for (int qi = 0; qi < 8; ++qi) if (qi < g) acc[qi] += q[qi * dh + e] * kvv;
+        }
+    } else {
+        // Scalar fallback: one warp per key.
+        for (int j = warp; j < n; j += nwarps) {
+            for (int qi = 0; qi < g; ++qi) {
+                float s = 0.f;
+                for (int e = lane; e < dh; e += 32) s += q[qi * dh + e] * ld(keys, (long)j * dh + e);
+                s = warp_sum(s);
+                if (lane == 0) p[qi * n + j] = s;
             }
         }
-#pragma unroll
-        for (int qi = 0; qi < 8; ++qi) if (qi < g) p[qi * n + j] = acc[qi];
     }
     __syncthreads();
     for (int qi = 0; qi < g; ++qi) {
@@ -627,6 +711,15 @@ extern "C" __global__ void bias_residual_ln2_##S(const T* x, const T* r, const T
 }                                                                                                      \
 extern "C" __global__ void layer_norm_rows_##S(const T* x, const T* p, T* o, int d, float eps) {       \
     layer_norm_rows(x, p, o, d, eps);                                                                  \
+}                                                                                                      \
+extern "C" __global__ void warp_bias_residual_ln_##S(const T* x, const T* r, const T* p, T* o, long rows, int d, float eps, int two) { \
+    warp_bias_residual_ln(x, r, p, o, rows, d, eps, two);                                              \
+}                                                                                                      \
+extern "C" __global__ void warp_layer_norm_##S(const T* x, const T* p, T* o, long rows, int d, float eps) { \
+    warp_layer_norm(x, p, o, rows, d, eps);                                                            \
+}                                                                                                      \
+extern "C" __global__ void warp_embed_ln_##S(const unsigned int* ids, const T* w, const T* pos, const T* p, T* o, long rows, int d, int t, int past, float eps) { \
+    warp_embed_ln(ids, w, pos, p, o, rows, d, t, past, eps);                                           \
 }                                                                                                      \
 extern "C" __global__ void embed_ln_##S(const unsigned int* ids, const T* w, const T* pos, const T* p, T* o, int d, int t, int past, float eps) { \
     embed_ln(ids, w, pos, p, o, d, t, past, eps);                                                      \
