@@ -9,6 +9,7 @@ use super::beam_state::{merge_beam_candidates, BeamState};
 use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty};
 use super::{index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig};
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use crate::models::fused::FusedOps;
 
 /// Beam search for every image in `image_kv` from the decoder start sequence `prompt`.
 pub fn beam_search(
@@ -21,6 +22,7 @@ pub fn beam_search(
     let batch = image_kv.images()?;
     let vocab = model.config().text_config.vocab_size;
     let k = cfg.num_beams;
+    let ops = model.text_decoder().fused_ops();
     let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
 
     let mut states: Vec<BeamState> = (0..batch)
@@ -60,20 +62,26 @@ pub fn beam_search(
 
     loop {
         let rows = active.len() * k;
-        let mut scores = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        if let Some(p) = &penalty {
-            scores = p.apply(&scores)?;
-        }
-        if cur_len < cfg.min_length {
-            scores = scores.broadcast_add(&eos_block)?;
-        }
         let running: Vec<f32> = active
             .iter()
             .filter_map(|&image| states.get(image))
             .flat_map(|s| s.running_scores().iter().copied())
             .collect();
-        let scores = scores.broadcast_add(&Tensor::from_vec(running, (rows, 1), &device)?)?;
-        let (values, tokens) = top_k_rows(&scores, 2 * k)?;
+        let running = Tensor::from_vec(running, rows, &device)?;
+        let blocked = (cur_len < cfg.min_length).then_some(cfg.eos);
+        let (values, tokens) = match (&penalty, ops.enabled()) {
+            (None, true) => fused_candidates(ops, &logits, &running, blocked, 2 * k)?,
+            _ => {
+                let mut scores = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                if let Some(p) = &penalty {
+                    scores = p.apply(&scores)?;
+                }
+                if blocked.is_some() {
+                    scores = scores.broadcast_add(&eos_block)?;
+                }
+                top_k_rows(&scores.broadcast_add(&running.unsqueeze(1)?)?, 2 * k)?
+            }
+        };
 
         let mut reorder = Vec::with_capacity(rows);
         let mut kept_images = Vec::with_capacity(active.len());
@@ -120,4 +128,32 @@ pub fn beam_search(
         logits = next_token_logits(model, &next.unsqueeze(1)?, &image_kv, &mut cache)?;
     }
     Ok(results)
+}
+
+/// Per-row best `count` accumulated scores through the fused kernels (log-softmax + running
+/// score + top-k on the device; only `rows * count` pairs are copied back).
+fn fused_candidates(
+    ops: &FusedOps,
+    logits: &Tensor,
+    running: &Tensor,
+    blocked: Option<u32>,
+    count: usize,
+) -> candle_core::Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+    let scores = ops.beam_scores(logits, running, blocked)?;
+    let Some(top) = ops.top_k_rows(&scores, count)? else {
+        return top_k_rows(&scores, count);
+    };
+    let rows = top.to_vec3::<f32>()?;
+    let mut values = Vec::with_capacity(rows.len());
+    let mut tokens = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut parts = row.into_iter();
+        let (Some(v), Some(t)) = (parts.next(), parts.next()) else {
+            candle_core::bail!("top-k kernel returned a malformed row");
+        };
+        values.push(v);
+        // Indices are below 2^24, so the f32 round trip is exact.
+        tokens.push(t.into_iter().map(|x| x as u32).collect());
+    }
+    Ok((values, tokens))
 }

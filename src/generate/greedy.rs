@@ -31,6 +31,7 @@ pub fn greedy_search(
         None
     };
     let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
+    let ops = model.text_decoder().fused_ops();
 
     let mut sequences: Vec<Vec<u32>> = vec![prompt.to_vec(); batch];
     // Original image index of each row still decoding.
@@ -43,9 +44,17 @@ pub fn greedy_search(
             scores = p.apply(&scores)?;
         }
         if cur_len < cfg.min_length {
-            scores = scores.broadcast_add(&eos_block)?;
+            if ops.enabled() {
+                ops.set_column(&scores, cfg.eos as usize, f32::NEG_INFINITY)?;
+            } else {
+                scores = scores.broadcast_add(&eos_block)?;
+            }
         }
-        let next = scores.argmax(D::Minus1)?;
+        let next = if ops.enabled() {
+            ops.argmax_rows(&scores)?
+        } else {
+            scores.argmax(D::Minus1)?
+        };
         let tokens = next.to_vec1::<u32>()?;
         cur_len += 1;
 

@@ -1,25 +1,22 @@
 //! Self-attention key/value cache for incremental decoding, owned by the generation loop and
 //! passed explicitly to the decoder so that beam search can reorder (or drop) rows between steps.
 //!
-//! Each layer holds preallocated `(rows, heads, capacity, head_dim)` buffers; a step writes its new
-//! keys/values in place at the current length and attends over the filled prefix.
+//! One preallocated `(layers, 2, rows, heads, capacity, head_dim)` buffer holds every layer's
+//! keys then values; a step writes its new keys/values in place at the current length and
+//! attends over the filled prefix. Reordering rows is one `index_select` for all layers.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Keys and values of one decoder layer, `(rows, heads, capacity, head_dim)` each.
-#[derive(Debug, Clone)]
-struct LayerKv {
-    keys: Tensor,
-    values: Tensor,
-}
+use crate::models::fused::CacheGeometry;
 
 /// The self-attention cache of every decoder layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<LayerKv>,
+    /// `(layers, 2, rows, heads, capacity, head_dim)`.
+    buffer: Tensor,
     /// Positions already written (identical for every row: rows share the prompt and advance together).
     len: usize,
-    capacity: usize,
+    shape: KvCacheShape,
 }
 
 /// Shape of a [`KvCache`].
@@ -34,21 +31,21 @@ pub struct KvCacheShape {
 }
 
 impl KvCache {
-    /// Allocates zeroed buffers.
+    /// Allocates the zeroed buffer.
     pub fn new(shape: KvCacheShape, dtype: DType, device: &Device) -> Result<Self> {
-        let dims = (shape.rows, shape.num_heads, shape.capacity, shape.head_dim);
-        let layers = (0..shape.num_layers)
-            .map(|_| {
-                Ok(LayerKv {
-                    keys: Tensor::zeros(dims, dtype, device)?,
-                    values: Tensor::zeros(dims, dtype, device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let dims = (
+            shape.num_layers,
+            2,
+            shape.rows,
+            shape.num_heads,
+            shape.capacity,
+            shape.head_dim,
+        );
+        let buffer = Tensor::zeros(dims, dtype, device)?;
         Ok(Self {
-            layers,
+            buffer,
             len: 0,
-            capacity: shape.capacity,
+            shape,
         })
     }
 
@@ -63,11 +60,41 @@ impl KvCache {
     }
 
     /// Number of rows (sequences) held.
-    pub fn rows(&self) -> Result<usize> {
-        match self.layers.first() {
-            Some(layer) => layer.keys.dim(0),
-            None => Ok(0),
+    pub fn rows(&self) -> usize {
+        self.shape.rows
+    }
+
+    /// Geometry of every layer's buffer (for the fused CUDA kernels).
+    pub fn geometry(&self) -> CacheGeometry {
+        CacheGeometry {
+            rows: self.shape.rows,
+            heads: self.shape.num_heads,
+            cap: self.shape.capacity,
+            head_dim: self.shape.head_dim,
         }
+    }
+
+    /// The `(2, rows, heads, capacity, head_dim)` buffer of `layer` (a view).
+    pub fn layer(&self, layer: usize) -> Result<Tensor> {
+        if layer >= self.shape.num_layers {
+            candle_core::bail!(
+                "kv cache has no layer {layer} ({} layers)",
+                self.shape.num_layers
+            );
+        }
+        self.buffer.get(layer)
+    }
+
+    /// Fails unless `t` more positions fit.
+    pub fn check_room(&self, t: usize) -> Result<()> {
+        if self.len + t > self.shape.capacity {
+            candle_core::bail!(
+                "kv cache overflow: {} positions requested, capacity {}",
+                self.len + t,
+                self.shape.capacity
+            );
+        }
+        Ok(())
     }
 
     /// Writes `keys`/`values` `(rows, heads, t, head_dim)` (contiguous) of `layer` at the current
@@ -80,22 +107,16 @@ impl KvCache {
         values: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let t = keys.dim(2)?;
+        self.check_room(t)?;
+        let buffer = self.layer(layer)?;
+        let (cached_keys, cached_values) = (buffer.get(0)?, buffer.get(1)?);
+        cached_keys.slice_set(keys, 2, self.len)?;
+        cached_values.slice_set(values, 2, self.len)?;
         let end = self.len + t;
-        if end > self.capacity {
-            candle_core::bail!(
-                "kv cache overflow: {end} positions requested, capacity {}",
-                self.capacity
-            );
-        }
-        let Some(slot) = self.layers.get(layer) else {
-            candle_core::bail!(
-                "kv cache has no layer {layer} ({} layers)",
-                self.layers.len()
-            );
-        };
-        slot.keys.slice_set(keys, 2, self.len)?;
-        slot.values.slice_set(values, 2, self.len)?;
-        Ok((slot.keys.narrow(2, 0, end)?, slot.values.narrow(2, 0, end)?))
+        Ok((
+            cached_keys.narrow(2, 0, end)?,
+            cached_values.narrow(2, 0, end)?,
+        ))
     }
 
     /// Marks `t` more positions as written (after a forward pass over `t` tokens).
@@ -106,10 +127,8 @@ impl KvCache {
     /// Keeps rows `indices` (u32, on the cache's device) in that order: beam reordering,
     /// expanding one row per image to `num_beams` rows, or dropping finished rows.
     pub fn select_rows(&mut self, indices: &Tensor) -> Result<()> {
-        for layer in &mut self.layers {
-            layer.keys = layer.keys.index_select(indices, 0)?;
-            layer.values = layer.values.index_select(indices, 0)?;
-        }
+        self.buffer = self.buffer.index_select(indices, 2)?;
+        self.shape.rows = indices.dim(0)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ pub mod greedy;
 pub mod kv_cache;
 pub mod logits;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 
@@ -169,7 +169,7 @@ fn next_token_logits(
         .text_decoder()
         .forward_hidden(input_ids, image_kv, cache)?;
     let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-    model.text_decoder().logits(&last)?.to_dtype(DType::F32)
+    model.text_decoder().logits(&last)
 }
 
 /// `(rows, T)` u32 tensor with `prompt` on every row.

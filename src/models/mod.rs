@@ -1,4 +1,5 @@
 //! Model definitions (candle): shared layers and one module per model family.
 
 pub mod blip;
+pub mod fused;
 pub mod linear;

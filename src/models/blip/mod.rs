@@ -17,6 +17,7 @@ pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
 
 use crate::generate::kv_cache::{KvCache, KvCacheShape};
+use crate::models::fused::FusedOps;
 
 /// `vision_model` + `text_decoder`.
 #[derive(Debug, Clone)]
@@ -31,13 +32,35 @@ pub struct BlipForConditionalGeneration {
 impl BlipForConditionalGeneration {
     /// Builds the model from `vb` (root of the HF checkpoint); the activation dtype is `vb`'s.
     pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        let ops = FusedOps::for_device(vb.device())?;
         Ok(Self {
-            vision_model: BlipVisionModel::new(&cfg.vision_config, vb.pp("vision_model"))?,
-            text_decoder: BlipTextLMHeadModel::new(&cfg.text_config, vb.pp("text_decoder"))?,
+            vision_model: BlipVisionModel::new_with_ops(
+                &cfg.vision_config,
+                vb.pp("vision_model"),
+                ops.clone(),
+            )?,
+            text_decoder: BlipTextLMHeadModel::new_with_ops(
+                &cfg.text_config,
+                vb.pp("text_decoder"),
+                ops,
+            )?,
             config: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
+    }
+
+    /// Uses the fused CUDA kernels for decoding (`true`, the default on a CUDA device) or the
+    /// composed candle ops everywhere (for comparisons). A no-op on CPU.
+    pub fn set_fused(&mut self, enabled: bool) -> Result<()> {
+        let ops = if enabled {
+            FusedOps::for_device(&self.device)?
+        } else {
+            FusedOps::disabled()
+        };
+        self.vision_model.set_ops(ops.clone());
+        self.text_decoder.set_ops(ops);
+        Ok(())
     }
 
     pub fn config(&self) -> &BlipConfig {

@@ -5,10 +5,13 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use super::config::{Activation, BlipTextConfig};
-use super::text_attention::{BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv};
+use super::text_attention::{
+    residual_norm_params, BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv,
+};
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
-use crate::models::linear::Linear;
+use crate::models::fused::FusedOps;
+use crate::models::linear::{Epilogue, Linear};
 
 /// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
 #[derive(Debug, Clone)]
@@ -19,6 +22,9 @@ pub struct BlipTextEmbeddings {
     position_embeddings: Tensor,
     /// HF `LayerNorm`.
     layer_norm: LayerNorm,
+    /// `[position_embeddings; LayerNorm.weight; LayerNorm.bias]` `(P + 2, D)` for the fused kernel.
+    fused_table: Tensor,
+    eps: f64,
 }
 
 impl BlipTextEmbeddings {
@@ -27,12 +33,28 @@ impl BlipTextEmbeddings {
         let word = vb
             .pp("word_embeddings")
             .get((cfg.vocab_size, d), "weight")?;
+        let position_embeddings = vb
+            .pp("position_embeddings")
+            .get((cfg.max_position_embeddings, d), "weight")?;
+        let layer_norm = layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
+        let beta = match layer_norm.bias() {
+            Some(b) => b.clone(),
+            None => layer_norm.weight().zeros_like()?,
+        };
+        let fused_table = Tensor::cat(
+            &[
+                &position_embeddings,
+                &layer_norm.weight().unsqueeze(0)?,
+                &beta.unsqueeze(0)?,
+            ],
+            0,
+        )?;
         Ok(Self {
             word_embeddings: Embedding::new(word, d),
-            position_embeddings: vb
-                .pp("position_embeddings")
-                .get((cfg.max_position_embeddings, d), "weight")?,
-            layer_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            position_embeddings,
+            layer_norm,
+            fused_table,
+            eps: cfg.layer_norm_eps,
         })
     }
 
@@ -42,7 +64,7 @@ impl BlipTextEmbeddings {
     }
 
     /// Token ids `(R, T)` (u32) at positions `past..past+T` -> `(R, T, D)`.
-    pub fn forward(&self, input_ids: &Tensor, past: usize) -> Result<Tensor> {
+    pub fn forward(&self, input_ids: &Tensor, past: usize, ops: &FusedOps) -> Result<Tensor> {
         let t = input_ids.dim(1)?;
         let max_positions = self.position_embeddings.dim(0)?;
         if past + t > max_positions {
@@ -51,6 +73,10 @@ impl BlipTextEmbeddings {
                 past,
                 past + t
             );
+        }
+        if ops.enabled() {
+            let word = self.word_embeddings.embeddings();
+            return ops.embed_layer_norm(input_ids, word, &self.fused_table, past, self.eps);
         }
         let words = self.word_embeddings.forward(input_ids)?;
         let positions = self.position_embeddings.narrow(0, past, t)?;
@@ -68,21 +94,40 @@ pub struct BlipTextFeedForward {
     /// `output.LayerNorm`.
     output_norm: LayerNorm,
     act: Activation,
+    /// `[output.dense.bias; output.LayerNorm.weight; output.LayerNorm.bias]` for the fused kernel.
+    fused_params: Tensor,
+    eps: f64,
 }
 
 impl BlipTextFeedForward {
     pub fn new(cfg: &BlipTextConfig, vb: &VarBuilder) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let intermediate = Linear::load(d, i, vb.pp("intermediate").pp("dense"))?;
+        let output = Linear::load(i, d, vb.pp("output").pp("dense"))?;
+        let output_norm = layer_norm(d, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?;
+        let fused_params = residual_norm_params(output.expect_bias("output.dense")?, &output_norm)?;
         Ok(Self {
-            intermediate: Linear::load(d, i, vb.pp("intermediate").pp("dense"))?,
-            output: Linear::load(i, d, vb.pp("output").pp("dense"))?,
-            output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            intermediate,
+            output,
+            output_norm,
             act: cfg.hidden_act,
+            fused_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
     /// `(R, T, D) -> (R, T, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        if ops.enabled() {
+            let hidden = if self.act == Activation::GeluErf {
+                self.intermediate
+                    .forward_fused(xs, ops, Epilogue::BiasGelu)?
+            } else {
+                self.act.forward(&self.intermediate.forward(xs)?)?
+            };
+            let projected = self.output.forward_fused(&hidden, ops, Epilogue::None)?;
+            return ops.bias_residual_layer_norm(&projected, xs, &self.fused_params, self.eps);
+        }
         let hidden = self.act.forward(&self.intermediate.forward(xs)?)?;
         self.output_norm
             .forward(&(self.output.forward(&hidden)? + xs)?)
@@ -112,10 +157,11 @@ impl BlipTextLayer {
         xs: &Tensor,
         image_kv: &CrossAttentionKv,
         cache: &mut KvCache,
+        ops: &FusedOps,
     ) -> Result<Tensor> {
-        let xs = self.attention.forward(xs, cache)?;
-        let xs = self.crossattention.forward(&xs, image_kv)?;
-        self.feed_forward.forward(&xs)
+        let xs = self.attention.forward(xs, cache, ops)?;
+        let xs = self.crossattention.forward(&xs, image_kv, ops)?;
+        self.feed_forward.forward(&xs, ops)
     }
 }
 
@@ -130,6 +176,9 @@ pub struct BlipTextLMPredictionHead {
     act: Activation,
     /// `decoder.weight` (or the tied word embeddings) `(V, D)` with bias `(V,)`.
     decoder: Linear,
+    /// `[transform.LayerNorm.weight; bias]` for the fused kernel.
+    norm_params: Tensor,
+    eps: f64,
 }
 
 impl BlipTextLMPredictionHead {
@@ -143,18 +192,37 @@ impl BlipTextLMPredictionHead {
             word_embeddings.clone()
         };
         let bias = vb.get(v, "bias")?;
+        let transform_dense = Linear::load(d, d, transform.pp("dense"))?;
+        let transform_norm = layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?;
+        let beta = match transform_norm.bias() {
+            Some(b) => b.clone(),
+            None => transform_norm.weight().zeros_like()?,
+        };
+        let norm_params = Tensor::stack(&[transform_norm.weight(), &beta], 0)?;
         Ok(Self {
-            transform_dense: Linear::load(d, d, transform.pp("dense"))?,
-            transform_norm: layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?,
+            transform_dense,
+            transform_norm,
             act: cfg.hidden_act,
             decoder: Linear::from_parts(weight, Some(bias)),
+            norm_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
-    /// `(..., D) -> (..., V)` logits.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = self.act.forward(&self.transform_dense.forward(xs)?)?;
-        self.decoder.forward(&self.transform_norm.forward(&hidden)?)
+    /// `(..., D) -> (..., V)` logits in f32 (as `generate` reads them).
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let hidden = if self.act == Activation::GeluErf {
+            self.transform_dense
+                .forward_fused(xs, ops, Epilogue::BiasGelu)?
+        } else {
+            self.act.forward(&self.transform_dense.forward(xs)?)?
+        };
+        let normed = if ops.enabled() {
+            ops.layer_norm(&hidden, &self.norm_params, self.eps)?
+        } else {
+            self.transform_norm.forward(&hidden)?
+        };
+        self.decoder.forward_fused(&normed, ops, Epilogue::BiasF32)
     }
 }
 
@@ -164,10 +232,18 @@ pub struct BlipTextLMHeadModel {
     embeddings: BlipTextEmbeddings,
     layers: Vec<BlipTextLayer>,
     predictions: BlipTextLMPredictionHead,
+    ops: FusedOps,
 }
 
 impl BlipTextLMHeadModel {
+    /// Builds the decoder with fused CUDA kernels when `vb`'s device is CUDA.
     pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let ops = FusedOps::for_device(vb.device())?;
+        Self::new_with_ops(cfg, vb, ops)
+    }
+
+    /// Builds the decoder with an existing kernel handle.
+    pub fn new_with_ops(cfg: &BlipTextConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
         let bert = vb.pp("bert");
         let embeddings = BlipTextEmbeddings::new(cfg, bert.pp("embeddings"))?;
         let layers_vb = bert.pp("encoder").pp("layer");
@@ -183,7 +259,18 @@ impl BlipTextLMHeadModel {
             embeddings,
             layers,
             predictions,
+            ops,
         })
+    }
+
+    /// The kernel handle the decoder uses.
+    pub fn fused_ops(&self) -> &FusedOps {
+        &self.ops
+    }
+
+    /// Replaces the kernel handle (e.g. [`FusedOps::disabled`] for the composed ops).
+    pub fn set_ops(&mut self, ops: FusedOps) {
+        self.ops = ops;
     }
 
     /// Number of decoder layers (the [`KvCache`] needs one slot per layer).
@@ -193,12 +280,26 @@ impl BlipTextLMHeadModel {
 
     /// Cross-attention keys/values of every layer for image embeds `(B, N, D_v)`.
     pub fn image_kv(&self, image_embeds: &Tensor) -> Result<CrossAttentionKv> {
+        if self.ops.enabled() {
+            if let Some(first) = self.layers.first() {
+                let (b, n, _) = image_embeds.dims3()?;
+                let (heads, head_dim) = first.crossattention.head_shape();
+                let dims = (self.layers.len(), 2, b, heads, n, head_dim);
+                let all = Tensor::zeros(dims, image_embeds.dtype(), image_embeds.device())?;
+                for (l, layer) in self.layers.iter().enumerate() {
+                    layer
+                        .crossattention
+                        .image_kv_into(&all.get(l)?, image_embeds, &self.ops)?;
+                }
+                return Ok(CrossAttentionKv::from_tensor(all));
+            }
+        }
         let layers = self
             .layers
             .iter()
             .map(|layer| layer.crossattention.image_kv(image_embeds))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CrossAttentionKv::from_layers(layers))
+        CrossAttentionKv::from_layers(&layers)
     }
 
     /// Runs `input_ids` `(R, T)` (u32, positions `cache.len()..`) through the decoder and returns
@@ -211,16 +312,16 @@ impl BlipTextLMHeadModel {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let t = input_ids.dim(1)?;
-        let mut xs = self.embeddings.forward(input_ids, cache.len())?;
+        let mut xs = self.embeddings.forward(input_ids, cache.len(), &self.ops)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, image_kv, cache)?;
+            xs = layer.forward(&xs, image_kv, cache, &self.ops)?;
         }
         cache.advance(t);
         Ok(xs)
     }
 
-    /// Hidden states `(..., D)` -> vocabulary logits `(..., V)`.
+    /// Hidden states `(..., D)` -> vocabulary logits `(..., V)`, f32.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.predictions.forward(hidden)
+        self.predictions.forward(hidden, &self.ops)
     }
 }

@@ -1,6 +1,7 @@
 //! Attention blocks of the BLIP text decoder (`text_decoder.bert.encoder.layer.N.{attention,
 //! crossattention}`): causal self-attention over a [`KvCache`], and cross-attention over image
-//! keys/values computed once per image ([`CrossAttentionKv`]).
+//! keys/values computed once per image ([`CrossAttentionKv`]). One-token decode steps take the
+//! fused CUDA kernels when [`FusedOps`] is enabled.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -8,7 +9,18 @@ use candle_nn::{LayerNorm, VarBuilder};
 use super::config::BlipTextConfig;
 use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
-use crate::models::linear::Linear;
+use crate::models::fused::{FusedOps, SplitGeometry};
+use crate::models::linear::{Epilogue, Linear};
+
+/// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
+/// bias + residual + LayerNorm kernel.
+pub(crate) fn residual_norm_params(bias: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
+    let beta = match norm.bias() {
+        Some(b) => b.clone(),
+        None => norm.weight().zeros_like()?,
+    };
+    Tensor::stack(&[bias, norm.weight(), &beta], 0)
+}
 
 /// `*.output`: dense projection, residual, post-LayerNorm (HF `BlipTextSelfOutput`).
 #[derive(Debug, Clone)]
@@ -17,18 +29,35 @@ pub struct BlipTextSelfOutput {
     dense: Linear,
     /// HF `LayerNorm`.
     layer_norm: LayerNorm,
+    /// `[dense.bias; LayerNorm.weight; LayerNorm.bias]` for the fused kernel.
+    fused_params: Tensor,
+    eps: f64,
 }
 
 impl BlipTextSelfOutput {
     pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let dense = Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?;
+        let layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
+        let fused_params = residual_norm_params(dense.expect_bias("dense")?, &layer_norm)?;
         Ok(Self {
-            dense: Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?,
-            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dense,
+            layer_norm,
+            fused_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
     /// `LN(dense(context) + residual)`, `(R, T, D)`.
-    pub fn forward(&self, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, context: &Tensor, residual: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        if ops.enabled() {
+            let projected = self.dense.forward_fused(context, ops, Epilogue::None)?;
+            return ops.bias_residual_layer_norm(
+                &projected,
+                residual,
+                &self.fused_params,
+                self.eps,
+            );
+        }
         self.layer_norm
             .forward(&(self.dense.forward(context)? + residual)?)
     }
@@ -91,64 +120,76 @@ impl BlipTextSelfAttention {
 
     /// `(R, T, D) -> (R, T, D)`: appends this step's keys/values to `cache` (layer `layer_idx`)
     /// and attends causally over everything cached.
-    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache, ops: &FusedOps) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
         let past = cache.len();
-        let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
-        let q = qkv.get(0)?;
-        let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
-        let scores = q.matmul(&keys.t()?)?;
-        let scores = if t > 1 {
-            scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+        let context = if t == 1 && ops.enabled() && ops.self_attention_fits(past + 1, self.head_dim)
+        {
+            cache.check_room(1)?;
+            let qkv = self
+                .qkv
+                .forward_fused(xs, ops, Epilogue::None)?
+                .reshape((r, 3 * d))?;
+            let bias = self.qkv.expect_bias("text self-attention qkv")?;
+            let buffer = cache.layer(self.layer_idx)?;
+            ops.kv_write(&buffer, &qkv, bias, cache.geometry(), past)?;
+            ops.self_attention_step(&qkv, bias, &buffer, cache.geometry(), past + 1)?
+                .reshape((r, 1, d))?
         } else {
-            scores
+            let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
+            let q = qkv.get(0)?;
+            let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
+            let scores = q.matmul(&keys.t()?)?;
+            let scores = if t > 1 {
+                scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+            } else {
+                scores
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?;
-        self.output.forward(&context, xs)
+        self.output.forward(&context, xs, ops)
     }
 }
 
-/// Cross-attention keys and values of every decoder layer for a batch of images,
-/// `(images, heads, image_tokens, head_dim)` each: computed once per image, shared by all of
-/// that image's beams.
+/// Cross-attention keys and values of every decoder layer for a batch of images, one
+/// `(layers, 2, images, heads, image_tokens, head_dim)` tensor (keys, then values): computed
+/// once per image and shared by all of that image's beams.
 #[derive(Debug, Clone)]
 pub struct CrossAttentionKv {
-    layers: Vec<(Tensor, Tensor)>,
+    all: Tensor,
 }
 
 impl CrossAttentionKv {
-    /// Wraps per-layer `(keys, values)`.
-    pub fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Self {
-        Self { layers }
+    /// Wraps a `(layers, 2, images, heads, image_tokens, head_dim)` tensor.
+    pub fn from_tensor(all: Tensor) -> Self {
+        Self { all }
+    }
+
+    /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
+    pub fn from_layers(layers: &[Tensor]) -> Result<Self> {
+        Ok(Self {
+            all: Tensor::stack(layers, 0)?,
+        })
     }
 
     /// Number of images.
     pub fn images(&self) -> Result<usize> {
-        match self.layers.first() {
-            Some((k, _)) => k.dim(0),
-            None => Ok(0),
-        }
+        self.all.dim(2)
     }
 
     /// Keeps images `indices` (u32 on the same device), in that order.
     pub fn select_images(&self, indices: &Tensor) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|(k, v)| Ok((k.index_select(indices, 0)?, v.index_select(indices, 0)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            all: self.all.index_select(indices, 2)?,
+        })
     }
 
-    fn layer(&self, idx: usize) -> Result<&(Tensor, Tensor)> {
-        match self.layers.get(idx) {
-            Some(kv) => Ok(kv),
-            None => candle_core::bail!(
-                "cross-attention kv has no layer {idx} ({} layers)",
-                self.layers.len()
-            ),
+    fn layer(&self, idx: usize) -> Result<Tensor> {
+        if idx >= self.all.dim(0)? {
+            candle_core::bail!("cross-attention kv has no layer {idx}");
         }
+        self.all.get(idx)
     }
 }
 
@@ -182,40 +223,85 @@ impl BlipTextCrossAttention {
         })
     }
 
-    /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(B, H, N, Dh)` each.
-    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = split_heads(
+    /// Fused path of [`BlipTextCrossAttention::image_kv`]: writes this layer's keys and values
+    /// into `dst` `(2, B, H, N, Dh)`.
+    pub fn image_kv_into(&self, dst: &Tensor, image_embeds: &Tensor, ops: &FusedOps) -> Result<()> {
+        let (b, n, _) = image_embeds.dims3()?;
+        let geometry = SplitGeometry {
+            batch: b,
+            tokens: n,
+            padded: n,
+            heads: self.num_heads,
+            head_dim: self.head_dim,
+            nproj: 2,
+        };
+        let kv = self
+            .key_value
+            .forward_fused(image_embeds, ops, Epilogue::None)?;
+        ops.split_heads_into(
+            dst,
+            &kv,
+            self.key_value.expect_bias("cross-attention key/value")?,
+            geometry,
+        )
+    }
+
+    /// Heads and head width.
+    pub fn head_shape(&self) -> (usize, usize) {
+        (self.num_heads, self.head_dim)
+    }
+
+    /// Image embeds `(B, N, D_v)` -> this layer's keys and values, `(2, B, H, N, Dh)`.
+    pub fn image_kv(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        split_heads(
             &self.key_value.forward(image_embeds)?,
             2,
             self.num_heads,
             self.head_dim,
-        )?;
-        Ok((kv.get(0)?, kv.get(1)?))
+        )
     }
 
     /// `(R, T, D) -> (R, T, D)` where the `R` rows are `B` images x `g` consecutive rows each
     /// (beams): the `g*T` queries of an image attend to that image's keys/values together, so the
     /// image K/V are never repeated per beam.
-    pub fn forward(&self, xs: &Tensor, image_kv: &CrossAttentionKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        image_kv: &CrossAttentionKv,
+        ops: &FusedOps,
+    ) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
-        let (keys, values) = image_kv.layer(self.layer_idx)?;
-        let b = keys.dim(0)?;
+        let kv = image_kv.layer(self.layer_idx)?;
+        let (b, n) = (kv.dim(1)?, kv.dim(3)?);
         if b == 0 || r % b != 0 {
             candle_core::bail!("cross-attention: {r} text rows cannot be grouped over {b} images");
         }
         let g = r / b;
         let (h, dh) = (self.num_heads, self.head_dim);
-        // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
-        let q = self
-            .query
-            .forward(xs)?
-            .reshape((b, g * t, h, dh))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let scores = q.matmul(&keys.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
-        let context = probs.matmul(values)?.transpose(1, 2)?.reshape((r, t, d))?;
-        self.output.forward(&context, xs)
+        let context = if t == 1 && ops.enabled() && ops.cross_attention_fits(g, n, dh) {
+            let q = self
+                .query
+                .forward_fused(xs, ops, Epilogue::None)?
+                .reshape((r, d))?;
+            let bias = self.query.expect_bias("cross-attention query")?;
+            ops.cross_attention_step(&q, bias, &kv, g)?
+                .reshape((r, 1, d))?
+        } else {
+            // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
+            let q = self
+                .query
+                .forward(xs)?
+                .reshape((b, g * t, h, dh))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let scores = q.matmul(&kv.get(0)?.t()?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
+            probs
+                .matmul(&kv.get(1)?)?
+                .transpose(1, 2)?
+                .reshape((r, t, d))?
+        };
+        self.output.forward(&context, xs, ops)
     }
 }

@@ -5,7 +5,9 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, BlipVisionConfig};
-use crate::models::linear::Linear;
+use super::text_attention::residual_norm_params;
+use crate::models::fused::{FusedOps, SplitGeometry};
+use crate::models::linear::{Epilogue, Linear};
 
 /// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
 pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -24,6 +26,8 @@ pub struct BlipVisionEmbeddings {
     class_embedding: Tensor,
     /// `position_embedding`: `(1, 1 + grid^2, D)`.
     position_embedding: Tensor,
+    /// `[patch bias; class; positions]` `(3 + grid^2, D)` for the fused kernel.
+    fused_table: Tensor,
     patch_size: usize,
     grid_size: usize,
     hidden_size: usize,
@@ -36,10 +40,21 @@ impl BlipVisionEmbeddings {
         let pe = vb.pp("patch_embedding");
         let weight = pe.get((d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
         let bias = pe.get(d, "bias")?;
+        let class_embedding = vb.get((1, 1, d), "class_embedding")?;
+        let position_embedding = vb.get((1, cfg.num_positions(), d), "position_embedding")?;
+        let fused_table = Tensor::cat(
+            &[
+                &bias.unsqueeze(0)?,
+                &class_embedding.reshape((1, d))?,
+                &position_embedding.squeeze(0)?,
+            ],
+            0,
+        )?;
         Ok(Self {
             patch_embedding: Linear::from_parts(weight, Some(bias)),
-            class_embedding: vb.get((1, 1, d), "class_embedding")?,
-            position_embedding: vb.get((1, cfg.num_positions(), d), "position_embedding")?,
+            class_embedding,
+            position_embedding,
+            fused_table,
             patch_size: p,
             grid_size: cfg.grid_size(),
             hidden_size: d,
@@ -47,7 +62,7 @@ impl BlipVisionEmbeddings {
     }
 
     /// `(B, 3, H, W)` pixels (any float dtype) -> `(B, 1 + grid^2, D)` in the weights' dtype.
-    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, pixel_values: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         let (b, c, h, w) = pixel_values.dims4()?;
         let (p, g) = (self.patch_size, self.grid_size);
         if c != 3 || h != g * p || w != g * p {
@@ -59,6 +74,14 @@ impl BlipVisionEmbeddings {
             );
         }
         let dtype = self.class_embedding.dtype();
+        if ops.enabled() {
+            if let Some(patches) = ops.patchify(pixel_values, p, dtype)? {
+                let projected =
+                    self.patch_embedding
+                        .forward_fused(&patches, ops, Epilogue::None)?;
+                return ops.vision_embed(&projected, &self.fused_table);
+            }
+        }
         // (B, 3, g, p, g, p) -> (B, g, g, 3, p, p): each patch becomes one row of 3*p*p values.
         let patches = pixel_values
             .to_dtype(dtype)?
@@ -130,6 +153,39 @@ impl BlipAttention {
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         self.projection.forward(&context)
     }
+
+    /// Fused-kernel version of [`BlipAttention::forward`] returning the projection *without*
+    /// its bias (the caller adds it together with the residual), `(B, N, D)`.
+    pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        // Keys/values padded with zero rows to a multiple of 8 tokens, so that the attention
+        // GEMMs get 16-byte aligned leading dimensions (577 would force slow unaligned kernels);
+        // the softmax gives the padded columns probability 0.
+        let padded = n.next_multiple_of(8);
+        let padded = if padded <= 1024 { padded } else { n };
+        let geometry = SplitGeometry {
+            batch: b,
+            tokens: n,
+            padded,
+            heads: self.num_heads,
+            head_dim: self.head_dim,
+            nproj: 3,
+        };
+        let qkv = self.qkv.forward_fused(xs, ops, Epilogue::None)?;
+        let heads = ops.split_heads(&qkv, self.qkv.expect_bias("qkv")?, geometry)?;
+        let q = heads.get(0)?.narrow(2, 0, n)?;
+        let (k, v) = (heads.get(1)?, heads.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let probs = match ops.softmax_last_dim(&scores, n)? {
+            Some(p) => p,
+            None if padded == n => candle_nn::ops::softmax_last_dim(&scores)?,
+            None => candle_core::bail!(
+                "vision attention: {padded} padded tokens exceed the softmax kernel"
+            ),
+        };
+        let context = ops.merge_heads(&probs.matmul(&v)?)?;
+        self.projection.forward_fused(&context, ops, Epilogue::None)
+    }
 }
 
 /// `encoder.layers.N.mlp`: fc1 -> activation -> fc2.
@@ -155,6 +211,16 @@ impl BlipMlp {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
     }
+
+    /// Fused-kernel version returning `fc2` *without* its bias.
+    pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let hidden = if self.act == Activation::GeluErf {
+            self.fc1.forward_fused(xs, ops, Epilogue::BiasGelu)?
+        } else {
+            self.act.forward(&self.fc1.forward(xs)?)?
+        };
+        self.fc2.forward_fused(&hidden, ops, Epilogue::None)
+    }
 }
 
 /// `encoder.layers.N`: `x + attn(LN1(x))`, then `x + mlp(LN2(x))`.
@@ -164,16 +230,27 @@ pub struct BlipEncoderLayer {
     layer_norm1: LayerNorm,
     mlp: BlipMlp,
     layer_norm2: LayerNorm,
+    /// `[projection.bias; layer_norm2.weight; layer_norm2.bias]` for the fused kernel.
+    attn_exit_params: Tensor,
+    eps: f64,
 }
 
 impl BlipEncoderLayer {
     pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
+        let self_attn = BlipAttention::new(cfg, vb.pp("self_attn"))?;
+        let layer_norm2 = layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?;
+        let attn_exit_params = residual_norm_params(
+            self_attn.projection.expect_bias("projection")?,
+            &layer_norm2,
+        )?;
         Ok(Self {
-            self_attn: BlipAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn,
             layer_norm1: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             mlp: BlipMlp::new(cfg, vb.pp("mlp"))?,
-            layer_norm2: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            layer_norm2,
+            attn_exit_params,
+            eps: cfg.layer_norm_eps,
         })
     }
 
@@ -184,6 +261,23 @@ impl BlipEncoderLayer {
         let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
         xs + mlp
     }
+
+    /// Fused-kernel layer: takes `xs` and `LN1(xs)`, returns the layer output and the
+    /// LayerNorm `exit_params = [fc2.bias; gamma; beta]` of it (the next layer's `layer_norm1`,
+    /// or `post_layernorm` after the last layer), as one `(2, B, N, D)` tensor.
+    pub fn forward_fused(
+        &self,
+        xs: &Tensor,
+        normed: &Tensor,
+        exit_params: &Tensor,
+        ops: &FusedOps,
+    ) -> Result<Tensor> {
+        let attn = self.self_attn.forward_fused(normed, ops)?;
+        let mid = ops.bias_residual_layer_norm2(&attn, xs, &self.attn_exit_params, self.eps)?;
+        let (hidden, hidden_normed) = (mid.get(0)?, mid.get(1)?);
+        let mlp = self.mlp.forward_fused(&hidden_normed, ops)?;
+        ops.bias_residual_layer_norm2(&mlp, &hidden, exit_params, self.eps)
+    }
 }
 
 /// `vision_model`: embeddings, `encoder.layers.*`, `post_layernorm`.
@@ -192,28 +286,65 @@ pub struct BlipVisionModel {
     embeddings: BlipVisionEmbeddings,
     layers: Vec<BlipEncoderLayer>,
     post_layernorm: LayerNorm,
+    /// Per layer `[fc2.bias; next LayerNorm weight; bias]` (the next layer's `layer_norm1`, or
+    /// `post_layernorm`) for the fused kernels.
+    exit_params: Vec<Tensor>,
+    ops: FusedOps,
 }
 
 impl BlipVisionModel {
+    /// Builds the tower with fused CUDA kernels when `vb`'s device is CUDA.
     pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let ops = FusedOps::for_device(vb.device())?;
+        Self::new_with_ops(cfg, vb, ops)
+    }
+
+    /// Builds the tower with an existing kernel handle.
+    pub fn new_with_ops(cfg: &BlipVisionConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| BlipEncoderLayer::new(cfg, layers_vb.pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        let post_layernorm =
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
+        let exit_params = layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let next = layers
+                    .get(i + 1)
+                    .map_or(&post_layernorm, |l| &l.layer_norm1);
+                residual_norm_params(layer.mlp.fc2.expect_bias("fc2")?, next)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: BlipVisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
             layers,
-            post_layernorm: layer_norm(
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                vb.pp("post_layernorm"),
-            )?,
+            post_layernorm,
+            exit_params,
+            ops,
         })
+    }
+
+    /// Replaces the kernel handle (e.g. [`FusedOps::disabled`] for the composed ops).
+    pub fn set_ops(&mut self, ops: FusedOps) {
+        self.ops = ops;
     }
 
     /// `(B, 3, H, W)` pixels -> `(B, 1 + grid^2, D)` image embeddings (`last_hidden_state`, post-LN).
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let mut xs = self.embeddings.forward(pixel_values)?;
+        let mut xs = self.embeddings.forward(pixel_values, &self.ops)?;
+        if self.ops.enabled() {
+            let Some(first) = self.layers.first() else {
+                return self.post_layernorm.forward(&xs);
+            };
+            let mut normed = first.layer_norm1.forward(&xs)?;
+            for (layer, exit) in self.layers.iter().zip(&self.exit_params) {
+                let out = layer.forward_fused(&xs, &normed, exit, &self.ops)?;
+                (xs, normed) = (out.get(0)?, out.get(1)?);
+            }
+            return Ok(normed);
+        }
         for layer in &self.layers {
             xs = layer.forward(&xs)?;
         }
