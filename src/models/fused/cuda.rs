@@ -35,12 +35,9 @@ pub enum Kernel {
     Patchify,
     VisionEmbed,
     LayerNormRows,
-    WarpBiasResidualLn,
-    WarpLayerNorm,
-    WarpEmbedLn,
 }
 
-const TYPED: [(Kernel, &str); 19] = [
+const TYPED: [(Kernel, &str); 16] = [
     (Kernel::BiasResidualLn, "bias_residual_ln"),
     (Kernel::BiasResidualLn2, "bias_residual_ln2"),
     (Kernel::EmbedLn, "embed_ln"),
@@ -57,96 +54,18 @@ const TYPED: [(Kernel, &str); 19] = [
     (Kernel::Patchify, "patchify"),
     (Kernel::VisionEmbed, "vision_embed"),
     (Kernel::LayerNormRows, "layer_norm_rows"),
-    (Kernel::WarpBiasResidualLn, "warp_bias_residual_ln"),
-    (Kernel::WarpLayerNorm, "warp_layer_norm"),
-    (Kernel::WarpEmbedLn, "warp_embed_ln"),
 ];
 
 /// Bias epilogues: blocks over rows and over 256-column chunks.
 fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
-    let chunks = d.div_ceil(256).clamp(1, 65_535);
+    // Many rows: one block per row is enough parallelism; few wide rows (logits): split columns.
+    let chunks = if rows >= 1024 {
+        1
+    } else {
+        d.div_ceil(256).clamp(1, 65_535)
+    };
     LaunchConfig {
         grid_dim: (rows.clamp(1, 1 << 20) as u32, chunks as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Widest row the warp-per-row LayerNorm kernels keep in registers.
-const WARP_ROW_MAX: usize = 1024;
-
-/// Warp-per-row kernels: 8 rows per 256-thread block.
-fn warp_rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-const DTYPES: [(DType, &str); 3] = [
-    (DType::F32, "f32"),
-    (DType::F16, "f16"),
-    (DType::BF16, "bf16"),
-];
-
-/// The loaded module's functions.
-#[derive(Debug)]
-pub struct Kernels {
-    /// `TYPED.len() x DTYPES.len()`, in that order.
-    typed: Vec<CudaFunction>,
-    beam_scores: CudaFunction,
-    topk_rows: CudaFunction,
-    set_column: CudaFunction,
-    argmax_rows: CudaFunction,
-}
-
-impl Kernels {
-    /// Compiles the kernels with NVRTC and loads them into `dev`'s context.
-    pub fn load(dev: &CudaDevice) -> Result<Self> {
-        let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "compiling vlmrun's fused CUDA kernels with NVRTC: {e}"
-            ))
-        })?;
-        let module = dev.cuda_stream().context().load_module(ptx).w()?;
-        let mut typed = Vec::with_capacity(TYPED.len() * DTYPES.len());
-        for (_, base) in TYPED {
-            for (_, suffix) in DTYPES {
-                typed.push(module.load_function(&format!("{base}_{suffix}")).w()?);
-            }
-        }
-        Ok(Self {
-            typed,
-            beam_scores: module.load_function("beam_scores_f32").w()?,
-            topk_rows: module.load_function("topk_rows_f32").w()?,
-            set_column: module.load_function("set_column_f32").w()?,
-            argmax_rows: module.load_function("argmax_rows_f32").w()?,
-        })
-    }
-
-    fn get(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
-        let Some(d) = DTYPES.iter().position(|(t, _)| *t == dtype) else {
-            bail!("fused kernels support f32/f16/bf16, got {dtype:?}")
-        };
-        match self.typed.get(kernel as usize * DTYPES.len() + d) {
-            Some(f) => Ok(f),
-            None => bail!("fused kernel {kernel:?} not loaded"),
-        }
-    }
-}
-
-/// The contiguous part of `slice` that `layout` covers.
-fn view<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => bail!("fused kernel: {what} must be contiguous"),
-    }
-}
-
-/// Row-wise kernels: one block (grid-stride) per row, 256 threads over the columns.
-fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, 1 << 20) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -247,8 +166,7 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
             );
         }
         let rows = n / d;
-        let (d_arg, rows_arg, eps, two) =
-            (d as i32, rows as i64, self.eps, self.two_outputs as i32);
+        let (d_arg, rows_arg, eps) = (d as i32, rows as i64, self.eps);
         let out_len = if self.two_outputs { 2 * n } else { n };
         let mut out_dims = if self.two_outputs { vec![2] } else { vec![] };
         out_dims.extend_from_slice(xl.shape().dims());
@@ -258,34 +176,17 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(out_len)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpBiasResidualLn, x.dtype())?;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(rows),
-                    &xv,
-                    &rv,
-                    &pv,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &eps,
-                    &two
-                );
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (block_for_width(d), 1, 1),
+                shared_mem_bytes: ((d + 32) * 4) as u32,
+            };
+            if self.two_outputs {
+                let func = self.kernels.get(Kernel::BiasResidualLn2, x.dtype())?;
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
             } else {
-                let cfg = LaunchConfig {
-                    grid_dim: (rows as u32, 1, 1),
-                    block_dim: (block_for_width(d), 1, 1),
-                    shared_mem_bytes: ((d + 32) * 4) as u32,
-                };
-                if self.two_outputs {
-                    let func = self.kernels.get(Kernel::BiasResidualLn2, x.dtype())?;
-                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
-                } else {
-                    let func = self.kernels.get(Kernel::BiasResidualLn, x.dtype())?;
-                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
-                }
+                let func = self.kernels.get(Kernel::BiasResidualLn, x.dtype())?;
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
             }
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
@@ -355,29 +256,7 @@ impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
             let params = tv.slice(p * d..(p + 2) * d);
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpEmbedLn, w.dtype())?;
-                let rows_arg = rows as i64;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(rows),
-                    &idv,
-                    &wv,
-                    &tv,
-                    &params,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &t_arg,
-                    &past_arg,
-                    &eps
-                );
-            } else {
-                launch!(
-                    dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps
-                );
-            }
+            launch!(dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps);
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, d)),
@@ -635,6 +514,8 @@ impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
 pub struct CrossAttentionStep<'a> {
     pub kernels: &'a Kernels,
     pub group: usize,
+    /// Real image tokens (the rest of the token axis is zero padding).
+    pub valid: usize,
 }
 
 /// Threads of a cross-attention block (8 warps).
@@ -691,7 +572,7 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
                 kl.shape()
             );
         }
-        if !Self::fits(self.group, n, dh) {
+        if self.valid == 0 || self.valid > n || !Self::fits(self.group, n, dh) {
             bail!(
                 "cross_attention_step: {} queries over {n} keys need too much shared memory",
                 self.group
@@ -706,14 +587,26 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
         };
         let elem = q.dtype().size_in_bytes();
         let vec_ok = dh % (16 / elem) == 0 && (kl.start_offset() * elem) % 16 == 0;
-        let a = [images, self.group, heads, n, dh, vec_ok as usize].map(|v| v as i32);
+        let a = [
+            images,
+            self.group,
+            heads,
+            self.valid,
+            n,
+            dh,
+            vec_ok as usize,
+        ]
+        .map(|v| v as i32);
         with_dtype!(q.dtype(), T, {
             let qv = view(q.as_cuda_slice::<T>()?, ql, "q")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "image kv")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * dm)? };
-            launch!(dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]);
+            launch!(
+                dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
+                &a[6]
+            );
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, dm)),
@@ -1422,23 +1315,7 @@ impl candle_core::CustomOp2 for LayerNormRows<'_> {
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(n)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpLayerNorm, x.dtype())?;
-                let rows_arg = (n / d.max(1)) as i64;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(n / d.max(1)),
-                    &xv,
-                    &pv,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &eps
-                );
-            } else {
-                launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
-            }
+            launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
             Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
         })
     }

@@ -224,10 +224,12 @@ impl FusedOps {
         bias: &Tensor,
         image_kv: &Tensor,
         group: usize,
+        valid: usize,
     ) -> Result<Tensor> {
         let op = cuda::CrossAttentionStep {
             kernels: self.kernels()?,
             group,
+            valid,
         };
         q.contiguous()?.apply_op3_no_bwd(bias, image_kv, &op)
     }
@@ -454,6 +456,7 @@ impl FusedOps {
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
+        _: usize,
         _: usize,
     ) -> Result<Tensor> {
         self.unavailable()
