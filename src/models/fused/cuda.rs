@@ -71,6 +71,75 @@ fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
     }
 }
 
+const DTYPES: [(DType, &str); 3] = [
+    (DType::F32, "f32"),
+    (DType::F16, "f16"),
+    (DType::BF16, "bf16"),
+];
+
+/// The loaded module's functions.
+#[derive(Debug)]
+pub struct Kernels {
+    /// `TYPED.len() x DTYPES.len()`, in that order.
+    typed: Vec<CudaFunction>,
+    beam_scores: CudaFunction,
+    topk_rows: CudaFunction,
+    set_column: CudaFunction,
+    argmax_rows: CudaFunction,
+}
+
+impl Kernels {
+    /// Compiles the kernels with NVRTC and loads them into `dev`'s context.
+    pub fn load(dev: &CudaDevice) -> Result<Self> {
+        let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "compiling vlmrun's fused CUDA kernels with NVRTC: {e}"
+            ))
+        })?;
+        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let mut typed = Vec::with_capacity(TYPED.len() * DTYPES.len());
+        for (_, base) in TYPED {
+            for (_, suffix) in DTYPES {
+                typed.push(module.load_function(&format!("{base}_{suffix}")).w()?);
+            }
+        }
+        Ok(Self {
+            typed,
+            beam_scores: module.load_function("beam_scores_f32").w()?,
+            topk_rows: module.load_function("topk_rows_f32").w()?,
+            set_column: module.load_function("set_column_f32").w()?,
+            argmax_rows: module.load_function("argmax_rows_f32").w()?,
+        })
+    }
+
+    fn get(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+        let Some(d) = DTYPES.iter().position(|(t, _)| *t == dtype) else {
+            bail!("fused kernels support f32/f16/bf16, got {dtype:?}")
+        };
+        match self.typed.get(kernel as usize * DTYPES.len() + d) {
+            Some(f) => Ok(f),
+            None => bail!("fused kernel {kernel:?} not loaded"),
+        }
+    }
+}
+
+/// The contiguous part of `slice` that `layout` covers.
+fn view<'a, T>(slice: &'a CudaSlice<T>, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => bail!("fused kernel: {what} must be contiguous"),
+    }
+}
+
+/// Row-wise kernels: one block (grid-stride) per row, 256 threads over the columns.
+fn rows_cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Runs `$body` with `$t` bound to the Rust element type of `$dtype`.
 macro_rules! with_dtype {
     ($dtype:expr, $t:ident, $body:block) => {
