@@ -1,8 +1,9 @@
-//! Fused CUDA kernels for BLIP (decode step: bias + residual + LayerNorm, bias + GELU, embedding
-//! + LayerNorm, KV cache writes, one-token self- and cross-attention, small-batch GEMV; vision:
-//! head split with padding, softmax, head merge, patchify, embedding assembly; beam search:
-//! log-softmax + scores and per-row top-k; greedy: argmax), so that a decode step launches a
-//! few kernels per layer instead of ~30 and no slow broadcast/strided candle kernel runs.
+//! Fused CUDA kernels for BLIP, so that a decode step launches a few kernels per layer instead
+//! of ~30 and no slow broadcast/strided candle kernel runs. Decode step: bias, residual and
+//! LayerNorm in one pass; bias with GELU; embedding with LayerNorm; KV cache writes; one-token
+//! self- and cross-attention; small-batch GEMV. Vision: head split with alignment padding,
+//! softmax, head merge, patchify, embedding assembly. Search: log-softmax with beam scores,
+//! per-row top-k, argmax.
 //!
 //! [`FusedOps`] is a handle the layers receive; on CPU (or a build without `cuda`) it is
 //! disabled and the layers use composed candle ops, which the parity tests check against
