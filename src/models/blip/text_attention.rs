@@ -132,7 +132,6 @@ impl BlipTextSelfAttention {
                 .reshape((r, 3 * d))?;
             let bias = self.qkv.expect_bias("text self-attention qkv")?;
             let buffer = cache.layer(self.layer_idx)?;
-            ops.kv_write(&buffer, &qkv, bias, cache.geometry(), past)?;
             ops.self_attention_step(&qkv, bias, &buffer, cache.geometry(), past + 1)?
                 .reshape((r, 1, d))?
         } else {

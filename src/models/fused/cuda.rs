@@ -24,7 +24,6 @@ pub enum Kernel {
     EmbedLn,
     BiasGelu,
     BiasToF32,
-    KvWrite,
     SelfAttnDecode,
     CrossAttnDecode,
     SplitHeads,
@@ -37,13 +36,12 @@ pub enum Kernel {
     LayerNormRows,
 }
 
-const TYPED: [(Kernel, &str); 16] = [
+const TYPED: [(Kernel, &str); 15] = [
     (Kernel::BiasResidualLn, "bias_residual_ln"),
     (Kernel::BiasResidualLn2, "bias_residual_ln2"),
     (Kernel::EmbedLn, "embed_ln"),
     (Kernel::BiasGelu, "bias_gelu"),
     (Kernel::BiasToF32, "bias_to_f32"),
-    (Kernel::KvWrite, "kv_write"),
     (Kernel::SelfAttnDecode, "self_attn_decode"),
     (Kernel::CrossAttnDecode, "cross_attn_decode"),
     (Kernel::SplitHeads, "split_heads"),
@@ -421,76 +419,9 @@ fn check_geometry(g: &CacheGeometry, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// Writes a decode step's keys/values (`qkv` projection without bias + `bias`) into the cache at `pos`.
-pub struct KvWrite<'a> {
-    pub kernels: &'a Kernels,
-    pub geometry: CacheGeometry,
-    pub pos: usize,
-}
-
-impl candle_core::InplaceOp3 for KvWrite<'_> {
-    fn name(&self) -> &'static str {
-        "kv_write"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("kv_write is a CUDA kernel; CPU caches take the composed path")
-    }
-    fn cuda_fwd(
-        &self,
-        kv: &mut CudaStorage,
-        kl: &Layout,
-        qkv: &CudaStorage,
-        ql: &Layout,
-        bias: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<()> {
-        let g = self.geometry;
-        check_geometry(&g, kl)?;
-        let dm = g.heads * g.head_dim;
-        if ql.shape().elem_count() != g.rows * 3 * dm
-            || bl.shape().elem_count() != 3 * dm
-            || self.pos >= g.cap
-        {
-            bail!(
-                "kv_write: qkv {:?}, bias {:?}, pos {}",
-                ql.shape(),
-                bl.shape(),
-                self.pos
-            );
-        }
-        let dev = qkv.device().clone();
-        let func = self.kernels.get(Kernel::KvWrite, qkv.dtype())?;
-        let cfg = rows_cfg(g.rows);
-        let (rows, heads, cap, dh, pos) = (
-            g.rows as i32,
-            g.heads as i32,
-            g.cap as i32,
-            g.head_dim as i32,
-            self.pos as i32,
-        );
-        with_dtype!(qkv.dtype(), T, {
-            let Some((start, end)) = kl.contiguous_offsets() else {
-                bail!("kv_write: cache must be contiguous")
-            };
-            let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
-            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
-            let dst = kv.as_cuda_slice_mut::<T>()?;
-            let mut dst = dst.slice_mut(start..end);
-            launch!(dev, func, cfg, &mut dst, &qv, &bv, &rows, &heads, &cap, &dh, &pos);
-            Ok(())
-        })
-    }
-}
-
-/// One-token causal self-attention over the first `len` cached positions. Output `(rows, heads*dh)`.
+/// One-token causal self-attention: writes this step's keys/values (from `qkv` + bias) into the
+/// cache at position `len - 1`, then attends over the first `len` positions. Output
+/// `(rows, heads*dh)`.
 pub struct SelfAttentionStep<'a> {
     pub kernels: &'a Kernels,
     pub geometry: CacheGeometry,
@@ -566,6 +497,9 @@ impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
         with_dtype!(qkv.dtype(), T, {
             let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            // The kernel writes this step's keys/values into the cache buffer through this view
+            // (the cache is owned by the generation loop, read by no other tensor, and every
+            // kernel runs in order on the device's single stream).
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "kv cache")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(g.rows * dm)? };

@@ -189,22 +189,6 @@ __device__ void layer_norm_rows(const T* x, const T* params, T* out, int d, floa
     layer_norm_row(row, d, params, params + d, eps, out, off, scratch);
 }
 
-// Writes this step's keys/values into the cache kv (2, rows, heads, cap, dh) at position pos.
-// qkv: (rows, 3*heads*dh) projection output without bias; bias: (3*heads*dh).
-template <typename T>
-__device__ void kv_write(T* kv, const T* qkv, const T* bias, int rows, int heads, int cap, int dh, int pos) {
-    int dm = heads * dh;
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        for (int c = threadIdx.x; c < 2 * dm; c += blockDim.x) {
-            int which = c / dm, rem = c - which * dm;
-            int h = rem / dh, e = rem - h * dh;
-            int col = dm + c;
-            float v = ld(qkv, (long)r * 3 * dm + col) + ld(bias, col);
-            st(kv, (((long)which * rows + r) * heads + h) * cap * dh + (long)pos * dh + e, v);
-        }
-    }
-}
-
 // x (b*n, nproj*heads*dh) + bias -> out (nproj, b, heads, npad, dh); rows n..npad are zero.
 template <typename T>
 __device__ void split_heads(const T* x, const T* bias, T* out, int b, int n, int npad, int heads, int dh, int nproj) {
@@ -414,10 +398,11 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
     }
 }
 
-// One query per row attends over positions 0..len of its own cache.
+// One query per row attends over positions 0..len of its own cache, after writing this step's
+// key/value at position len - 1.
 // grid (heads, rows); shared: (dh + len + 32) floats. out: (rows, heads*dh).
 template <typename T>
-__device__ void self_attn_decode(const T* qkv, const T* bias, const T* kv, T* out,
+__device__ void self_attn_decode(const T* qkv, const T* bias, T* kv, T* out,
                                  int rows, int heads, int cap, int dh, int len) {
     extern __shared__ float smem[];
     float* q = smem;
@@ -425,11 +410,17 @@ __device__ void self_attn_decode(const T* qkv, const T* bias, const T* kv, T* ou
     float* scratch = p + len;
     int h = blockIdx.x, r = blockIdx.y, dm = heads * dh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int e = threadIdx.x; e < dh; e += blockDim.x)
-        q[e] = ld(qkv, (long)r * 3 * dm + h * dh + e) + ld(bias, h * dh + e);
+    T* keys = kv + ((long)r * heads + h) * cap * dh;
+    T* values = kv + (((long)rows + r) * heads + h) * cap * dh;
+    // This step's query, and its key/value written into the cache at position len - 1 (this
+    // block owns row r, head h of the cache; the writes are visible to the block after the sync).
+    long src = (long)r * 3 * dm + h * dh;
+    for (int e = threadIdx.x; e < dh; e += blockDim.x) {
+        q[e] = ld(qkv, src + e) + ld(bias, h * dh + e);
+        st(keys, (long)(len - 1) * dh + e, ld(qkv, src + dm + e) + ld(bias, dm + h * dh + e));
+        st(values, (long)(len - 1) * dh + e, ld(qkv, src + 2 * dm + e) + ld(bias, 2 * dm + h * dh + e));
+    }
     __syncthreads();
-    const T* keys = kv + ((long)r * heads + h) * cap * dh;
-    const T* values = kv + (((long)rows + r) * heads + h) * cap * dh;
     for (int j = warp; j < len; j += nwarps) {
         float s = 0.f;
         for (int e = lane; e < dh; e += 32) s += q[e] * ld(keys, (long)j * dh + e);
@@ -643,10 +634,7 @@ extern "C" __global__ void embed_ln_##S(const unsigned int* ids, const T* w, con
 }                                                                                                      \
 extern "C" __global__ void bias_gelu_##S(const T* x, const T* b, T* o, int d, long rows) { bias_gelu(x, b, o, d, rows); } \
 extern "C" __global__ void bias_to_f32_##S(const T* x, const T* b, float* o, int d, long rows) { bias_to_f32(x, b, o, d, rows); } \
-extern "C" __global__ void kv_write_##S(T* kv, const T* qkv, const T* b, int rows, int heads, int cap, int dh, int pos) { \
-    kv_write(kv, qkv, b, rows, heads, cap, dh, pos);                                                   \
-}                                                                                                      \
-extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, const T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
+extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
     self_attn_decode(qkv, b, kv, o, rows, heads, cap, dh, len);                                        \
 }                                                                                                      \
 extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int stride, int dh, int vec_ok) { \

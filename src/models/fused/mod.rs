@@ -172,30 +172,14 @@ impl FusedOps {
         )
     }
 
-    /// Writes keys/values of `qkv` `(rows, 3*d)` (projection without bias) plus `bias` into
-    /// `cache` at `pos`.
-    pub fn kv_write(
-        &self,
-        cache: &Tensor,
-        qkv: &Tensor,
-        bias: &Tensor,
-        geometry: CacheGeometry,
-        pos: usize,
-    ) -> Result<()> {
-        let op = cuda::KvWrite {
-            kernels: self.kernels()?,
-            geometry,
-            pos,
-        };
-        cache.inplace_op3(qkv, bias, &op)
-    }
-
     /// Whether [`FusedOps::self_attention_step`] supports `len` cached positions.
     pub fn self_attention_fits(&self, len: usize, head_dim: usize) -> bool {
         cuda::SelfAttentionStep::fits(len, head_dim)
     }
 
-    /// Attention of each row's query (from `qkv` + `bias`) over the first `len` cached positions; `(rows, d)`.
+    /// One decode step of self-attention: writes the keys/values of `qkv` `(rows, 3*d)`
+    /// (projection without bias) plus `bias` into `cache` at position `len - 1`, then attends
+    /// each row's query over the first `len` cached positions; `(rows, d)`.
     pub fn self_attention_step(
         &self,
         qkv: &Tensor,
@@ -424,16 +408,6 @@ impl FusedOps {
         self.unavailable()
     }
     pub fn bias_to_f32(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
-        self.unavailable()
-    }
-    pub fn kv_write(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: CacheGeometry,
-        _: usize,
-    ) -> Result<()> {
         self.unavailable()
     }
     pub fn self_attention_fits(&self, _: usize, _: usize) -> bool {
