@@ -332,7 +332,7 @@ fn caption_does_not_depend_on_batch_neighbours() {
 }
 
 #[test]
-fn half_precision_runs_on_cpu_with_finite_logits() {
+fn half_precision_runs_with_finite_logits() {
     let dir = repo().join("models/tiny-blip");
     let f = fixture();
     let stems = &f.expected.batch_order[..3];

@@ -6,7 +6,7 @@
 use candle_core::{Tensor, D};
 
 use super::beam_state::{merge_beam_candidates, BeamState};
-use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty};
+use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty, RowCandidates};
 use super::{index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig};
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 use crate::models::fused::FusedOps;
@@ -138,7 +138,7 @@ fn fused_candidates(
     running: &Tensor,
     blocked: Option<u32>,
     count: usize,
-) -> candle_core::Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+) -> candle_core::Result<RowCandidates> {
     let scores = ops.beam_scores(logits, running, blocked)?;
     let Some(top) = ops.top_k_rows(&scores, count)? else {
         return top_k_rows(&scores, count);

@@ -78,10 +78,13 @@ pub fn eos_suppression(eos: u32, vocab_size: usize, device: &Device) -> Result<T
     Tensor::from_vec(row, (1, vocab_size), device)
 }
 
+/// Per row, the best entries' values and token ids (best first).
+pub type RowCandidates = (Vec<Vec<f32>>, Vec<Vec<u32>>);
+
 /// The `k` largest entries of every row of `scores` `(rows, vocab)` f32, largest first:
 /// `(values, indices)` as host vectors of `rows` rows. Runs on the device (k argmax passes) so
 /// that only `rows * k` numbers cross to the host.
-pub fn top_k_rows(scores: &Tensor, k: usize) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+pub fn top_k_rows(scores: &Tensor, k: usize) -> Result<RowCandidates> {
     let rows = scores.dim(0)?;
     let work = scores.copy()?;
     let neg_inf = Tensor::full(f32::NEG_INFINITY, (rows, 1), scores.device())?;

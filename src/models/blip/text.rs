@@ -284,14 +284,17 @@ impl BlipTextLMHeadModel {
             if let Some(first) = self.layers.first() {
                 let (b, n, _) = image_embeds.dims3()?;
                 let (heads, head_dim) = first.crossattention.head_shape();
-                let dims = (self.layers.len(), 2, b, heads, n, head_dim);
+                // Pad the image tokens to a multiple of 8 so that the attention GEMMs get aligned
+                // leading dimensions; the softmax ignores the zero rows.
+                let padded = n.next_multiple_of(8);
+                let dims = (self.layers.len(), 2, b, heads, padded, head_dim);
                 let all = Tensor::zeros(dims, image_embeds.dtype(), image_embeds.device())?;
                 for (l, layer) in self.layers.iter().enumerate() {
                     layer
                         .crossattention
                         .image_kv_into(&all.get(l)?, image_embeds, &self.ops)?;
                 }
-                return Ok(CrossAttentionKv::from_tensor(all));
+                return Ok(CrossAttentionKv::from_tensor(all, n));
             }
         }
         let layers = self

@@ -132,7 +132,6 @@ impl BlipTextSelfAttention {
                 .reshape((r, 3 * d))?;
             let bias = self.qkv.expect_bias("text self-attention qkv")?;
             let buffer = cache.layer(self.layer_idx)?;
-            ops.kv_write(&buffer, &qkv, bias, cache.geometry(), past)?;
             ops.self_attention_step(&qkv, bias, &buffer, cache.geometry(), past + 1)?
                 .reshape((r, 1, d))?
         } else {
@@ -157,20 +156,24 @@ impl BlipTextSelfAttention {
 /// once per image and shared by all of that image's beams.
 #[derive(Debug, Clone)]
 pub struct CrossAttentionKv {
+    /// `(layers, 2, images, heads, padded_tokens, head_dim)`; tokens past `tokens` are zero.
     all: Tensor,
+    /// Image tokens that are real (the rest is alignment padding).
+    tokens: usize,
 }
 
 impl CrossAttentionKv {
-    /// Wraps a `(layers, 2, images, heads, image_tokens, head_dim)` tensor.
-    pub fn from_tensor(all: Tensor) -> Self {
-        Self { all }
+    /// Wraps a `(layers, 2, images, heads, padded_tokens, head_dim)` tensor of which the first
+    /// `tokens` positions are real.
+    pub fn from_tensor(all: Tensor, tokens: usize) -> Self {
+        Self { all, tokens }
     }
 
-    /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors.
+    /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors (no padding).
     pub fn from_layers(layers: &[Tensor]) -> Result<Self> {
-        Ok(Self {
-            all: Tensor::stack(layers, 0)?,
-        })
+        let all = Tensor::stack(layers, 0)?;
+        let tokens = all.dim(4)?;
+        Ok(Self { all, tokens })
     }
 
     /// Number of images.
@@ -182,6 +185,7 @@ impl CrossAttentionKv {
     pub fn select_images(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
             all: self.all.index_select(indices, 2)?,
+            tokens: self.tokens,
         })
     }
 
@@ -225,12 +229,13 @@ impl BlipTextCrossAttention {
 
     /// Fused path of [`BlipTextCrossAttention::image_kv`]: writes this layer's keys and values
     /// into `dst` `(2, B, H, N, Dh)`.
+    /// `dst` may have more token rows than the image (alignment padding): they are zeroed.
     pub fn image_kv_into(&self, dst: &Tensor, image_embeds: &Tensor, ops: &FusedOps) -> Result<()> {
         let (b, n, _) = image_embeds.dims3()?;
         let geometry = SplitGeometry {
             batch: b,
             tokens: n,
-            padded: n,
+            padded: dst.dim(3)?,
             heads: self.num_heads,
             head_dim: self.head_dim,
             nproj: 2,
@@ -272,36 +277,65 @@ impl BlipTextCrossAttention {
     ) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
         let kv = image_kv.layer(self.layer_idx)?;
-        let (b, n) = (kv.dim(1)?, kv.dim(3)?);
+        let (b, padded, valid) = (kv.dim(1)?, kv.dim(3)?, image_kv.tokens);
         if b == 0 || r % b != 0 {
             candle_core::bail!("cross-attention: {r} text rows cannot be grouped over {b} images");
         }
         let g = r / b;
         let (h, dh) = (self.num_heads, self.head_dim);
-        let context = if t == 1 && ops.enabled() && ops.cross_attention_fits(g, n, dh) {
-            let q = self
-                .query
-                .forward_fused(xs, ops, Epilogue::None)?
-                .reshape((r, d))?;
-            let bias = self.query.expect_bias("cross-attention query")?;
-            ops.cross_attention_step(&q, bias, &kv, g)?
-                .reshape((r, 1, d))?
-        } else {
-            // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
-            let q = self
-                .query
-                .forward(xs)?
-                .reshape((b, g * t, h, dh))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let scores = q.matmul(&kv.get(0)?.t()?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
-            probs
-                .matmul(&kv.get(1)?)?
-                .transpose(1, 2)?
-                .reshape((r, t, d))?
-        };
+        let context =
+            if ops.enabled() && t == 1 && r < 16 && ops.cross_attention_fits(g, padded, dh) {
+                // Few rows: one fused kernel per step.
+                let q = self
+                    .query
+                    .forward_fused(xs, ops, Epilogue::None)?
+                    .reshape((r, d))?;
+                let bias = self.query.expect_bias("cross-attention query")?;
+                ops.cross_attention_step(&q, bias, &kv, g, valid)?
+                    .reshape((r, 1, d))?
+            } else if ops.enabled() {
+                // Many rows: batched GEMMs over the (aligned, padded) image keys/values.
+                let q = self.query.forward_fused(xs, ops, Epilogue::None)?;
+                let geometry = SplitGeometry {
+                    batch: b,
+                    tokens: g * t,
+                    padded: g * t,
+                    heads: h,
+                    head_dim: dh,
+                    nproj: 1,
+                };
+                let q = ops
+                    .split_heads(
+                        &q,
+                        self.query.expect_bias("cross-attention query")?,
+                        geometry,
+                    )?
+                    .get(0)?;
+                let scores = q.matmul(&kv.get(0)?.t()?)?;
+                let probs = match ops.softmax_last_dim(&scores, valid)? {
+                    Some(p) => p,
+                    None => candle_nn::ops::softmax_last_dim(&scores.narrow(3, 0, valid)?)?
+                        .pad_with_zeros(3, 0, padded - valid)?,
+                };
+                ops.merge_heads(&probs.matmul(&kv.get(1)?)?)?
+                    .reshape((r, t, d))?
+            } else {
+                // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
+                let q = self
+                    .query
+                    .forward(xs)?
+                    .reshape((b, g * t, h, dh))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+                let keys = kv.get(0)?.narrow(2, 0, valid)?;
+                let scores = q.matmul(&keys.t()?)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
+                probs
+                    .matmul(&kv.get(1)?.narrow(2, 0, valid)?)?
+                    .transpose(1, 2)?
+                    .reshape((r, t, d))?
+            };
         self.output.forward(&context, xs, ops)
     }
 }

@@ -24,7 +24,6 @@ pub enum Kernel {
     EmbedLn,
     BiasGelu,
     BiasToF32,
-    KvWrite,
     SelfAttnDecode,
     CrossAttnDecode,
     SplitHeads,
@@ -35,18 +34,14 @@ pub enum Kernel {
     Patchify,
     VisionEmbed,
     LayerNormRows,
-    WarpBiasResidualLn,
-    WarpLayerNorm,
-    WarpEmbedLn,
 }
 
-const TYPED: [(Kernel, &str); 19] = [
+const TYPED: [(Kernel, &str); 15] = [
     (Kernel::BiasResidualLn, "bias_residual_ln"),
     (Kernel::BiasResidualLn2, "bias_residual_ln2"),
     (Kernel::EmbedLn, "embed_ln"),
     (Kernel::BiasGelu, "bias_gelu"),
     (Kernel::BiasToF32, "bias_to_f32"),
-    (Kernel::KvWrite, "kv_write"),
     (Kernel::SelfAttnDecode, "self_attn_decode"),
     (Kernel::CrossAttnDecode, "cross_attn_decode"),
     (Kernel::SplitHeads, "split_heads"),
@@ -57,14 +52,16 @@ const TYPED: [(Kernel, &str); 19] = [
     (Kernel::Patchify, "patchify"),
     (Kernel::VisionEmbed, "vision_embed"),
     (Kernel::LayerNormRows, "layer_norm_rows"),
-    (Kernel::WarpBiasResidualLn, "warp_bias_residual_ln"),
-    (Kernel::WarpLayerNorm, "warp_layer_norm"),
-    (Kernel::WarpEmbedLn, "warp_embed_ln"),
 ];
 
 /// Bias epilogues: blocks over rows and over 256-column chunks.
 fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
-    let chunks = d.div_ceil(256).clamp(1, 65_535);
+    // Many rows: one block per row is enough parallelism; few wide rows (logits): split columns.
+    let chunks = if rows >= 1024 {
+        1
+    } else {
+        d.div_ceil(256).clamp(1, 65_535)
+    };
     LaunchConfig {
         grid_dim: (rows.clamp(1, 1 << 20) as u32, chunks as u32, 1),
         block_dim: (256, 1, 1),
@@ -72,17 +69,6 @@ fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
     }
 }
 
-/// Widest row the warp-per-row LayerNorm kernels keep in registers.
-const WARP_ROW_MAX: usize = 1024;
-
-/// Warp-per-row kernels: 8 rows per 256-thread block.
-fn warp_rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 const DTYPES: [(DType, &str); 3] = [
     (DType::F32, "f32"),
     (DType::F16, "f16"),
@@ -247,8 +233,7 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
             );
         }
         let rows = n / d;
-        let (d_arg, rows_arg, eps, two) =
-            (d as i32, rows as i64, self.eps, self.two_outputs as i32);
+        let (d_arg, rows_arg, eps) = (d as i32, rows as i64, self.eps);
         let out_len = if self.two_outputs { 2 * n } else { n };
         let mut out_dims = if self.two_outputs { vec![2] } else { vec![] };
         out_dims.extend_from_slice(xl.shape().dims());
@@ -258,34 +243,17 @@ impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(out_len)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpBiasResidualLn, x.dtype())?;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(rows),
-                    &xv,
-                    &rv,
-                    &pv,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &eps,
-                    &two
-                );
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (block_for_width(d), 1, 1),
+                shared_mem_bytes: ((d + 32) * 4) as u32,
+            };
+            if self.two_outputs {
+                let func = self.kernels.get(Kernel::BiasResidualLn2, x.dtype())?;
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
             } else {
-                let cfg = LaunchConfig {
-                    grid_dim: (rows as u32, 1, 1),
-                    block_dim: (block_for_width(d), 1, 1),
-                    shared_mem_bytes: ((d + 32) * 4) as u32,
-                };
-                if self.two_outputs {
-                    let func = self.kernels.get(Kernel::BiasResidualLn2, x.dtype())?;
-                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &rows_arg, &d_arg, &eps);
-                } else {
-                    let func = self.kernels.get(Kernel::BiasResidualLn, x.dtype())?;
-                    launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
-                }
+                let func = self.kernels.get(Kernel::BiasResidualLn, x.dtype())?;
+                launch!(dev, func, cfg, &xv, &rv, &pv, &out, &d_arg, &eps);
             }
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
@@ -355,29 +323,7 @@ impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
             let params = tv.slice(p * d..(p + 2) * d);
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpEmbedLn, w.dtype())?;
-                let rows_arg = rows as i64;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(rows),
-                    &idv,
-                    &wv,
-                    &tv,
-                    &params,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &t_arg,
-                    &past_arg,
-                    &eps
-                );
-            } else {
-                launch!(
-                    dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps
-                );
-            }
+            launch!(dev, func, cfg, &idv, &wv, &tv, &params, &out, &d_arg, &t_arg, &past_arg, &eps);
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, d)),
@@ -473,76 +419,9 @@ fn check_geometry(g: &CacheGeometry, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// Writes a decode step's keys/values (`qkv` projection without bias + `bias`) into the cache at `pos`.
-pub struct KvWrite<'a> {
-    pub kernels: &'a Kernels,
-    pub geometry: CacheGeometry,
-    pub pos: usize,
-}
-
-impl candle_core::InplaceOp3 for KvWrite<'_> {
-    fn name(&self) -> &'static str {
-        "kv_write"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("kv_write is a CUDA kernel; CPU caches take the composed path")
-    }
-    fn cuda_fwd(
-        &self,
-        kv: &mut CudaStorage,
-        kl: &Layout,
-        qkv: &CudaStorage,
-        ql: &Layout,
-        bias: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<()> {
-        let g = self.geometry;
-        check_geometry(&g, kl)?;
-        let dm = g.heads * g.head_dim;
-        if ql.shape().elem_count() != g.rows * 3 * dm
-            || bl.shape().elem_count() != 3 * dm
-            || self.pos >= g.cap
-        {
-            bail!(
-                "kv_write: qkv {:?}, bias {:?}, pos {}",
-                ql.shape(),
-                bl.shape(),
-                self.pos
-            );
-        }
-        let dev = qkv.device().clone();
-        let func = self.kernels.get(Kernel::KvWrite, qkv.dtype())?;
-        let cfg = rows_cfg(g.rows);
-        let (rows, heads, cap, dh, pos) = (
-            g.rows as i32,
-            g.heads as i32,
-            g.cap as i32,
-            g.head_dim as i32,
-            self.pos as i32,
-        );
-        with_dtype!(qkv.dtype(), T, {
-            let Some((start, end)) = kl.contiguous_offsets() else {
-                bail!("kv_write: cache must be contiguous")
-            };
-            let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
-            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
-            let dst = kv.as_cuda_slice_mut::<T>()?;
-            let mut dst = dst.slice_mut(start..end);
-            launch!(dev, func, cfg, &mut dst, &qv, &bv, &rows, &heads, &cap, &dh, &pos);
-            Ok(())
-        })
-    }
-}
-
-/// One-token causal self-attention over the first `len` cached positions. Output `(rows, heads*dh)`.
+/// One-token causal self-attention: writes this step's keys/values (from `qkv` + bias) into the
+/// cache at position `len - 1`, then attends over the first `len` positions. Output
+/// `(rows, heads*dh)`.
 pub struct SelfAttentionStep<'a> {
     pub kernels: &'a Kernels,
     pub geometry: CacheGeometry,
@@ -618,6 +497,9 @@ impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
         with_dtype!(qkv.dtype(), T, {
             let qv = view(qkv.as_cuda_slice::<T>()?, ql, "qkv")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            // The kernel writes this step's keys/values into the cache buffer through this view
+            // (the cache is owned by the generation loop, read by no other tensor, and every
+            // kernel runs in order on the device's single stream).
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "kv cache")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(g.rows * dm)? };
@@ -635,6 +517,8 @@ impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
 pub struct CrossAttentionStep<'a> {
     pub kernels: &'a Kernels,
     pub group: usize,
+    /// Real image tokens (the rest of the token axis is zero padding).
+    pub valid: usize,
 }
 
 /// Threads of a cross-attention block (8 warps).
@@ -691,7 +575,7 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
                 kl.shape()
             );
         }
-        if !Self::fits(self.group, n, dh) {
+        if self.valid == 0 || self.valid > n || !Self::fits(self.group, n, dh) {
             bail!(
                 "cross_attention_step: {} queries over {n} keys need too much shared memory",
                 self.group
@@ -706,14 +590,26 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
         };
         let elem = q.dtype().size_in_bytes();
         let vec_ok = dh % (16 / elem) == 0 && (kl.start_offset() * elem) % 16 == 0;
-        let a = [images, self.group, heads, n, dh, vec_ok as usize].map(|v| v as i32);
+        let a = [
+            images,
+            self.group,
+            heads,
+            self.valid,
+            n,
+            dh,
+            vec_ok as usize,
+        ]
+        .map(|v| v as i32);
         with_dtype!(q.dtype(), T, {
             let qv = view(q.as_cuda_slice::<T>()?, ql, "q")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "image kv")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(rows * dm)? };
-            launch!(dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]);
+            launch!(
+                dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
+                &a[6]
+            );
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, dm)),
@@ -1422,23 +1318,7 @@ impl candle_core::CustomOp2 for LayerNormRows<'_> {
             let pv = view(p.as_cuda_slice::<T>()?, pl, "params")?;
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<T>(n)? };
-            if d <= WARP_ROW_MAX {
-                let func = self.kernels.get(Kernel::WarpLayerNorm, x.dtype())?;
-                let rows_arg = (n / d.max(1)) as i64;
-                launch!(
-                    dev,
-                    func,
-                    warp_rows_cfg(n / d.max(1)),
-                    &xv,
-                    &pv,
-                    &out,
-                    &rows_arg,
-                    &d_arg,
-                    &eps
-                );
-            } else {
-                launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
-            }
+            launch!(dev, func, cfg, &xv, &pv, &out, &d_arg, &eps);
             Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
         })
     }

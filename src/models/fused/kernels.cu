@@ -155,81 +155,6 @@ __device__ void bias_residual_ln2(const T* x, const T* residual, const T* params
 
 
 // ---------------------------------------------------------------------------------------------
-// Warp-per-row LayerNorm kernels (rows of width d <= 1024 kept in registers, no shared memory):
-// grid ceil(rows / 8), block 256.
-// ---------------------------------------------------------------------------------------------
-
-// LayerNorm of v (this lane's elements lane + 32 j of a row) written to out[off + idx].
-template <typename T>
-__device__ void warp_ln_store(float* v, int d, const T* gamma, const T* beta, float eps, T* out, long off) {
-    int lane = threadIdx.x & 31;
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) if (lane + 32 * j < d) s += v[j];
-    float mean = warp_sum(s) / d;
-    float q = 0.f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) if (lane + 32 * j < d) { float c = v[j] - mean; q += c * c; }
-    float inv = 1.0f / sqrtf(warp_sum(q) / d + eps);
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        if (idx < d) st(out, off + idx, (v[j] - mean) * inv * ld(gamma, idx) + ld(beta, idx));
-    }
-}
-
-// mode 0: out = LN(x + bias + residual); mode 1: out[0] = h = x + bias + residual, out[1] = LN(h);
-// params = [bias; gamma; beta].
-template <typename T>
-__device__ void warp_bias_residual_ln(const T* x, const T* residual, const T* params, T* out, long rows, int d, float eps, int two) {
-    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    long off = row * d;
-    float v[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        v[j] = 0.f;
-        if (idx < d) {
-            v[j] = ld(x, off + idx) + ld(params, idx) + ld(residual, off + idx);
-            if (two) { st(out, off + idx, v[j]); v[j] = ld(out, off + idx); }
-        }
-    }
-    warp_ln_store(v, d, params + d, params + 2 * d, eps, out, two ? rows * d + off : off);
-}
-
-// out = LN(x), params = [gamma; beta].
-template <typename T>
-__device__ void warp_layer_norm(const T* x, const T* params, T* out, long rows, int d, float eps) {
-    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    float v[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) { int idx = lane + 32 * j; v[j] = idx < d ? ld(x, row * d + idx) : 0.f; }
-    warp_ln_store(v, d, params, params + d, eps, out, row * d);
-}
-
-// out row i = LN(word[ids[i]] + pos_table[past + i % t]); params = [gamma; beta].
-template <typename T>
-__device__ void warp_embed_ln(const unsigned int* ids, const T* word, const T* pos_table, const T* params, T* out,
-                              long rows, int d, int t, int past, float eps) {
-    long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    long src = (long)ids[row] * d;
-    long pos = (long)(past + (int)(row % t)) * d;
-    float v[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        int idx = lane + 32 * j;
-        v[j] = idx < d ? ld(word, src + idx) + ld(pos_table, pos + idx) : 0.f;
-    }
-    warp_ln_store(v, d, params, params + d, eps, out, row * d);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Row-wise elementwise kernels: grid-stride over rows (blockIdx.x), threads over columns, so that
 // no per-element 64-bit division is needed.
 // ---------------------------------------------------------------------------------------------
@@ -262,22 +187,6 @@ __device__ void layer_norm_rows(const T* x, const T* params, T* out, int d, floa
     long off = (long)blockIdx.x * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) row[i] = ld(x, off + i);
     layer_norm_row(row, d, params, params + d, eps, out, off, scratch);
-}
-
-// Writes this step's keys/values into the cache kv (2, rows, heads, cap, dh) at position pos.
-// qkv: (rows, 3*heads*dh) projection output without bias; bias: (3*heads*dh).
-template <typename T>
-__device__ void kv_write(T* kv, const T* qkv, const T* bias, int rows, int heads, int cap, int dh, int pos) {
-    int dm = heads * dh;
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        for (int c = threadIdx.x; c < 2 * dm; c += blockDim.x) {
-            int which = c / dm, rem = c - which * dm;
-            int h = rem / dh, e = rem - h * dh;
-            int col = dm + c;
-            float v = ld(qkv, (long)r * 3 * dm + col) + ld(bias, col);
-            st(kv, (((long)which * rows + r) * heads + h) * cap * dh + (long)pos * dh + e, v);
-        }
-    }
 }
 
 // x (b*n, nproj*heads*dh) + bias -> out (nproj, b, heads, npad, dh); rows n..npad are zero.
@@ -378,13 +287,14 @@ __device__ void vision_embed(const T* patches, const T* table, T* out, int b, in
 // ---------------------------------------------------------------------------------------------
 // One-token cross-attention: the g queries of each image attend over that image's n keys/values.
 // q: (images*g, heads*dh) projection output without bias; bias: (heads*dh);
-// kv: (2, images, heads, n, dh). grid (heads, images), block 256; g <= 8, dh <= 128.
+// kv: (2, images, heads, stride, dh) of which the first n tokens are real.
+// grid (heads, images), block 256; g <= 8, dh <= 128.
 // shared: (g*dh + g*n + 8*g*dh + 32) floats. Scores: one thread per key (16-byte loads when
 // vec_ok); output: warps split the keys, lanes the head dimension, then a cross-warp sum.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T* out,
-                                  int images, int g, int heads, int n, int dh, int vec_ok) {
+                                  int images, int g, int heads, int n, int stride, int dh, int vec_ok) {
     const int V = 16 / sizeof(T);
     extern __shared__ float smem[];
     int nwarps = blockDim.x >> 5;
@@ -399,8 +309,8 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
         q[i] = ld(q_raw, ((long)b * g + qi) * dm + h * dh + e) + ld(bias, h * dh + e);
     }
     __syncthreads();
-    const T* keys = kv + ((long)b * heads + h) * n * dh;
-    const T* values = kv + (((long)images + b) * heads + h) * n * dh;
+    const T* keys = kv + ((long)b * heads + h) * stride * dh;
+    const T* values = kv + (((long)images + b) * heads + h) * stride * dh;
     int lpk = dh / V;  // lanes per key when each lane loads 16 bytes
     if (vec_ok && dh % V == 0 && lpk <= 32 && (32 % lpk) == 0) {
         // A warp reads 32/lpk whole key rows per step (coalesced), lanes of one key reduce.
@@ -488,10 +398,11 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
     }
 }
 
-// One query per row attends over positions 0..len of its own cache.
+// One query per row attends over positions 0..len of its own cache, after writing this step's
+// key/value at position len - 1.
 // grid (heads, rows); shared: (dh + len + 32) floats. out: (rows, heads*dh).
 template <typename T>
-__device__ void self_attn_decode(const T* qkv, const T* bias, const T* kv, T* out,
+__device__ void self_attn_decode(const T* qkv, const T* bias, T* kv, T* out,
                                  int rows, int heads, int cap, int dh, int len) {
     extern __shared__ float smem[];
     float* q = smem;
@@ -499,11 +410,17 @@ __device__ void self_attn_decode(const T* qkv, const T* bias, const T* kv, T* ou
     float* scratch = p + len;
     int h = blockIdx.x, r = blockIdx.y, dm = heads * dh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int e = threadIdx.x; e < dh; e += blockDim.x)
-        q[e] = ld(qkv, (long)r * 3 * dm + h * dh + e) + ld(bias, h * dh + e);
+    T* keys = kv + ((long)r * heads + h) * cap * dh;
+    T* values = kv + (((long)rows + r) * heads + h) * cap * dh;
+    // This step's query, and its key/value written into the cache at position len - 1 (this
+    // block owns row r, head h of the cache; the writes are visible to the block after the sync).
+    long src = (long)r * 3 * dm + h * dh;
+    for (int e = threadIdx.x; e < dh; e += blockDim.x) {
+        q[e] = ld(qkv, src + e) + ld(bias, h * dh + e);
+        st(keys, (long)(len - 1) * dh + e, ld(qkv, src + dm + e) + ld(bias, dm + h * dh + e));
+        st(values, (long)(len - 1) * dh + e, ld(qkv, src + 2 * dm + e) + ld(bias, 2 * dm + h * dh + e));
+    }
     __syncthreads();
-    const T* keys = kv + ((long)r * heads + h) * cap * dh;
-    const T* values = kv + (((long)rows + r) * heads + h) * cap * dh;
     for (int j = warp; j < len; j += nwarps) {
         float s = 0.f;
         for (int e = lane; e < dh; e += 32) s += q[e] * ld(keys, (long)j * dh + e);
@@ -712,28 +629,16 @@ extern "C" __global__ void bias_residual_ln2_##S(const T* x, const T* r, const T
 extern "C" __global__ void layer_norm_rows_##S(const T* x, const T* p, T* o, int d, float eps) {       \
     layer_norm_rows(x, p, o, d, eps);                                                                  \
 }                                                                                                      \
-extern "C" __global__ void warp_bias_residual_ln_##S(const T* x, const T* r, const T* p, T* o, long rows, int d, float eps, int two) { \
-    warp_bias_residual_ln(x, r, p, o, rows, d, eps, two);                                              \
-}                                                                                                      \
-extern "C" __global__ void warp_layer_norm_##S(const T* x, const T* p, T* o, long rows, int d, float eps) { \
-    warp_layer_norm(x, p, o, rows, d, eps);                                                            \
-}                                                                                                      \
-extern "C" __global__ void warp_embed_ln_##S(const unsigned int* ids, const T* w, const T* pos, const T* p, T* o, long rows, int d, int t, int past, float eps) { \
-    warp_embed_ln(ids, w, pos, p, o, rows, d, t, past, eps);                                           \
-}                                                                                                      \
 extern "C" __global__ void embed_ln_##S(const unsigned int* ids, const T* w, const T* pos, const T* p, T* o, int d, int t, int past, float eps) { \
     embed_ln(ids, w, pos, p, o, d, t, past, eps);                                                      \
 }                                                                                                      \
 extern "C" __global__ void bias_gelu_##S(const T* x, const T* b, T* o, int d, long rows) { bias_gelu(x, b, o, d, rows); } \
 extern "C" __global__ void bias_to_f32_##S(const T* x, const T* b, float* o, int d, long rows) { bias_to_f32(x, b, o, d, rows); } \
-extern "C" __global__ void kv_write_##S(T* kv, const T* qkv, const T* b, int rows, int heads, int cap, int dh, int pos) { \
-    kv_write(kv, qkv, b, rows, heads, cap, dh, pos);                                                   \
-}                                                                                                      \
-extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, const T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
+extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
     self_attn_decode(qkv, b, kv, o, rows, heads, cap, dh, len);                                        \
 }                                                                                                      \
-extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int dh, int vec_ok) { \
-    cross_attn_decode(q, b, kv, o, images, g, heads, n, dh, vec_ok);                                   \
+extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int stride, int dh, int vec_ok) { \
+    cross_attn_decode(q, b, kv, o, images, g, heads, n, stride, dh, vec_ok);                           \
 }                                                                                                      \
 extern "C" __global__ void split_heads_##S(const T* x, const T* b, T* o, int bsz, int n, int npad, int heads, int dh, int nproj) { \
     split_heads(x, b, o, bsz, n, npad, heads, dh, nproj);                                              \

@@ -1,8 +1,9 @@
-//! Fused CUDA kernels for BLIP (decode step: bias + residual + LayerNorm, bias + GELU, embedding
-//! + LayerNorm, KV cache writes, one-token self- and cross-attention, small-batch GEMV; vision:
-//! head split with padding, softmax, head merge, patchify, embedding assembly; beam search:
-//! log-softmax + scores and per-row top-k; greedy: argmax), so that a decode step launches a
-//! few kernels per layer instead of ~30 and no slow broadcast/strided candle kernel runs.
+//! Fused CUDA kernels for BLIP, so that a decode step launches a few kernels per layer instead
+//! of ~30 and no slow broadcast/strided candle kernel runs. Decode step: bias, residual and
+//! LayerNorm in one pass; bias with GELU; embedding with LayerNorm; KV cache writes; one-token
+//! self- and cross-attention; small-batch GEMV. Vision: head split with alignment padding,
+//! softmax, head merge, patchify, embedding assembly. Search: log-softmax with beam scores,
+//! per-row top-k, argmax.
 //!
 //! [`FusedOps`] is a handle the layers receive; on CPU (or a build without `cuda`) it is
 //! disabled and the layers use composed candle ops, which the parity tests check against
@@ -171,30 +172,14 @@ impl FusedOps {
         )
     }
 
-    /// Writes keys/values of `qkv` `(rows, 3*d)` (projection without bias) plus `bias` into
-    /// `cache` at `pos`.
-    pub fn kv_write(
-        &self,
-        cache: &Tensor,
-        qkv: &Tensor,
-        bias: &Tensor,
-        geometry: CacheGeometry,
-        pos: usize,
-    ) -> Result<()> {
-        let op = cuda::KvWrite {
-            kernels: self.kernels()?,
-            geometry,
-            pos,
-        };
-        cache.inplace_op3(qkv, bias, &op)
-    }
-
     /// Whether [`FusedOps::self_attention_step`] supports `len` cached positions.
     pub fn self_attention_fits(&self, len: usize, head_dim: usize) -> bool {
         cuda::SelfAttentionStep::fits(len, head_dim)
     }
 
-    /// Attention of each row's query (from `qkv` + `bias`) over the first `len` cached positions; `(rows, d)`.
+    /// One decode step of self-attention: writes the keys/values of `qkv` `(rows, 3*d)`
+    /// (projection without bias) plus `bias` into `cache` at position `len - 1`, then attends
+    /// each row's query over the first `len` cached positions; `(rows, d)`.
     pub fn self_attention_step(
         &self,
         qkv: &Tensor,
@@ -224,10 +209,12 @@ impl FusedOps {
         bias: &Tensor,
         image_kv: &Tensor,
         group: usize,
+        valid: usize,
     ) -> Result<Tensor> {
         let op = cuda::CrossAttentionStep {
             kernels: self.kernels()?,
             group,
+            valid,
         };
         q.contiguous()?.apply_op3_no_bwd(bias, image_kv, &op)
     }
@@ -423,16 +410,6 @@ impl FusedOps {
     pub fn bias_to_f32(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
         self.unavailable()
     }
-    pub fn kv_write(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: CacheGeometry,
-        _: usize,
-    ) -> Result<()> {
-        self.unavailable()
-    }
     pub fn self_attention_fits(&self, _: usize, _: usize) -> bool {
         false
     }
@@ -454,6 +431,7 @@ impl FusedOps {
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
+        _: usize,
         _: usize,
     ) -> Result<Tensor> {
         self.unavailable()
