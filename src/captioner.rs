@@ -4,12 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::config::{Config, ResizePassOrder};
+use candle_core::quantized::GgmlDType;
+
+use crate::config::{Config, Quantization, ResizePassOrder};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerationConfig};
 use crate::hub;
-use crate::models::blip::{load::load_model, BlipForConditionalGeneration};
+use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
 
@@ -42,8 +44,13 @@ impl Captioner {
             hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
         let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
             .map_err(|err| Error::Model(err.to_string()))?;
-        let model = load_model(&model_dir, active.precision.dtype, &active.device)
-            .map_err(|err| Error::Model(format!("{err:#}")))?;
+        let model = load_model_with(
+            &model_dir,
+            active.precision.dtype,
+            &active.device,
+            quantization_format(config.quantization),
+        )
+        .map_err(|err| Error::Model(format!("{err:#}")))?;
         active
             .device
             .synchronize()
@@ -128,5 +135,16 @@ impl Captioner {
                 Ok(Caption { token_ids, text })
             })
             .collect()
+    }
+}
+
+/// The GGML format a `quantization` setting asks for, `None` for dense weights.
+pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
+    match quantization {
+        Quantization::None => None,
+        Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+        Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+        Quantization::Q4k => Some(GgmlDType::Q4K),
+        Quantization::Q6k => Some(GgmlDType::Q6K),
     }
 }

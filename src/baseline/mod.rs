@@ -492,7 +492,7 @@ fn environment(
         },
         compute_capability,
         precision: active.precision.dtype.as_str().to_string(),
-        quantization: format!("{:?}", config.quantization).to_lowercase(),
+        quantization: config.quantization.to_string(),
         model_dir,
         cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
