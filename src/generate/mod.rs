@@ -179,8 +179,9 @@ fn next_token_logits(
 /// Errors with [`GenerateError::NonFiniteLogits`] when the f32 `logits` hold a NaN or an
 /// infinity. One elementwise kernel, one reduction and a 4-byte read per step.
 fn ensure_finite(logits: &Tensor, step: usize) -> Result<(), GenerateError> {
-    // x - x is 0 for every finite x and NaN for NaN and +-inf: the sum is finite iff all are.
-    let probe = (logits - logits)?
+    // 0 * x + 0 is 0 for every finite x and NaN for NaN and +-inf: the sum is finite iff all are.
+    let probe = logits
+        .affine(0.0, 0.0)?
         .sum_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_scalar::<f32>()?;

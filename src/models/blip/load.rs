@@ -44,10 +44,10 @@ pub enum LoadError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("quantizing the model from {dir} to {format}: {source}", dir = .dir.display())]
+    #[error("quantizing the model from {dir} to {format:?}: {source}", dir = .dir.display())]
     Quantize {
         dir: PathBuf,
-        format: String,
+        format: GgmlDType,
         source: candle_core::Error,
     },
     #[error("building the model from {dir}: {source}", dir = .dir.display())]
@@ -171,7 +171,7 @@ pub fn load_model_with(
         .quantize(target)
         .map_err(|source| LoadError::Quantize {
             dir: dir.to_path_buf(),
-            format: format.clone(),
+            format: target,
             source,
         })?;
     tracing::info!(
