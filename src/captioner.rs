@@ -2,14 +2,18 @@
 //! image processor and the generation settings, bound to one device and dtype.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::config::{Config, ResizePassOrder};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Tensor};
+
+use crate::config::{Config, PrecisionFallback, Quantization, ResizePassOrder};
 use crate::device::ActiveDevice;
 use crate::error::Error;
-use crate::generate::{generate, GenerationConfig};
+use crate::generate::{generate, GenerateError, GenerationConfig};
 use crate::hub;
-use crate::models::blip::{load::load_model, BlipForConditionalGeneration};
+use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
 
@@ -30,6 +34,11 @@ pub struct Captioner {
     prompt_ids: Vec<u32>,
     model_dir: PathBuf,
     active: ActiveDevice,
+    quantization: Option<GgmlDType>,
+    /// Precision an f16 batch with non-finite logits is recomputed in.
+    fallback_dtype: DType,
+    /// The model in `fallback_dtype`, loaded on the first overflow.
+    fallback_model: OnceLock<BlipForConditionalGeneration>,
     /// Seconds spent resolving and loading the weights onto the device.
     pub load_seconds: f64,
 }
@@ -42,8 +51,14 @@ impl Captioner {
             hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
         let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
             .map_err(|err| Error::Model(err.to_string()))?;
-        let model = load_model(&model_dir, active.precision.dtype, &active.device)
-            .map_err(|err| Error::Model(format!("{err:#}")))?;
+        let quantization = quantization_format(config.quantization);
+        let model = load_model_with(
+            &model_dir,
+            active.precision.dtype,
+            &active.device,
+            quantization,
+        )
+        .map_err(|err| Error::Model(format!("{err:#}")))?;
         active
             .device
             .synchronize()
@@ -81,6 +96,12 @@ impl Captioner {
             prompt_ids,
             model_dir,
             active: active.clone(),
+            quantization,
+            fallback_dtype: match config.precision_fallback {
+                PrecisionFallback::F32 => DType::F32,
+                PrecisionFallback::Bf16 => DType::BF16,
+            },
+            fallback_model: OnceLock::new(),
             load_seconds,
         })
     }
@@ -109,15 +130,31 @@ impl Captioner {
 
     /// Captions a batch of preprocessed images (CHW f32 each). Waits for the device to finish.
     pub fn caption_pixels(&self, pixels: &[Vec<f32>]) -> Result<Vec<Caption>, Error> {
+        self.caption_batch(pixels, &format!("of {} images", pixels.len()))
+    }
+
+    /// [`Captioner::caption_pixels`], naming the batch `label` in the warning an f16 overflow
+    /// logs. In f16, a batch whose logits turn non-finite is recomputed once, whole, in the
+    /// `precision_fallback` dtype (a second copy of the model, loaded on first need), so no
+    /// caption comes from overflowed activations; other precisions report the error.
+    pub fn caption_batch(&self, pixels: &[Vec<f32>], label: &str) -> Result<Vec<Caption>, Error> {
         if pixels.is_empty() {
             return Ok(Vec::new());
         }
         let size = self.processor.size;
         let batch = batch_tensor(pixels, size, &self.active.device)
-            .and_then(|t| t.to_dtype(self.active.precision.dtype))
             .map_err(|err| Error::Internal(format!("uploading the image batch: {err}")))?;
-        let sequences = generate(&self.model, &batch, &self.prompt_ids, &self.generation)
-            .map_err(|err| Error::Internal(format!("generation failed: {err}")))?;
+        let sequences = match self.generate_in(&self.model, &batch) {
+            Err(GenerateError::NonFiniteLogits { step }) if self.model.dtype() == DType::F16 => {
+                tracing::warn!(
+                    "batch {label}: non-finite logits at step {step} in f16 (overflow); recomputing it in {}",
+                    self.fallback_dtype.as_str()
+                );
+                self.generate_in(self.fallback_model()?, &batch)
+            }
+            other => other,
+        }
+        .map_err(|err| Error::Internal(format!("generation failed (batch {label}): {err}")))?;
         sequences
             .into_iter()
             .map(|token_ids| {
@@ -128,5 +165,46 @@ impl Captioner {
                 Ok(Caption { token_ids, text })
             })
             .collect()
+    }
+
+    /// Generates for the f32 pixel batch with `model`, in the model's dtype.
+    fn generate_in(
+        &self,
+        model: &BlipForConditionalGeneration,
+        batch: &Tensor,
+    ) -> Result<Vec<Vec<u32>>, GenerateError> {
+        let batch = batch.to_dtype(model.dtype())?;
+        generate(model, &batch, &self.prompt_ids, &self.generation)
+    }
+
+    /// The model in the fallback dtype, loaded on the first call.
+    fn fallback_model(&self) -> Result<&BlipForConditionalGeneration, Error> {
+        if let Some(model) = self.fallback_model.get() {
+            return Ok(model);
+        }
+        let model = load_model_with(
+            &self.model_dir,
+            self.fallback_dtype,
+            &self.active.device,
+            self.quantization,
+        )
+        .map_err(|err| {
+            Error::Model(format!(
+                "loading the {} fallback model: {err:#}",
+                self.fallback_dtype.as_str()
+            ))
+        })?;
+        Ok(self.fallback_model.get_or_init(|| model))
+    }
+}
+
+/// The GGML format a `quantization` setting asks for, `None` for dense weights.
+pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
+    match quantization {
+        Quantization::None => None,
+        Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+        Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+        Quantization::Q4k => Some(GgmlDType::Q4K),
+        Quantization::Q6k => Some(GgmlDType::Q6K),
     }
 }

@@ -153,7 +153,7 @@ pub struct BenchArgs {
     /// Caption prefix (generation.prompt).
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
-    /// Weight quantization (quantization); only `none` exists.
+    /// Weight quantization (quantization): none, q8_0, q4_0, q4k or q6k.
     #[arg(long, value_name = "KIND")]
     pub quantization: Option<String>,
     /// Batch sizes to measure, e.g. 1,8,64 (default: generation.batch_size).

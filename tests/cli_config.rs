@@ -157,7 +157,20 @@ fn wrong_types_and_values() {
         &["configs/config.yaml:1:", "fp8", "auto, f32, f16, bf16"],
     );
     let dir = with_config("quantization: q3\n");
-    fails_with(dir.path(), &[], &["configs/config.yaml:1:", "none"]);
+    fails_with(
+        dir.path(),
+        &[],
+        &[
+            "configs/config.yaml:1:",
+            "none",
+            "q8_0",
+            "q4_0",
+            "q4k",
+            "q6k",
+        ],
+    );
+    let dir = with_config("precision_fallback: f16\n");
+    fails_with(dir.path(), &[], &["configs/config.yaml:1:", "f32", "bf16"]);
     let dir = with_config("generation:\n  num_beams: 0\n");
     fails_with(dir.path(), &[], &["generation.num_beams", "at least 1"]);
 }

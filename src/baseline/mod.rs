@@ -311,7 +311,7 @@ fn caption_all(
         }
         if !batch.pixels.is_empty() {
             let generation_started = Instant::now();
-            let captions = captioner.caption_pixels(&batch.pixels)?;
+            let captions = captioner.caption_batch(&batch.pixels, &batch.index.to_string())?;
             let latency_ms = generation_started.elapsed().as_secs_f64() * 1e3;
             let records: Vec<Prediction> = batch
                 .items
@@ -492,7 +492,7 @@ fn environment(
         },
         compute_capability,
         precision: active.precision.dtype.as_str().to_string(),
-        quantization: format!("{:?}", config.quantization).to_lowercase(),
+        quantization: config.quantization.to_string(),
         model_dir,
         cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     }

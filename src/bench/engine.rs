@@ -9,11 +9,12 @@ use candle_core::Tensor;
 
 use super::document::ModelShape;
 use super::BenchError;
+use crate::captioner::quantization_format;
 use crate::config::{Config, ResizePassOrder};
 use crate::device::ActiveDevice;
 use crate::generate::{decoder_start, generate, GenerationConfig};
 use crate::hub;
-use crate::models::blip::{load::load_model, BlipForConditionalGeneration};
+use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
 
@@ -49,8 +50,13 @@ impl BenchModel {
             hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
         let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
             .map_err(|err| BenchError::Model(err.to_string()))?;
-        let model = load_model(&model_dir, active.precision.dtype, &active.device)
-            .map_err(|err| BenchError::Model(format!("{err:#}")))?;
+        let model = load_model_with(
+            &model_dir,
+            active.precision.dtype,
+            &active.device,
+            quantization_format(config.quantization),
+        )
+        .map_err(|err| BenchError::Model(format!("{err:#}")))?;
         active
             .device
             .synchronize()

@@ -34,7 +34,7 @@ pub fn describe(
         },
         compute_capability,
         precision: active.precision.dtype.as_str().to_string(),
-        quantization: format!("{:?}", config.quantization).to_lowercase(),
+        quantization: config.quantization.to_string(),
         vlmrun_version: device::build_info::VERSION.to_string(),
         git_rev: device::build_info::GIT_REV.to_string(),
         framework: "candle".to_string(),

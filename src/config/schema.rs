@@ -15,8 +15,10 @@ pub struct Config {
     pub device: DeviceSpec,
     /// `f32`, `f16`, `bf16` or `auto` (bf16 on compute capability >= 8.0, f16 on older GPUs, f32 on CPU).
     pub precision: PrecisionSpec,
-    /// Weight quantization. Only `none` is implemented.
+    /// Weight quantization: `none`, `q8_0`, `q4_0`, `q4k` or `q6k` (docs/precision.md).
     pub quantization: Quantization,
+    /// f16 runs: precision (`f32` or `bf16`) a batch is recomputed in when its logits overflow.
+    pub precision_fallback: PrecisionFallback,
     /// Seed for everything random (synthetic inputs, shuffling).
     pub seed: u64,
     pub model: ModelConfig,
@@ -32,6 +34,7 @@ impl Default for Config {
             device: DeviceSpec::Auto,
             precision: PrecisionSpec::Auto,
             quantization: Quantization::None,
+            precision_fallback: PrecisionFallback::F32,
             seed: 42,
             model: ModelConfig::default(),
             data: DataConfig::default(),
@@ -282,10 +285,52 @@ impl fmt::Display for PrecisionSpec {
     }
 }
 
-/// Weight quantization. Quantized kernels (q8_0, q4_0, q4k, q6k) are not implemented yet, so the schema
-/// accepts only `none` and the error lists what is valid.
+/// Weight quantization of the vision and text projections (GGML block formats, quantized at load).
+/// The error for an unknown name lists the valid ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Quantization {
+    /// Dense weights in the compute precision.
+    #[serde(rename = "none")]
+    None,
+    /// 8-bit blocks of 32 (one f16 scale each).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 (one f16 scale each).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256; layers whose input size is not a multiple of 256 use q8_0.
+    #[serde(rename = "q4k")]
+    Q4k,
+    /// 6-bit k-quant super-blocks of 256; layers whose input size is not a multiple of 256 use q8_0.
+    #[serde(rename = "q6k")]
+    Q6k,
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Quantization::None => "none",
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q4_0 => "q4_0",
+            Quantization::Q4k => "q4k",
+            Quantization::Q6k => "q6k",
+        })
+    }
+}
+
+/// The precision a batch is recomputed in when an f16 run produces non-finite logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Quantization {
-    None,
+pub enum PrecisionFallback {
+    F32,
+    Bf16,
+}
+
+impl fmt::Display for PrecisionFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrecisionFallback::F32 => "f32",
+            PrecisionFallback::Bf16 => "bf16",
+        })
+    }
 }

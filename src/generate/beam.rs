@@ -7,7 +7,9 @@ use candle_core::{Tensor, D};
 
 use super::beam_state::{merge_beam_candidates, BeamState};
 use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty, RowCandidates};
-use super::{index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig};
+use super::{
+    ensure_finite, index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig,
+};
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 use crate::models::fused::FusedOps;
 
@@ -51,6 +53,7 @@ pub fn beam_search(
         &image_kv,
         &mut cache,
     )?;
+    ensure_finite(&logits, 0)?;
     let expand: Vec<usize> = (0..batch).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     let expand = index_tensor(&expand, &device)?;
     cache.select_rows(&expand)?;
@@ -126,6 +129,7 @@ pub fn beam_search(
             p.record(&next)?;
         }
         logits = next_token_logits(model, &next.unsqueeze(1)?, &image_kv, &mut cache)?;
+        ensure_finite(&logits, cur_len - prompt.len())?;
     }
     Ok(results)
 }

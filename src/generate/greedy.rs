@@ -5,7 +5,9 @@
 use candle_core::D;
 
 use super::logits::{eos_suppression, RepetitionPenalty};
-use super::{index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig};
+use super::{
+    ensure_finite, index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig,
+};
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 
 /// Greedy decoding of every image in `image_kv` from the decoder start sequence `prompt`.
@@ -40,6 +42,7 @@ pub fn greedy_search(
     let mut cur_len = prompt.len();
     loop {
         let mut scores = next_token_logits(model, &input, &image_kv, &mut cache)?;
+        ensure_finite(&scores, cur_len - prompt.len())?;
         if let Some(p) = &penalty {
             scores = p.apply(&scores)?;
         }

@@ -63,6 +63,10 @@ pub enum GenerateError {
     },
     #[error("pixel_values must be (batch, 3, height, width), got {0:?}")]
     BadPixelValues(Vec<usize>),
+    /// The logits of generation step `step` (0 = the first generated token) hold a NaN or an
+    /// infinity: usually an f16 overflow somewhere in the model.
+    #[error("non-finite logits (NaN or infinity) at generation step {step}: the activations overflowed; run in f32 or bf16 (precision, precision_fallback)")]
+    NonFiniteLogits { step: usize },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -170,6 +174,22 @@ fn next_token_logits(
         .forward_hidden(input_ids, image_kv, cache)?;
     let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
     model.text_decoder().logits(&last)
+}
+
+/// Errors with [`GenerateError::NonFiniteLogits`] when the f32 `logits` hold a NaN or an
+/// infinity. One elementwise kernel, one reduction and a 4-byte read per step.
+fn ensure_finite(logits: &Tensor, step: usize) -> Result<(), GenerateError> {
+    // 0 * x + 0 is 0 for every finite x and NaN for NaN and +-inf: the sum is finite iff all are.
+    let probe = logits
+        .affine(0.0, 0.0)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    if probe.is_finite() {
+        Ok(())
+    } else {
+        Err(GenerateError::NonFiniteLogits { step })
+    }
 }
 
 /// `(rows, T)` u32 tensor with `prompt` on every row.

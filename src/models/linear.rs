@@ -1,7 +1,11 @@
-//! The projection type every model layer uses (`y = x W^T + b`), so that a quantized weight
-//! format can be added as another variant later without touching the layers.
+//! The projection type every model layer uses (`y = x W^T + b`): a dense weight in the
+//! activation dtype, or a GGML-quantized weight (q8_0, q4_0, q4k, q6k) multiplied through
+//! candle's `QMatMul`, with the bias and epilogue applied by regular ops.
 
-use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::fused::FusedOps;
@@ -26,6 +30,16 @@ pub enum Linear {
     Dense {
         weight: Tensor,
         bias: Option<Tensor>,
+    },
+    /// Quantized weight `(out_features, in_features)`; the bias `(out_features,)` stays in the
+    /// activation dtype. Never takes the fused CUDA kernels.
+    Quantized {
+        weight: QMatMul,
+        /// The quantized tensor behind `weight` (for its format and storage size).
+        qtensor: Arc<QTensor>,
+        bias: Option<Tensor>,
+        /// Activation dtype of the rest of the model (outputs are returned in it).
+        dtype: DType,
     },
 }
 
@@ -58,7 +72,9 @@ impl Linear {
         let mut weights = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(parts.len());
         for part in parts {
-            let Self::Dense { weight, bias } = part;
+            let Self::Dense { weight, bias } = part else {
+                candle_core::bail!("concat_outputs: quantized projections cannot be stacked (quantize after stacking)");
+            };
             weights.push(weight.clone());
             if let Some(b) = bias {
                 biases.push(b.clone());
@@ -76,7 +92,11 @@ impl Linear {
     /// Multiplies the output (weight rows and bias) by `factor`: folds a constant scale that
     /// follows the projection (such as the attention `1/sqrt(head_dim)`) into the weights.
     pub fn scaled(&self, factor: f64) -> Result<Self> {
-        let Self::Dense { weight, bias } = self;
+        let Self::Dense { weight, bias } = self else {
+            candle_core::bail!(
+                "scaled: a quantized projection cannot be rescaled (scale before quantizing)"
+            );
+        };
         let bias = match bias {
             Some(b) => Some((b * factor)?),
             None => None,
@@ -89,14 +109,58 @@ impl Linear {
 
     /// Number of output features.
     pub fn out_features(&self) -> Result<usize> {
-        let Self::Dense { weight, .. } = self;
-        weight.dim(0)
+        match self {
+            Self::Dense { weight, .. } => weight.dim(0),
+            Self::Quantized { qtensor, .. } => qtensor.shape().dim(0),
+        }
+    }
+
+    /// Number of input features.
+    pub fn in_features(&self) -> Result<usize> {
+        match self {
+            Self::Dense { weight, .. } => weight.dim(1),
+            Self::Quantized { qtensor, .. } => qtensor.shape().dim(1),
+        }
     }
 
     /// The bias `(out_features,)`, if any.
     pub fn bias(&self) -> Option<&Tensor> {
-        let Self::Dense { bias, .. } = self;
-        bias.as_ref()
+        match self {
+            Self::Dense { bias, .. } | Self::Quantized { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    /// The GGML format of the weight, `None` for a dense weight.
+    pub fn quantized_format(&self) -> Option<GgmlDType> {
+        match self {
+            Self::Dense { .. } => None,
+            Self::Quantized { qtensor, .. } => Some(qtensor.dtype()),
+        }
+    }
+
+    /// Bytes the weight matrix occupies (the bias not included): elements times the dtype size
+    /// for a dense weight, the quantized blocks' storage size otherwise.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
+            Self::Quantized { qtensor, .. } => qtensor.storage_size_in_bytes(),
+        }
+    }
+
+    /// This projection with its weight quantized to `format` (on the weight's device; the bias
+    /// is kept). `format`'s block size must divide `in_features` (candle checks it and errors).
+    /// Quantizing an already quantized projection is an error.
+    pub fn quantize(&self, format: GgmlDType) -> Result<Self> {
+        let Self::Dense { weight, bias } = self else {
+            candle_core::bail!("quantize: this projection is already quantized");
+        };
+        let qtensor = Arc::new(QTensor::quantize(weight, format)?);
+        Ok(Self::Quantized {
+            weight: QMatMul::from_arc(qtensor.clone())?,
+            qtensor,
+            bias: bias.clone(),
+            dtype: weight.dtype(),
+        })
     }
 
     /// `(..., in_features) -> (..., out_features)`. The leading dimensions are flattened so that
@@ -111,11 +175,18 @@ impl Linear {
 
     /// `x W^T` without the bias, for callers that fuse the bias into the next kernel.
     pub fn forward_no_bias(&self, xs: &Tensor) -> Result<Tensor> {
-        let Self::Dense { weight, .. } = self;
         let dims = xs.dims();
         let in_features = xs.dim(D::Minus1)?;
         let rows: usize = dims.iter().rev().skip(1).product();
-        let out = xs.reshape((rows, in_features))?.matmul(&weight.t()?)?;
+        let flat = xs.reshape((rows, in_features))?;
+        let out = match self {
+            Self::Dense { weight, .. } => flat.matmul(&weight.t()?)?,
+            // candle's quantized kernels take every input dtype on CPU, but some CUDA fallbacks
+            // read f32 only: multiply in f32 and return the activation dtype.
+            Self::Quantized { weight, dtype, .. } => weight
+                .forward(&flat.to_dtype(DType::F32)?.contiguous()?)?
+                .to_dtype(*dtype)?,
+        };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = out.dim(1)?;
@@ -126,21 +197,24 @@ impl Linear {
     /// `x W^T` followed by `epilogue`, through the fused CUDA kernels when `ops` is enabled
     /// (a GEMV kernel for a handful of rows, else a GEMM plus one epilogue kernel), else through
     /// composed candle ops.
+    /// A quantized projection always takes the composed path.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps, epilogue: Epilogue) -> Result<Tensor> {
-        let Self::Dense { weight, bias } = self;
-        let bias = bias.as_ref();
+        let weight = match self {
+            Self::Dense { weight, .. } if ops.enabled() => weight,
+            _ => {
+                return match epilogue {
+                    Epilogue::None => self.forward_no_bias(xs),
+                    Epilogue::Bias => self.forward(xs),
+                    Epilogue::BiasGelu => self.forward(xs)?.gelu_erf(),
+                    Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
+                };
+            }
+        };
+        let bias = self.bias();
         let needs_bias = || match bias {
             Some(b) => Ok(b),
             None => candle_core::bail!("linear epilogue {epilogue:?} needs a bias"),
         };
-        if !ops.enabled() {
-            return match epilogue {
-                Epilogue::None => self.forward_no_bias(xs),
-                Epilogue::Bias => self.forward(xs),
-                Epilogue::BiasGelu => self.forward(xs)?.gelu_erf(),
-                Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
-            };
-        }
         let (gemv_bias, gelu, f32_out) = match epilogue {
             Epilogue::None => (None, false, false),
             Epilogue::Bias => (Some(needs_bias()?), false, false),

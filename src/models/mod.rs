@@ -3,3 +3,4 @@
 pub mod blip;
 pub mod fused;
 pub mod linear;
+pub mod quantize;

@@ -5,11 +5,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Shape};
 use candle_nn::VarBuilder;
 
 use super::config::{BlipConfig, ConfigError};
 use super::BlipForConditionalGeneration;
+use crate::models::quantize::format_name;
 
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,12 @@ pub enum LoadError {
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
+    },
+    #[error("quantizing the model from {dir} to {format:?}: {source}", dir = .dir.display())]
+    Quantize {
+        dir: PathBuf,
+        format: GgmlDType,
+        source: candle_core::Error,
     },
     #[error("building the model from {dir}: {source}", dir = .dir.display())]
     Build {
@@ -144,6 +152,49 @@ pub fn load_model(
     device: &Device,
 ) -> Result<BlipForConditionalGeneration, LoadError> {
     BlipWeights::locate(dir)?.load(dtype, device)
+}
+
+/// [`load_model`], then quantizes the projections to `quantization` when given (see
+/// [`BlipForConditionalGeneration::quantize`]), logging what was quantized and every fallback.
+pub fn load_model_with(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    quantization: Option<GgmlDType>,
+) -> Result<BlipForConditionalGeneration, LoadError> {
+    let mut model = load_model(dir, dtype, device)?;
+    let Some(target) = quantization else {
+        return Ok(model);
+    };
+    let format = format_name(target);
+    let summary = model
+        .quantize(target)
+        .map_err(|source| LoadError::Quantize {
+            dir: dir.to_path_buf(),
+            format: target,
+            source,
+        })?;
+    tracing::info!(
+        "quantized {} projections to {format}: weights {} -> {} bytes",
+        summary.quantized_layers,
+        summary.dense_bytes,
+        summary.quantized_bytes
+    );
+    if !summary.fallbacks.is_empty() {
+        tracing::info!(
+            "{format} needs in_features divisible by {}; these projections use q8_0 instead: {}",
+            target.block_size(),
+            summary.fallbacks.join(", ")
+        );
+    }
+    if !summary.kept_dense.is_empty() {
+        tracing::info!(
+            "{format}: in_features not divisible by {}, kept dense ({dtype:?}): {}",
+            GgmlDType::Q8_0.block_size(),
+            summary.kept_dense.join(", ")
+        );
+    }
+    Ok(model)
 }
 
 fn dims(shape: &Shape) -> Vec<usize> {

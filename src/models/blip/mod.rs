@@ -7,17 +7,19 @@ pub mod text;
 pub mod text_attention;
 pub mod vision;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{BlipConfig, BlipTextConfig, BlipVisionConfig};
-pub use load::{load_model, BlipWeights, LoadError};
+pub use load::{load_model, load_model_with, BlipWeights, LoadError};
 pub use text::BlipTextLMHeadModel;
 pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
 
 use crate::generate::kv_cache::{KvCache, KvCacheShape};
 use crate::models::fused::FusedOps;
+use crate::models::quantize::{QuantizationSummary, Quantizer};
 
 /// `vision_model` + `text_decoder`.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct BlipForConditionalGeneration {
     config: BlipConfig,
     dtype: DType,
     device: Device,
+    /// Target format of the quantized projections, `None` when every weight is dense.
+    quantized: Option<GgmlDType>,
 }
 
 impl BlipForConditionalGeneration {
@@ -47,13 +51,35 @@ impl BlipForConditionalGeneration {
             config: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            quantized: None,
         })
     }
 
+    /// Quantizes the vision and text projections in place to `target` (see
+    /// [`Quantizer::format_for`] for the per-layer fallback) and switches the model to the
+    /// composed ops: the fused CUDA kernels read dense weights only.
+    pub fn quantize(&mut self, target: GgmlDType) -> Result<QuantizationSummary> {
+        if self.quantized.is_some() {
+            candle_core::bail!("the model is already quantized");
+        }
+        let mut quantizer = Quantizer::new(target);
+        self.vision_model.quantize_linears(&mut quantizer)?;
+        self.text_decoder.quantize_linears(&mut quantizer)?;
+        self.quantized = Some(target);
+        self.set_fused(false)?;
+        Ok(quantizer.into_summary())
+    }
+
+    /// The target format the projections were quantized to, if any.
+    pub fn quantized(&self) -> Option<GgmlDType> {
+        self.quantized
+    }
+
     /// Uses the fused CUDA kernels for decoding (`true`, the default on a CUDA device) or the
-    /// composed candle ops everywhere (for comparisons). A no-op on CPU.
+    /// composed candle ops everywhere (for comparisons). A no-op on CPU, and on a quantized
+    /// model, which always takes the composed ops.
     pub fn set_fused(&mut self, enabled: bool) -> Result<()> {
-        let ops = if enabled {
+        let ops = if enabled && self.quantized.is_none() {
             FusedOps::for_device(&self.device)?
         } else {
             FusedOps::disabled()

@@ -12,6 +12,7 @@ use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::quantize::Quantizer;
 
 /// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
 #[derive(Debug, Clone)]
@@ -326,5 +327,29 @@ impl BlipTextLMHeadModel {
     /// Hidden states `(..., D)` -> vocabulary logits `(..., V)`, f32.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.predictions.forward(hidden, &self.ops)
+    }
+}
+
+impl BlipTextLMHeadModel {
+    /// Quantizes every layer's attention, cross-attention and feed-forward projections and the
+    /// LM-head transform; the embeddings, LayerNorms and the decoder (tied to the word
+    /// embeddings) stay in the activation dtype.
+    pub fn quantize_linears(&mut self, quantizer: &mut Quantizer) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let name = format!("text_decoder.bert.encoder.layer.{i}");
+            layer
+                .attention
+                .quantize_linears(&format!("{name}.attention"), quantizer)?;
+            layer
+                .crossattention
+                .quantize_linears(&format!("{name}.crossattention"), quantizer)?;
+            let ff = &mut layer.feed_forward;
+            quantizer.apply(&format!("{name}.intermediate.dense"), &mut ff.intermediate)?;
+            quantizer.apply(&format!("{name}.output.dense"), &mut ff.output)?;
+        }
+        quantizer.apply(
+            "text_decoder.cls.predictions.transform.dense",
+            &mut self.predictions.transform_dense,
+        )
     }
 }

@@ -11,6 +11,7 @@ use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::quantize::Quantizer;
 
 /// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
 /// bias + residual + LayerNorm kernel.
@@ -337,5 +338,24 @@ impl BlipTextCrossAttention {
                     .reshape((r, t, d))?
             };
         self.output.forward(&context, xs, ops)
+    }
+}
+
+impl BlipTextSelfAttention {
+    /// Quantizes `self.{query,key,value}` (stacked) and `output.dense`; `name` is the layer's
+    /// `attention` path.
+    pub fn quantize_linears(&mut self, name: &str, quantizer: &mut Quantizer) -> Result<()> {
+        quantizer.apply(&format!("{name}.self.qkv"), &mut self.qkv)?;
+        quantizer.apply(&format!("{name}.output.dense"), &mut self.output.dense)
+    }
+}
+
+impl BlipTextCrossAttention {
+    /// Quantizes `self.query`, `self.{key,value}` (stacked) and `output.dense`; `name` is the
+    /// layer's `crossattention` path.
+    pub fn quantize_linears(&mut self, name: &str, quantizer: &mut Quantizer) -> Result<()> {
+        quantizer.apply(&format!("{name}.self.query"), &mut self.query)?;
+        quantizer.apply(&format!("{name}.self.key_value"), &mut self.key_value)?;
+        quantizer.apply(&format!("{name}.output.dense"), &mut self.output.dense)
     }
 }

@@ -8,6 +8,7 @@ use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::quantize::Quantizer;
 
 /// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
 pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -349,5 +350,23 @@ impl BlipVisionModel {
             xs = layer.forward(&xs)?;
         }
         self.post_layernorm.forward(&xs)
+    }
+}
+
+impl BlipVisionModel {
+    /// Quantizes every encoder projection (`self_attn.qkv`, `self_attn.projection`, `mlp.fc1`,
+    /// `mlp.fc2`); the patch embedding and the LayerNorms stay in the activation dtype.
+    pub fn quantize_linears(&mut self, quantizer: &mut Quantizer) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let name = |what: &str| format!("vision_model.encoder.layers.{i}.{what}");
+            quantizer.apply(&name("self_attn.qkv"), &mut layer.self_attn.qkv)?;
+            quantizer.apply(
+                &name("self_attn.projection"),
+                &mut layer.self_attn.projection,
+            )?;
+            quantizer.apply(&name("mlp.fc1"), &mut layer.mlp.fc1)?;
+            quantizer.apply(&name("mlp.fc2"), &mut layer.mlp.fc2)?;
+        }
+        Ok(())
     }
 }
