@@ -27,7 +27,7 @@ use crate::exit::Exit;
 use crate::metrics;
 use crate::report::{write_json_atomic, Percentiles};
 use predictions::{JsonlAppender, Prediction};
-use report::{BaselineReport, Counts, Environment, Memory, Timings};
+use report::{BaselineReport, Counts, Memory, Timings};
 
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const ERRORS_FILE: &str = "errors.jsonl";
@@ -178,7 +178,7 @@ pub fn run(
     let report = BaselineReport {
         schema: report::SCHEMA.to_string(),
         status: status.to_string(),
-        environment: environment(&active, facts, cuda, config, model_dir),
+        environment: crate::report::describe_environment(&active, facts, cuda, config, model_dir),
         timings,
         memory,
         counts,
@@ -455,45 +455,5 @@ pub fn strip_prompt(caption: &str, prompt: &str) -> String {
     match caption.trim().strip_prefix(&prompt) {
         Some(rest) => rest.trim().to_string(),
         None => caption.trim().to_string(),
-    }
-}
-
-fn environment(
-    active: &device::ActiveDevice,
-    facts: &SystemFacts,
-    cuda: &CudaAvailability,
-    config: &crate::config::Config,
-    model_dir: Option<String>,
-) -> Environment {
-    let (device_name, compute_capability) = match &active.plan.target {
-        Target::Cuda { gpu: Some(gpu), .. } => (
-            Some(gpu.name.clone()),
-            Some(format!(
-                "{}.{}",
-                gpu.compute_capability.0, gpu.compute_capability.1
-            )),
-        ),
-        _ => (None, None),
-    };
-    Environment {
-        vlmrun_version: device::build_info::VERSION.to_string(),
-        git_rev: device::build_info::GIT_REV.to_string(),
-        device: device::describe_target(&active.plan.target),
-        device_name,
-        driver: facts.driver.as_ref().ok().map(|d| d.version.clone()),
-        driver_cuda: facts
-            .driver
-            .as_ref()
-            .ok()
-            .map(|d| format!("{}.{}", d.cuda_version.0, d.cuda_version.1)),
-        cuda_build: match cuda {
-            CudaAvailability::Compiled(build) => Some(build.cuda_version.clone()),
-            _ => None,
-        },
-        compute_capability,
-        precision: active.precision.dtype.as_str().to_string(),
-        quantization: config.quantization.to_string(),
-        model_dir,
-        cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }

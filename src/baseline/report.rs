@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::metrics::Scores;
-use crate::report::Percentiles;
+use crate::report::{Environment, Percentiles};
 
 pub const SCHEMA: &str = "vlmrun.baseline/1";
 
@@ -20,22 +20,6 @@ pub struct BaselineReport {
     pub metrics: Option<Scores>,
     /// The resolved configuration.
     pub config: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Environment {
-    pub vlmrun_version: String,
-    pub git_rev: String,
-    pub device: String,
-    pub device_name: Option<String>,
-    pub driver: Option<String>,
-    pub driver_cuda: Option<String>,
-    pub cuda_build: Option<String>,
-    pub compute_capability: Option<String>,
-    pub precision: String,
-    pub quantization: String,
-    pub model_dir: Option<String>,
-    pub cpu_threads: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

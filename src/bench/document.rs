@@ -32,29 +32,7 @@ pub struct BenchDocument {
     pub config: serde_json::Value,
 }
 
-/// Where the numbers were taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Environment {
-    /// `cpu` or `cuda:0 (NVIDIA H100 80GB HBM3, compute capability 9.0)`.
-    pub device: String,
-    /// The GPU's name, or the CPU model for CPU runs: `--compare` requires these to be equal.
-    pub device_name: String,
-    pub driver: Option<String>,
-    /// Highest CUDA version the driver supports.
-    pub driver_cuda: Option<String>,
-    /// CUDA toolkit the binary (or torch) was built with.
-    pub cuda_build: Option<String>,
-    pub compute_capability: Option<String>,
-    /// `f32`, `f16` or `bf16`.
-    pub precision: String,
-    pub quantization: String,
-    pub vlmrun_version: String,
-    pub git_rev: String,
-    /// Framework versions, e.g. `candle 0.11` or `torch 2.11.0, transformers 5.17.0`.
-    pub framework: String,
-    pub cpu_threads: usize,
-    pub model_dir: Option<String>,
-}
+pub use crate::report::Environment;
 
 /// The model's shapes (enough to tell base from large from tiny).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,6 @@
 pub mod compare;
 pub mod document;
 pub mod engine;
-pub mod environment;
 mod error;
 pub mod markdown;
 pub mod phases;
@@ -103,7 +102,7 @@ pub fn run(
     Ok(BenchDocument {
         schema: SCHEMA.to_string(),
         tool: "vlmrun".to_string(),
-        environment: environment::describe(
+        environment: crate::report::describe_environment(
             active,
             facts,
             cuda,

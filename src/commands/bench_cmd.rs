@@ -35,7 +35,7 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
     let facts = probe_system();
     let active = device::activate(config.device, config.precision, &facts, &context.cuda)?;
     if let Some(baseline) = &baseline {
-        let here = bench::environment::device_name(&active);
+        let here = crate::report::device_name(&active);
         if baseline.environment.device_name != here {
             return Err(to_error(BenchError::DeviceMismatch {
                 baseline: baseline.environment.device_name.clone(),

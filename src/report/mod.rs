@@ -1,5 +1,9 @@
-//! Run reports: atomic JSON writes (temp file + fsync + rename, so a reader or a crash never sees half a
+//! Run reports: the shared environment block, atomic JSON writes (temp file + fsync + rename, so a reader or a crash never sees half a
 //! report) and the latency statistics they carry.
+
+mod environment;
+
+pub use environment::{cpu_model, describe as describe_environment, device_name, Environment};
 
 use std::io::Write;
 use std::path::Path;
