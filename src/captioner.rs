@@ -15,7 +15,7 @@ use crate::generate::{generate, GenerateError, GenerationConfig};
 use crate::hub;
 use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
-use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
+use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
 
 /// One generated caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,16 +141,21 @@ impl Captioner {
         if pixels.is_empty() {
             return Ok(Vec::new());
         }
-        let size = self.processor.size;
-        let batch = batch_tensor(pixels, size, &self.active.device)
-            .map_err(|err| Error::Internal(format!("uploading the image batch: {err}")))?;
+        let upload = |dtype: DType| {
+            batch_tensor_as(pixels, self.processor.size, &self.active.device, dtype)
+                .map_err(|err| Error::Internal(format!("uploading the image batch: {err}")))
+        };
+        // Uploaded in the model's dtype (half the bytes for f16/bf16); the fallback starts again from
+        // the host's f32 pixels, so it sees exactly what an f32 run would.
+        let batch = upload(self.model.dtype())?;
         let sequences = match self.generate_in(&self.model, &batch) {
             Err(GenerateError::NonFiniteLogits { step }) if self.model.dtype() == DType::F16 => {
                 tracing::warn!(
                     "batch {label}: non-finite logits at step {step} in f16 (overflow); recomputing it in {}",
                     self.fallback_dtype.as_str()
                 );
-                self.generate_in(self.fallback_model()?, &batch)
+                let fallback = self.fallback_model()?;
+                self.generate_in(fallback, &upload(fallback.dtype())?)
             }
             other => other,
         }
@@ -167,7 +172,7 @@ impl Captioner {
             .collect()
     }
 
-    /// Generates for the f32 pixel batch with `model`, in the model's dtype.
+    /// Generates for the pixel batch with `model`, cast to the model's dtype if it is not already.
     fn generate_in(
         &self,
         model: &BlipForConditionalGeneration,

@@ -16,7 +16,7 @@ use crate::generate::{decoder_start, generate, GenerationConfig};
 use crate::hub;
 use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
-use crate::preprocess::{batch_tensor, ImageProcessor, PassOrder};
+use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
 
 pub struct BenchModel {
     model: BlipForConditionalGeneration,
@@ -170,9 +170,13 @@ impl BenchModel {
 
     /// Uploads preprocessed CHW images as an `(N, 3, S, S)` batch in the model dtype.
     pub fn upload(&self, pixels: &[Vec<f32>]) -> Result<Tensor, BenchError> {
-        batch_tensor(pixels, self.processor.size, &self.active.device)
-            .and_then(|t| t.to_dtype(self.active.precision.dtype))
-            .map_err(BenchError::compute("uploading the image batch"))
+        batch_tensor_as(
+            pixels,
+            self.processor.size,
+            &self.active.device,
+            self.active.precision.dtype,
+        )
+        .map_err(BenchError::compute("uploading the image batch"))
     }
 
     /// Forced-length generation of `batch` with `num_beams`; checks every caption has exactly
