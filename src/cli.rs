@@ -130,16 +130,7 @@ impl CaptionArgs {
             ("--min-length", "generation.min_length", &self.min_length),
             ("--batch-size", "generation.batch_size", &self.batch_size),
         ];
-        pairs
-            .into_iter()
-            .filter_map(|(flag, key, value)| {
-                value.as_ref().map(|value| crate::config::FlagOverride {
-                    flag,
-                    key,
-                    value: value.clone(),
-                })
-            })
-            .collect()
+        crate::config::FlagOverride::from_flags(&pairs)
     }
 }
 
@@ -196,15 +187,6 @@ impl BenchArgs {
             ("--prompt", "generation.prompt", &self.prompt),
             ("--quantization", "quantization", &self.quantization),
         ];
-        pairs
-            .into_iter()
-            .filter_map(|(flag, key, value)| {
-                value.as_ref().map(|value| crate::config::FlagOverride {
-                    flag,
-                    key,
-                    value: value.clone(),
-                })
-            })
-            .collect()
+        crate::config::FlagOverride::from_flags(&pairs)
     }
 }

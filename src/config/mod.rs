@@ -36,6 +36,24 @@ pub struct FlagOverride {
     pub value: String,
 }
 
+impl FlagOverride {
+    /// The given `(flag, config key, value)` triples whose value was set, in order.
+    pub fn from_flags(
+        flags: &[(&'static str, &'static str, &Option<String>)],
+    ) -> Vec<FlagOverride> {
+        flags
+            .iter()
+            .filter_map(|(flag, key, value)| {
+                value.as_ref().map(|value| FlagOverride {
+                    flag,
+                    key,
+                    value: value.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// The configuration a run uses, with the origin of every leaf value (`generation.num_beams`, ...).
 #[derive(Debug, Clone)]
 pub struct ResolvedConfig {
