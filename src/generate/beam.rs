@@ -36,17 +36,8 @@ pub fn beam_search(
 
     // Prefill once per image, then give each image `k` identical beams (HF starts from `k` copies).
     let mut cache = model.new_cache(batch, cfg.max_length)?;
-    let mut penalty = if cfg.repetition_penalty != 1.0 {
-        Some(RepetitionPenalty::new(
-            cfg.repetition_penalty,
-            prompt,
-            batch,
-            vocab,
-            &device,
-        )?)
-    } else {
-        None
-    };
+    let mut penalty =
+        RepetitionPenalty::if_enabled(cfg.repetition_penalty, prompt, batch, vocab, &device)?;
     let logits = next_token_logits(
         model,
         &prompt_tensor(prompt, batch, &device)?,

@@ -21,17 +21,8 @@ pub fn greedy_search(
     let batch = image_kv.images()?;
     let vocab = model.config().text_config.vocab_size;
     let mut cache = model.new_cache(batch, cfg.max_length)?;
-    let mut penalty = if cfg.repetition_penalty != 1.0 {
-        Some(RepetitionPenalty::new(
-            cfg.repetition_penalty,
-            prompt,
-            batch,
-            vocab,
-            &device,
-        )?)
-    } else {
-        None
-    };
+    let mut penalty =
+        RepetitionPenalty::if_enabled(cfg.repetition_penalty, prompt, batch, vocab, &device)?;
     let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
     let ops = model.text_decoder().fused_ops();
 

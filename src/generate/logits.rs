@@ -17,6 +17,20 @@ pub struct RepetitionPenalty {
 }
 
 impl RepetitionPenalty {
+    /// The penalty `penalty` asks for, or `None` when it is 1.0 (off).
+    pub fn if_enabled(
+        penalty: f32,
+        prompt: &[u32],
+        rows: usize,
+        vocab_size: usize,
+        device: &Device,
+    ) -> Result<Option<Self>> {
+        if penalty == 1.0 {
+            return Ok(None);
+        }
+        Self::new(penalty, prompt, rows, vocab_size, device).map(Some)
+    }
+
     /// `rows` sequences that all start with `prompt`.
     pub fn new(
         penalty: f32,
