@@ -3,4 +3,5 @@
 pub mod blip;
 pub mod fused;
 pub mod linear;
+pub mod norm;
 pub mod quantize;

@@ -44,6 +44,15 @@ pub enum PromptError {
     Decode { path: PathBuf, detail: String },
 }
 
+/// A tokenized training caption (see [`PromptTokenizer::caption_ids`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptionIds {
+    /// `[30522, prompt and caption tokens..., 102]`.
+    pub ids: Vec<u32>,
+    /// Leading ids that are the prompt (`[DEC]` included): not predicted, not in the loss.
+    pub prompt_len: usize,
+}
+
 /// A BLIP (BERT WordPiece) tokenizer for prompts and captions.
 pub struct PromptTokenizer {
     tokenizer: tokenizers::Tokenizer,
@@ -109,6 +118,23 @@ impl PromptTokenizer {
                 ids: ids.to_vec(),
             }),
         }
+    }
+
+    /// Training sequence for `prompt` + `caption` as LAVIS builds it: `[30522, tokens..., [SEP]]`,
+    /// truncated to `max_tokens` ids (the `[SEP]` kept), and the number of leading ids that belong
+    /// to the prompt (`[DEC]` included), which the loss ignores.
+    pub fn caption_ids(
+        &self,
+        prompt: &str,
+        caption: &str,
+        max_tokens: usize,
+    ) -> Result<CaptionIds, PromptError> {
+        let text = format!("{prompt}{caption}");
+        let mut ids = self.prompt_ids(&text)?;
+        ids.truncate(max_tokens.saturating_sub(1).max(1));
+        ids.push(self.sep_id);
+        let prompt_len = self.prompt_ids(prompt)?.len().min(ids.len());
+        Ok(CaptionIds { ids, prompt_len })
     }
 
     /// Caption text of `ids`, skipping special tokens (`[DEC]`, `[SEP]`, `[PAD]`, ...).

@@ -37,6 +37,17 @@ impl BlipForConditionalGeneration {
     /// Builds the model from `vb` (root of the HF checkpoint); the activation dtype is `vb`'s.
     pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
         let ops = FusedOps::for_device(vb.device())?;
+        Self::new_with_ops(cfg, vb, ops)
+    }
+
+    /// Builds the model for training: composed candle ops only (the fused CUDA kernels have no
+    /// backward pass), so that gradients reach every weight `vb` hands out as (or computed
+    /// from) a `Var`.
+    pub fn new_differentiable(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_ops(cfg, vb, FusedOps::disabled())
+    }
+
+    fn new_with_ops(cfg: &BlipConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
         Ok(Self {
             vision_model: BlipVisionModel::new_with_ops(
                 &cfg.vision_config,
@@ -128,17 +139,17 @@ impl BlipForConditionalGeneration {
         KvCache::new(shape, self.dtype, &self.device)
     }
 
-    /// Teacher-forced logits `(B, T, V)` for `input_ids` `(B, T)` (u32), as HF
-    /// `model(pixel_values, input_ids).logits`.
+    /// Teacher-forced logits `(B, T, V)` (f32) for `input_ids` `(B, T)` (u32), as HF
+    /// `model(pixel_values, input_ids).logits`. Right padding needs no attention mask: the
+    /// causal mask already keeps every real token from seeing the pads after it. Differentiable
+    /// on a model built with [`Self::new_differentiable`].
     pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
         let image_kv = self
             .text_decoder
             .image_kv(&self.image_embeds(pixel_values)?)?;
-        let mut cache = self.new_cache(b, t)?;
         let hidden = self
             .text_decoder
-            .forward_hidden(input_ids, &image_kv, &mut cache)?;
+            .forward_hidden_uncached(input_ids, &image_kv)?;
         self.text_decoder.logits(&hidden)
     }
 }

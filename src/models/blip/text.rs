@@ -2,16 +2,16 @@
 //! layers with causal self-attention and image cross-attention, and the tied LM head.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::config::{Activation, BlipTextConfig};
 use super::text_attention::{
     residual_norm_params, BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv,
 };
-use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::norm::{layer_norm, LayerNorm};
 use crate::models::quantize::Quantizer;
 
 /// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
@@ -38,15 +38,11 @@ impl BlipTextEmbeddings {
             .pp("position_embeddings")
             .get((cfg.max_position_embeddings, d), "weight")?;
         let layer_norm = layer_norm(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
-        let beta = match layer_norm.bias() {
-            Some(b) => b.clone(),
-            None => layer_norm.weight().zeros_like()?,
-        };
         let fused_table = Tensor::cat(
             &[
                 &position_embeddings,
                 &layer_norm.weight().unsqueeze(0)?,
-                &beta.unsqueeze(0)?,
+                &layer_norm.bias().unsqueeze(0)?,
             ],
             0,
         )?;
@@ -152,12 +148,13 @@ impl BlipTextLayer {
         })
     }
 
-    /// `(R, T, D) -> (R, T, D)`.
+    /// `(R, T, D) -> (R, T, D)`; without a `cache` the `T` tokens attend causally to each other
+    /// only (teacher forcing, differentiable).
     pub fn forward(
         &self,
         xs: &Tensor,
         image_kv: &CrossAttentionKv,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
         ops: &FusedOps,
     ) -> Result<Tensor> {
         let xs = self.attention.forward(xs, cache, ops)?;
@@ -195,11 +192,7 @@ impl BlipTextLMPredictionHead {
         let bias = vb.get(v, "bias")?;
         let transform_dense = Linear::load(d, d, transform.pp("dense"))?;
         let transform_norm = layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?;
-        let beta = match transform_norm.bias() {
-            Some(b) => b.clone(),
-            None => transform_norm.weight().zeros_like()?,
-        };
-        let norm_params = Tensor::stack(&[transform_norm.weight(), &beta], 0)?;
+        let norm_params = Tensor::stack(&[transform_norm.weight(), transform_norm.bias()], 0)?;
         Ok(Self {
             transform_dense,
             transform_norm,
@@ -318,9 +311,23 @@ impl BlipTextLMHeadModel {
         let t = input_ids.dim(1)?;
         let mut xs = self.embeddings.forward(input_ids, cache.len(), &self.ops)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, image_kv, cache, &self.ops)?;
+            xs = layer.forward(&xs, image_kv, Some(&mut *cache), &self.ops)?;
         }
         cache.advance(t);
+        Ok(xs)
+    }
+
+    /// Teacher-forced hidden states `(R, T, D)` for `input_ids` `(R, T)` at positions `0..T`,
+    /// without a cache: every op keeps the autograd graph (the training forward pass).
+    pub fn forward_hidden_uncached(
+        &self,
+        input_ids: &Tensor,
+        image_kv: &CrossAttentionKv,
+    ) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(input_ids, 0, &self.ops)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, image_kv, None, &self.ops)?;
+        }
         Ok(xs)
     }
 

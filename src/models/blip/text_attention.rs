@@ -3,24 +3,20 @@
 //! keys/values computed once per image ([`CrossAttentionKv`]). One-token decode steps take the
 //! fused CUDA kernels when [`FusedOps`] is enabled.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
 use super::config::BlipTextConfig;
-use super::vision::layer_norm;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
 use crate::models::quantize::Quantizer;
 
 /// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
 /// bias + residual + LayerNorm kernel.
 pub(crate) fn residual_norm_params(bias: &Tensor, norm: &LayerNorm) -> Result<Tensor> {
-    let beta = match norm.bias() {
-        Some(b) => b.clone(),
-        None => norm.weight().zeros_like()?,
-    };
-    Tensor::stack(&[bias, norm.weight(), &beta], 0)
+    Tensor::stack(&[bias, norm.weight(), norm.bias()], 0)
 }
 
 /// `*.output`: dense projection, residual, post-LayerNorm (HF `BlipTextSelfOutput`).
@@ -120,9 +116,21 @@ impl BlipTextSelfAttention {
     }
 
     /// `(R, T, D) -> (R, T, D)`: appends this step's keys/values to `cache` (layer `layer_idx`)
-    /// and attends causally over everything cached.
-    pub fn forward(&self, xs: &Tensor, cache: &mut KvCache, ops: &FusedOps) -> Result<Tensor> {
+    /// and attends causally over everything cached; without a cache the `T` tokens attend
+    /// causally to each other only.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        cache: Option<&mut KvCache>,
+        ops: &FusedOps,
+    ) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
+        let Some(cache) = cache else {
+            let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
+            let (q, keys, values) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let context = self.attend(&q, &keys, &values, 0)?.reshape((r, t, d))?;
+            return self.output.forward(&context, xs, ops);
+        };
         let past = cache.len();
         let context = if t == 1 && ops.enabled() && ops.self_attention_fits(past + 1, self.head_dim)
         {
@@ -139,16 +147,22 @@ impl BlipTextSelfAttention {
             let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
             let q = qkv.get(0)?;
             let (keys, values) = cache.append(self.layer_idx, &qkv.get(1)?, &qkv.get(2)?)?;
-            let scores = q.matmul(&keys.t()?)?;
-            let scores = if t > 1 {
-                scores.broadcast_add(&causal_mask(past, t, &scores)?)?
-            } else {
-                scores
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?
+            self.attend(&q, &keys, &values, past)?.reshape((r, t, d))?
         };
         self.output.forward(&context, xs, ops)
+    }
+
+    /// Causal attention of queries `(R, H, T, Dh)` at positions `past..past+T` over keys and
+    /// values `(R, H, past+T, Dh)` -> context `(R, T, H, Dh)`.
+    fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor, past: usize) -> Result<Tensor> {
+        let t = q.dim(2)?;
+        let scores = q.matmul(&keys.t()?)?;
+        let scores = if t > 1 {
+            scores.broadcast_add(&causal_mask(past, t, &scores)?)?
+        } else {
+            scores
+        };
+        softmax_last_dim(&scores)?.matmul(values)?.transpose(1, 2)
     }
 }
 
@@ -315,8 +329,11 @@ impl BlipTextCrossAttention {
                 let scores = q.matmul(&kv.get(0)?.t()?)?;
                 let probs = match ops.softmax_last_dim(&scores, valid)? {
                     Some(p) => p,
-                    None => candle_nn::ops::softmax_last_dim(&scores.narrow(3, 0, valid)?)?
-                        .pad_with_zeros(3, 0, padded - valid)?,
+                    None => softmax_last_dim(&scores.narrow(3, 0, valid)?)?.pad_with_zeros(
+                        3,
+                        0,
+                        padded - valid,
+                    )?,
                 };
                 ops.merge_heads(&probs.matmul(&kv.get(1)?)?)?
                     .reshape((r, t, d))?
@@ -330,7 +347,7 @@ impl BlipTextCrossAttention {
                     .contiguous()?;
                 let keys = kv.get(0)?.narrow(2, 0, valid)?;
                 let scores = q.matmul(&keys.t()?)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let probs = softmax_last_dim(&scores)?;
                 // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
                 probs
                     .matmul(&kv.get(1)?.narrow(2, 0, valid)?)?

@@ -1,21 +1,15 @@
 //! BLIP vision tower (`vision_model.*`): a pre-LN ViT turning pixels into image embeddings that
 //! the text decoder cross-attends to (HF `BlipVisionModel`).
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
 
 use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
+use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
 use crate::models::quantize::Quantizer;
-
-/// Loads an HF `nn.LayerNorm` (`weight`, `bias`) of width `dim`.
-pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    let weight = vb.get(dim, "weight")?;
-    let bias = vb.get(dim, "bias")?;
-    Ok(LayerNorm::new(weight, bias, eps))
-}
 
 /// `vision_model.embeddings`: patch projection + class token + learned positions.
 #[derive(Debug, Clone)]
@@ -150,7 +144,7 @@ impl BlipAttention {
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         self.projection.forward(&context)
     }
