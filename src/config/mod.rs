@@ -170,6 +170,8 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ))
     } else if config.preprocess.max_pixels == 0 {
         Some(("preprocess.max_pixels", "must be at least 1"))
+    } else if let Some(problem) = train_problem(&config.train) {
+        Some(problem)
     } else {
         None
     };
@@ -180,6 +182,49 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             message: message.to_string(),
         }),
         None => Ok(()),
+    }
+}
+
+/// The first invalid `train.*` value, as (key, what it must be).
+fn train_problem(train: &TrainConfig) -> Option<(&'static str, &'static str)> {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if train.batch_size == 0 {
+        Some(("train.batch_size", "must be at least 1"))
+    } else if train.grad_accumulation == 0 {
+        Some(("train.grad_accumulation", "must be at least 1"))
+    } else if train.max_tokens < 2 {
+        Some((
+            "train.max_tokens",
+            "must be at least 2 (bos plus one token)",
+        ))
+    } else if !(0.0..1.0).contains(&train.label_smoothing) {
+        Some(("train.label_smoothing", "must be in [0, 1)"))
+    } else if !positive(train.lr) {
+        Some(("train.lr", "must be a positive number"))
+    } else if !(train.min_lr >= 0.0 && train.min_lr <= train.lr) {
+        Some(("train.min_lr", "must be in [0, train.lr]"))
+    } else if !(train.weight_decay >= 0.0 && train.weight_decay.is_finite()) {
+        Some(("train.weight_decay", "must be >= 0"))
+    } else if !(0.0..1.0).contains(&train.beta1) {
+        Some(("train.beta1", "must be in [0, 1)"))
+    } else if !(0.0..1.0).contains(&train.beta2) {
+        Some(("train.beta2", "must be in [0, 1)"))
+    } else if !positive(train.eps) {
+        Some(("train.eps", "must be a positive number"))
+    } else if !(train.max_grad_norm >= 0.0 && train.max_grad_norm.is_finite()) {
+        Some(("train.max_grad_norm", "must be >= 0 (0 = no clipping)"))
+    } else if train.max_steps == Some(0) || (train.max_steps.is_none() && train.epochs == 0) {
+        Some((
+            "train.max_steps",
+            "training needs at least one step (set train.epochs or train.max_steps)",
+        ))
+    } else if train.eval_every > 0 && train.eval_images == 0 {
+        Some((
+            "train.eval_every",
+            "needs train.eval_images > 0 (images held out for evaluation)",
+        ))
+    } else {
+        None
     }
 }
 

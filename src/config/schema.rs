@@ -26,6 +26,8 @@ pub struct Config {
     pub preprocess: PreprocessConfig,
     pub generation: GenerationSettings,
     pub output: OutputConfig,
+    /// `vlmrun train` only.
+    pub train: TrainConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             preprocess: PreprocessConfig::default(),
             generation: GenerationSettings::default(),
             output: OutputConfig::default(),
+            train: TrainConfig::default(),
         }
     }
 }
@@ -332,5 +335,76 @@ impl fmt::Display for PrecisionFallback {
             PrecisionFallback::F32 => "f32",
             PrecisionFallback::Bf16 => "bf16",
         })
+    }
+}
+
+/// Fine-tuning (`vlmrun train`). Defaults follow LAVIS' BLIP COCO captioning recipe where it has
+/// one (prompt, label smoothing, AdamW settings, lr 1e-5 with cosine decay to 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Text before every caption; its tokens are not predicted (masked out of the loss).
+    pub prompt: String,
+    /// Longest token sequence (bos, prompt, caption, [SEP]); longer captions are truncated.
+    pub max_tokens: usize,
+    /// Label smoothing of the cross-entropy (LAVIS/HF BLIP: 0.1).
+    pub label_smoothing: f64,
+    /// (image, caption) pairs per optimizer step, before accumulation.
+    pub batch_size: usize,
+    /// Micro-batches summed into one optimizer step (effective batch = batch_size x this).
+    pub grad_accumulation: usize,
+    /// Passes over the training pairs (ignored when max_steps is set).
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides epochs).
+    pub max_steps: Option<usize>,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warm-up steps from 0 to lr.
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (not applied to biases, LayerNorms and embeddings).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm (0 = no clipping).
+    pub max_grad_norm: f64,
+    /// Train the text decoder only; the vision encoder stays as loaded.
+    pub freeze_vision: bool,
+    /// Hold out this many images (the last ones of the dataset) for evaluation (0 = none).
+    pub eval_images: usize,
+    /// Evaluate every this many steps (0 = only at the end); needs eval_images > 0.
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept besides the best one.
+    pub keep_last: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            prompt: "a picture of ".to_string(),
+            max_tokens: 30,
+            label_smoothing: 0.1,
+            batch_size: 32,
+            grad_accumulation: 1,
+            epochs: 5,
+            max_steps: None,
+            lr: 1e-5,
+            min_lr: 0.0,
+            warmup_steps: 0,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            freeze_vision: false,
+            eval_images: 0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_last: 2,
+        }
     }
 }
