@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod models;
 pub mod preprocess;
 pub mod report;
+pub mod train;
