@@ -1,22 +1,28 @@
 //! `--plot FILE.svg`: end-to-end images/s against batch size (both axes logarithmic), one line per
 //! beam count, and the reference's lines (dashed colours of the same beams) when one is given.
+//! Also the chart style shared with `train`'s loss curve: [`PALETTE`], [`Series`], [`svg_chart`],
+//! [`draw_line`] and [`finish_chart`].
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::document::BenchDocument;
 use super::BenchError;
 
-/// One line of the chart.
-struct Series {
-    label: String,
-    points: Vec<(f64, f64)>,
-    color: RGBColor,
-    dashed: bool,
+/// One line of a chart.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub color: RGBColor,
+    pub dashed: bool,
+    /// A dot on every point (for short series).
+    pub markers: bool,
 }
 
-const PALETTE: [RGBColor; 6] = [
+/// Line colours, in order.
+pub const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -50,6 +56,7 @@ fn series_of(doc: &BenchDocument, dashed: bool) -> Vec<Series> {
                 points,
                 color: PALETTE[index % PALETTE.len()],
                 dashed,
+                markers: true,
             }
         })
         .collect()
@@ -84,18 +91,14 @@ pub fn render_svg(
         current.environment.device_name, current.environment.precision
     );
 
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        let err = |e: &dyn std::fmt::Display| e.to_string();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+    svg_chart((900, 560), |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(64)
             .build_cartesian_2d(x_range, y_range)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("batch size (images per forward pass)")
@@ -111,39 +114,79 @@ pub fn render_svg(
                 }
             })
             .draw()
-            .map_err(|e| err(&e))?;
+            .map_err(|e| e.to_string())?;
         for line in &lines {
-            let color = line.color;
-            let style = color.stroke_width(2);
-            let drawn = if line.dashed {
-                chart.draw_series(DashedLineSeries::new(line.points.clone(), 8, 5, style))
-            } else {
-                chart.draw_series(LineSeries::new(line.points.clone(), style))
-            }
-            .map_err(|e| err(&e))?;
-            let dashed = line.dashed;
-            drawn.label(line.label.clone()).legend(move |(x, y)| {
-                let end = if dashed { x + 10 } else { x + 20 };
-                PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2))
-            });
-            chart
-                .draw_series(
-                    line.points
-                        .iter()
-                        .map(|&point| Circle::new(point, 4, color.filled())),
-                )
-                .map_err(|e| err(&e))?;
+            draw_line(&mut chart, line)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
+        finish_chart(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
+}
+
+/// Renders a chart of `size` pixels into an SVG string: a white canvas handed to `draw`.
+pub fn svg_chart(
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(root.clone())?;
+        root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// Draws one series (solid or dashed, 2 px, with its legend entry and optional point markers).
+pub fn draw_line<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    line: &Series,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let color = line.color;
+    let style = color.stroke_width(2);
+    let drawn = if line.dashed {
+        chart.draw_series(DashedLineSeries::new(line.points.clone(), 8, 5, style))
+    } else {
+        chart.draw_series(LineSeries::new(line.points.clone(), style))
+    }
+    .map_err(|e| e.to_string())?;
+    let dashed = line.dashed;
+    drawn.label(line.label.clone()).legend(move |(x, y)| {
+        let end = if dashed { x + 10 } else { x + 20 };
+        PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2))
+    });
+    if line.markers {
+        chart
+            .draw_series(
+                line.points
+                    .iter()
+                    .map(|&point| Circle::new(point, 4, color.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Draws the legend box at `position`.
+pub fn finish_chart<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Renders and writes the chart to `path` atomically.

@@ -1,5 +1,21 @@
-//! `vlmrun train`: fine-tuning BLIP captioning (loss, data, optimizer, mixed precision,
-//! checkpoints).
+//! `vlmrun train`: fine-tuning BLIP captioning. `data` (training pairs, held-out images, the
+//! seeded sample order), `inputs` (tokenized captions and pixels per batch), `loss` (the masked,
+//! label-smoothed caption loss), `params` (the named f32 master weights, frozen selection,
+//! weight-decay groups), `grads` (their gradients out of candle's backward), `optim` (AdamW as
+//! PyTorch's, gradient clipping), `schedule` (warm-up + cosine learning rate), `scaler` (f16
+//! dynamic loss scaling), `checkpoint` (atomic, resumable checkpoint directories that are also
+//! model directories), `log` (`metrics.jsonl` and the loss curve), `eval` (captioning and scoring
+//! the held-out images) and `run` (the loop).
 
+pub mod checkpoint;
 pub mod data;
+pub mod eval;
+pub mod grads;
+pub mod inputs;
+pub mod log;
 pub mod loss;
+pub mod optim;
+pub mod params;
+pub mod run;
+pub mod scaler;
+pub mod schedule;
