@@ -13,7 +13,7 @@ use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
 use crate::hub;
-use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
+use crate::models::blip::{load::load_model_with, BlipConfig, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
 
@@ -64,30 +64,11 @@ impl Captioner {
             .synchronize()
             .map_err(|err| Error::Internal(format!("device synchronise after load: {err}")))?;
         let load_seconds = started.elapsed().as_secs_f64();
-        let image_size = model.config().vision_config.image_size;
-        let mut processor = ImageProcessor::blip(image_size);
-        processor.max_pixels = config.preprocess.max_pixels;
-        processor.pass_order = match config.preprocess.resize_pass_order {
-            ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
-            ResizePassOrder::Pillow13 => PassOrder::Pillow13,
-            ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
-        };
+        let processor = image_processor(config, model.config().vision_config.image_size);
         let prompt_ids = tokenizer
             .prompt_ids(&config.generation.prompt)
             .map_err(|err| Error::Usage(format!("generation.prompt: {err}")))?;
-        let settings = &config.generation;
-        let text_config = &model.config().text_config;
-        // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
-        let generation = GenerationConfig {
-            max_length: settings.max_length,
-            min_length: settings.min_length,
-            num_beams: settings.num_beams,
-            length_penalty: settings.length_penalty,
-            repetition_penalty: settings.repetition_penalty,
-            bos: text_config.bos_token_id,
-            eos: text_config.sep_token_id,
-            pad: text_config.pad_token_id,
-        };
+        let generation = generation_config(config, model.config());
         Ok(Captioner {
             model,
             tokenizer,
@@ -200,6 +181,35 @@ impl Captioner {
             ))
         })?;
         Ok(self.fallback_model.get_or_init(|| model))
+    }
+}
+
+/// The image processor `config.preprocess` describes, for a model with `image_size` inputs.
+pub fn image_processor(config: &Config, image_size: usize) -> ImageProcessor {
+    let mut processor = ImageProcessor::blip(image_size);
+    processor.max_pixels = config.preprocess.max_pixels;
+    processor.pass_order = match config.preprocess.resize_pass_order {
+        ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
+        ResizePassOrder::Pillow13 => PassOrder::Pillow13,
+        ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
+    };
+    processor
+}
+
+/// The generation settings of `config.generation` with the model's special ids.
+pub fn generation_config(config: &Config, model: &BlipConfig) -> GenerationConfig {
+    let settings = &config.generation;
+    let text_config = &model.text_config;
+    // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
+    GenerationConfig {
+        max_length: settings.max_length,
+        min_length: settings.min_length,
+        num_beams: settings.num_beams,
+        length_penalty: settings.length_penalty,
+        repetition_penalty: settings.repetition_penalty,
+        bos: text_config.bos_token_id,
+        eos: text_config.sep_token_id,
+        pad: text_config.pad_token_id,
     }
 }
 

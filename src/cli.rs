@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Rust-native GPU harness for vision-language models (BLIP captioning)",
     long_about = None,
-    after_help = "Exit codes: 0 ok, 1 internal error, 2 bad config/flags or unusable device, 3 completed with failures, 4 model error, 5 input error, 6 output error, 130 interrupted."
+    after_help = "Exit codes: 0 ok, 1 internal error, 2 bad config/flags or unusable device, 3 completed with failures, 4 model error, 5 input error, 6 output error, 7 training diverged, 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -76,6 +76,8 @@ pub enum Command {
     },
     /// Throughput and latency, phase by phase (docs/performance.md); --compare checks for regressions (exit 3).
     Bench(BenchArgs),
+    /// Fine-tune the model on the configured dataset (train.* keys): checkpoints, metrics.jsonl, train-summary.json.
+    Train(TrainArgs),
     /// COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) of an existing predictions file.
     Score {
         /// predictions.jsonl (lines with "id" and "caption").
@@ -186,6 +188,45 @@ impl BenchArgs {
             ("--model", "model.source", &self.model),
             ("--prompt", "generation.prompt", &self.prompt),
             ("--quantization", "quantization", &self.quantization),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun train`: --model, --steps, --batch-size and --lr override the config keys named in their help.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Continue from the newest checkpoint in output.dir/checkpoints.
+    #[arg(long, conflicts_with = "fresh")]
+    pub resume: bool,
+    /// Delete earlier checkpoints and logs in output.dir and start over.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Write the loss curve (SVG) here.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Model directory or hub id to start from (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Optimizer steps (train.max_steps).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<String>,
+    /// Pairs per micro-batch (train.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Peak learning rate (train.lr).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<String>,
+}
+
+impl TrainArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 4] = [
+            ("--model", "model.source", &self.model),
+            ("--steps", "train.max_steps", &self.steps),
+            ("--batch-size", "train.batch_size", &self.batch_size),
+            ("--lr", "train.lr", &self.lr),
         ];
         crate::config::FlagOverride::from_flags(&pairs)
     }

@@ -38,6 +38,9 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    #[error("training diverged: {0}")]
+    Diverged(String),
 }
 
 impl Error {
@@ -49,6 +52,7 @@ impl Error {
             Error::Input(_) => Exit::Input,
             Error::Output { .. } | Error::Stdout(_) => Exit::Output,
             Error::Internal(_) => Exit::Failure,
+            Error::Diverged(_) => Exit::Diverged,
         }
     }
 }

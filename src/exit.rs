@@ -17,6 +17,9 @@ pub enum Exit {
     Input = 5,
     /// Outputs cannot be written.
     Output = 6,
+    /// Training stopped: the loss or its gradients became non-finite (the last good checkpoint is
+    /// kept and named).
+    Diverged = 7,
     /// Interrupted (Ctrl-C); completed results were kept.
     Interrupted = 130,
 }

@@ -6,7 +6,9 @@ mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod fetch_cmd;
+mod interrupt;
 mod score_cmd;
+mod train_cmd;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, ConfigRequest};
@@ -27,6 +29,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
+        Command::Train(args) => args.overrides(),
         _ => Vec::new(),
     };
     let request = ConfigRequest {
@@ -48,6 +51,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
         Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
+        Command::Train(args) => train_cmd::run(&context, &args),
         Command::Score {
             predictions,
             references,

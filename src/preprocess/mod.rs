@@ -111,8 +111,8 @@ pub fn batch_tensor(
 /// As [`batch_tensor`], converted to `dtype` (f32, f16 or bf16) on the host before the upload: the batch
 /// is stacked and converted in parallel (one image per task), and a half-precision batch moves half the
 /// bytes to the device. f32 -> f16/bf16 rounds to nearest even, as the device cast does.
-pub fn batch_tensor_as(
-    images: &[Vec<f32>],
+pub fn batch_tensor_as<I: AsRef<[f32]> + Sync>(
+    images: &[I],
     size: usize,
     device: &Device,
     dtype: candle_core::DType,
@@ -122,17 +122,17 @@ pub fn batch_tensor_as(
     if let Some((index, wrong)) = images
         .iter()
         .enumerate()
-        .find(|(_, image)| image.len() != image_len)
+        .find(|(_, image)| image.as_ref().len() != image_len)
     {
         candle_core::bail!(
             "batch_tensor: image {index} has {} values, expected 3*{size}*{size} = {image_len}; \
              preprocess every image with the same size",
-            wrong.len()
+            wrong.as_ref().len()
         );
     }
     let shape = (images.len(), 3, size, size);
-    fn stack<T: Copy + Default + Send + Sync>(
-        images: &[Vec<f32>],
+    fn stack<I: AsRef<[f32]> + Sync, T: Copy + Default + Send + Sync>(
+        images: &[I],
         image_len: usize,
         convert: impl Fn(f32) -> T + Sync,
     ) -> Vec<T> {
@@ -140,7 +140,7 @@ pub fn batch_tensor_as(
         flat.par_chunks_mut(image_len.max(1))
             .zip(images.par_iter())
             .for_each(|(out, image)| {
-                for (slot, value) in out.iter_mut().zip(image) {
+                for (slot, value) in out.iter_mut().zip(image.as_ref()) {
                     *slot = convert(*value);
                 }
             });

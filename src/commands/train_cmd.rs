@@ -1,0 +1,25 @@
+//! `vlmrun train [--resume|--fresh] [--plot FILE]`: installs the Ctrl-C handler (first press:
+//! finish the step in flight, save a checkpoint, exit 130) and runs the training loop.
+
+use super::{interrupt, Context};
+use crate::cli::TrainArgs;
+use crate::device::probe_system;
+use crate::error::Error;
+use crate::exit::Exit;
+use crate::train::run::{self, TrainOptions};
+
+pub fn run(context: &Context, args: &TrainArgs) -> Result<Exit, Error> {
+    let interrupted = interrupt::install(
+        context.quiet,
+        "finishing the step in flight and saving a checkpoint",
+    );
+    let facts = probe_system();
+    let options = TrainOptions {
+        resume: args.resume,
+        fresh: args.fresh,
+        interrupted,
+        quiet: context.quiet,
+        plot: args.plot.clone(),
+    };
+    run::run(&context.config, &facts, &context.cuda, &options)
+}
