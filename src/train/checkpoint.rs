@@ -91,8 +91,12 @@ pub enum CheckpointError {
     #[error(transparent)]
     Params(#[from] ParamsError),
 
-    #[error(transparent)]
-    Optimizer(#[from] OptimError),
+    #[error("{}: {source}", path.display())]
+    Optimizer {
+        path: PathBuf,
+        #[source]
+        source: OptimError,
+    },
 }
 
 /// Where a run stands when it saves; what a resumed run continues from.
@@ -382,8 +386,16 @@ fn write_contents(
         .map(|p| (p.name.clone(), p.tensor().clone()))
         .collect();
     write_safetensors(&dir.join(WEIGHTS_FILE), model)?;
-    let optimizer_state: Vec<(String, Tensor)> = optimizer.state_tensors()?.into_iter().collect();
-    write_safetensors(&dir.join(OPTIMIZER_FILE), optimizer_state)?;
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let optimizer_state: Vec<(String, Tensor)> = optimizer
+        .state_tensors()
+        .map_err(|source| CheckpointError::Optimizer {
+            path: optimizer_path.clone(),
+            source,
+        })?
+        .into_iter()
+        .collect();
+    write_safetensors(&optimizer_path, optimizer_state)?;
     for file in [CONFIG_FILE, TOKENIZER_FILE] {
         let from = model_dir.join(file);
         let to = dir.join(file);
@@ -538,7 +550,12 @@ impl LoadedCheckpoint {
     ) -> Result<Progress, CheckpointError> {
         let model_source = self.dir.join(WEIGHTS_FILE).display().to_string();
         params.assign_trainable(&self.model, &model_source)?;
-        optimizer.load_state(params, &self.optimizer)?;
+        optimizer
+            .load_state(params, &self.optimizer)
+            .map_err(|source| CheckpointError::Optimizer {
+                path: self.dir.join(OPTIMIZER_FILE),
+                source,
+            })?;
         scaler.load_state(self.state.progress.scaler);
         Ok(self.state.progress.clone())
     }
