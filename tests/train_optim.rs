@@ -276,3 +276,102 @@ fn half_precision_gradients_update_f32_masters() {
         assert_eq!(param.tensor().dtype(), DType::F32);
     }
 }
+
+/// One f16 step as the training loop composes it: f32 master -> f16 forward -> scaled loss ->
+/// backward -> f32 gradients -> unscale -> clip -> AdamW; and an overflowing step that is skipped.
+#[test]
+fn f16_step_with_loss_scaling_from_a_real_backward() {
+    use vlmrun::train::scaler::{LossScaler, ScalerConfig};
+
+    let device = Device::Cpu;
+    let w = Var::from_vec(
+        (0..12)
+            .map(|i| (i as f32 * 0.7).sin())
+            .collect::<Vec<f32>>(),
+        (4, 3),
+        &device,
+    )
+    .unwrap();
+    let params = TrainParams::from_named(
+        vec![(
+            "text_decoder.cls.predictions.transform.dense.weight".into(),
+            w,
+        )],
+        &FreezeRule::none(),
+    )
+    .unwrap();
+    let name = "text_decoder.cls.predictions.transform.dense.weight";
+    let x = Tensor::from_vec(
+        (0..6).map(|i| i as f32 * 0.25 - 0.5).collect::<Vec<f32>>(),
+        (2, 3),
+        &device,
+    )
+    .unwrap();
+    // loss = mean((x W^T)^2) * factor, forward in `dtype`.
+    let loss_of = |dtype: DType, factor: f64| {
+        let w = params.get(name).unwrap().tensor().to_dtype(dtype).unwrap();
+        let y = x.to_dtype(dtype).unwrap().matmul(&w.t().unwrap()).unwrap();
+        let loss = y
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .affine(factor, 0.0)
+            .unwrap();
+        loss.to_dtype(DType::F32).unwrap()
+    };
+    let reference = ParamGrads::from_store(loss_of(DType::F32, 1.0).backward().unwrap(), &params)
+        .unwrap()
+        .get(name)
+        .unwrap()
+        .clone();
+
+    let mut scaler = LossScaler::new(ScalerConfig::for_compute_dtype(DType::F16));
+    let mut adamw = AdamW::new(&params, AdamWConfig::default());
+    let initial = params.get(name).unwrap().tensor().copy().unwrap();
+    // GradScaler's first steps: 2^16 overflows this toy's f16 backward, so steps are skipped and the
+    // scale halves until the scaled gradients fit.
+    loop {
+        let scaled = scaler.scale_loss(&loss_of(DType::F16, 1.0)).unwrap();
+        let mut grads = ParamGrads::from_store(scaled.backward().unwrap(), &params).unwrap();
+        let found_inf = scaler.unscale(&mut grads).unwrap();
+        if found_inf {
+            scaler.update(found_inf);
+            assert!(scaler.skipped_steps() < 8, "scale {}", scaler.scale());
+            continue;
+        }
+        let grad = grads.get(name).unwrap();
+        assert_eq!(grad.dtype(), DType::F32);
+        // f16 has an 11-bit mantissa: 1e-2 of the gradient's scale covers its rounding.
+        let error = rel_error(grad, &reference);
+        assert!(error < 1e-2, "f16 gradient vs f32: {error:.2e}");
+        assert_eq!(
+            rel_error(params.get(name).unwrap().tensor(), &initial),
+            0.0,
+            "skipped steps leave the weights alone"
+        );
+        clip_grad_norm(&mut grads, 1.0).unwrap();
+        adamw.step(&params, &grads, 1e-3).unwrap();
+        scaler.update(found_inf);
+        break;
+    }
+    let skipped = scaler.skipped_steps();
+    assert!(skipped >= 1);
+    assert_eq!(scaler.scale(), 65536.0 / f64::from(1u32 << skipped));
+    assert!(rel_error(params.get(name).unwrap().tensor(), &initial) > 0.0);
+
+    // A loss whose scaled gradients overflow f16: inf gradients, step skipped, scale halved.
+    let kept = params.get(name).unwrap().tensor().copy().unwrap();
+    let scale = scaler.scale();
+    let scaled = scaler.scale_loss(&loss_of(DType::F16, 1e3)).unwrap();
+    let mut grads = ParamGrads::from_store(scaled.backward().unwrap(), &params).unwrap();
+    let found_inf = scaler.unscale(&mut grads).unwrap();
+    assert!(found_inf);
+    if !found_inf {
+        adamw.step(&params, &grads, 1e-3).unwrap();
+    }
+    scaler.update(found_inf);
+    assert_eq!(scaler.scale(), scale / 2.0);
+    assert_eq!(scaler.skipped_steps(), skipped + 1);
+    assert_eq!(rel_error(params.get(name).unwrap().tensor(), &kept), 0.0);
+}

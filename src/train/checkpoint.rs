@@ -95,7 +95,7 @@ pub enum CheckpointError {
     Optimizer {
         path: PathBuf,
         #[source]
-        source: OptimError,
+        source: Box<OptimError>,
     },
 }
 
@@ -391,7 +391,7 @@ fn write_contents(
         .state_tensors()
         .map_err(|source| CheckpointError::Optimizer {
             path: optimizer_path.clone(),
-            source,
+            source: Box::new(source),
         })?
         .into_iter()
         .collect();
@@ -554,7 +554,7 @@ impl LoadedCheckpoint {
             .load_state(params, &self.optimizer)
             .map_err(|source| CheckpointError::Optimizer {
                 path: self.dir.join(OPTIMIZER_FILE),
-                source,
+                source: Box::new(source),
             })?;
         scaler.load_state(self.state.progress.scaler);
         Ok(self.state.progress.clone())
