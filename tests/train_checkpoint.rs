@@ -293,6 +293,31 @@ fn saving_the_same_step_again_replaces_it() {
 }
 
 #[test]
+fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
+    let temp = tempfile::tempdir().unwrap();
+    let model_dir = fake_model_dir(temp.path());
+    let params = small_params(0.0, &FreezeRule::none());
+    let adamw = train(&params, 1);
+    let checkpoints = CheckpointDir::new(temp.path().join("ckpt"), keep(1, None)).unwrap();
+    for step in [10, 20, 30] {
+        checkpoints
+            .save(&params, &adamw, &progress(step, None), &model_dir)
+            .unwrap();
+    }
+    // keep_last = 1 left step 30; the run is resumed from a copy of step 10 and saves step 15.
+    checkpoints
+        .save(&params, &adamw, &progress(15, None), &model_dir)
+        .unwrap();
+    assert_eq!(steps_on_disk(&checkpoints), [15]);
+    assert_eq!(checkpoints.latest().unwrap().unwrap().step, 15);
+    assert!(checkpoints
+        .root()
+        .join("superseded-step-00000030-at-00000015")
+        .join(STATE_FILE)
+        .is_file());
+}
+
+#[test]
 fn architecture_mismatch_names_the_parameters() {
     let temp = tempfile::tempdir().unwrap();
     let model_dir = fake_model_dir(temp.path());

@@ -11,8 +11,11 @@
 //! file and the directory, then renames it into place and fsyncs the parent: a crash at any point
 //! leaves either the complete new checkpoint or none, and never touches the previous ones. After a
 //! save the retention policy removes old checkpoints: the newest `keep_last` stay, and the best one by
-//! the eval metric when a goal is set. One trainer owns a checkpoint directory (a save removes
-//! temporary directories that crashed saves left behind).
+//! the eval metric when a goal is set. Checkpoints of later steps than the one saved belong to a run
+//! that was abandoned by resuming from an earlier checkpoint: a save renames them to
+//! `superseded-step-<theirs>-at-<this step>/` (kept, but no longer found by [`CheckpointDir::latest`]).
+//! One trainer owns a checkpoint directory (a save removes temporary directories that crashed saves
+//! left behind).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -34,6 +37,7 @@ pub const STATE_SCHEMA_VERSION: u32 = 1;
 const DIR_PREFIX: &str = "step-";
 const TEMP_PREFIX: &str = ".tmp-step-";
 const TRASH_PREFIX: &str = ".trash-step-";
+const SUPERSEDED_PREFIX: &str = "superseded-";
 /// Differences listed in an architecture mismatch message.
 const SHOWN_DIFFERENCES: usize = 5;
 const FIX_RESUME: &str =
@@ -254,6 +258,7 @@ impl CheckpointDir {
         if let Some(aside) = replaced {
             let _ = std::fs::remove_dir_all(aside);
         }
+        self.set_aside_later_than(progress.step)?;
         self.prune()?;
         Ok(target)
     }
@@ -335,6 +340,35 @@ impl CheckpointDir {
             })?;
             std::fs::remove_dir_all(&trash).map_err(|source| CheckpointError::Write {
                 path: trash,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Renames the checkpoints of steps after `step` (an abandoned continuation) out of the way.
+    fn set_aside_later_than(&self, step: u64) -> Result<(), CheckpointError> {
+        for entry in self.list()?.into_iter().filter(|e| e.step > step) {
+            let Some(name) = entry
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+            else {
+                continue;
+            };
+            let aside = self
+                .root
+                .join(format!("{SUPERSEDED_PREFIX}{name}-at-{step:08}"));
+            tracing::warn!(
+                "checkpoint {} is from a later step than the one just saved ({step}): renamed to {}",
+                entry.dir.display(),
+                aside.display()
+            );
+            if aside.exists() {
+                let _ = std::fs::remove_dir_all(&aside);
+            }
+            std::fs::rename(&entry.dir, &aside).map_err(|source| CheckpointError::Write {
+                path: entry.dir.clone(),
                 source,
             })?;
         }
