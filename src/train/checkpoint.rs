@@ -11,8 +11,11 @@
 //! file and the directory, then renames it into place and fsyncs the parent: a crash at any point
 //! leaves either the complete new checkpoint or none, and never touches the previous ones. After a
 //! save the retention policy removes old checkpoints: the newest `keep_last` stay, and the best one by
-//! the eval metric when a goal is set. One trainer owns a checkpoint directory (a save removes
-//! temporary directories that crashed saves left behind).
+//! the eval metric when a goal is set. Checkpoints of later steps than the one saved belong to a run
+//! that was abandoned by resuming from an earlier checkpoint: a save renames them to
+//! `superseded-step-<theirs>-at-<this step>/` (kept, but no longer found by [`CheckpointDir::latest`]).
+//! One trainer owns a checkpoint directory (a save removes temporary directories that crashed saves
+//! left behind).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -34,6 +37,7 @@ pub const STATE_SCHEMA_VERSION: u32 = 1;
 const DIR_PREFIX: &str = "step-";
 const TEMP_PREFIX: &str = ".tmp-step-";
 const TRASH_PREFIX: &str = ".trash-step-";
+const SUPERSEDED_PREFIX: &str = "superseded-";
 /// Differences listed in an architecture mismatch message.
 const SHOWN_DIFFERENCES: usize = 5;
 const FIX_RESUME: &str =
@@ -91,8 +95,12 @@ pub enum CheckpointError {
     #[error(transparent)]
     Params(#[from] ParamsError),
 
-    #[error(transparent)]
-    Optimizer(#[from] OptimError),
+    #[error("{}: {source}", path.display())]
+    Optimizer {
+        path: PathBuf,
+        #[source]
+        source: Box<OptimError>,
+    },
 }
 
 /// Where a run stands when it saves; what a resumed run continues from.
@@ -250,6 +258,7 @@ impl CheckpointDir {
         if let Some(aside) = replaced {
             let _ = std::fs::remove_dir_all(aside);
         }
+        self.set_aside_later_than(progress.step)?;
         self.prune()?;
         Ok(target)
     }
@@ -337,6 +346,35 @@ impl CheckpointDir {
         Ok(())
     }
 
+    /// Renames the checkpoints of steps after `step` (an abandoned continuation) out of the way.
+    fn set_aside_later_than(&self, step: u64) -> Result<(), CheckpointError> {
+        for entry in self.list()?.into_iter().filter(|e| e.step > step) {
+            let Some(name) = entry
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+            else {
+                continue;
+            };
+            let aside = self
+                .root
+                .join(format!("{SUPERSEDED_PREFIX}{name}-at-{step:08}"));
+            tracing::warn!(
+                "checkpoint {} is from a later step than the one just saved ({step}): renamed to {}",
+                entry.dir.display(),
+                aside.display()
+            );
+            if aside.exists() {
+                let _ = std::fs::remove_dir_all(&aside);
+            }
+            std::fs::rename(&entry.dir, &aside).map_err(|source| CheckpointError::Write {
+                path: entry.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Deletes temporary and trash directories of earlier saves that did not finish.
     fn remove_leftovers(&self) -> Result<(), CheckpointError> {
         let entries = std::fs::read_dir(&self.root).map_err(|source| CheckpointError::Read {
@@ -382,8 +420,16 @@ fn write_contents(
         .map(|p| (p.name.clone(), p.tensor().clone()))
         .collect();
     write_safetensors(&dir.join(WEIGHTS_FILE), model)?;
-    let optimizer_state: Vec<(String, Tensor)> = optimizer.state_tensors()?.into_iter().collect();
-    write_safetensors(&dir.join(OPTIMIZER_FILE), optimizer_state)?;
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let optimizer_state: Vec<(String, Tensor)> = optimizer
+        .state_tensors()
+        .map_err(|source| CheckpointError::Optimizer {
+            path: optimizer_path.clone(),
+            source: Box::new(source),
+        })?
+        .into_iter()
+        .collect();
+    write_safetensors(&optimizer_path, optimizer_state)?;
     for file in [CONFIG_FILE, TOKENIZER_FILE] {
         let from = model_dir.join(file);
         let to = dir.join(file);
@@ -538,7 +584,12 @@ impl LoadedCheckpoint {
     ) -> Result<Progress, CheckpointError> {
         let model_source = self.dir.join(WEIGHTS_FILE).display().to_string();
         params.assign_trainable(&self.model, &model_source)?;
-        optimizer.load_state(params, &self.optimizer)?;
+        optimizer
+            .load_state(params, &self.optimizer)
+            .map_err(|source| CheckpointError::Optimizer {
+                path: self.dir.join(OPTIMIZER_FILE),
+                source: Box::new(source),
+            })?;
         scaler.load_state(self.state.progress.scaler);
         Ok(self.state.progress.clone())
     }

@@ -25,6 +25,9 @@ pub enum GradsError {
         found: Vec<usize>,
     },
 
+    #[error("cannot add gradients of different parameter sets ({mine} vs {theirs})\n  fix: accumulate gradients taken from the same TrainParams")]
+    Mismatch { mine: String, theirs: String },
+
     #[error("reducing the gradients: {0}")]
     Reduce(#[source] candle_core::Error),
 }
@@ -69,6 +72,29 @@ impl ParamGrads {
     /// Adds another micro-batch's gradients (gradient accumulation); `other` must come from the same
     /// parameter set.
     pub fn accumulate(&mut self, other: ParamGrads) -> Result<(), GradsError> {
+        let same_set = self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|((a, _), (b, _))| a == b);
+        if !same_set {
+            let first = |entries: &[(String, Option<Tensor>)]| {
+                entries.first().map_or_else(String::new, |(n, _)| n.clone())
+            };
+            return Err(GradsError::Mismatch {
+                mine: format!(
+                    "{} parameters from {}",
+                    self.entries.len(),
+                    first(&self.entries)
+                ),
+                theirs: format!(
+                    "{} parameters from {}",
+                    other.entries.len(),
+                    first(&other.entries)
+                ),
+            });
+        }
         for ((name, mine), (_, theirs)) in self.entries.iter_mut().zip(other.entries) {
             *mine = match (mine.take(), theirs) {
                 (Some(a), Some(b)) => Some(a.add(&b).map_err(|source| GradsError::Tensor {
