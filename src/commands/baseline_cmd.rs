@@ -1,16 +1,39 @@
-//! `vlmrun baseline [--fresh]`: installs the Ctrl-C handler (first press: finish the batch in flight, save,
-//! write a partial report, exit 130; second press: exit at once) and runs the baseline.
+//! `vlmrun baseline [--fresh] [--rank K --world-size N]`: installs the Ctrl-C handler (first press: finish
+//! the batch in flight, save, write a partial report, exit 130; second press: exit at once), finds this
+//! process's rank (flags, then the launcher's environment) and runs the baseline.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Context;
+use crate::baseline::ranked::RankSetup;
 use crate::baseline::{self, RunOptions};
+use crate::cli::BaselineArgs;
 use crate::device::probe_system;
+use crate::distributed::{self, command, done, Env, RankFlags};
 use crate::error::Error;
 use crate::exit::Exit;
 
-pub fn run(context: &Context, fresh: bool) -> Result<Exit, Error> {
+pub fn run(context: &Context, args: &BaselineArgs) -> Result<Exit, Error> {
+    let env: Env = std::env::vars().collect();
+    let flags = RankFlags {
+        rank: args.rank,
+        world_size: args.world_size,
+        local_rank: args.local_rank,
+    };
+    let info = distributed::discover(&flags, &env)?;
+    let distributed = (info.world_size > 1).then(|| {
+        let argv: Vec<String> = std::env::args().collect();
+        RankSetup {
+            host: done::host_name(&env),
+            visible_devices: env.get("CUDA_VISIBLE_DEVICES").cloned(),
+            wait_timeout: Duration::from_secs(args.wait_timeout),
+            command: command::launch_command(&argv),
+            info,
+        }
+    });
+
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     let quiet = context.quiet;
@@ -31,9 +54,10 @@ pub fn run(context: &Context, fresh: bool) -> Result<Exit, Error> {
     }
     let facts = probe_system();
     let options = RunOptions {
-        fresh,
+        fresh: args.fresh,
         interrupted,
         quiet: context.quiet,
+        distributed,
     };
     baseline::run(&context.config, &facts, &context.cuda, &options)
 }

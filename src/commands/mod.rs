@@ -6,6 +6,7 @@ mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod fetch_cmd;
+mod merge_cmd;
 mod score_cmd;
 
 use crate::cli::{Cli, Command};
@@ -45,7 +46,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
         Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
-        Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
+        Command::Baseline(args) => baseline_cmd::run(&context, &args),
+        Command::Merge { output } => merge_cmd::run(&context, output.as_deref()),
         Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
         Command::Score {

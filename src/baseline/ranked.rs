@@ -1,0 +1,255 @@
+//! One rank of a data-parallel `baseline` (world size > 1): captions its shard of the dataset into
+//! `predictions.rank-K.jsonl` / `errors.rank-K.jsonl` (resumable, like the single-process run), records
+//! the outcome in `rank-K.done.json`, and, on rank 0, waits for the other ranks and merges.
+//!
+//! Order: dataset -> shard -> the rank's device -> output directory and `world.json` (a mismatch stops
+//! here, touching nothing) -> from here on any error is also written to the rank's done file, so rank 0
+//! stops waiting for it -> device check and open -> captioning -> done file -> (rank 0) wait -> merge.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::{
+    caption_items, load_dataset, open_device, prepare_output_dir, OutputFiles, RunOptions,
+};
+use crate::config::{DeviceSpec, ResolvedConfig};
+use crate::device::{self, CudaAvailability, SystemFacts, Target};
+use crate::distributed::done::{self, RankDone, RankStatus};
+use crate::distributed::files::{self, RankFiles};
+use crate::distributed::wait::{self, Expected, WaitOptions};
+use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
+use crate::distributed::{fingerprint, shard, RankInfo};
+use crate::error::Error;
+use crate::exit::Exit;
+
+/// Everything about this process's place in a data-parallel run.
+#[derive(Debug, Clone)]
+pub struct RankSetup {
+    pub info: RankInfo,
+    /// This machine's name (reports, messages).
+    pub host: String,
+    /// `CUDA_VISIBLE_DEVICES`, which decides the rank's GPU (`distributed::device`).
+    pub visible_devices: Option<String>,
+    /// How long rank 0 waits for the others after finishing its own shard.
+    pub wait_timeout: Duration,
+    /// The launch command without rank flags (`distributed::command::launch_command`).
+    pub command: Vec<String>,
+}
+
+/// Runs rank `setup.info.rank`'s part.
+pub fn run(
+    resolved: &ResolvedConfig,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    options: &RunOptions,
+    setup: &RankSetup,
+) -> Result<Exit, Error> {
+    let started = Instant::now();
+    let info = &setup.info;
+    let items = load_dataset(&resolved.config)?;
+    let shard_items = shard::select(&items, info.rank, info.world_size);
+    let mut config = resolved.config.clone();
+    let cuda_usable = matches!(
+        device::plan(DeviceSpec::Auto, facts, cuda).map(|plan| plan.target),
+        Ok(Target::Cuda { .. })
+    );
+    config.device = crate::distributed::device::for_rank(
+        config.device,
+        info,
+        setup.visible_devices.as_deref(),
+        cuda_usable,
+    )?;
+    let dataset = DatasetIdentity {
+        items: items.len(),
+        fingerprint: fingerprint::dataset(&items),
+    };
+    let config_fingerprint = fingerprint::config(&config);
+    let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
+
+    let out_dir = prepare_output_dir(&config.output.dir, false, &[])?;
+    let rank_files = RankFiles::in_dir(&out_dir, info.rank);
+    let record = WorldRecord {
+        schema: world::SCHEMA.to_string(),
+        world_size: info.world_size,
+        dataset: dataset.clone(),
+        command: setup.command.clone(),
+        config: config_json.clone(),
+    };
+    if options.fresh {
+        // The done file goes first: rank 0 must never pair an old done file with a half-deleted shard.
+        for path in [
+            &rank_files.done,
+            &rank_files.predictions,
+            &rank_files.errors,
+        ] {
+            files::remove_if_present(path)?;
+        }
+        if info.rank == 0 {
+            for name in [
+                super::PREDICTIONS_FILE,
+                super::ERRORS_FILE,
+                super::REPORT_FILE,
+            ] {
+                files::remove_if_present(&out_dir.join(name))?;
+            }
+            files::remove_ranks_from(&out_dir, info.world_size)?;
+        }
+        world::claim(&out_dir, &record, info.rank, true)?;
+    } else {
+        world::claim(&out_dir, &record, info.rank, false)?;
+        files::remove_if_present(&rank_files.done)?;
+    }
+
+    let label = format!("rank {}/{}", info.rank, info.world_size);
+    let mut done_record = RankDone::new(
+        info,
+        &setup.host,
+        dataset.fingerprint.clone(),
+        config_fingerprint.clone(),
+    );
+    done_record.device = config.device.to_string();
+    done_record.config = config_json;
+    done_record.counts.dataset = shard_items.len();
+    let captioned = (|| {
+        let active = open_device(&config, facts, cuda)?;
+        done_record.device = device::describe_target(&active.plan.target);
+        let resolved_here = ResolvedConfig {
+            config: config.clone(),
+            file: resolved.file.clone(),
+            origins: resolved.origins.clone(),
+        };
+        let yaml = resolved_here.to_annotated_yaml()?;
+        std::fs::write(&rank_files.resolved_config, yaml).map_err(|source| Error::Output {
+            what: "the resolved config",
+            path: rank_files.resolved_config.clone(),
+            source,
+        })?;
+        let output = OutputFiles {
+            predictions: rank_files.predictions.clone(),
+            errors: rank_files.errors.clone(),
+        };
+        let captioned = caption_items(
+            &active,
+            &config,
+            &shard_items,
+            &output,
+            options,
+            Some(&label),
+        )?;
+        let environment = crate::report::describe_environment(
+            &active,
+            facts,
+            cuda,
+            &config,
+            captioned.model_dir.clone(),
+        );
+        Ok::<_, Error>((captioned, environment))
+    })();
+    let (captioned, environment) = match captioned {
+        Ok(result) => result,
+        Err(err) => {
+            done_record.error = Some(err.to_string());
+            done_record.timings.total_s = started.elapsed().as_secs_f64();
+            done_record.finished_unix_s = done::unix_now();
+            if let Err(write_err) = done::write(&rank_files.done, &done_record) {
+                tracing::warn!("{write_err}");
+            }
+            return Err(err);
+        }
+    };
+    done_record.status = if captioned.interrupted {
+        RankStatus::Interrupted
+    } else if captioned.counts.failed > 0 {
+        RankStatus::CompleteWithFailures
+    } else {
+        RankStatus::Complete
+    };
+    let mut timings = captioned.timings;
+    timings.total_s = started.elapsed().as_secs_f64();
+    done_record.timings = (&timings).into();
+    done_record.counts = captioned.counts;
+    done_record.memory = captioned.memory;
+    done_record.device = environment.device.clone();
+    done_record.environment = Some(environment);
+    done_record.finished_unix_s = done::unix_now();
+    done::write(&rank_files.done, &done_record)?;
+    if !options.quiet {
+        eprintln!(
+            "{label}: {} on {} ({}): {} captioned, {} skipped (earlier run), {} failed, {} remaining of {}; {:.2} images/s",
+            status_word(done_record.status),
+            setup.host,
+            done_record.device,
+            done_record.counts.done,
+            done_record.counts.skipped,
+            done_record.counts.failed,
+            done_record.counts.remaining,
+            done_record.counts.dataset,
+            done_record.timings.images_per_s,
+        );
+    }
+    let own_exit = match done_record.status {
+        RankStatus::Interrupted => Exit::Interrupted,
+        RankStatus::CompleteWithFailures => Exit::CompletedWithFailures,
+        _ => Exit::Success,
+    };
+    if info.rank != 0 {
+        if !options.quiet {
+            eprintln!(
+                "{label}: rank 0 merges the shards (or, once every rank has finished: vlmrun merge --output {})",
+                out_dir.display()
+            );
+        }
+        return Ok(own_exit);
+    }
+    if own_exit == Exit::Interrupted {
+        return Ok(own_exit);
+    }
+
+    let others: Vec<usize> = (1..info.world_size).collect();
+    let expected = Expected {
+        world_size: info.world_size,
+        dataset_fingerprint: dataset.fingerprint.clone(),
+        config_fingerprint,
+    };
+    let waited = wait::wait_for(
+        &out_dir,
+        &others,
+        &expected,
+        &WaitOptions {
+            timeout: setup.wait_timeout,
+            poll: Duration::from_millis(250),
+            quiet: options.quiet,
+            interrupted: &options.interrupted,
+        },
+    );
+    if waited.interrupted {
+        if !options.quiet {
+            eprintln!(
+                "{label}: interrupted while waiting; merge later with: vlmrun merge --output {}",
+                out_dir.display()
+            );
+        }
+        return Ok(Exit::Interrupted);
+    }
+    let mut stopped: BTreeMap<usize, RankDone> = waited.stopped;
+    stopped.insert(0, done_record);
+    let on_disk = world::read(&out_dir)?.unwrap_or(record);
+    super::merged::finish(super::merged::MergeJob {
+        dir: &out_dir,
+        items: &items,
+        world: &on_disk,
+        config: &config,
+        stopped,
+        absent: waited.absent,
+        quiet: options.quiet,
+    })
+}
+
+fn status_word(status: RankStatus) -> &'static str {
+    match status {
+        RankStatus::Complete => "shard complete",
+        RankStatus::CompleteWithFailures => "shard complete with failures",
+        RankStatus::Interrupted => "interrupted",
+        RankStatus::Failed => "failed",
+    }
+}
