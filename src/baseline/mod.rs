@@ -5,6 +5,10 @@
 //! (every file and line checked) -> device, verified exactly as `doctor` does -> output directory writable
 //! -> model load (timed) -> warm-up -> batches (preprocessing on worker threads, a few batches ahead of
 //! the device) -> metrics -> report.
+//!
+//! With world size > 1 (`--rank/--world-size` or a launcher's variables) the process is one rank of a
+//! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
+//! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
 pub mod dataset;
 pub mod memory;

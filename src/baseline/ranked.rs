@@ -2,6 +2,8 @@
 //! `predictions.rank-K.jsonl` / `errors.rank-K.jsonl` (resumable, like the single-process run), records
 //! the outcome in `rank-K.done.json`, and, on rank 0, waits for the other ranks and merges.
 //!
+//! `preprocess.workers: 0` (one per core) becomes the rank's share of the cores.
+//!
 //! Order: dataset -> shard -> the rank's device -> output directory and `world.json` (a mismatch stops
 //! here, touching nothing) -> from here on any error is also written to the rank's done file, so rank 0
 //! stops waiting for it -> device check and open -> captioning -> done file -> (rank 0) wait -> merge.
@@ -59,6 +61,11 @@ pub fn run(
         setup.visible_devices.as_deref(),
         cuda_usable,
     )?;
+    if config.preprocess.workers == 0 {
+        // One per core would oversubscribe the machine N times over with N ranks on it.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        config.preprocess.workers = (cores / info.ranks_on_this_machine()).max(1);
+    }
     let dataset = DatasetIdentity {
         items: items.len(),
         fingerprint: fingerprint::dataset(&items),

@@ -30,7 +30,8 @@ pub fn dataset(items: &[Item]) -> String {
 }
 
 /// The configuration's identity, without the keys that differ between ranks of one run and do not change
-/// a caption: `device` (each rank its GPU) and `output` (the same directory may be mounted elsewhere).
+/// a caption: `device` (each rank its GPU), `preprocess.workers` (each rank its share of the cores) and
+/// `output` (the same directory may be mounted elsewhere).
 pub fn config(config: &Config) -> String {
     #[derive(Serialize)]
     struct Identity<'a> {
@@ -39,7 +40,7 @@ pub fn config(config: &Config) -> String {
         precision_fallback: &'a crate::config::PrecisionFallback,
         model: &'a crate::config::ModelConfig,
         data: &'a crate::config::DataConfig,
-        preprocess: &'a crate::config::PreprocessConfig,
+        preprocess: crate::config::PreprocessConfig,
         generation: &'a crate::config::GenerationSettings,
     }
     let identity = Identity {
@@ -48,7 +49,10 @@ pub fn config(config: &Config) -> String {
         precision_fallback: &config.precision_fallback,
         model: &config.model,
         data: &config.data,
-        preprocess: &config.preprocess,
+        preprocess: crate::config::PreprocessConfig {
+            workers: 0,
+            ..config.preprocess.clone()
+        },
         generation: &config.generation,
     };
     let bytes = serde_json::to_vec(&identity).unwrap_or_default();
@@ -90,6 +94,7 @@ mod tests {
         let mut other = base.clone();
         other.device = crate::config::DeviceSpec::Cuda(3);
         other.output.dir = "elsewhere".into();
+        other.preprocess.workers = 7;
         assert_eq!(config(&base), config(&other));
         other.generation.num_beams = 3;
         assert_ne!(config(&base), config(&other));

@@ -80,6 +80,20 @@ impl RankInfo {
     }
 }
 
+impl RankInfo {
+    /// How many ranks share this machine (its cores): the launcher's local world size; without one,
+    /// flags and torchrun-style variables mean one machine (all ranks), Slurm and Open MPI one (they
+    /// bind each task to its own cores).
+    pub fn ranks_on_this_machine(&self) -> usize {
+        match (self.local_world_size, self.launcher) {
+            (Some(local), _) => local,
+            (None, Launcher::Flags | Launcher::Torchrun) => self.world_size,
+            (None, _) => 1,
+        }
+        .max(1)
+    }
+}
+
 /// The explicit command-line flags (they override every launcher).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RankFlags {
@@ -477,6 +491,34 @@ mod tests {
         let mut mpi_only = no_torch.clone();
         mpi_only.retain(|k, _| !k.starts_with("SLURM"));
         assert_eq!(discover(&none(), &mpi_only).unwrap().world_size, 4);
+    }
+
+    #[test]
+    fn ranks_on_this_machine() {
+        let flags = RankFlags {
+            rank: Some(0),
+            world_size: Some(4),
+            local_rank: None,
+        };
+        assert_eq!(
+            discover(&flags, &Env::new())
+                .unwrap()
+                .ranks_on_this_machine(),
+            4
+        );
+        let torchrun = env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "0"),
+            ("LOCAL_WORLD_SIZE", "2"),
+        ]);
+        assert_eq!(
+            discover(&none(), &torchrun)
+                .unwrap()
+                .ranks_on_this_machine(),
+            2
+        );
+        assert_eq!(RankInfo::single().ranks_on_this_machine(), 1);
     }
 
     #[test]
