@@ -9,12 +9,15 @@
 //! stops waiting for it -> device check and open -> captioning -> done file -> (rank 0) wait -> merge.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::dataset::Item;
 use super::{
-    caption_items, load_dataset, open_device, prepare_output_dir, OutputFiles, RunOptions,
+    caption_items, load_dataset, open_device, prepare_output_dir, Captioned, OutputFiles,
+    RunOptions,
 };
-use crate::config::{DeviceSpec, ResolvedConfig};
+use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
 use crate::distributed::done::{self, RankDone, RankStatus};
 use crate::distributed::files::{self, RankFiles};
@@ -23,6 +26,7 @@ use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, RankInfo};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::report::Environment;
 
 /// Everything about this process's place in a data-parallel run.
 #[derive(Debug, Clone)]
@@ -73,8 +77,6 @@ pub fn run(
     let config_fingerprint = fingerprint::config(&config);
     let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
 
-    let out_dir = prepare_output_dir(&config.output.dir, false, &[])?;
-    let rank_files = RankFiles::in_dir(&out_dir, info.rank);
     let record = WorldRecord {
         schema: world::SCHEMA.to_string(),
         world_size: info.world_size,
@@ -82,30 +84,8 @@ pub fn run(
         command: setup.command.clone(),
         config: config_json.clone(),
     };
-    if options.fresh {
-        // The done file goes first: rank 0 must never pair an old done file with a half-deleted shard.
-        for path in [
-            &rank_files.done,
-            &rank_files.predictions,
-            &rank_files.errors,
-        ] {
-            files::remove_if_present(path)?;
-        }
-        if info.rank == 0 {
-            for name in [
-                super::PREDICTIONS_FILE,
-                super::ERRORS_FILE,
-                super::REPORT_FILE,
-            ] {
-                files::remove_if_present(&out_dir.join(name))?;
-            }
-            files::remove_ranks_from(&out_dir, info.world_size)?;
-        }
-        world::claim(&out_dir, &record, info.rank, true)?;
-    } else {
-        world::claim(&out_dir, &record, info.rank, false)?;
-        files::remove_if_present(&rank_files.done)?;
-    }
+    let out_dir = join_run(&config.output.dir, info, &record, options.fresh)?;
+    let rank_files = RankFiles::in_dir(&out_dir, info.rank);
 
     let label = format!("rank {}/{}", info.rank, info.world_size);
     let mut done_record = RankDone::new(
@@ -117,41 +97,19 @@ pub fn run(
     done_record.device = config.device.to_string();
     done_record.config = config_json;
     done_record.counts.dataset = shard_items.len();
-    let captioned = (|| {
-        let active = open_device(&config, facts, cuda)?;
-        done_record.device = device::describe_target(&active.plan.target);
-        let resolved_here = ResolvedConfig {
-            config: config.clone(),
-            file: resolved.file.clone(),
-            origins: resolved.origins.clone(),
-        };
-        let yaml = resolved_here.to_annotated_yaml()?;
-        std::fs::write(&rank_files.resolved_config, yaml).map_err(|source| Error::Output {
-            what: "the resolved config",
-            path: rank_files.resolved_config.clone(),
-            source,
-        })?;
-        let output = OutputFiles {
-            predictions: rank_files.predictions.clone(),
-            errors: rank_files.errors.clone(),
-        };
-        let captioned = caption_items(
-            &active,
-            &config,
-            &shard_items,
-            &output,
-            options,
-            Some(&label),
-        )?;
-        let environment = crate::report::describe_environment(
-            &active,
+    let captioned = caption_shard(
+        &ShardJob {
+            resolved,
+            config: &config,
             facts,
             cuda,
-            &config,
-            captioned.model_dir.clone(),
-        );
-        Ok::<_, Error>((captioned, environment))
-    })();
+            files: &rank_files,
+            items: &shard_items,
+            label: &label,
+        },
+        options,
+        &mut done_record,
+    );
     let (captioned, environment) = match captioned {
         Ok(result) => result,
         Err(err) => {
@@ -212,44 +170,164 @@ pub fn run(
         return Ok(own_exit);
     }
 
-    let others: Vec<usize> = (1..info.world_size).collect();
     let expected = Expected {
         world_size: info.world_size,
-        dataset_fingerprint: dataset.fingerprint.clone(),
+        dataset_fingerprint: dataset.fingerprint,
         config_fingerprint,
     };
+    let on_disk = world::read(&out_dir)?.unwrap_or(record);
+    wait_and_merge(&RankZero {
+        setup,
+        dir: &out_dir,
+        items: &items,
+        config: &config,
+        world: &on_disk,
+        expected: &expected,
+        own: done_record,
+        options,
+    })
+}
+
+/// Creates the output directory and joins the run recorded there (`world.json`), or, with `fresh`,
+/// deletes this rank's earlier files (rank 0: also the merged outputs and ranks beyond the world) and
+/// starts a new one. Returns the directory.
+fn join_run(
+    dir: &Path,
+    info: &RankInfo,
+    record: &WorldRecord,
+    fresh: bool,
+) -> Result<PathBuf, Error> {
+    let out_dir = prepare_output_dir(dir, false, &[])?;
+    let rank_files = RankFiles::in_dir(&out_dir, info.rank);
+    if !fresh {
+        world::claim(&out_dir, record, info.rank, false)?;
+        files::remove_if_present(&rank_files.done)?;
+        return Ok(out_dir);
+    }
+    // The done file goes first: rank 0 must never pair an old done file with a half-deleted shard.
+    for path in [
+        &rank_files.done,
+        &rank_files.predictions,
+        &rank_files.errors,
+    ] {
+        files::remove_if_present(path)?;
+    }
+    if info.rank == 0 {
+        for name in [
+            super::PREDICTIONS_FILE,
+            super::ERRORS_FILE,
+            super::REPORT_FILE,
+        ] {
+            files::remove_if_present(&out_dir.join(name))?;
+        }
+        files::remove_ranks_from(&out_dir, info.world_size)?;
+    }
+    world::claim(&out_dir, record, info.rank, true)?;
+    Ok(out_dir)
+}
+
+/// Rank 0 after its own shard.
+struct RankZero<'a> {
+    setup: &'a RankSetup,
+    dir: &'a Path,
+    items: &'a [Item],
+    config: &'a Config,
+    world: &'a WorldRecord,
+    expected: &'a Expected,
+    /// Rank 0's own done record.
+    own: RankDone,
+    options: &'a RunOptions,
+}
+
+/// Waits (bounded) for the other ranks' done files, then merges.
+fn wait_and_merge(zero: &RankZero) -> Result<Exit, Error> {
+    let info = &zero.setup.info;
+    let others: Vec<usize> = (1..info.world_size).collect();
     let waited = wait::wait_for(
-        &out_dir,
+        zero.dir,
         &others,
-        &expected,
+        zero.expected,
         &WaitOptions {
-            timeout: setup.wait_timeout,
+            timeout: zero.setup.wait_timeout,
             poll: Duration::from_millis(250),
-            quiet: options.quiet,
-            interrupted: &options.interrupted,
+            quiet: zero.options.quiet,
+            interrupted: &zero.options.interrupted,
         },
     );
     if waited.interrupted {
-        if !options.quiet {
+        if !zero.options.quiet {
             eprintln!(
-                "{label}: interrupted while waiting; merge later with: vlmrun merge --output {}",
-                out_dir.display()
+                "rank 0: interrupted while waiting; merge later with: vlmrun merge --output {}",
+                zero.dir.display()
             );
         }
         return Ok(Exit::Interrupted);
     }
     let mut stopped: BTreeMap<usize, RankDone> = waited.stopped;
-    stopped.insert(0, done_record);
-    let on_disk = world::read(&out_dir)?.unwrap_or(record);
+    stopped.insert(0, zero.own.clone());
     super::merged::finish(super::merged::MergeJob {
-        dir: &out_dir,
-        items: &items,
-        world: &on_disk,
-        config: &config,
+        dir: zero.dir,
+        items: zero.items,
+        world: zero.world,
+        config: zero.config,
         stopped,
         absent: waited.absent,
-        quiet: options.quiet,
+        quiet: zero.options.quiet,
     })
+}
+
+/// What `caption_shard` works on.
+struct ShardJob<'a> {
+    resolved: &'a ResolvedConfig,
+    /// The rank's configuration (its device).
+    config: &'a Config,
+    facts: &'a SystemFacts,
+    cuda: &'a CudaAvailability,
+    files: &'a RankFiles,
+    items: &'a [Item],
+    label: &'a str,
+}
+
+/// Opens the rank's device (recording it in `done_record`), writes its resolved config, and captions its
+/// shard (resuming).
+fn caption_shard(
+    job: &ShardJob,
+    options: &RunOptions,
+    done_record: &mut RankDone,
+) -> Result<(Captioned, Environment), Error> {
+    let active = open_device(job.config, job.facts, job.cuda)?;
+    done_record.device = device::describe_target(&active.plan.target);
+    let resolved_here = ResolvedConfig {
+        config: job.config.clone(),
+        file: job.resolved.file.clone(),
+        origins: job.resolved.origins.clone(),
+    };
+    let yaml = resolved_here.to_annotated_yaml()?;
+    std::fs::write(&job.files.resolved_config, yaml).map_err(|source| Error::Output {
+        what: "the resolved config",
+        path: job.files.resolved_config.clone(),
+        source,
+    })?;
+    let output = OutputFiles {
+        predictions: job.files.predictions.clone(),
+        errors: job.files.errors.clone(),
+    };
+    let captioned = caption_items(
+        &active,
+        job.config,
+        job.items,
+        &output,
+        options,
+        Some(job.label),
+    )?;
+    let environment = crate::report::describe_environment(
+        &active,
+        job.facts,
+        job.cuda,
+        job.config,
+        captioned.model_dir.clone(),
+    );
+    Ok((captioned, environment))
 }
 
 fn status_word(status: RankStatus) -> &'static str {

@@ -16,7 +16,10 @@ use crate::error::Error;
 use crate::exit::Exit;
 
 pub fn run(context: &Context, args: &BaselineArgs) -> Result<Exit, Error> {
-    let env: Env = std::env::vars().collect();
+    // vars_os: a variable that is not UTF-8 is skipped instead of panicking (none of ours can be one).
+    let env: Env = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect();
     let flags = RankFlags {
         rank: args.rank,
         world_size: args.world_size,
@@ -24,7 +27,9 @@ pub fn run(context: &Context, args: &BaselineArgs) -> Result<Exit, Error> {
     };
     let info = distributed::discover(&flags, &env)?;
     let distributed = (info.world_size > 1).then(|| {
-        let argv: Vec<String> = std::env::args().collect();
+        let argv: Vec<String> = std::env::args_os()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
         RankSetup {
             host: done::host_name(&env),
             visible_devices: env.get("CUDA_VISIBLE_DEVICES").cloned(),

@@ -125,7 +125,7 @@ pub fn wait_for(dir: &Path, ranks: &[usize], expected: &Expected, options: &Wait
                 options.timeout.as_secs_f64()
             );
         }
-        std::thread::sleep(options.poll.min(options.timeout - elapsed));
+        std::thread::sleep(options.poll.min(options.timeout.saturating_sub(elapsed)));
     }
     waited
 }
