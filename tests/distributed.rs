@@ -336,3 +336,34 @@ fn bad_launcher_variables_are_usage_errors_naming_the_variable() {
     assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
     assert!(stderr(&output).contains("world.json"));
 }
+
+#[test]
+fn a_rank_that_fails_after_joining_stops_rank_0_waiting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Rank 1 asks for a GPU this (CPU) build cannot use: it fails after joining the run, and says so in
+    // its done file (the device is not part of the run's identity, so the record counts).
+    let output = rank(&out, &[], 1, 2)
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let done = json(&out.join("rank-1.done.json"));
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["device"], "cuda:1", "cuda means the rank's GPU");
+    assert!(done["error"].as_str().unwrap().contains("not usable"));
+
+    // Rank 0 would wait 10 minutes for a silent rank; this one has reported, so it merges right away.
+    let output = rank(&out, &[], 0, 2)
+        .args(["--wait-timeout", "600"])
+        .output()
+        .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{message}");
+    assert!(
+        message.contains("rank 1: 6 of 6 items missing (failed: "),
+        "{message}"
+    );
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["distributed"]["ranks"][1]["status"], "failed");
+}

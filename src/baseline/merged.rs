@@ -191,7 +191,10 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
             RankStatus::Interrupted => "interrupted (Ctrl-C)".to_string(),
             RankStatus::Failed => format!(
                 "failed: {}",
-                done.error.as_deref().unwrap_or("no error recorded")
+                done.error
+                    .as_deref()
+                    .and_then(|error| error.lines().next())
+                    .unwrap_or("no error recorded")
             ),
             _ => format!(
                 "its done file says {}, but items are missing from predictions.rank-{rank}.jsonl",

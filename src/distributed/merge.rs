@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::files::RankFiles;
 use super::{shard, DistributedError};
 use crate::baseline::dataset::Item;
-use crate::baseline::predictions::{read_jsonl, Failure, Prediction};
+use crate::baseline::predictions::{read_jsonl, Failure, Prediction, PredictionsError};
 
 /// A shard with items that have neither a prediction nor a failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,17 +66,20 @@ pub fn collect(
     let mut collected = Collected::default();
     for rank in 0..world_size {
         let files = RankFiles::in_dir(dir, rank);
-        let as_bad_file = |path: &Path| {
-            let path = path.to_path_buf();
-            move |err: crate::baseline::predictions::PredictionsError| DistributedError::BadFile {
-                path: path.clone(),
-                message: err.to_string(),
+        let unreadable = |err: PredictionsError| match err {
+            PredictionsError::Io { path, source } => DistributedError::Io { path, source },
+            PredictionsError::Corrupt {
+                path,
+                line,
+                message,
+            } => DistributedError::BadFile {
+                path,
+                message: format!("line {line} is not a record ({message})"),
                 fix: format!("rerun rank {rank} with --fresh to redo its shard"),
-            }
+            },
         };
-        let predictions = read_jsonl::<Prediction>(&files.predictions)
-            .map_err(as_bad_file(&files.predictions))?;
-        let failures = read_jsonl::<Failure>(&files.errors).map_err(as_bad_file(&files.errors))?;
+        let predictions = read_jsonl::<Prediction>(&files.predictions).map_err(unreadable)?;
+        let failures = read_jsonl::<Failure>(&files.errors).map_err(unreadable)?;
         collected.torn_bytes += predictions.torn_bytes;
         for prediction in predictions.records {
             match slot_of(&index_of, &prediction.id, rank, world_size) {
