@@ -14,7 +14,8 @@ use super::report::{self, BaselineReport, Counts, Memory, Timings};
 use super::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
 use crate::distributed::command::rerun_line;
-use crate::distributed::done::{RankDone, RankStatus, RankTimings};
+use crate::distributed::done::{self, RankDone, RankStatus, RankTimings};
+use crate::distributed::files::RankFiles;
 use crate::distributed::merge::{collect, MissingShard};
 use crate::distributed::wait::{self, Expected, RankState};
 use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
@@ -137,14 +138,12 @@ pub fn merge_directory(dir: &Path, quiet: bool) -> Result<Exit, Error> {
     };
     world::agrees(dir, &record, record.world_size, &dataset)?;
     // Rank 0's record decides which configuration the merge belongs to; without it, world.json's.
-    let rank0 =
-        crate::distributed::done::read(&crate::distributed::files::RankFiles::in_dir(dir, 0).done)
-            .ok()
-            .flatten()
-            .filter(|done| {
-                done.world_size == record.world_size
-                    && done.dataset_fingerprint == dataset.fingerprint
-            });
+    let rank0 = done::read(&RankFiles::in_dir(dir, 0).done)
+        .ok()
+        .flatten()
+        .filter(|done| {
+            done.world_size == record.world_size && done.dataset_fingerprint == dataset.fingerprint
+        });
     let config: Config = match &rank0 {
         Some(done) => serde_json::from_value(done.config.clone()).unwrap_or(world_config),
         None => world_config,
