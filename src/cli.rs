@@ -59,11 +59,15 @@ pub enum Command {
     },
     /// Caption images (one caption per line; --json: one object per line).
     Caption(CaptionArgs),
-    /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable).
-    Baseline {
-        /// Delete earlier results in output.dir and start over (default: resume).
-        #[arg(long)]
-        fresh: bool,
+    /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable);
+    /// several ranks split it (docs/scaling.md).
+    Baseline(BaselineArgs),
+    /// Merge the shards of a data-parallel baseline in output.dir: predictions.jsonl, metrics, report.json
+    /// (exit 3 naming any rank whose shard is incomplete).
+    Merge {
+        /// The ranks' output directory (default: output.dir).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
     },
     /// Download a model (config.json, tokenizer.json, weights) into the Hugging Face cache (feature `hub`).
     Fetch {
@@ -90,6 +94,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `vlmrun baseline`. The rank flags override the launcher's variables (RANK/WORLD_SIZE, SLURM_*,
+/// OMPI_COMM_WORLD_*); see docs/scaling.md.
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// Delete earlier results in output.dir and start over (default: resume). With several ranks, give it
+    /// to every rank.
+    #[arg(long)]
+    pub fresh: bool,
+    /// This process's rank, 0..world-size (data-parallel run; with --world-size).
+    #[arg(long, value_name = "K")]
+    pub rank: Option<usize>,
+    /// Number of ranks sharing the dataset (with --rank).
+    #[arg(long, value_name = "N")]
+    pub world_size: Option<usize>,
+    /// Rank on this machine, picks GPU cuda:K (default: --rank, i.e. all ranks on one machine).
+    #[arg(long, value_name = "K")]
+    pub local_rank: Option<usize>,
+    /// Rank 0: how long to wait for the other ranks after its own shard before merging what is there.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    pub wait_timeout: u64,
 }
 
 /// `vlmrun caption`: each flag overrides the config key named in its help.

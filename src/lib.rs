@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod device;
+pub mod distributed;
 pub mod doctor;
 pub mod error;
 pub mod exit;

@@ -5,11 +5,17 @@
 //! (every file and line checked) -> device, verified exactly as `doctor` does -> output directory writable
 //! -> model load (timed) -> warm-up -> batches (preprocessing on worker threads, a few batches ahead of
 //! the device) -> metrics -> report.
+//!
+//! With world size > 1 (`--rank/--world-size` or a launcher's variables) the process is one rank of a
+//! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
+//! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
 pub mod dataset;
 pub mod memory;
+pub mod merged;
 pub mod pipeline;
 pub mod predictions;
+pub mod ranked;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -19,8 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::captioner::Captioner;
-use crate::config::ResolvedConfig;
-use crate::device::{self, CudaAvailability, SystemFacts, Target};
+use crate::config::{Config, ResolvedConfig};
+use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts, Target};
+use crate::distributed::{files, world};
 use crate::doctor;
 use crate::error::Error;
 use crate::exit::Exit;
@@ -41,10 +48,27 @@ pub struct RunOptions {
     pub interrupted: Arc<AtomicBool>,
     /// Progress output: a bar on a terminal, periodic lines otherwise, nothing when quiet.
     pub quiet: bool,
+    /// This process's rank in a data-parallel run; `None` (or world size 1) is a single process.
+    pub distributed: Option<ranked::RankSetup>,
 }
 
-/// Runs the baseline; returns the exit status (0, 3 completed with failures, 130 interrupted).
+/// Runs the baseline; returns the exit status (0, 3 completed with failures or a shard missing,
+/// 130 interrupted). With world size > 1 this process captions its shard (`ranked`).
 pub fn run(
+    resolved: &ResolvedConfig,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    options: &RunOptions,
+) -> Result<Exit, Error> {
+    match &options.distributed {
+        Some(setup) if setup.info.world_size > 1 => {
+            ranked::run(resolved, facts, cuda, options, setup)
+        }
+        _ => run_single(resolved, facts, cuda, options),
+    }
+}
+
+fn run_single(
     resolved: &ResolvedConfig,
     facts: &SystemFacts,
     cuda: &CudaAvailability,
@@ -52,8 +76,84 @@ pub fn run(
 ) -> Result<Exit, Error> {
     let started = Instant::now();
     let config = &resolved.config;
-    let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
+    let items = load_dataset(config)?;
+    let active = open_device(config, facts, cuda)?;
 
+    let out_dir = prepare_output_dir(
+        &config.output.dir,
+        options.fresh,
+        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE],
+    )?;
+    if options.fresh {
+        // Leftovers of a data-parallel run in the same directory go too.
+        files::remove_if_present(&out_dir.join(world::WORLD_FILE))?;
+        files::remove_ranks_from(&out_dir, 0)?;
+    } else {
+        world::check_single_process(&out_dir)?;
+    }
+    resolved
+        .write_next_to(&out_dir)
+        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
+    let files = OutputFiles {
+        predictions: out_dir.join(PREDICTIONS_FILE),
+        errors: out_dir.join(ERRORS_FILE),
+    };
+    let captioned = caption_items(&active, config, &items, &files, options, None)?;
+    let Captioned {
+        counts,
+        mut timings,
+        memory,
+        model_dir,
+        interrupted,
+        predictions: all_predictions,
+    } = captioned;
+    let scores = score(&items, &all_predictions, &config.generation.prompt)?;
+    timings.total_s = started.elapsed().as_secs_f64();
+    let status = if interrupted {
+        "interrupted"
+    } else if counts.failed > 0 {
+        "complete_with_failures"
+    } else {
+        "complete"
+    };
+    let report = BaselineReport {
+        schema: report::SCHEMA.to_string(),
+        status: status.to_string(),
+        environment: crate::report::describe_environment(&active, facts, cuda, config, model_dir),
+        timings,
+        memory,
+        counts,
+        metrics: scores,
+        config: serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?,
+        distributed: None,
+    };
+    let report_path = out_dir.join(REPORT_FILE);
+    write_json_atomic(&report_path, &report)
+        .map_err(|source| output_error("the report", &report_path, source))?;
+    if !options.quiet {
+        eprint!("{}", report.summary());
+        eprintln!("  results in {}", out_dir.display());
+    }
+    Ok(if interrupted {
+        Exit::Interrupted
+    } else if report.counts.failed > 0 {
+        Exit::CompletedWithFailures
+    } else {
+        Exit::Success
+    })
+}
+
+/// Reads the configured dataset (every file and line checked).
+fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
+    dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))
+}
+
+/// Checks the configured device exactly as `doctor` does, then opens it.
+fn open_device(
+    config: &Config,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+) -> Result<ActiveDevice, Error> {
     let check = doctor::run(config, facts, cuda);
     if !check.usable {
         let failing: Vec<String> = check
@@ -71,14 +171,43 @@ pub fn run(
             failing.join("; ")
         )));
     }
-    let active = device::activate(config.device, config.precision, facts, cuda)?;
+    Ok(device::activate(
+        config.device,
+        config.precision,
+        facts,
+        cuda,
+    )?)
+}
 
-    let out_dir = prepare_output_dir(&config.output.dir, options.fresh)?;
-    resolved
-        .write_next_to(&out_dir)
-        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
-    let predictions_path = out_dir.join(PREDICTIONS_FILE);
-    let resumed = predictions::recover(&predictions_path).map_err(|err| Error::Output {
+/// Where one process appends its results.
+pub struct OutputFiles {
+    pub predictions: PathBuf,
+    pub errors: PathBuf,
+}
+
+/// What captioning a list of items left: the report's counts, timings and memory (total_s not set),
+/// and every prediction (earlier runs' first, then this run's).
+struct Captioned {
+    counts: Counts,
+    timings: Timings,
+    memory: Memory,
+    model_dir: Option<String>,
+    interrupted: bool,
+    predictions: Vec<Prediction>,
+}
+
+/// Captions the items not yet in `files.predictions` (resuming an earlier run): model load, warm-up,
+/// batches. `label` prefixes progress lines (a rank's name when several processes share a terminal).
+fn caption_items(
+    active: &ActiveDevice,
+    config: &Config,
+    items: &[dataset::Item],
+    files: &OutputFiles,
+    options: &RunOptions,
+    label: Option<&str>,
+) -> Result<Captioned, Error> {
+    let predictions_path = &files.predictions;
+    let resumed = predictions::recover(predictions_path).map_err(|err| Error::Output {
         what: "predictions",
         path: predictions_path.clone(),
         source: std::io::Error::other(err.to_string()),
@@ -99,39 +228,45 @@ pub fn run(
     let skipped = items.len() - pending.len();
     if skipped > 0 && !options.quiet {
         eprintln!(
-            "resuming: {skipped} of {} images already in {}",
+            "{}resuming: {skipped} of {} images already in {}",
+            label.map(|l| format!("{l}: ")).unwrap_or_default(),
             items.len(),
             predictions_path.display()
         );
     }
 
-    let mut counts = Counts {
-        dataset: items.len(),
-        skipped,
-        ..Counts::default()
+    let mut captioned = Captioned {
+        counts: Counts {
+            dataset: items.len(),
+            skipped,
+            ..Counts::default()
+        },
+        timings: Timings::default(),
+        memory: Memory::default(),
+        model_dir: None,
+        interrupted: false,
+        predictions: Vec::new(),
     };
-    let mut timings = Timings::default();
-    let mut memory = Memory::default();
     let mut new_predictions = Vec::new();
-    let mut model_dir = None;
-    let mut interrupted = false;
     if !pending.is_empty() {
+        let counts = &mut captioned.counts;
+        let timings = &mut captioned.timings;
         let gpu_monitor = match &active.plan.target {
             Target::Cuda { index, .. } => Some(memory::GpuMemoryMonitor::start(*index)),
             Target::Cpu => None,
         };
-        let captioner = Captioner::load(config, &active)?;
+        let captioner = Captioner::load(config, active)?;
         timings.model_load_s = Some(captioner.load_seconds);
-        model_dir = Some(captioner.model_dir().display().to_string());
+        captioned.model_dir = Some(captioner.model_dir().display().to_string());
         timings.warmup_s = Some(warm_up(
             &captioner,
             config.generation.batch_size.min(pending.len()),
         )?);
-        let outcome = caption_all(&captioner, pending, &out_dir, config, options)?;
+        let outcome = caption_all(&captioner, pending, files, config, options, label)?;
         counts.done = outcome.predictions.len();
         counts.failed = outcome.failed;
         counts.remaining = outcome.remaining;
-        interrupted = outcome.interrupted;
+        captioned.interrupted = outcome.interrupted;
         timings.run_s = outcome.run_s;
         timings.images_per_s = if outcome.run_s > 0.0 {
             counts.done as f64 / outcome.run_s
@@ -156,49 +291,16 @@ pub fn run(
         };
         timings.batch_latency_ms = Percentiles::of(&outcome.batch_latency_ms);
         timings.preprocess_batch_ms = Percentiles::of(&outcome.preprocess_ms);
-        memory.peak_gpu_bytes = gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
+        captioned.memory.peak_gpu_bytes = gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
         new_predictions = outcome.predictions;
     }
-    memory.peak_host_rss_bytes = memory::peak_rss_bytes();
-
-    let all_predictions: Vec<Prediction> = resumed
+    captioned.memory.peak_host_rss_bytes = memory::peak_rss_bytes();
+    captioned.predictions = resumed
         .predictions
         .into_iter()
         .chain(new_predictions)
         .collect();
-    let scores = score(&items, &all_predictions, &config.generation.prompt)?;
-    timings.total_s = started.elapsed().as_secs_f64();
-    let status = if interrupted {
-        "interrupted"
-    } else if counts.failed > 0 {
-        "complete_with_failures"
-    } else {
-        "complete"
-    };
-    let report = BaselineReport {
-        schema: report::SCHEMA.to_string(),
-        status: status.to_string(),
-        environment: crate::report::describe_environment(&active, facts, cuda, config, model_dir),
-        timings,
-        memory,
-        counts,
-        metrics: scores,
-        config: serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?,
-    };
-    let report_path = out_dir.join(REPORT_FILE);
-    write_json_atomic(&report_path, &report)
-        .map_err(|source| output_error("the report", &report_path, source))?;
-    if !options.quiet {
-        eprint!("{}", report.summary());
-        eprintln!("  results in {}", out_dir.display());
-    }
-    Ok(if interrupted {
-        Exit::Interrupted
-    } else if report.counts.failed > 0 {
-        Exit::CompletedWithFailures
-    } else {
-        Exit::Success
-    })
+    Ok(captioned)
 }
 
 fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
@@ -209,15 +311,16 @@ fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Erro
     }
 }
 
-/// Creates the output directory, proves it is writable, and clears it with `--fresh`.
-fn prepare_output_dir(dir: &Path, fresh: bool) -> Result<PathBuf, Error> {
+/// Creates the output directory, proves it is writable, and with `fresh` deletes the named earlier
+/// results in it.
+fn prepare_output_dir(dir: &Path, fresh: bool, results: &[&str]) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|source| output_error("the output directory", dir, source))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
     let _ = std::fs::remove_file(&probe);
     if fresh {
-        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
+        for name in results {
             let path = dir.join(name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -254,17 +357,18 @@ struct Outcome {
 fn caption_all(
     captioner: &Captioner,
     pending: Vec<dataset::Item>,
-    out_dir: &Path,
-    config: &crate::config::Config,
+    files: &OutputFiles,
+    config: &Config,
     options: &RunOptions,
+    label: Option<&str>,
 ) -> Result<Outcome, Error> {
     let total = pending.len();
     let workers = match config.preprocess.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let predictions_path = out_dir.join(PREDICTIONS_FILE);
-    let errors_path = out_dir.join(ERRORS_FILE);
+    let predictions_path = files.predictions.clone();
+    let errors_path = files.errors.clone();
     let as_output = |path: &Path| {
         let path = path.to_path_buf();
         move |err: predictions::PredictionsError| Error::Output {
@@ -287,7 +391,7 @@ fn caption_all(
         options.interrupted.clone(),
     )
     .map_err(|err| Error::Internal(format!("starting preprocessing threads: {err}")))?;
-    let progress = Progress::new(total, options.quiet);
+    let progress = Progress::new(total, options.quiet, label);
     let started = Instant::now();
     let mut outcome = Outcome {
         predictions: Vec::new(),
@@ -354,17 +458,20 @@ fn caption_all(
     Ok(outcome)
 }
 
-/// A progress bar on a terminal, a line every ~5 s otherwise, nothing when quiet.
+/// A progress bar on a terminal, a line every ~5 s otherwise, nothing when quiet. With a label (a rank
+/// of a data-parallel run: several processes share the terminal) always lines, prefixed by the label.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     total: usize,
     quiet: bool,
+    prefix: String,
     last_line: std::cell::Cell<Option<Instant>>,
 }
 
 impl Progress {
-    fn new(total: usize, quiet: bool) -> Progress {
-        let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+    fn new(total: usize, quiet: bool, label: Option<&str>) -> Progress {
+        let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = (!quiet && label.is_none() && on_terminal).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
@@ -377,6 +484,7 @@ impl Progress {
             bar,
             total,
             quiet,
+            prefix: label.map(|l| format!("{l}: ")).unwrap_or_default(),
             last_line: std::cell::Cell::new(None),
         }
     }
@@ -404,8 +512,8 @@ impl Progress {
                 0.0
             };
             eprintln!(
-                "progress: {handled}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
-                self.total
+                "{}progress: {handled}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
+                self.prefix, self.total
             );
         }
     }
@@ -419,7 +527,7 @@ impl Progress {
 
 /// COCO metrics over every prediction whose item has references. LAVIS strips the prompt from the
 /// caption before scoring (`caption[len(prompt):]`); so do we.
-fn score(
+pub(crate) fn score(
     items: &[dataset::Item],
     predictions: &[Prediction],
     prompt: &str,

@@ -61,37 +61,48 @@ impl Resumed {
     }
 }
 
-/// Reads an existing predictions file and truncates a torn tail so appends start on a line boundary.
-pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
-    let io = |source| PredictionsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// The complete lines of a JSONL file, read without changing it.
+#[derive(Debug)]
+pub struct JsonlRecords<T> {
+    pub records: Vec<T>,
+    /// Bytes of the complete lines (where a torn tail starts).
+    pub complete_len: usize,
+    /// Bytes after the last newline: a line still being written, or torn by a crash.
+    pub torn_bytes: usize,
+}
+
+/// Reads every complete line of `path` as a `T` (a missing file has none). A line that does not parse is
+/// an error naming it; a torn last line is counted, not parsed.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<JsonlRecords<T>, PredictionsError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Resumed::default()),
-        Err(err) => return Err(io(err)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(JsonlRecords {
+                records: Vec::new(),
+                complete_len: 0,
+                torn_bytes: 0,
+            })
+        }
+        Err(source) => {
+            return Err(PredictionsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let (complete, tail) = bytes.split_at(complete_len);
-    let mut resumed = Resumed::default();
-    let mut seen = HashSet::new();
     let lines: Vec<&[u8]> = complete.split(|&b| b == b'\n').collect();
-    let mut good_len = 0usize;
     let line_count = lines.len().saturating_sub(1); // the split after the final '\n' is empty
+    let mut records = Vec::with_capacity(line_count);
     for (index, line) in lines.iter().take(line_count).enumerate() {
         let parsed = std::str::from_utf8(line)
             .map_err(|err| err.to_string())
-            .and_then(|text| {
-                serde_json::from_str::<Prediction>(text).map_err(|err| err.to_string())
-            });
+            .and_then(|text| serde_json::from_str::<T>(text).map_err(|err| err.to_string()));
         match parsed {
-            Ok(prediction) => {
-                if seen.insert(prediction.id.clone()) {
-                    resumed.predictions.push(prediction);
-                }
-                good_len += line.len() + 1;
-            }
+            Ok(record) => records.push(record),
             Err(message) => {
                 return Err(PredictionsError::Corrupt {
                     path: path.to_path_buf(),
@@ -101,10 +112,33 @@ pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
             }
         }
     }
-    resumed.dropped_torn_bytes += tail.len();
+    Ok(JsonlRecords {
+        records,
+        complete_len,
+        torn_bytes: tail.len(),
+    })
+}
+
+/// Reads an existing predictions file and truncates a torn tail so appends start on a line boundary.
+pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
+    let read = read_jsonl::<Prediction>(path)?;
+    let mut resumed = Resumed {
+        predictions: Vec::with_capacity(read.records.len()),
+        dropped_torn_bytes: read.torn_bytes,
+    };
+    let mut seen = HashSet::new();
+    for prediction in read.records {
+        if seen.insert(prediction.id.clone()) {
+            resumed.predictions.push(prediction);
+        }
+    }
     if resumed.dropped_torn_bytes > 0 {
+        let io = |source| PredictionsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = OpenOptions::new().write(true).open(path).map_err(io)?;
-        file.set_len(good_len as u64).map_err(io)?;
+        file.set_len(read.complete_len as u64).map_err(io)?;
         file.sync_all().map_err(io)?;
     }
     Ok(resumed)

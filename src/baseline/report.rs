@@ -1,6 +1,6 @@
 //! `report.json` for a baseline run (schema `vlmrun.baseline/1`) and the summary table printed at the end.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::Scores;
 use crate::report::{Environment, Percentiles};
@@ -10,7 +10,8 @@ pub const SCHEMA: &str = "vlmrun.baseline/1";
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
     pub schema: String,
-    /// `complete`, `complete_with_failures` or `interrupted`.
+    /// `complete`, `complete_with_failures` or `interrupted`; a merged data-parallel report may also be
+    /// `incomplete` (a shard is missing: see `distributed.missing`).
     pub status: String,
     pub environment: Environment,
     pub timings: Timings,
@@ -20,6 +21,9 @@ pub struct BaselineReport {
     pub metrics: Option<Scores>,
     /// The resolved configuration.
     pub config: serde_json::Value,
+    /// Data-parallel runs only (the merged report): the ranks, their timings and any missing shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<super::merged::DistributedSummary>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,14 +47,14 @@ pub struct Timings {
     pub generated_tokens_per_s: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     /// This process's peak GPU memory (NVML samples every 20 ms); null on CPU.
     pub peak_gpu_bytes: Option<u64>,
     pub peak_host_rss_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Images in the selected dataset.
     pub dataset: usize,
@@ -126,10 +130,16 @@ impl BaselineReport {
                     scores.n_images
                 ),
             )),
+            None if self.status == "incomplete" => {
+                rows.push(("metrics".into(), "not computed: a shard is missing".into()))
+            }
             None => rows.push((
                 "metrics".into(),
                 "none (the dataset has no references)".into(),
             )),
+        }
+        if let Some(distributed) = &self.distributed {
+            rows.extend(distributed.summary_rows());
         }
         let width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
         let mut out = String::from("baseline summary\n");

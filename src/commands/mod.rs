@@ -7,6 +7,7 @@ mod config_cmd;
 mod doctor_cmd;
 mod fetch_cmd;
 mod interrupt;
+mod merge_cmd;
 mod score_cmd;
 mod train_cmd;
 
@@ -48,7 +49,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
         Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
-        Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
+        Command::Baseline(args) => baseline_cmd::run(&context, &args),
+        Command::Merge { output } => merge_cmd::run(&context, output.as_deref()),
         Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
         Command::Train(args) => train_cmd::run(&context, &args),
