@@ -15,7 +15,8 @@ use crate::generate::{generate, GenerateError, GenerationConfig};
 use crate::hub;
 use crate::models::blip::{load::load_model_with, BlipConfig, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
-use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
+use crate::preprocess::upload::BatchUploader;
+use crate::preprocess::{ImageProcessor, PassOrder};
 
 /// One generated caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,8 @@ pub struct Captioner {
     model: BlipForConditionalGeneration,
     tokenizer: PromptTokenizer,
     processor: ImageProcessor,
+    /// Host -> device copies of the pixel batches (pinned staging on CUDA).
+    uploader: BatchUploader,
     generation: GenerationConfig,
     prompt_ids: Vec<u32>,
     model_dir: PathBuf,
@@ -73,6 +76,7 @@ impl Captioner {
             model,
             tokenizer,
             processor,
+            uploader: BatchUploader::new(),
             generation,
             prompt_ids,
             model_dir,
@@ -123,7 +127,8 @@ impl Captioner {
             return Ok(Vec::new());
         }
         let upload = |dtype: DType| {
-            batch_tensor_as(pixels, self.processor.size, &self.active.device, dtype)
+            self.uploader
+                .upload(pixels, self.processor.size, &self.active.device, dtype)
                 .map_err(|err| Error::Internal(format!("uploading the image batch: {err}")))
         };
         // Uploaded in the model's dtype (half the bytes for f16/bf16); the fallback starts again from

@@ -304,6 +304,7 @@ mod tests {
             decode_step_ms: Some(1.0),
             decode_step_in_generate_ms: Some(1.2),
             generate_ms: Some(summary(40.0)),
+            upload_ms: None,
             latency_ms: summary(50.0),
             images_per_s: 20.0 * batch_size as f64,
             generated_tokens_per_s: 400.0,

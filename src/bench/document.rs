@@ -96,6 +96,10 @@ pub struct Record {
     pub decode_step_in_generate_ms: Option<f64>,
     /// Generation alone: pixels on the device -> token ids on the host.
     pub generate_ms: Option<Summary>,
+    /// Host pixels -> a batch on the device in the model dtype (conversion and copy), median of the
+    /// end-to-end runs. Absent in documents written before it was measured.
+    #[serde(default)]
+    pub upload_ms: Option<f64>,
     /// End to end per batch: preprocessed pixels on the host -> upload -> generate -> caption text.
     pub latency_ms: Summary,
     /// batch_size / median end-to-end seconds.

@@ -9,19 +9,21 @@ use candle_core::Tensor;
 
 use super::document::ModelShape;
 use super::BenchError;
-use crate::captioner::quantization_format;
-use crate::config::{Config, ResizePassOrder};
+use crate::captioner::{generation_config, image_processor, quantization_format};
+use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::generate::{decoder_start, generate, GenerationConfig};
 use crate::hub;
 use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
-use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
+use crate::preprocess::upload::BatchUploader;
+use crate::preprocess::ImageProcessor;
 
 pub struct BenchModel {
     model: BlipForConditionalGeneration,
     tokenizer: PromptTokenizer,
     processor: ImageProcessor,
+    uploader: BatchUploader,
     /// The decoder start sequence: bos and the prompt's tokens.
     prompt: Vec<u32>,
     /// Generation settings from the config with both lengths set to `prompt.len() + generated_tokens`.
@@ -76,29 +78,19 @@ impl BenchModel {
                 text.max_position_embeddings
             )));
         }
-        let settings = &config.generation;
-        // BLIP captioning stops on [SEP] (sep_token_id), as the captioner does; blocked here until the end.
+        // The captioner's settings, with [SEP] blocked until the forced length.
         let generation = GenerationConfig {
             max_length: forced_length,
             min_length: forced_length,
             num_beams: 1,
-            length_penalty: settings.length_penalty,
-            repetition_penalty: settings.repetition_penalty,
-            bos: text.bos_token_id,
-            eos: text.sep_token_id,
-            pad: text.pad_token_id,
+            ..generation_config(config, model.config())
         };
-        let mut processor = ImageProcessor::blip(model.config().vision_config.image_size);
-        processor.max_pixels = config.preprocess.max_pixels;
-        processor.pass_order = match config.preprocess.resize_pass_order {
-            ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
-            ResizePassOrder::Pillow13 => PassOrder::Pillow13,
-            ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
-        };
+        let processor = image_processor(config, model.config().vision_config.image_size);
         Ok(BenchModel {
             model,
             tokenizer,
             processor,
+            uploader: BatchUploader::new(),
             prompt,
             generation,
             generated_tokens,
@@ -170,13 +162,14 @@ impl BenchModel {
 
     /// Uploads preprocessed CHW images as an `(N, 3, S, S)` batch in the model dtype.
     pub fn upload(&self, pixels: &[Vec<f32>]) -> Result<Tensor, BenchError> {
-        batch_tensor_as(
-            pixels,
-            self.processor.size,
-            &self.active.device,
-            self.active.precision.dtype,
-        )
-        .map_err(BenchError::compute("uploading the image batch"))
+        self.uploader
+            .upload(
+                pixels,
+                self.processor.size,
+                &self.active.device,
+                self.active.precision.dtype,
+            )
+            .map_err(BenchError::compute("uploading the image batch"))
     }
 
     /// Forced-length generation of `batch` with `num_beams`; checks every caption has exactly

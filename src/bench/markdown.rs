@@ -48,17 +48,18 @@ pub fn results(doc: &BenchDocument) -> String {
     }
     out.push('\n');
     out.push_str(
-        "| batch | beams | images/s | latency p50 ms | p95 ms | vision ms | vision images/s | prefill ms | decode step ms | step in generate ms | peak GPU GiB |\n",
+        "| batch | beams | images/s | latency p50 ms | p95 ms | upload ms | vision ms | vision images/s | prefill ms | decode step ms | step in generate ms | peak GPU GiB |\n",
     );
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &doc.records {
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.batch_size,
             r.num_beams,
             r.images_per_s,
             r.latency_ms.p50,
             r.latency_ms.p95,
+            opt(r.upload_ms, 3),
             opt(r.vision_ms, 3),
             opt(r.vision_images_per_s, 1),
             opt(r.prefill_ms, 3),

@@ -69,10 +69,12 @@ pub fn measure_record(
 
     let mut generate_ms = Vec::with_capacity(iterations);
     let mut latency_ms = Vec::with_capacity(iterations);
+    let mut upload_ms = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let timing = end_to_end(bench, pixels, num_beams)?;
         generate_ms.push(timing.generate_ms);
         latency_ms.push(timing.total_ms);
+        upload_ms.push(timing.upload_ms);
     }
     let peak_gpu_bytes = monitor.and_then(GpuMemoryMonitor::finish);
 
@@ -100,6 +102,7 @@ pub fn measure_record(
         decode_step_ms: median(&step_ms),
         decode_step_in_generate_ms,
         generate_ms: generate,
+        upload_ms: median(&upload_ms),
         images_per_s: per_second(batch_size as f64, latency.p50),
         generated_tokens_per_s: per_second((batch_size * tokens) as f64, latency.p50),
         latency_ms: latency,
@@ -120,6 +123,7 @@ fn timed<T>(
 }
 
 struct EndToEnd {
+    upload_ms: f64,
     generate_ms: f64,
     total_ms: f64,
 }
@@ -134,6 +138,7 @@ fn end_to_end(
     let started = Instant::now();
     let batch = bench.upload(pixels)?;
     bench.synchronize()?;
+    let upload_ms = started.elapsed().as_secs_f64() * 1e3;
     let generate_started = Instant::now();
     let sequences = bench.generate_forced(&batch, num_beams)?;
     bench.synchronize()?;
@@ -141,6 +146,7 @@ fn end_to_end(
     let captions = bench.decode(&sequences)?;
     std::hint::black_box(captions);
     Ok(EndToEnd {
+        upload_ms,
         generate_ms,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
     })

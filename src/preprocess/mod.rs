@@ -17,6 +17,7 @@ mod error;
 pub mod normalize;
 pub mod prompt;
 pub mod resize;
+pub mod upload;
 
 use std::path::Path;
 

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 use super::data::Sample;
 use super::loss::CaptionBatch;
 use crate::preprocess::prompt::{CaptionIds, PromptTokenizer};
-use crate::preprocess::{batch_tensor_as, ImageProcessor};
+use crate::preprocess::upload::BatchUploader;
+use crate::preprocess::ImageProcessor;
 
 /// Preprocessed images are kept in memory when all of them fit in this many bytes.
 const PIXEL_CACHE_BYTES: usize = 1 << 30;
@@ -37,6 +38,7 @@ pub struct InputBuilder {
     samples: Vec<Sample>,
     captions: Vec<CaptionIds>,
     processor: ImageProcessor,
+    uploader: BatchUploader,
     /// Preprocessed pixels by image path, when the whole set fits [`PIXEL_CACHE_BYTES`].
     cache: Option<HashMap<PathBuf, Arc<Vec<f32>>>>,
 }
@@ -106,6 +108,7 @@ impl InputBuilder {
                 samples,
                 captions,
                 processor,
+                uploader: BatchUploader::new(),
                 cache,
             },
             unreadable,
@@ -137,7 +140,9 @@ impl InputBuilder {
             .map(|s| self.pixels(&s.image))
             .collect::<Result<_, _>>()?;
         let slices: Vec<&[f32]> = pixels.iter().map(|p| p.as_slice()).collect();
-        let images = batch_tensor_as(&slices, self.processor.size, device, dtype)?;
+        let images = self
+            .uploader
+            .upload(&slices, self.processor.size, device, dtype)?;
         let captions: Vec<CaptionIds> = indices
             .iter()
             .filter_map(|i| self.captions.get(*i).cloned())
