@@ -19,21 +19,7 @@ if [ ! -x $bin/vlmrun-cuda ]; then
 fi
 [ -f "$MODEL_DIR/model.safetensors" ] || python3 benches/reference/pytorch_blip.py write --arch base --model-dir "$MODEL_DIR"
 
-python3 - "$DATA" <<'PY'
-import json, sys
-import numpy as np
-from pathlib import Path
-from PIL import Image
-d = Path(sys.argv[1]); d.mkdir(exist_ok=True)
-rng = np.random.default_rng(0)
-words = "a the dog cat man woman red blue green small large on in with near table street car tree sky".split()
-with open(d / "data.jsonl", "w") as f:
-    for i in range(64):
-        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BILINEAR) \
-            .save(d / f"img{i:03d}.jpg", quality=90)
-        refs = [" ".join(rng.choice(words, rng.integers(6, 13))) for _ in range(2)]
-        f.write(json.dumps({"id": f"img{i:03d}", "image": f"img{i:03d}.jpg", "references": refs}) + "\n")
-PY
+[ -f "$DATA/data.jsonl" ] || python3 scripts/gpu/make_train_data.py "$DATA"
 
 echo "== PyTorch AMP $PRECISION, batch $BATCH"
 python3 scripts/gpu/pytorch_train.py --model-dir "$MODEL_DIR" --manifest "$DATA/data.jsonl" --batch-size "$BATCH" \
