@@ -12,8 +12,8 @@ use crate::config::{Config, PrecisionFallback, Quantization, ResizePassOrder};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
-use crate::hub;
-use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
+use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
+use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor_as, ImageProcessor, PassOrder};
 
@@ -47,9 +47,15 @@ impl Captioner {
     /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt.
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Captioner, Error> {
         let started = Instant::now();
-        let model_dir =
-            hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
-        let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
+        let files =
+            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
+                match err {
+                    SourceError::Hub(err) => Error::Hub(err),
+                    SourceError::Load(err) => Error::Model(format!("{err:#}")),
+                }
+            })?;
+        let model_dir = files.weights;
+        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
             .map_err(|err| Error::Model(err.to_string()))?;
         let quantization = quantization_format(config.quantization);
         let model = load_model_with(

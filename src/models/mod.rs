@@ -2,5 +2,7 @@
 
 pub mod blip;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
+pub mod projections;
 pub mod quantize;
