@@ -6,6 +6,8 @@ mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod fetch_cmd;
+mod fidelity_cmd;
+mod quantize_cmd;
 mod score_cmd;
 
 use crate::cli::{Cli, Command};
@@ -27,6 +29,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
+        Command::Quantize(args) => args.overrides(),
+        Command::Fidelity(args) => args.overrides(),
         _ => Vec::new(),
     };
     let request = ConfigRequest {
@@ -48,6 +52,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Baseline { fresh } => baseline_cmd::run(&context, fresh),
         Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
+        Command::Quantize(args) => quantize_cmd::run(&context, &args),
+        Command::Fidelity(args) => fidelity_cmd::run(&context, &args),
         Command::Score {
             predictions,
             references,
