@@ -129,6 +129,26 @@ impl Captioner {
         self.processor.size
     }
 
+    /// The model (for inspection: logits, weights).
+    pub fn model(&self) -> &BlipForConditionalGeneration {
+        &self.model
+    }
+
+    /// The model, to change how it computes (e.g. [`BlipForConditionalGeneration::set_quantized_matmul`]).
+    pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
+        &mut self.model
+    }
+
+    /// Decodes with `num_beams` beams from now on (1 = greedy).
+    pub fn set_num_beams(&mut self, num_beams: usize) {
+        self.generation.num_beams = num_beams;
+    }
+
+    /// The decoder start sequence: bos and the prompt's tokens.
+    pub fn decoder_start(&self) -> Vec<u32> {
+        crate::generate::decoder_start(&self.prompt_ids, self.generation.bos)
+    }
+
     /// Number of tokens the prompt contributes (bos included).
     pub fn prompt_len(&self) -> usize {
         self.prompt_ids.len()

@@ -17,6 +17,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod exit;
+pub mod fidelity;
 pub mod generate;
 pub mod hub;
 pub mod metrics;
