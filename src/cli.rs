@@ -230,7 +230,7 @@ pub struct FidelityArgs {
     pub model: Option<String>,
     /// Variants to compare with the f32 reference: a precision (f32, f16, bf16), or a quantization
     /// (q8_0, q4_0, q4k, q6k; f32 activations unless @f16/@bf16 follows), optionally with
-    /// :kernel or :weight-only (how quantized projections multiply; default: kernel up to 8 rows).
+    /// :kernel or :weight-only (how quantized projections multiply; default: weight-only).
     #[arg(
         long,
         value_name = "V,V,...",
