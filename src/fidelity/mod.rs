@@ -47,6 +47,9 @@ pub struct FidelityDocument {
     pub image_ids: Vec<String>,
     pub settings: Settings,
     pub reference: RunFacts,
+    /// The reference's sequences per beam count (as in `settings.beams`), per image: for
+    /// comparing with another framework's reference.
+    pub reference_sequences: Vec<Vec<Vec<u32>>>,
     pub variants: Vec<VariantReport>,
 }
 
@@ -210,6 +213,7 @@ pub fn run(
             beams: plan.beams.clone(),
         },
         reference: facts_of(&reference_variant, &reference),
+        reference_sequences: reference.sequences.clone(),
         variants,
     })
 }

@@ -6,3 +6,4 @@ pub mod gguf;
 pub mod linear;
 pub mod projections;
 pub mod quantize;
+pub mod softmax;

@@ -157,7 +157,7 @@ impl BlipTextSelfAttention {
             } else {
                 scores
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = crate::models::softmax::softmax_last_dim(&scores)?;
             probs.matmul(&values)?.transpose(1, 2)?.reshape((r, t, d))?
         };
         self.output.forward(&context, xs, ops)
@@ -338,7 +338,7 @@ impl BlipTextCrossAttention {
                 let scores = q.matmul(&kv.get(0)?.t()?)?;
                 let probs = match ops.softmax_last_dim(&scores, valid)? {
                     Some(p) => p,
-                    None => candle_nn::ops::softmax_last_dim(&scores.narrow(3, 0, valid)?)?
+                    None => crate::models::softmax::softmax_last_dim(&scores.narrow(3, 0, valid)?)?
                         .pad_with_zeros(3, 0, padded - valid)?,
                 };
                 ops.merge_heads(&probs.matmul(&kv.get(1)?)?)?
@@ -353,7 +353,7 @@ impl BlipTextCrossAttention {
                     .contiguous()?;
                 let keys = kv.get(0)?.narrow(2, 0, valid)?;
                 let scores = q.matmul(&keys.t()?)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let probs = crate::models::softmax::softmax_last_dim(&scores)?;
                 // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
                 probs
                     .matmul(&kv.get(1)?.narrow(2, 0, valid)?)?

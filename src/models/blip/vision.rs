@@ -157,7 +157,7 @@ impl BlipAttention {
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = crate::models::softmax::softmax_last_dim(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         self.projection.forward(&context)
     }
@@ -186,7 +186,7 @@ impl BlipAttention {
         let scores = q.matmul(&k.t()?)?;
         let probs = match ops.softmax_last_dim(&scores, n)? {
             Some(p) => p,
-            None if padded == n => candle_nn::ops::softmax_last_dim(&scores)?,
+            None if padded == n => crate::models::softmax::softmax_last_dim(&scores)?,
             None => candle_core::bail!(
                 "vision attention: {padded} padded tokens exceed the softmax kernel"
             ),
