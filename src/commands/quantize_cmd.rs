@@ -105,15 +105,18 @@ pub fn run(context: &Context, args: &QuantizeArgs) -> Result<Exit, Error> {
 /// Write failures are output errors (exit 6); everything else is about the model (exit 4).
 fn to_error(err: LoadError, out: &Path) -> Error {
     match err {
-        LoadError::GgufFile(GgufError::Create { source, .. }) => Error::Output {
-            what: "the GGUF file",
-            path: out.to_path_buf(),
-            source,
-        },
-        LoadError::GgufFile(GgufError::Write { source, .. }) => Error::Output {
-            what: "the GGUF file",
-            path: out.to_path_buf(),
-            source: std::io::Error::other(source.to_string()),
+        LoadError::GgufFile(file_error) => match *file_error {
+            GgufError::Create { source, .. } => Error::Output {
+                what: "the GGUF file",
+                path: out.to_path_buf(),
+                source,
+            },
+            GgufError::Write { source, .. } => Error::Output {
+                what: "the GGUF file",
+                path: out.to_path_buf(),
+                source: std::io::Error::other(source.to_string()),
+            },
+            other => Error::Model(other.to_string()),
         },
         other => Error::Model(format!("{other:#}")),
     }

@@ -171,7 +171,7 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
         (keys::SOURCE_REVISION, text(&request.revision)),
         (keys::TOKENIZER, text(&request.tokenizer)),
     ];
-    write_file(out, &metadata, &tensors).map_err(LoadError::GgufFile)?;
+    write_file(out, &metadata, &tensors).map_err(|err| LoadError::GgufFile(Box::new(err)))?;
     Ok(ExportSummary {
         quantization,
         tensors: tensors.len(),
@@ -201,7 +201,7 @@ pub struct BlipGguf {
 impl BlipGguf {
     /// Opens `path` and checks its metadata (architecture, layout, config, format).
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let file = GgufFile::open(path).map_err(LoadError::GgufFile)?;
+        let file = GgufFile::open(path).map_err(|err| LoadError::GgufFile(Box::new(err)))?;
         let header = read_header(&file)?;
         Ok(Self {
             file: Arc::new(file),

@@ -62,7 +62,7 @@ pub enum LoadError {
         source: candle_core::Error,
     },
     #[error(transparent)]
-    GgufFile(GgufError),
+    GgufFile(Box<GgufError>),
     #[error("{path}: {problem}\n  fix: {fix}", path = .path.display())]
     Gguf {
         path: PathBuf,
