@@ -12,8 +12,8 @@ use crate::config::{Config, PrecisionFallback, Quantization, ResizePassOrder};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
-use crate::hub;
-use crate::models::blip::{load::load_model_with, BlipConfig, BlipForConditionalGeneration};
+use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
+use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
 use crate::preprocess::{ImageProcessor, PassOrder};
@@ -50,9 +50,15 @@ impl Captioner {
     /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt.
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Captioner, Error> {
         let started = Instant::now();
-        let model_dir =
-            hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
-        let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
+        let files =
+            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
+                match err {
+                    SourceError::Hub(err) => Error::Hub(err),
+                    SourceError::Load(err) => Error::Model(format!("{err:#}")),
+                }
+            })?;
+        let model_dir = files.weights;
+        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
             .map_err(|err| Error::Model(err.to_string()))?;
         let quantization = quantization_format(config.quantization);
         let model = load_model_with(
@@ -106,6 +112,26 @@ impl Captioner {
 
     pub fn image_size(&self) -> usize {
         self.processor.size
+    }
+
+    /// The model (for inspection: logits, weights).
+    pub fn model(&self) -> &BlipForConditionalGeneration {
+        &self.model
+    }
+
+    /// The model, to change how it computes (e.g. [`BlipForConditionalGeneration::set_quantized_matmul`]).
+    pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
+        &mut self.model
+    }
+
+    /// Decodes with `num_beams` beams from now on (1 = greedy).
+    pub fn set_num_beams(&mut self, num_beams: usize) {
+        self.generation.num_beams = num_beams;
+    }
+
+    /// The decoder start sequence: bos and the prompt's tokens.
+    pub fn decoder_start(&self) -> Vec<u32> {
+        crate::generate::decoder_start(&self.prompt_ids, self.generation.bos)
     }
 
     /// Number of tokens the prompt contributes (bos included).

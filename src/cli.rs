@@ -82,6 +82,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Fine-tune the model on the configured dataset (train.* keys): checkpoints, metrics.jsonl, train-summary.json.
     Train(TrainArgs),
+    /// Write the model quantized to one GGUF file, which model.source (or --model) can then point at.
+    Quantize(QuantizeArgs),
+    /// How much a precision or quantization changes the captions: agreement with f32 on the dataset's images.
+    Fidelity(FidelityArgs),
     /// COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) of an existing predictions file.
     Score {
         /// predictions.jsonl (lines with "id" and "caption").
@@ -253,6 +257,79 @@ impl TrainArgs {
             ("--steps", "train.max_steps", &self.steps),
             ("--batch-size", "train.batch_size", &self.batch_size),
             ("--lr", "train.lr", &self.lr),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun quantize`: --model overrides model.source.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Model directory or hub id (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Quantization format of the projections: q8_0, q4_0, q4k or q6k.
+    #[arg(long, value_name = "FORMAT")]
+    pub to: String,
+    /// The file to write (must end in .gguf).
+    #[arg(long, value_name = "FILE.gguf")]
+    pub out: PathBuf,
+    /// Storage of the tensors that stay dense (embeddings, LayerNorms, LM head): f32 or f16.
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dense: String,
+}
+
+impl QuantizeArgs {
+    /// The flags that stand for config keys.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 1] =
+            [("--model", "model.source", &self.model)];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun fidelity`: the reference is the model in f32 with dense weights; images come from the
+/// configured dataset (data.*); --model and --batch-size override the config keys in their help.
+#[derive(Debug, Args)]
+pub struct FidelityArgs {
+    /// Model directory or hub id (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Variants to compare with the f32 reference: a precision (f32, f16, bf16), or a quantization
+    /// (q8_0, q4_0, q4k, q6k; f32 activations unless @f16/@bf16 follows), optionally with
+    /// :kernel or :weight-only (how quantized projections multiply; default: weight-only).
+    #[arg(
+        long,
+        value_name = "V,V,...",
+        value_delimiter = ',',
+        default_value = "f16,bf16,q8_0,q4k,q4_0"
+    )]
+    pub variants: Vec<String>,
+    /// Beam counts to decode with; 1 = greedy.
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1,3"
+    )]
+    pub beams: Vec<usize>,
+    /// At most this many images of the dataset (after data.offset/data.limit).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Where to write the JSON document (schema vlmrun.fidelity/1); default OUTPUT_DIR/fidelity.json.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+impl FidelityArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 2] = [
+            ("--model", "model.source", &self.model),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
         ];
         crate::config::FlagOverride::from_flags(&pairs)
     }

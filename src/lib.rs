@@ -18,6 +18,7 @@ pub mod distributed;
 pub mod doctor;
 pub mod error;
 pub mod exit;
+pub mod fidelity;
 pub mod generate;
 pub mod hub;
 pub mod metrics;

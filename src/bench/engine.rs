@@ -13,8 +13,8 @@ use crate::captioner::{generation_config, image_processor, quantization_format};
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::generate::{decoder_start, generate, GenerationConfig};
-use crate::hub;
-use crate::models::blip::{load::load_model_with, BlipForConditionalGeneration};
+use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
+use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
 use crate::preprocess::ImageProcessor;
@@ -48,9 +48,15 @@ impl BenchModel {
             ));
         }
         let started = Instant::now();
-        let model_dir =
-            hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
-        let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
+        let files =
+            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
+                match err {
+                    SourceError::Hub(err) => BenchError::Hub(err),
+                    SourceError::Load(err) => BenchError::Model(format!("{err:#}")),
+                }
+            })?;
+        let model_dir = files.weights;
+        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
             .map_err(|err| BenchError::Model(err.to_string()))?;
         let model = load_model_with(
             &model_dir,

@@ -6,8 +6,10 @@ mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod fetch_cmd;
+mod fidelity_cmd;
 mod interrupt;
 mod merge_cmd;
+mod quantize_cmd;
 mod score_cmd;
 mod train_cmd;
 
@@ -31,6 +33,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Caption(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
+        Command::Quantize(args) => args.overrides(),
+        Command::Fidelity(args) => args.overrides(),
         _ => Vec::new(),
     };
     let request = ConfigRequest {
@@ -54,6 +58,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Bench(args) => bench_cmd::run(&context, &args),
         Command::Fetch { id, revision } => fetch_cmd::run(&context, &id, &revision),
         Command::Train(args) => train_cmd::run(&context, &args),
+        Command::Quantize(args) => quantize_cmd::run(&context, &args),
+        Command::Fidelity(args) => fidelity_cmd::run(&context, &args),
         Command::Score {
             predictions,
             references,

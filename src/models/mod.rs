@@ -2,6 +2,9 @@
 
 pub mod blip;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
 pub mod norm;
+pub mod projections;
 pub mod quantize;
+pub mod softmax;

@@ -57,10 +57,11 @@ impl LayerNorm {
     }
 }
 
-/// Softmax over the last dimension, in the input dtype.
+/// Softmax over the last dimension, in the input dtype: [`crate::models::softmax`]'s kernel
+/// (f32 accumulation) at inference, a differentiable f32 composition when tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     if !xs.track_op() {
-        return candle_nn::ops::softmax_last_dim(xs);
+        return crate::models::softmax::softmax_last_dim(xs);
     }
     let dtype = xs.dtype();
     candle_nn::ops::softmax(&xs.to_dtype(stat_dtype(dtype))?, D::Minus1)?.to_dtype(dtype)

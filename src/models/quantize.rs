@@ -86,3 +86,25 @@ impl Quantizer {
 pub fn format_name(format: GgmlDType) -> String {
     format!("{format:?}").to_ascii_lowercase()
 }
+
+/// The formats `quantization` accepts, in their config spelling (the dense `none` aside).
+pub const FORMAT_NAMES: [&str; 4] = ["q8_0", "q4_0", "q4k", "q6k"];
+
+/// The GGML format of a config spelling (`q8_0`, `q4_0`, `q4k`, `q6k`), `None` for any other name.
+pub fn parse_format(name: &str) -> Option<GgmlDType> {
+    match name {
+        "q8_0" => Some(GgmlDType::Q8_0),
+        "q4_0" => Some(GgmlDType::Q4_0),
+        "q4k" => Some(GgmlDType::Q4K),
+        "q6k" => Some(GgmlDType::Q6K),
+        _ => None,
+    }
+}
+
+/// The message for a format name that [`parse_format`] does not know.
+pub fn unknown_format_message(name: &str) -> String {
+    format!(
+        "unknown quantization `{name}`: expected one of {}",
+        FORMAT_NAMES.join(", ")
+    )
+}

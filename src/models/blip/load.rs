@@ -1,6 +1,8 @@
 //! Loading a BLIP captioning model from a Hugging Face style directory: `config.json` plus
 //! `model.safetensors` or a sharded `model.safetensors.index.json`, memory-mapped and converted
-//! to the requested dtype on the requested device.
+//! to the requested dtype on the requested device, the projections optionally quantized on the
+//! way (on the CPU, so that their dense copies never reach the device); or from a GGUF file
+//! written by `vlmrun quantize` (see [`super::gguf`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,12 @@ use candle_core::{DType, Device, Shape};
 use candle_nn::VarBuilder;
 
 use super::config::{BlipConfig, ConfigError};
+use super::gguf;
 use super::BlipForConditionalGeneration;
-use crate::models::quantize::format_name;
+use crate::hub::{self, HubError};
+use crate::models::gguf::GgufError;
+use crate::models::projections::ProjectionLoader;
+use crate::models::quantize::{format_name, QuantizationSummary};
 
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,14 @@ pub enum LoadError {
     Build {
         dir: PathBuf,
         source: candle_core::Error,
+    },
+    #[error(transparent)]
+    GgufFile(Box<GgufError>),
+    #[error("{path}: {problem}\n  fix: {fix}", path = .path.display())]
+    Gguf {
+        path: PathBuf,
+        problem: String,
+        fix: String,
     },
 }
 
@@ -100,48 +114,84 @@ impl BlipWeights {
         })
     }
 
-    /// Memory-maps the weights and builds the model in `dtype` on `device`.
+    /// The text of `config.json`.
+    pub fn config_text(&self) -> Result<String, LoadError> {
+        let path = self.dir.join("config.json");
+        std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path, source })
+    }
+
+    /// The error for weight files that candle cannot open.
+    pub(crate) fn open_error(&self, source: candle_core::Error) -> LoadError {
+        LoadError::OpenWeights {
+            files: self
+                .weight_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        }
+    }
+
+    /// Memory-maps the weights and builds the model in `dtype` on `device` (dense).
     pub fn load(
         &self,
         dtype: DType,
         device: &Device,
     ) -> Result<BlipForConditionalGeneration, LoadError> {
+        self.load_with(dtype, device, None)
+    }
+
+    /// [`BlipWeights::load`], the projections quantized to `quantization` when given: each is
+    /// read on the CPU in f32, quantized there and placed on `device` in its quantized form, so
+    /// the device never holds a dense copy of it. Logs what was quantized and every fallback.
+    pub fn load_with(
+        &self,
+        dtype: DType,
+        device: &Device,
+        quantization: Option<GgmlDType>,
+    ) -> Result<BlipForConditionalGeneration, LoadError> {
         // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
         // truncating them while the model is being built (tensors are copied out during `new`).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
-            .map_err(|source| LoadError::OpenWeights {
-                files: self
-                    .weight_files
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                source,
-            })?;
-        BlipForConditionalGeneration::new(&self.config, vb).map_err(|e| self.classify(e))
-    }
-
-    /// Turns candle's tensor lookup errors into named [`LoadError`]s.
-    fn classify(&self, err: candle_core::Error) -> LoadError {
-        match innermost(&err) {
-            candle_core::Error::CannotFindTensor { path } => LoadError::MissingTensor {
-                name: path.clone(),
-                dir: self.dir.clone(),
-            },
-            candle_core::Error::UnexpectedShape { msg, expected, got }
-                if msg.starts_with("shape mismatch for ") =>
-            {
-                LoadError::WrongShape {
-                    name: msg.trim_start_matches("shape mismatch for ").to_string(),
-                    expected: dims(expected),
-                    found: dims(got),
-                }
-            }
-            _ => LoadError::Build {
-                dir: self.dir.clone(),
-                source: err,
-            },
+            .map_err(|source| self.open_error(source))?;
+        let mut projections = match quantization {
+            None => ProjectionLoader::dense(),
+            Some(target) => ProjectionLoader::quantizing(
+                target,
+                vb.clone().set_device(Device::Cpu).set_dtype(DType::F32),
+            ),
+        };
+        let model =
+            BlipForConditionalGeneration::new_with_projections(&self.config, vb, &mut projections)
+                .map_err(|e| classify_build_error(e, &self.dir))?;
+        if let Some(target) = quantization {
+            log_summary(target, dtype, projections.summary());
         }
+        Ok(model)
+    }
+}
+
+/// Turns candle's tensor lookup errors into named [`LoadError`]s (`dir`: where the weights are).
+pub(crate) fn classify_build_error(err: candle_core::Error, dir: &Path) -> LoadError {
+    match innermost(&err) {
+        candle_core::Error::CannotFindTensor { path } => LoadError::MissingTensor {
+            name: path.clone(),
+            dir: dir.to_path_buf(),
+        },
+        candle_core::Error::UnexpectedShape { msg, expected, got }
+            if msg.starts_with("shape mismatch for ") =>
+        {
+            LoadError::WrongShape {
+                name: msg.trim_start_matches("shape mismatch for ").to_string(),
+                expected: dims(expected),
+                found: dims(got),
+            }
+        }
+        _ => LoadError::Build {
+            dir: dir.to_path_buf(),
+            source: err,
+        },
     }
 }
 
@@ -154,26 +204,24 @@ pub fn load_model(
     BlipWeights::locate(dir)?.load(dtype, device)
 }
 
-/// [`load_model`], then quantizes the projections to `quantization` when given (see
-/// [`BlipForConditionalGeneration::quantize`]), logging what was quantized and every fallback.
+/// Loads the model at `source`: a model directory, its projections quantized at load to
+/// `quantization` when given ([`BlipWeights::load_with`]); or a GGUF file from `vlmrun
+/// quantize`, used as stored (`quantization` must then be `None` or the file's format).
 pub fn load_model_with(
-    dir: &Path,
+    source: &Path,
     dtype: DType,
     device: &Device,
     quantization: Option<GgmlDType>,
 ) -> Result<BlipForConditionalGeneration, LoadError> {
-    let mut model = load_model(dir, dtype, device)?;
-    let Some(target) = quantization else {
-        return Ok(model);
-    };
+    if gguf::is_gguf_path(source) {
+        return gguf::load(source, dtype, device, quantization);
+    }
+    BlipWeights::locate(source)?.load_with(dtype, device, quantization)
+}
+
+/// Logs what quantizing to `target` did.
+fn log_summary(target: GgmlDType, dtype: DType, summary: &QuantizationSummary) {
     let format = format_name(target);
-    let summary = model
-        .quantize(target)
-        .map_err(|source| LoadError::Quantize {
-            dir: dir.to_path_buf(),
-            format: target,
-            source,
-        })?;
     tracing::info!(
         "quantized {} projections to {format}: weights {} -> {} bytes",
         summary.quantized_layers,
@@ -194,7 +242,85 @@ pub fn load_model_with(
             summary.kept_dense.join(", ")
         );
     }
-    Ok(model)
+}
+
+/// The files a model source stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// A model directory or a GGUF file (what [`load_model_with`] takes).
+    pub weights: PathBuf,
+    /// The tokenizer.json to use with it.
+    pub tokenizer: PathBuf,
+}
+
+/// Why `model.source` does not name usable model files.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Resolves `model.source` (a directory, a hub id in the local cache, or a `.gguf` file) without
+/// network access. A GGUF file's tokenizer is `tokenizer.json` beside it when present, else the
+/// one its metadata names (a path, or a hub id found in the cache at `revision`).
+pub fn resolve_model_files(source: &str, revision: &str) -> Result<ModelFiles, SourceError> {
+    let path = Path::new(source);
+    if !gguf::is_gguf_path(path) {
+        let dir = hub::resolve_complete_model_dir(source, revision)?;
+        return Ok(ModelFiles {
+            tokenizer: dir.join(hub::TOKENIZER_FILE),
+            weights: dir,
+        });
+    }
+    if !path.is_file() {
+        return Err(LoadError::Gguf {
+            path: path.to_path_buf(),
+            problem: "no such file".to_string(),
+            fix: "write it with `vlmrun quantize --model DIR --to FORMAT --out FILE.gguf`, or point model.source at an existing file".to_string(),
+        }
+        .into());
+    }
+    let header = gguf::BlipGguf::open(path)?.header;
+    let beside = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(hub::TOKENIZER_FILE);
+    let mut tried = vec![beside.display().to_string()];
+    if beside.is_file() {
+        return Ok(ModelFiles {
+            weights: path.to_path_buf(),
+            tokenizer: beside,
+        });
+    }
+    if let Some(reference) = &header.tokenizer {
+        let recorded = PathBuf::from(reference);
+        if recorded.is_file() {
+            return Ok(ModelFiles {
+                weights: path.to_path_buf(),
+                tokenizer: recorded,
+            });
+        }
+        tried.push(reference.clone());
+        let rev = header.source_revision.as_deref().unwrap_or(revision);
+        if let Ok(dir) = hub::resolve_model_dir(reference, rev) {
+            let file = dir.join(hub::TOKENIZER_FILE);
+            if file.is_file() {
+                return Ok(ModelFiles {
+                    weights: path.to_path_buf(),
+                    tokenizer: file,
+                });
+            }
+            tried.push(file.display().to_string());
+        }
+    }
+    Err(LoadError::Gguf {
+        path: path.to_path_buf(),
+        problem: format!("no tokenizer found (tried {})", tried.join(", ")),
+        fix: "copy the model's tokenizer.json next to the .gguf file".to_string(),
+    }
+    .into())
 }
 
 fn dims(shape: &Shape) -> Vec<usize> {

@@ -2,6 +2,7 @@
 //! text decoder with cross-attention, loaded from Hugging Face weights.
 
 pub mod config;
+pub mod gguf;
 pub mod load;
 pub mod text;
 pub mod text_attention;
@@ -19,6 +20,8 @@ pub use vision::BlipVisionModel;
 
 use crate::generate::kv_cache::{KvCache, KvCacheShape};
 use crate::models::fused::FusedOps;
+use crate::models::linear::{Linear, QuantizedMatmul};
+use crate::models::projections::ProjectionLoader;
 use crate::models::quantize::{QuantizationSummary, Quantizer};
 
 /// `vision_model` + `text_decoder`.
@@ -34,36 +37,93 @@ pub struct BlipForConditionalGeneration {
 }
 
 impl BlipForConditionalGeneration {
-    /// Builds the model from `vb` (root of the HF checkpoint); the activation dtype is `vb`'s.
+    /// Builds the model with dense weights from `vb` (root of the HF checkpoint); the
+    /// activation dtype is `vb`'s.
     pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
-        let ops = FusedOps::for_device(vb.device())?;
-        Self::new_with_ops(cfg, vb, ops)
+        Self::new_with_projections(cfg, vb, &mut ProjectionLoader::dense())
     }
 
-    /// Builds the model for training: composed candle ops only (the fused CUDA kernels have no
-    /// backward pass), so that gradients reach every weight `vb` hands out as (or computed
-    /// from) a `Var`.
+    /// Builds the model for training: dense projections and composed candle ops only (the fused
+    /// CUDA kernels have no backward pass), so that gradients reach every weight `vb` hands out
+    /// as (or computed from) a `Var`.
     pub fn new_differentiable(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
-        Self::new_with_ops(cfg, vb, FusedOps::disabled())
+        Self::build(
+            cfg,
+            vb,
+            &mut ProjectionLoader::dense(),
+            FusedOps::disabled(),
+        )
     }
 
-    fn new_with_ops(cfg: &BlipConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
+    /// Builds the model from `vb`, its projections through `projections` (dense, quantized at
+    /// load, or read from a GGUF file). A quantized model takes the composed ops.
+    pub fn new_with_projections(
+        cfg: &BlipConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
+        let ops = match projections.target() {
+            None => FusedOps::for_device(vb.device())?,
+            Some(_) => FusedOps::disabled(),
+        };
+        Self::build(cfg, vb, projections, ops)
+    }
+
+    fn build(
+        cfg: &BlipConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+        ops: FusedOps,
+    ) -> Result<Self> {
+        let quantized = projections.target();
         Ok(Self {
             vision_model: BlipVisionModel::new_with_ops(
                 &cfg.vision_config,
                 vb.pp("vision_model"),
                 ops.clone(),
+                projections,
             )?,
             text_decoder: BlipTextLMHeadModel::new_with_ops(
                 &cfg.text_config,
                 vb.pp("text_decoder"),
                 ops,
+                projections,
             )?,
             config: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            quantized: None,
+            quantized,
         })
+    }
+
+    /// Calls `visit` with every projection of the vision tower and the text decoder (the
+    /// layers [`BlipForConditionalGeneration::quantize`] quantizes), by full name.
+    pub fn for_each_projection(
+        &mut self,
+        visit: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        self.vision_model.for_each_projection(visit)?;
+        self.text_decoder.for_each_projection(visit)
+    }
+
+    /// Sets how every quantized projection multiplies (see [`QuantizedMatmul`]).
+    pub fn set_quantized_matmul(&mut self, policy: QuantizedMatmul) -> Result<()> {
+        self.for_each_projection(&mut |_, linear| {
+            linear.set_quantized_matmul(policy);
+            Ok(())
+        })
+    }
+
+    /// Elements and bytes of the projections' weight matrices (biases not included; the
+    /// quantized storage size for quantized ones).
+    pub fn projection_weights(&mut self) -> Result<(usize, usize)> {
+        let (mut elements, mut bytes) = (0usize, 0usize);
+        self.for_each_projection(&mut |_, linear| {
+            elements += linear.in_features()? * linear.out_features()?;
+            bytes += linear.weight_bytes();
+            Ok(())
+        })?;
+        Ok((elements, bytes))
     }
 
     /// Quantizes the vision and text projections in place to `target` (see
@@ -74,8 +134,7 @@ impl BlipForConditionalGeneration {
             candle_core::bail!("the model is already quantized");
         }
         let mut quantizer = Quantizer::new(target);
-        self.vision_model.quantize_linears(&mut quantizer)?;
-        self.text_decoder.quantize_linears(&mut quantizer)?;
+        self.for_each_projection(&mut |name, linear| quantizer.apply(name, linear))?;
         self.quantized = Some(target);
         self.set_fused(false)?;
         Ok(quantizer.into_summary())

@@ -12,7 +12,7 @@ use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, LayerNorm};
-use crate::models::quantize::Quantizer;
+use crate::models::projections::ProjectionLoader;
 
 /// `bert.embeddings`: word + absolute position embeddings, then LayerNorm (no token types).
 #[derive(Debug, Clone)]
@@ -97,10 +97,14 @@ pub struct BlipTextFeedForward {
 }
 
 impl BlipTextFeedForward {
-    pub fn new(cfg: &BlipTextConfig, vb: &VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipTextConfig,
+        vb: &VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let intermediate = Linear::load(d, i, vb.pp("intermediate").pp("dense"))?;
-        let output = Linear::load(i, d, vb.pp("output").pp("dense"))?;
+        let intermediate = projections.linear(&vb.pp("intermediate"), "dense", d, i)?;
+        let output = projections.linear(&vb.pp("output"), "dense", i, d)?;
         let output_norm = layer_norm(d, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?;
         let fused_params = residual_norm_params(output.expect_bias("output.dense")?, &output_norm)?;
         Ok(Self {
@@ -140,11 +144,21 @@ pub struct BlipTextLayer {
 }
 
 impl BlipTextLayer {
-    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipTextConfig,
+        layer_idx: usize,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         Ok(Self {
-            attention: BlipTextSelfAttention::new(cfg, layer_idx, vb.pp("attention"))?,
-            crossattention: BlipTextCrossAttention::new(cfg, layer_idx, vb.pp("crossattention"))?,
-            feed_forward: BlipTextFeedForward::new(cfg, &vb)?,
+            attention: BlipTextSelfAttention::new(cfg, layer_idx, vb.pp("attention"), projections)?,
+            crossattention: BlipTextCrossAttention::new(
+                cfg,
+                layer_idx,
+                vb.pp("crossattention"),
+                projections,
+            )?,
+            feed_forward: BlipTextFeedForward::new(cfg, &vb, projections)?,
         })
     }
 
@@ -181,7 +195,12 @@ pub struct BlipTextLMPredictionHead {
 
 impl BlipTextLMPredictionHead {
     /// `word_embeddings` is used as the decoder weight unless `decoder.weight` is in the file.
-    pub fn new(cfg: &BlipTextConfig, word_embeddings: &Tensor, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipTextConfig,
+        word_embeddings: &Tensor,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let transform = vb.pp("transform");
         let weight = if vb.contains_tensor("decoder.weight") {
@@ -190,7 +209,7 @@ impl BlipTextLMPredictionHead {
             word_embeddings.clone()
         };
         let bias = vb.get(v, "bias")?;
-        let transform_dense = Linear::load(d, d, transform.pp("dense"))?;
+        let transform_dense = projections.linear(&transform, "dense", d, d)?;
         let transform_norm = layer_norm(d, cfg.layer_norm_eps, transform.pp("LayerNorm"))?;
         let norm_params = Tensor::stack(&[transform_norm.weight(), transform_norm.bias()], 0)?;
         Ok(Self {
@@ -230,24 +249,30 @@ pub struct BlipTextLMHeadModel {
 }
 
 impl BlipTextLMHeadModel {
-    /// Builds the decoder with fused CUDA kernels when `vb`'s device is CUDA.
+    /// Builds the decoder (dense) with fused CUDA kernels when `vb`'s device is CUDA.
     pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
         let ops = FusedOps::for_device(vb.device())?;
-        Self::new_with_ops(cfg, vb, ops)
+        Self::new_with_ops(cfg, vb, ops, &mut ProjectionLoader::dense())
     }
 
-    /// Builds the decoder with an existing kernel handle.
-    pub fn new_with_ops(cfg: &BlipTextConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
+    /// Builds the decoder with an existing kernel handle, its projections from `projections`.
+    pub fn new_with_ops(
+        cfg: &BlipTextConfig,
+        vb: VarBuilder,
+        ops: FusedOps,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let bert = vb.pp("bert");
         let embeddings = BlipTextEmbeddings::new(cfg, bert.pp("embeddings"))?;
         let layers_vb = bert.pp("encoder").pp("layer");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BlipTextLayer::new(cfg, i, layers_vb.pp(i)))
+            .map(|i| BlipTextLayer::new(cfg, i, layers_vb.pp(i), projections))
             .collect::<Result<Vec<_>>>()?;
         let predictions = BlipTextLMPredictionHead::new(
             cfg,
             embeddings.word_embedding_weight(),
             vb.pp("cls").pp("predictions"),
+            projections,
         )?;
         Ok(Self {
             embeddings,
@@ -338,23 +363,27 @@ impl BlipTextLMHeadModel {
 }
 
 impl BlipTextLMHeadModel {
-    /// Quantizes every layer's attention, cross-attention and feed-forward projections and the
-    /// LM-head transform; the embeddings, LayerNorms and the decoder (tied to the word
-    /// embeddings) stay in the activation dtype.
-    pub fn quantize_linears(&mut self, quantizer: &mut Quantizer) -> Result<()> {
+    /// Calls `visit` with every layer's attention, cross-attention and feed-forward projection
+    /// and the LM-head transform, by full name; the embeddings, LayerNorms and the decoder (tied
+    /// to the word embeddings) are not projections in this sense (they stay in the activation
+    /// dtype).
+    pub fn for_each_projection(
+        &mut self,
+        visit: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let name = format!("text_decoder.bert.encoder.layer.{i}");
             layer
                 .attention
-                .quantize_linears(&format!("{name}.attention"), quantizer)?;
+                .for_each_projection(&format!("{name}.attention"), visit)?;
             layer
                 .crossattention
-                .quantize_linears(&format!("{name}.crossattention"), quantizer)?;
+                .for_each_projection(&format!("{name}.crossattention"), visit)?;
             let ff = &mut layer.feed_forward;
-            quantizer.apply(&format!("{name}.intermediate.dense"), &mut ff.intermediate)?;
-            quantizer.apply(&format!("{name}.output.dense"), &mut ff.output)?;
+            visit(&format!("{name}.intermediate.dense"), &mut ff.intermediate)?;
+            visit(&format!("{name}.output.dense"), &mut ff.output)?;
         }
-        quantizer.apply(
+        visit(
             "text_decoder.cls.predictions.transform.dense",
             &mut self.predictions.transform_dense,
         )

@@ -11,7 +11,7 @@ use crate::generate::kv_cache::KvCache;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
-use crate::models::quantize::Quantizer;
+use crate::models::projections::ProjectionLoader;
 
 /// `[bias; LayerNorm weight; LayerNorm bias]` `(3, d)`: the parameters of the fused
 /// bias + residual + LayerNorm kernel.
@@ -32,8 +32,12 @@ pub struct BlipTextSelfOutput {
 }
 
 impl BlipTextSelfOutput {
-    pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
-        let dense = Linear::load(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))?;
+    pub fn new(
+        cfg: &BlipTextConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
+        let dense = projections.linear(&vb, "dense", cfg.hidden_size, cfg.hidden_size)?;
         let layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
         let fused_params = residual_norm_params(dense.expect_bias("dense")?, &layer_norm)?;
         Ok(Self {
@@ -99,16 +103,24 @@ pub struct BlipTextSelfAttention {
 }
 
 impl BlipTextSelfAttention {
-    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipTextConfig,
+        layer_idx: usize,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = cfg.head_dim();
-        let sv = vb.pp("self");
-        let query = Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())?;
-        let key = Linear::load(d, d, sv.pp("key"))?;
-        let value = Linear::load(d, d, sv.pp("value"))?;
+        let qkv = projections.load(&vb.pp("self"), "qkv", (3 * d, d), |sv| {
+            let query =
+                Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())?;
+            let key = Linear::load(d, d, sv.pp("key"))?;
+            let value = Linear::load(d, d, sv.pp("value"))?;
+            Linear::concat_outputs(&[query, key, value])
+        })?;
         Ok(Self {
-            qkv: Linear::concat_outputs(&[query, key, value])?,
-            output: BlipTextSelfOutput::new(cfg, vb.pp("output"))?,
+            qkv,
+            output: BlipTextSelfOutput::new(cfg, vb.pp("output"), projections)?,
             layer_idx,
             num_heads: cfg.num_attention_heads,
             head_dim,
@@ -226,16 +238,27 @@ pub struct BlipTextCrossAttention {
 }
 
 impl BlipTextCrossAttention {
-    pub fn new(cfg: &BlipTextConfig, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipTextConfig,
+        layer_idx: usize,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let (d, dv) = (cfg.hidden_size, cfg.encoder_hidden_size);
         let head_dim = cfg.head_dim();
         let sv = vb.pp("self");
-        let key = Linear::load(dv, d, sv.pp("key"))?;
-        let value = Linear::load(dv, d, sv.pp("value"))?;
+        let query = projections.load(&sv, "query", (d, d), |sv| {
+            Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())
+        })?;
+        let key_value = projections.load(&sv, "key_value", (2 * d, dv), |sv| {
+            let key = Linear::load(dv, d, sv.pp("key"))?;
+            let value = Linear::load(dv, d, sv.pp("value"))?;
+            Linear::concat_outputs(&[key, value])
+        })?;
         Ok(Self {
-            query: Linear::load(d, d, sv.pp("query"))?.scaled(1.0 / (head_dim as f64).sqrt())?,
-            key_value: Linear::concat_outputs(&[key, value])?,
-            output: BlipTextSelfOutput::new(cfg, vb.pp("output"))?,
+            query,
+            key_value,
+            output: BlipTextSelfOutput::new(cfg, vb.pp("output"), projections)?,
             layer_idx,
             num_heads: cfg.num_attention_heads,
             head_dim,
@@ -359,20 +382,28 @@ impl BlipTextCrossAttention {
 }
 
 impl BlipTextSelfAttention {
-    /// Quantizes `self.{query,key,value}` (stacked) and `output.dense`; `name` is the layer's
-    /// `attention` path.
-    pub fn quantize_linears(&mut self, name: &str, quantizer: &mut Quantizer) -> Result<()> {
-        quantizer.apply(&format!("{name}.self.qkv"), &mut self.qkv)?;
-        quantizer.apply(&format!("{name}.output.dense"), &mut self.output.dense)
+    /// Calls `visit` with `self.qkv` (query/key/value stacked) and `output.dense`; `name` is
+    /// the layer's `attention` path.
+    pub fn for_each_projection(
+        &mut self,
+        name: &str,
+        visit: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        visit(&format!("{name}.self.qkv"), &mut self.qkv)?;
+        visit(&format!("{name}.output.dense"), &mut self.output.dense)
     }
 }
 
 impl BlipTextCrossAttention {
-    /// Quantizes `self.query`, `self.{key,value}` (stacked) and `output.dense`; `name` is the
-    /// layer's `crossattention` path.
-    pub fn quantize_linears(&mut self, name: &str, quantizer: &mut Quantizer) -> Result<()> {
-        quantizer.apply(&format!("{name}.self.query"), &mut self.query)?;
-        quantizer.apply(&format!("{name}.self.key_value"), &mut self.key_value)?;
-        quantizer.apply(&format!("{name}.output.dense"), &mut self.output.dense)
+    /// Calls `visit` with `self.query`, `self.key_value` (key/value stacked) and
+    /// `output.dense`; `name` is the layer's `crossattention` path.
+    pub fn for_each_projection(
+        &mut self,
+        name: &str,
+        visit: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        visit(&format!("{name}.self.query"), &mut self.query)?;
+        visit(&format!("{name}.self.key_value"), &mut self.key_value)?;
+        visit(&format!("{name}.output.dense"), &mut self.output.dense)
     }
 }

@@ -9,7 +9,7 @@ use super::text_attention::residual_norm_params;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
-use crate::models::quantize::Quantizer;
+use crate::models::projections::ProjectionLoader;
 
 /// `vision_model.embeddings`: patch projection + class token + learned positions.
 #[derive(Debug, Clone)]
@@ -105,27 +105,34 @@ pub struct BlipAttention {
 }
 
 impl BlipAttention {
-    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipVisionConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = cfg.head_dim();
-        let qkv = vb.pp("qkv");
-        let weight = qkv.get((3 * d, d), "weight")?;
-        let bias = qkv.get(3 * d, "bias")?;
-        // HF multiplies the scores by head_dim^-0.5; scaling q's projection is the same product.
-        let scale = (head_dim as f64).powf(-0.5);
-        let row_scale = Tensor::cat(
-            &[
-                Tensor::full(scale as f32, d, vb.device())?,
-                Tensor::ones(2 * d, DType::F32, vb.device())?,
-            ],
-            0,
-        )?
-        .to_dtype(weight.dtype())?;
-        let weight = weight.broadcast_mul(&row_scale.unsqueeze(1)?)?;
-        let bias = bias.mul(&row_scale)?;
+        let qkv = projections.load(&vb, "qkv", (3 * d, d), |vb| {
+            let qkv = vb.pp("qkv");
+            let weight = qkv.get((3 * d, d), "weight")?;
+            let bias = qkv.get(3 * d, "bias")?;
+            // HF multiplies the scores by head_dim^-0.5; scaling q's projection is the same product.
+            let scale = (head_dim as f64).powf(-0.5);
+            let row_scale = Tensor::cat(
+                &[
+                    Tensor::full(scale as f32, d, weight.device())?,
+                    Tensor::ones(2 * d, DType::F32, weight.device())?,
+                ],
+                0,
+            )?
+            .to_dtype(weight.dtype())?;
+            let weight = weight.broadcast_mul(&row_scale.unsqueeze(1)?)?;
+            let bias = bias.mul(&row_scale)?;
+            Ok(Linear::from_parts(weight, Some(bias)))
+        })?;
         Ok(Self {
-            qkv: Linear::from_parts(weight, Some(bias)),
-            projection: Linear::load(d, d, vb.pp("projection"))?,
+            qkv,
+            projection: projections.linear(&vb, "projection", d, d)?,
             num_heads: cfg.num_attention_heads,
             head_dim,
         })
@@ -173,7 +180,7 @@ impl BlipAttention {
         let scores = q.matmul(&k.t()?)?;
         let probs = match ops.softmax_last_dim(&scores, n)? {
             Some(p) => p,
-            None if padded == n => candle_nn::ops::softmax_last_dim(&scores)?,
+            None if padded == n => crate::models::softmax::softmax_last_dim(&scores)?,
             None => candle_core::bail!(
                 "vision attention: {padded} padded tokens exceed the softmax kernel"
             ),
@@ -194,10 +201,15 @@ pub struct BlipMlp {
 }
 
 impl BlipMlp {
-    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipVisionConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::load(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
-            fc2: Linear::load(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            fc1: projections.linear(&vb, "fc1", d, i)?,
+            fc2: projections.linear(&vb, "fc2", i, d)?,
             act: cfg.hidden_act,
         })
     }
@@ -231,9 +243,13 @@ pub struct BlipEncoderLayer {
 }
 
 impl BlipEncoderLayer {
-    pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipVisionConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
-        let self_attn = BlipAttention::new(cfg, vb.pp("self_attn"))?;
+        let self_attn = BlipAttention::new(cfg, vb.pp("self_attn"), projections)?;
         let layer_norm2 = layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?;
         let attn_exit_params = residual_norm_params(
             self_attn.projection.expect_bias("projection")?,
@@ -242,7 +258,7 @@ impl BlipEncoderLayer {
         Ok(Self {
             self_attn,
             layer_norm1: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            mlp: BlipMlp::new(cfg, vb.pp("mlp"))?,
+            mlp: BlipMlp::new(cfg, vb.pp("mlp"), projections)?,
             layer_norm2,
             attn_exit_params,
             eps: cfg.layer_norm_eps,
@@ -288,17 +304,22 @@ pub struct BlipVisionModel {
 }
 
 impl BlipVisionModel {
-    /// Builds the tower with fused CUDA kernels when `vb`'s device is CUDA.
+    /// Builds the tower (dense) with fused CUDA kernels when `vb`'s device is CUDA.
     pub fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
         let ops = FusedOps::for_device(vb.device())?;
-        Self::new_with_ops(cfg, vb, ops)
+        Self::new_with_ops(cfg, vb, ops, &mut ProjectionLoader::dense())
     }
 
-    /// Builds the tower with an existing kernel handle.
-    pub fn new_with_ops(cfg: &BlipVisionConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
+    /// Builds the tower with an existing kernel handle, its projections from `projections`.
+    pub fn new_with_ops(
+        cfg: &BlipVisionConfig,
+        vb: VarBuilder,
+        ops: FusedOps,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BlipEncoderLayer::new(cfg, layers_vb.pp(i)))
+            .map(|i| BlipEncoderLayer::new(cfg, layers_vb.pp(i), projections))
             .collect::<Result<Vec<_>>>()?;
         let post_layernorm =
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
@@ -348,18 +369,22 @@ impl BlipVisionModel {
 }
 
 impl BlipVisionModel {
-    /// Quantizes every encoder projection (`self_attn.qkv`, `self_attn.projection`, `mlp.fc1`,
-    /// `mlp.fc2`); the patch embedding and the LayerNorms stay in the activation dtype.
-    pub fn quantize_linears(&mut self, quantizer: &mut Quantizer) -> Result<()> {
+    /// Calls `visit` with every encoder projection and its full name (`self_attn.qkv`,
+    /// `self_attn.projection`, `mlp.fc1`, `mlp.fc2` of each layer); the patch embedding is not
+    /// one (it stays in the activation dtype, like the LayerNorms).
+    pub fn for_each_projection(
+        &mut self,
+        visit: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let name = |what: &str| format!("vision_model.encoder.layers.{i}.{what}");
-            quantizer.apply(&name("self_attn.qkv"), &mut layer.self_attn.qkv)?;
-            quantizer.apply(
+            visit(&name("self_attn.qkv"), &mut layer.self_attn.qkv)?;
+            visit(
                 &name("self_attn.projection"),
                 &mut layer.self_attn.projection,
             )?;
-            quantizer.apply(&name("mlp.fc1"), &mut layer.mlp.fc1)?;
-            quantizer.apply(&name("mlp.fc2"), &mut layer.mlp.fc2)?;
+            visit(&name("mlp.fc1"), &mut layer.mlp.fc1)?;
+            visit(&name("mlp.fc2"), &mut layer.mlp.fc2)?;
         }
         Ok(())
     }

@@ -1,0 +1,245 @@
+//! `vlmrun fidelity`: how much a precision or a quantization changes the captions. The reference
+//! is the configured model in f32 with dense weights; every variant runs on the same dataset
+//! images with the same generation settings, and is compared with it: exact sequences and
+//! tokens (per decoding setting), first-step logits, weight bytes, peak GPU memory.
+
+pub mod compare;
+pub mod report;
+pub mod runner;
+pub mod variant;
+
+use std::path::Path;
+
+use candle_core::safetensors::MmapedSafetensors;
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::dataset;
+use crate::config::ResolvedConfig;
+use crate::device::{ActiveDevice, CudaAvailability, SystemFacts};
+use crate::error::Error;
+use crate::models::blip::gguf::is_gguf_path;
+use crate::models::blip::load::{resolve_model_files, SourceError};
+use crate::models::blip::BlipWeights;
+use crate::preprocess::ImageProcessor;
+use crate::report::{describe_environment, Environment};
+use runner::{run_variant, VariantOutputs};
+use variant::{matmul_description, Variant};
+
+/// Schema name of the JSON document.
+pub const SCHEMA: &str = "vlmrun.fidelity/1";
+
+/// What to compare.
+#[derive(Debug, Clone)]
+pub struct FidelityPlan {
+    pub variants: Vec<Variant>,
+    /// Beam counts to decode with (1 = greedy).
+    pub beams: Vec<usize>,
+    /// At most this many dataset images.
+    pub limit: Option<usize>,
+}
+
+/// The JSON document `vlmrun fidelity` writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FidelityDocument {
+    pub schema: String,
+    pub environment: Environment,
+    pub model_source: String,
+    pub image_ids: Vec<String>,
+    pub settings: Settings,
+    pub reference: RunFacts,
+    /// The reference's sequences per beam count (as in `settings.beams`), per image: for
+    /// comparing with another framework's reference.
+    pub reference_sequences: Vec<Vec<Vec<u32>>>,
+    pub variants: Vec<VariantReport>,
+}
+
+/// Generation settings shared by every run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub prompt: String,
+    pub max_length: usize,
+    pub min_length: usize,
+    pub length_penalty: f64,
+    pub repetition_penalty: f32,
+    pub batch_size: usize,
+    pub beams: Vec<usize>,
+}
+
+/// Cost of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunFacts {
+    pub label: String,
+    pub precision: String,
+    pub quantization: String,
+    pub quantized_matmul: String,
+    pub weight_bytes: u64,
+    pub peak_gpu_bytes: Option<u64>,
+    pub load_seconds: f64,
+    pub run_seconds: f64,
+}
+
+/// One variant against the reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantReport {
+    #[serde(flatten)]
+    pub run: RunFacts,
+    /// Per decoding setting, in the order of `settings.beams`.
+    pub decoding: Vec<DecodingAgreement>,
+    pub step1_logits: compare::LogitError,
+}
+
+/// Agreement for one beam count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodingAgreement {
+    pub num_beams: usize,
+    #[serde(flatten)]
+    pub agreement: compare::SequenceAgreement,
+}
+
+/// Runs the reference and every variant of `plan` on the configured dataset and compares them.
+pub fn run(
+    resolved: &ResolvedConfig,
+    active: &ActiveDevice,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    plan: &FidelityPlan,
+    progress: bool,
+) -> Result<FidelityDocument, Error> {
+    let config = &resolved.config;
+    if plan.variants.is_empty() || plan.beams.is_empty() || plan.beams.contains(&0) {
+        return Err(Error::Usage(
+            "fidelity needs at least one variant and beam counts of at least 1\n  fix: e.g. --variants f16,q8_0 --beams 1,3".to_string(),
+        ));
+    }
+    if is_gguf_path(Path::new(&config.model.source)) {
+        return Err(Error::Usage(format!(
+            "fidelity compares with the dense f32 model, and {} is a quantized GGUF file\n  fix: pass the model directory it was written from (--model DIR) and name the format as a variant",
+            config.model.source
+        )));
+    }
+    let files = resolve_model_files(&config.model.source, &config.model.revision).map_err(
+        |err| match err {
+            SourceError::Hub(err) => Error::Hub(err),
+            SourceError::Load(err) => Error::Model(format!("{err:#}")),
+        },
+    )?;
+    let checkpoint_elements = checkpoint_elements(&files.weights)?;
+
+    let mut items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
+    if let Some(limit) = plan.limit {
+        items.truncate(limit);
+    }
+    let image_size = BlipWeights::locate(&files.weights)
+        .map_err(|err| Error::Model(format!("{err:#}")))?
+        .config
+        .vision_config
+        .image_size;
+    let mut processor = ImageProcessor::blip(image_size);
+    processor.max_pixels = config.preprocess.max_pixels;
+    let images = items
+        .iter()
+        .map(|item| {
+            processor
+                .process_file(&item.image)
+                .map_err(|err| Error::Input(format!("fidelity image {}: {err}", item.id)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let image_ids: Vec<String> = items.iter().map(|item| item.id.clone()).collect();
+    let batch_size = config.generation.batch_size;
+
+    let run_one = |variant: &Variant| -> Result<VariantOutputs, Error> {
+        if progress {
+            eprintln!(
+                "fidelity: {} ({} images, beams {:?})",
+                variant.label,
+                images.len(),
+                plan.beams
+            );
+        }
+        run_variant(
+            config,
+            active,
+            variant,
+            &images,
+            &plan.beams,
+            batch_size,
+            checkpoint_elements,
+        )
+    };
+    let reference_variant = Variant::reference();
+    let reference = run_one(&reference_variant)?;
+    let mut variants = Vec::with_capacity(plan.variants.len());
+    for variant in &plan.variants {
+        let outputs = run_one(variant)?;
+        let decoding = plan
+            .beams
+            .iter()
+            .enumerate()
+            .map(|(k, &num_beams)| DecodingAgreement {
+                num_beams,
+                agreement: compare::sequences(
+                    reference.sequences.get(k).map(Vec::as_slice).unwrap_or(&[]),
+                    outputs.sequences.get(k).map(Vec::as_slice).unwrap_or(&[]),
+                    reference.start_len,
+                    &image_ids,
+                ),
+            })
+            .collect();
+        variants.push(VariantReport {
+            run: facts_of(variant, &outputs),
+            decoding,
+            step1_logits: compare::step1_logits(&reference.step1_logits, &outputs.step1_logits),
+        });
+    }
+    let settings = &config.generation;
+    Ok(FidelityDocument {
+        schema: SCHEMA.to_string(),
+        environment: describe_environment(
+            active,
+            facts,
+            cuda,
+            config,
+            Some(files.weights.display().to_string()),
+        ),
+        model_source: config.model.source.clone(),
+        image_ids,
+        settings: Settings {
+            prompt: settings.prompt.clone(),
+            max_length: settings.max_length,
+            min_length: settings.min_length,
+            length_penalty: settings.length_penalty,
+            repetition_penalty: settings.repetition_penalty,
+            batch_size,
+            beams: plan.beams.clone(),
+        },
+        reference: facts_of(&reference_variant, &reference),
+        reference_sequences: reference.sequences.clone(),
+        variants,
+    })
+}
+
+fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
+    RunFacts {
+        label: variant.label.clone(),
+        precision: variant.dtype.as_str().to_string(),
+        quantization: variant.quantization.to_string(),
+        quantized_matmul: matmul_description(variant),
+        weight_bytes: outputs.weight_bytes,
+        peak_gpu_bytes: outputs.peak_gpu_bytes,
+        load_seconds: outputs.load_seconds,
+        run_seconds: outputs.run_seconds,
+    }
+}
+
+/// Parameters in the checkpoint of the model directory `dir` (from the safetensors headers).
+fn checkpoint_elements(dir: &Path) -> Result<usize, Error> {
+    let weights = BlipWeights::locate(dir).map_err(|err| Error::Model(format!("{err:#}")))?;
+    // SAFETY: read-only maps of the checkpoint, only the headers are read.
+    let tensors = unsafe { MmapedSafetensors::multi(&weights.weight_files) }
+        .map_err(|err| Error::Model(format!("{}: {err}", dir.display())))?;
+    Ok(tensors
+        .tensors()
+        .iter()
+        .map(|(_, view)| view.shape().iter().product::<usize>())
+        .sum())
+}
