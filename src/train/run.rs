@@ -191,6 +191,13 @@ pub fn run(
             let progress = loaded
                 .restore(&params, &mut optimizer, &mut scaler)
                 .map_err(|err| Error::Model(err.to_string()))?;
+            if progress.world_size != 1 {
+                return Err(Error::Usage(format!(
+                    "{} was written by a run of {} processes; this run has 1 (the data order depends on it)\n  fix: resume with the same world size, or start over with --fresh",
+                    entry.dir.display(),
+                    progress.world_size
+                )));
+            }
             tracing::info!(
                 "resuming from {} (step {} of {total_steps})",
                 entry.dir.display(),
