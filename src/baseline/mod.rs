@@ -32,6 +32,7 @@ use crate::doctor;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
+use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
 use predictions::{JsonlAppender, Prediction};
 use report::{BaselineReport, Counts, Memory, Timings};
@@ -391,7 +392,14 @@ fn caption_all(
         options.interrupted.clone(),
     )
     .map_err(|err| Error::Internal(format!("starting preprocessing threads: {err}")))?;
-    let progress = Progress::new(total, options.quiet, label);
+    let progress = Progress::new(
+        total as u64,
+        0,
+        options.quiet,
+        label,
+        "images",
+        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+    );
     let started = Instant::now();
     let mut outcome = Outcome {
         predictions: Vec::new(),
@@ -438,7 +446,8 @@ fn caption_all(
         }
         outcome.preprocess_ms.push(batch.preprocess_ms);
         handled += batch.items.len() + batch.failures.len();
-        progress.update(handled, started);
+        let rate = handled as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        progress.update(handled as u64, &format!("{rate:.1} images/s"));
         if options.interrupted.load(Ordering::Relaxed) {
             outcome.interrupted = true;
             break;
@@ -456,73 +465,6 @@ fn caption_all(
         );
     }
     Ok(outcome)
-}
-
-/// A progress bar on a terminal, a line every ~5 s otherwise, nothing when quiet. With a label (a rank
-/// of a data-parallel run: several processes share the terminal) always lines, prefixed by the label.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    total: usize,
-    quiet: bool,
-    prefix: String,
-    last_line: std::cell::Cell<Option<Instant>>,
-}
-
-impl Progress {
-    fn new(total: usize, quiet: bool, label: Option<&str>) -> Progress {
-        let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let bar = (!quiet && label.is_none() && on_terminal).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Progress {
-            bar,
-            total,
-            quiet,
-            prefix: label.map(|l| format!("{l}: ")).unwrap_or_default(),
-            last_line: std::cell::Cell::new(None),
-        }
-    }
-
-    fn update(&self, handled: usize, started: Instant) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(handled as u64);
-            return;
-        }
-        if self.quiet {
-            return;
-        }
-        let now = Instant::now();
-        let due = self
-            .last_line
-            .get()
-            .is_none_or(|last| now.duration_since(last).as_secs_f64() >= 5.0);
-        if due || handled == self.total {
-            self.last_line.set(Some(now));
-            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-            let rate = handled as f64 / elapsed;
-            let eta = if rate > 0.0 {
-                (self.total - handled) as f64 / rate
-            } else {
-                0.0
-            };
-            eprintln!(
-                "{}progress: {handled}/{} images, {rate:.1} images/s, ETA {eta:.0} s",
-                self.prefix, self.total
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 /// COCO metrics over every prediction whose item has references. LAVIS strips the prompt from the

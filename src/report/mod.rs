@@ -2,6 +2,7 @@
 //! report) and the latency statistics they carry.
 
 mod environment;
+pub mod progress;
 
 pub use environment::{cpu_model, describe as describe_environment, device_name, Environment};
 

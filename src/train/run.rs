@@ -43,6 +43,7 @@ use crate::exit::Exit;
 use crate::hub;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipWeights};
 use crate::preprocess::prompt::PromptTokenizer;
+use crate::report::progress::Progress as StepProgress;
 use crate::report::write_json_atomic;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -236,7 +237,14 @@ pub fn run(
     let mut rates = Vec::new();
     let mut last_checkpoint = resumed.as_ref().map(|e| e.dir.clone());
     let mut interrupted = false;
-    let bar = StepProgress::new(total_steps, state.step, options.quiet);
+    let bar = StepProgress::new(
+        total_steps,
+        state.step,
+        options.quiet,
+        None,
+        "steps",
+        "{bar:30} step {pos}/{len}  {msg}  ETA {eta}",
+    );
     let run_started = Instant::now();
 
     while state.step < total_steps {
@@ -324,7 +332,10 @@ pub fn run(
                 elapsed_s: run_started.elapsed().as_secs_f64(),
             }),
         )?;
-        bar.update(state.step, loss, lr, samples_per_s);
+        bar.update(
+            state.step,
+            &format!("loss {loss:.4}  lr {lr:.2e}  {samples_per_s:.1} samples/s"),
+        );
 
         let last = state.step == total_steps;
         let mut metric = None;
@@ -685,77 +696,6 @@ fn summary_line(summary: &TrainSummary) -> String {
         "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
         summary.steps, summary.total_steps, summary.precision
     )
-}
-
-/// A bar on a terminal, a line every ~5 s otherwise, nothing when quiet.
-struct StepProgress {
-    bar: Option<indicatif::ProgressBar>,
-    total: u64,
-    quiet: bool,
-    last_line: std::cell::Cell<Option<Instant>>,
-    started: Instant,
-    first_step: u64,
-}
-
-impl StepProgress {
-    fn new(total: u64, done: u64, quiet: bool) -> Self {
-        let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_position(done);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:30} step {pos}/{len}  {msg}  ETA {eta}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Self {
-            bar,
-            total,
-            quiet,
-            last_line: std::cell::Cell::new(None),
-            started: Instant::now(),
-            first_step: done,
-        }
-    }
-
-    fn update(&self, step: u64, loss: f64, lr: f64, samples_per_s: f64) {
-        let message = format!("loss {loss:.4}  lr {lr:.2e}  {samples_per_s:.1} samples/s");
-        if let Some(bar) = &self.bar {
-            bar.set_position(step);
-            bar.set_message(message);
-            return;
-        }
-        if self.quiet {
-            return;
-        }
-        let now = Instant::now();
-        let due = self
-            .last_line
-            .get()
-            .is_none_or(|last| now.duration_since(last).as_secs_f64() >= 5.0);
-        if due || step == self.total {
-            self.last_line.set(Some(now));
-            let done = (step - self.first_step) as f64;
-            let per_step = self.started.elapsed().as_secs_f64() / done.max(1.0);
-            let eta = per_step * (self.total - step) as f64;
-            eprintln!("step {step}/{}: {message}, ETA {eta:.0} s", self.total);
-        }
-    }
-
-    fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None if !self.quiet => eprintln!("{line}"),
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 #[cfg(test)]
