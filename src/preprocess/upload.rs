@@ -4,6 +4,7 @@
 //! buffers, which on virtualised hosts runs at a fraction of the bus speed. Everything else takes
 //! [`batch_tensor_as`].
 
+#[cfg(feature = "cuda")]
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
@@ -15,8 +16,6 @@ use super::batch_tensor_as;
 pub struct BatchUploader {
     #[cfg(feature = "cuda")]
     staging: Mutex<Option<pinned::Staging>>,
-    #[cfg(not(feature = "cuda"))]
-    staging: Mutex<()>,
 }
 
 impl std::fmt::Debug for BatchUploader {
@@ -50,7 +49,6 @@ impl BatchUploader {
                 return pinned::upload(&mut staging, images, size, dev, dtype);
             }
         }
-        let _ = &self.staging;
         batch_tensor_as(images, size, device, dtype)
     }
 }

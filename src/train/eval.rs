@@ -28,6 +28,14 @@ pub struct Evaluator {
     batch_size: usize,
 }
 
+/// What one evaluation found.
+pub struct Evaluation {
+    /// `BLEU-4`, `CIDEr`, `ROUGE-L`.
+    pub metrics: BTreeMap<String, f64>,
+    /// Caption (prompt stripped) by image id.
+    pub captions: BTreeMap<String, String>,
+}
+
 /// The metric that decides the best checkpoint.
 pub const BEST_METRIC: &str = "CIDEr";
 
@@ -80,8 +88,7 @@ impl Evaluator {
         self.ids.len()
     }
 
-    /// Captions every held-out image with `params` in `dtype` and returns the COCO metrics
-    /// (`BLEU-4`, `CIDEr`, `ROUGE-L`) and the captions by id.
+    /// Captions every held-out image with `params` in `dtype` and scores the captions.
     pub fn evaluate(
         &self,
         params: &TrainParams,
@@ -89,7 +96,7 @@ impl Evaluator {
         dtype: DType,
         device: &Device,
         tokenizer: &PromptTokenizer,
-    ) -> Result<(BTreeMap<String, f64>, BTreeMap<String, String>), Error> {
+    ) -> Result<Evaluation, Error> {
         let internal = |what: &str| {
             let what = what.to_string();
             move |err: candle_core::Error| Error::Internal(format!("evaluation, {what}: {err}"))
@@ -125,6 +132,9 @@ impl Evaluator {
         values.insert("BLEU-4".to_string(), scores.bleu[3]);
         values.insert(BEST_METRIC.to_string(), scores.cider);
         values.insert("ROUGE-L".to_string(), scores.rouge_l);
-        Ok((values, hypotheses))
+        Ok(Evaluation {
+            metrics: values,
+            captions: hypotheses,
+        })
     }
 }

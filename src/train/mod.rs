@@ -5,7 +5,7 @@
 //! PyTorch's, gradient clipping), `schedule` (warm-up + cosine learning rate), `scaler` (f16
 //! dynamic loss scaling), `checkpoint` (atomic, resumable checkpoint directories that are also
 //! model directories), `log` (`metrics.jsonl` and the loss curve), `eval` (captioning and scoring
-//! the held-out images) and `run` (the loop).
+//! the held-out images), `workspace` (run state, output directory, saves) and `run` (the loop).
 
 pub mod checkpoint;
 pub mod data;
@@ -19,3 +19,4 @@ pub mod params;
 pub mod run;
 pub mod scaler;
 pub mod schedule;
+pub mod workspace;

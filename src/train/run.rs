@@ -11,7 +11,7 @@
 //! saves a checkpoint and exits 130; a non-finite loss in f32/bf16 stops with the step and the
 //! last good checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,9 +20,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::checkpoint::{
-    CheckpointDir, CheckpointEntry, LoadedCheckpoint, MetricGoal, Progress, Retention,
-};
+use super::checkpoint::{CheckpointDir, LoadedCheckpoint, MetricGoal, Retention};
 use super::data::{SampleOrder, TrainData};
 use super::eval::{Evaluator, BEST_METRIC};
 use super::grads::ParamGrads;
@@ -33,6 +31,9 @@ use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::params::{FreezeRule, TrainParams};
 use super::scaler::{LossScaler, ScalerConfig};
 use super::schedule::WarmupCosine;
+use super::workspace::{
+    append, output_error, prepare_output_dir, resume_point, save, total_steps, RunState,
+};
 use crate::baseline::dataset;
 use crate::baseline::memory::GpuMemoryMonitor;
 use crate::captioner::{generation_config, image_processor};
@@ -46,9 +47,7 @@ use crate::preprocess::prompt::PromptTokenizer;
 use crate::report::progress::Progress as StepProgress;
 use crate::report::write_json_atomic;
 
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const SUMMARY_FILE: &str = "train-summary.json";
+pub use super::workspace::{CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE};
 
 /// Options that are not configuration.
 pub struct TrainOptions {
@@ -184,7 +183,7 @@ pub fn run(
     )
     .map_err(|err| Error::Usage(err.to_string()))?;
 
-    let resumed = resume_point(&checkpoints, options)?;
+    let resumed = resume_point(&checkpoints, options.resume, options.fresh)?;
     let mut state = match &resumed {
         Some(entry) => {
             let loaded = LoadedCheckpoint::load(&entry.dir, &params, &dev)
@@ -309,7 +308,7 @@ pub fn run(
             optimizer.step(&params, &grads, lr).map_err(internal)?;
         }
         drop(grads);
-        dev.synchronize().map_err(|err| internal(err))?;
+        dev.synchronize().map_err(internal)?;
         state.step += 1;
         let seconds = step_started.elapsed().as_secs_f64();
         let samples_per_s = samples_per_step as f64 / seconds.max(1e-9);
@@ -341,8 +340,9 @@ pub fn run(
         let mut metric = None;
         if let Some(evaluator) = &evaluator {
             if last || (train.eval_every > 0 && state.step % train.eval_every as u64 == 0) {
-                let (values, _) =
-                    evaluator.evaluate(&params, &weights.config, dtype, &dev, &tokenizer)?;
+                let values = evaluator
+                    .evaluate(&params, &weights.config, dtype, &dev, &tokenizer)?
+                    .metrics;
                 metric = values.get(BEST_METRIC).copied();
                 if let Some(value) = metric {
                     if MetricGoal::Higher.improves(value, state.best_metric) {
@@ -496,60 +496,6 @@ fn forward_backward(
     Ok(MicroBatch { loss: value, grads })
 }
 
-/// Where the run stands (what a checkpoint records).
-struct RunState {
-    step: u64,
-    samples_seen: u64,
-    shuffle_seed: u64,
-    best_metric: Option<f64>,
-}
-
-impl RunState {
-    fn start(seed: u64) -> Self {
-        Self {
-            step: 0,
-            samples_seen: 0,
-            shuffle_seed: seed,
-            best_metric: None,
-        }
-    }
-
-    fn from_progress(progress: &Progress, pairs: usize) -> Self {
-        Self {
-            step: progress.step,
-            samples_seen: progress.epoch * pairs as u64 + progress.epoch_position,
-            shuffle_seed: progress.shuffle_seed,
-            best_metric: progress.best_metric,
-        }
-    }
-
-    fn progress(&self, pairs: usize, scaler: &LossScaler, metric: Option<f64>) -> Progress {
-        let pairs = pairs.max(1) as u64;
-        Progress {
-            step: self.step,
-            epoch: self.samples_seen / pairs,
-            epoch_position: self.samples_seen % pairs,
-            shuffle_seed: self.shuffle_seed,
-            scaler: scaler.state(),
-            schedule_step: self.step,
-            metric,
-            best_metric: self.best_metric,
-            world_size: 1,
-        }
-    }
-}
-
-/// Optimizer steps of the run: `max_steps`, else enough for `epochs` passes over the pairs.
-fn total_steps(train: &TrainConfig, pairs: usize) -> u64 {
-    let per_step = (train.batch_size * train.grad_accumulation).max(1) as u64;
-    match train.max_steps {
-        Some(steps) => steps as u64,
-        None => (train.epochs as u64 * pairs as u64)
-            .div_ceil(per_step)
-            .max(1),
-    }
-}
-
 /// Reads every floating-point tensor of the model's weight files as an f32 `Var` on `dev`.
 pub fn load_master_weights(
     weights: &BlipWeights,
@@ -572,99 +518,6 @@ pub fn load_master_weights(
         }
     }
     TrainParams::from_named(named, freeze).map_err(|err| Error::Model(err.to_string()))
-}
-
-/// The checkpoint to continue from, per `--resume`/`--fresh` and what the directory holds.
-fn resume_point(
-    checkpoints: &CheckpointDir,
-    options: &TrainOptions,
-) -> Result<Option<CheckpointEntry>, Error> {
-    if options.fresh {
-        return Ok(None);
-    }
-    let latest = checkpoints
-        .latest()
-        .map_err(|err| Error::Model(err.to_string()))?;
-    match (latest, options.resume) {
-        (Some(entry), true) => Ok(Some(entry)),
-        (Some(entry), false) => Err(Error::Usage(format!(
-            "{} holds checkpoints of an earlier run (newest: step {})\n  fix: pass --resume to continue it, or --fresh to delete them and start over",
-            checkpoints.root().display(),
-            entry.step
-        ))),
-        (None, true) => {
-            tracing::warn!(
-                "--resume: no checkpoint in {}; starting from the model",
-                checkpoints.root().display()
-            );
-            Ok(None)
-        }
-        (None, false) => Ok(None),
-    }
-}
-
-/// Creates the output directory, checks it is writable, and with `fresh` removes what an earlier
-/// training run left there.
-fn prepare_output_dir(dir: &Path, fresh: bool) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| output_error("the output directory", dir, source))?;
-    let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
-    let _ = std::fs::remove_file(&probe);
-    if fresh {
-        let checkpoints = dir.join(CHECKPOINTS_DIR);
-        if checkpoints.exists() {
-            std::fs::remove_dir_all(&checkpoints).map_err(|source| {
-                output_error("(removing) old checkpoints", &checkpoints, source)
-            })?;
-        }
-        for name in [METRICS_FILE, SUMMARY_FILE] {
-            match std::fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(output_error(
-                        "(removing) an old result",
-                        &dir.join(name),
-                        source,
-                    ))
-                }
-            }
-        }
-    }
-    Ok(dir.to_path_buf())
-}
-
-fn save(
-    checkpoints: &CheckpointDir,
-    params: &TrainParams,
-    optimizer: &AdamW,
-    progress: &Progress,
-    model_dir: &Path,
-) -> Result<PathBuf, Error> {
-    checkpoints
-        .save(params, optimizer, progress, model_dir)
-        .map_err(|err| Error::Output {
-            what: "a checkpoint",
-            path: checkpoints.dir_for(progress.step),
-            source: std::io::Error::other(err.to_string()),
-        })
-}
-
-fn append(log: &mut MetricsLog, path: &Path, record: MetricsRecord) -> Result<(), Error> {
-    log.append(&record).map_err(|err| Error::Output {
-        what: "the metrics log",
-        path: path.to_path_buf(),
-        source: std::io::Error::other(err.to_string()),
-    })
-}
-
-fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Output {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn internal(err: impl std::fmt::Display) -> Error {
@@ -696,40 +549,4 @@ fn summary_line(summary: &TrainSummary) -> String {
         "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
         summary.steps, summary.total_steps, summary.precision
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn total_steps_cover_the_epochs_or_obey_max_steps() {
-        let mut train = TrainConfig {
-            batch_size: 4,
-            grad_accumulation: 2,
-            epochs: 3,
-            ..TrainConfig::default()
-        };
-        // 3 epochs x 10 pairs = 30 samples, 8 per step -> 4 steps.
-        assert_eq!(total_steps(&train, 10), 4);
-        train.max_steps = Some(7);
-        assert_eq!(total_steps(&train, 10), 7);
-    }
-
-    #[test]
-    fn run_state_round_trips_through_progress() {
-        let state = RunState {
-            step: 5,
-            samples_seen: 23,
-            shuffle_seed: 9,
-            best_metric: Some(0.5),
-        };
-        let scaler = LossScaler::new(ScalerConfig::for_compute_dtype(DType::F32));
-        let progress = state.progress(10, &scaler, None);
-        assert_eq!((progress.epoch, progress.epoch_position), (2, 3));
-        let back = RunState::from_progress(&progress, 10);
-        assert_eq!(back.samples_seen, 23);
-        assert_eq!(back.step, 5);
-        assert_eq!(back.shuffle_seed, 9);
-    }
 }
