@@ -304,7 +304,7 @@ fn caption_items(
     Ok(captioned)
 }
 
-fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+pub(crate) fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
     Error::Output {
         what,
         path: path.to_path_buf(),
@@ -314,7 +314,11 @@ fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Erro
 
 /// Creates the output directory, proves it is writable, and with `fresh` deletes the named earlier
 /// results in it.
-fn prepare_output_dir(dir: &Path, fresh: bool, results: &[&str]) -> Result<PathBuf, Error> {
+pub(crate) fn prepare_output_dir(
+    dir: &Path,
+    fresh: bool,
+    results: &[&str],
+) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|source| output_error("the output directory", dir, source))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));

@@ -31,11 +31,10 @@ use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::params::{FreezeRule, TrainParams};
 use super::scaler::{LossScaler, ScalerConfig};
 use super::schedule::WarmupCosine;
-use super::workspace::{
-    append, output_error, prepare_output_dir, resume_point, save, total_steps, RunState,
-};
+use super::workspace::{append, prepare_output_dir, resume_point, save, total_steps, RunState};
 use crate::baseline::dataset;
 use crate::baseline::memory::GpuMemoryMonitor;
+use crate::baseline::output_error;
 use crate::captioner::{generation_config, image_processor};
 use crate::config::{Quantization, ResolvedConfig, TrainConfig};
 use crate::device::{self, CudaAvailability, SystemFacts, Target};

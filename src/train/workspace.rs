@@ -8,6 +8,7 @@ use super::log::{MetricsLog, MetricsRecord};
 use super::optim::AdamW;
 use super::params::TrainParams;
 use super::scaler::LossScaler;
+use crate::baseline::{self, output_error};
 use crate::config::TrainConfig;
 use crate::error::Error;
 
@@ -99,36 +100,16 @@ pub fn resume_point(
     }
 }
 
-/// Creates the output directory, checks it is writable, and with `fresh` removes what an earlier
-/// training run left there.
+/// Creates the output directory, checks it is writable (as `baseline` does), and with `fresh`
+/// removes what an earlier training run left there: the metrics log, the summary, the checkpoints.
 pub fn prepare_output_dir(dir: &Path, fresh: bool) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| output_error("the output directory", dir, source))?;
-    let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
-    let _ = std::fs::remove_file(&probe);
-    if fresh {
-        let checkpoints = dir.join(CHECKPOINTS_DIR);
-        if checkpoints.exists() {
-            std::fs::remove_dir_all(&checkpoints).map_err(|source| {
-                output_error("(removing) old checkpoints", &checkpoints, source)
-            })?;
-        }
-        for name in [METRICS_FILE, SUMMARY_FILE] {
-            match std::fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(output_error(
-                        "(removing) an old result",
-                        &dir.join(name),
-                        source,
-                    ))
-                }
-            }
-        }
+    let dir = baseline::prepare_output_dir(dir, fresh, &[METRICS_FILE, SUMMARY_FILE])?;
+    let checkpoints = dir.join(CHECKPOINTS_DIR);
+    if fresh && checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints)
+            .map_err(|source| output_error("(removing) old checkpoints", &checkpoints, source))?;
     }
-    Ok(dir.to_path_buf())
+    Ok(dir)
 }
 
 pub fn save(
@@ -153,14 +134,6 @@ pub fn append(log: &mut MetricsLog, path: &Path, record: MetricsRecord) -> Resul
         path: path.to_path_buf(),
         source: std::io::Error::other(err.to_string()),
     })
-}
-
-pub fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Output {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[cfg(test)]
