@@ -10,13 +10,15 @@
 #
 # Expects .device-bin/{vlmrun,vlmrun-cuda}.xz (CPU launcher + CUDA build), as scripts/gpu/h100_run.sh.
 # About 6-8 minutes on an H100 with the defaults (first run; the model is reused from $FID afterwards).
-# Knobs (environment): ARCH=base|large, IMAGES=64, VARIANTS (vlmrun fidelity --variants), BEAMS=1,3,
+# Knobs (environment): ARCH=base|large, IMAGES=64, MODEL=random|trained (trained: the random model
+# fine-tuned by make_trained_fidelity_model.py for STEPS=600 steps, measured on IMAGES held-out scenes), VARIANTS (vlmrun fidelity --variants), BEAMS=1,3,
 # BATCH=16 (fidelity batch), BENCH="f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k"
 # (PRECISION:QUANTIZATION pairs; empty: no bench), BENCH_BATCHES=1,64, FID (model + images dir),
 # LIMIT (use only the first N images), DEVICE=cuda, VLMRUN_BIN (a folder with vlmrun: skips unpacking;
 # with DEVICE=cpu ARCH=mid this runs on a CPU machine as a dry run).
-# Outputs in $OUT (6 files): summary.md (every table), fidelity.json (vlmrun.fidelity/1),
-# pytorch_fidelity.json, bench.json (the vlmrun.bench/1 documents, one per pair), model_info.json, run.log.
+# Outputs in $OUT (6-7 files): summary.md (every table), fidelity.json (vlmrun.fidelity/1),
+# pytorch_fidelity.json, bench.json (the vlmrun.bench/1 documents, one per pair), model_info.json,
+# trained_model_info.json (MODEL=trained), run.log.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -26,6 +28,7 @@ VARIANTS="${VARIANTS:-f32,f16,bf16,q8_0,q8_0:kernel,q4k,q4k@bf16,q4_0}"
 BENCH="${BENCH-f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k}"
 BENCH_BATCHES="${BENCH_BATCHES:-1,64}"
 FID="${FID:-/tmp/fid-$ARCH}"; DEVICE="${DEVICE:-cuda}"; LIMIT="${LIMIT:-}"
+MODEL="${MODEL:-random}"; STEPS="${STEPS:-600}"
 LOG="$OUT/run.log"; SUMMARY="$OUT/summary.md"; : > "$LOG"; : > "$SUMMARY"
 started=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - started )) s]"; }
@@ -40,10 +43,11 @@ fi
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv >> "$LOG" 2>&1
 
 say "model and images: $ARCH, $IMAGES images, in $FID"
+nrandom=$IMAGES; [ "$MODEL" = trained ] && nrandom=16   # trained: the random model is only the start
 if [ ! -f "$FID/model/model.safetensors" ]; then
   made=""
   for gains in ${GAINS:-2.0:1.0 2.0:2.0 2.0:3.0 4.0:3.0}; do
-    if python3 scripts/gpu/make_fidelity_model.py --out "$FID" --arch "$ARCH" --images "$IMAGES" --device "$DEVICE" \
+    if python3 scripts/gpu/make_fidelity_model.py --out "$FID" --arch "$ARCH" --images "$nrandom" --device "$DEVICE" \
         --vision-gain "${gains%%:*}" --cross-gain "${gains##*:}" >> "$LOG" 2>&1; then made=$gains; break; fi
     echo "gains $gains: captions too uniform, next" | tee -a "$LOG"
   done
@@ -51,17 +55,31 @@ if [ ! -f "$FID/model/model.safetensors" ]; then
 fi
 cp "$FID/model_info.json" "$OUT/"
 grep -h "distinct" "$LOG" | tail -1
+MODEL_DIR="$FID/model"; IMAGE_DIR="$FID/images"
+if [ "$MODEL" = trained ]; then
+  # The random model fine-tuned on synthetic shape scenes (make_trained_fidelity_model.py): confident
+  # captions, as a trained captioner's; $IMAGES held-out scenes.
+  FIDT="${FIDT:-/tmp/fidt-$ARCH}"
+  say "trained model: $STEPS steps from $FID/model, $IMAGES held-out scenes, in $FIDT"
+  if [ ! -f "$FIDT/model/model.safetensors" ]; then
+    python3 scripts/gpu/make_trained_fidelity_model.py --init "$FID/model" --out "$FIDT" --images "$IMAGES" \
+      --steps "$STEPS" --device "$DEVICE" >> "$LOG" 2>&1 || { echo "training failed (see run.log)"; cp "$LOG" "$OUT/"; exit 1; }
+  fi
+  cp "$FIDT/model_info.json" "$OUT/trained_model_info.json"
+  grep -h "held-out" "$LOG" | tail -1
+  MODEL_DIR="$FIDT/model"; IMAGE_DIR="$FIDT/images"
+fi
 
 say "vlmrun fidelity: $VARIANTS, beams $BEAMS"
-vset=(--set data.source=folder --set "data.path=$FID/images" --set output.dir=/tmp/fid-run)
+vset=(--set data.source=folder --set "data.path=$IMAGE_DIR" --set output.dir=/tmp/fid-run)
 vlimit=(); plimit=(); [ -n "$LIMIT" ] && { vlimit=(--limit "$LIMIT"); plimit=(--limit "$LIMIT"); }
-$bin/vlmrun --device "$DEVICE" "${vset[@]}" fidelity "${vlimit[@]}" --model "$FID/model" --variants "$VARIANTS" --beams "$BEAMS" \
+$bin/vlmrun --device "$DEVICE" "${vset[@]}" fidelity "${vlimit[@]}" --model "$MODEL_DIR" --variants "$VARIANTS" --beams "$BEAMS" \
   --batch-size "$BATCH" --out "$OUT/fidelity.json" > /tmp/fid-vlmrun.md 2>> "$LOG"
 echo "vlmrun fidelity exit $?" | tee -a "$LOG"
 { echo "## vlmrun fidelity ($DEVICE)"; echo; cat /tmp/fid-vlmrun.md; echo; } | tee -a "$SUMMARY"
 
 say "PyTorch fidelity: f16, bf16 against f32"
-python3 scripts/gpu/pytorch_fidelity.py --model "$FID/model" --images "$FID/images" --device "$DEVICE" \
+python3 scripts/gpu/pytorch_fidelity.py --model "$MODEL_DIR" --images "$IMAGE_DIR" --device "$DEVICE" \
   "${plimit[@]}" --dtypes f16,bf16 --beams "$BEAMS" --batch "$BATCH" --out "$OUT/pytorch_fidelity.json" \
   > /tmp/fid-pytorch.md 2>> "$LOG"
 echo "pytorch_fidelity exit $?" | tee -a "$LOG"
@@ -94,7 +112,7 @@ if [ -n "$BENCH" ]; then
   echo "## vlmrun bench ($DEVICE, greedy, 20 forced tokens)" >> "$SUMMARY"
   for pair in $BENCH; do
     p=${pair%%:*}; q=${pair##*:}
-    $bin/vlmrun --device "$DEVICE" --precision "$p" bench --model "$FID/model" --quantization "$q" \
+    $bin/vlmrun --device "$DEVICE" --precision "$p" bench --model "$MODEL_DIR" --quantization "$q" \
       --batch-sizes "$BENCH_BATCHES" --beams 1 --tokens 20 --warmup 1 --iterations 3 \
       --out "/tmp/fid-bench-$p-$q.json" > "/tmp/fid-bench-$p-$q.md" 2>> "$LOG"
     echo "bench $p $q exit $?" | tee -a "$LOG"

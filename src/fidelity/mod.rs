@@ -65,6 +65,14 @@ pub struct Settings {
     pub beams: Vec<usize>,
 }
 
+impl RunFacts {
+    /// Peak GPU memory the variant added to what the process held before it loaded: weights,
+    /// activations, workspaces (what `torch.cuda.max_memory_reserved` counts, roughly).
+    pub fn added_gpu_bytes(&self) -> Option<u64> {
+        Some(self.peak_gpu_bytes?.saturating_sub(self.gpu_bytes_before_load?))
+    }
+}
+
 /// Cost of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunFacts {
@@ -73,7 +81,12 @@ pub struct RunFacts {
     pub quantization: String,
     pub quantized_matmul: String,
     pub weight_bytes: u64,
+    /// NVML's peak for this process while the variant loaded and ran (CUDA context included).
     pub peak_gpu_bytes: Option<u64>,
+    /// This process's GPU memory just before the variant loaded: the CUDA context, libraries and
+    /// kernel modules, and what the pool kept from earlier variants.
+    #[serde(default)]
+    pub gpu_bytes_before_load: Option<u64>,
     pub load_seconds: f64,
     pub run_seconds: f64,
 }
@@ -226,6 +239,7 @@ fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
         quantized_matmul: matmul_description(variant),
         weight_bytes: outputs.weight_bytes,
         peak_gpu_bytes: outputs.peak_gpu_bytes,
+        gpu_bytes_before_load: outputs.gpu_bytes_before_load,
         load_seconds: outputs.load_seconds,
         run_seconds: outputs.run_seconds,
     }

@@ -4,7 +4,8 @@ use super::FidelityDocument;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The table: agreement per decoding setting, first-step logit errors, weights and peak memory.
+/// The table: agreement per decoding setting, first-step logit errors, weights and peak memory
+/// (NVML's, and what the variant added to the memory held before it loaded).
 pub fn markdown(doc: &FidelityDocument) -> String {
     let beams = &doc.settings.beams;
     let setting = |b: usize| {
@@ -26,6 +27,7 @@ pub fn markdown(doc: &FidelityDocument) -> String {
             "step-1 top-1 same",
             "weights MiB",
             "peak GPU MiB",
+            "added GPU MiB",
         ]
         .map(String::from),
     );
@@ -43,11 +45,12 @@ pub fn markdown(doc: &FidelityDocument) -> String {
         |bytes: Option<u64>| bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / MIB));
     let err = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{e:.3e}"));
     out.push_str(&format!(
-        "| {} (reference) |{} - | - | - | {} | {} |\n",
+        "| {} (reference) |{} - | - | - | {} | {} | {} |\n",
         doc.reference.label,
         " 100.0 | 100.0 |".repeat(beams.len()),
         mib(Some(doc.reference.weight_bytes)),
-        mib(doc.reference.peak_gpu_bytes)
+        mib(doc.reference.peak_gpu_bytes),
+        mib(doc.reference.added_gpu_bytes())
     ));
     for variant in &doc.variants {
         let mut row = vec![variant.run.label.clone()];
@@ -61,6 +64,7 @@ pub fn markdown(doc: &FidelityDocument) -> String {
         row.push(format!("{}/{}", logits.top1_agreement, doc.image_ids.len()));
         row.push(mib(Some(variant.run.weight_bytes)));
         row.push(mib(variant.run.peak_gpu_bytes));
+        row.push(mib(variant.run.added_gpu_bytes()));
         out.push_str(&format!("| {} |\n", row.join(" | ")));
     }
     out

@@ -27,6 +27,7 @@ pub struct VariantOutputs {
     pub weight_bytes: u64,
     /// Peak GPU memory of the process while this variant ran (CUDA, NVML), bytes.
     pub peak_gpu_bytes: Option<u64>,
+    pub gpu_bytes_before_load: Option<u64>,
     pub load_seconds: f64,
     pub run_seconds: f64,
 }
@@ -42,6 +43,12 @@ pub fn run_variant(
     batch_size: usize,
     checkpoint_elements: usize,
 ) -> Result<VariantOutputs, Error> {
+    // The stream-ordered pool hands what the previous variant freed back to the driver at a
+    // synchronisation: do one, so that the memory before this variant is its baseline alone.
+    active
+        .device
+        .synchronize()
+        .map_err(|err| Error::Internal(format!("device synchronise: {err}")))?;
     let monitor = match &active.plan.target {
         Target::Cuda { index, .. } => Some(GpuMemoryMonitor::start(*index)),
         Target::Cpu => None,
@@ -102,6 +109,7 @@ pub fn run_variant(
         step1_logits,
         start_len: start.len(),
         weight_bytes,
+        gpu_bytes_before_load: monitor.as_ref().and_then(GpuMemoryMonitor::start_bytes),
         peak_gpu_bytes: monitor.and_then(GpuMemoryMonitor::finish),
         load_seconds,
         run_seconds: started.elapsed().as_secs_f64(),

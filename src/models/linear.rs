@@ -72,7 +72,7 @@ pub enum Linear {
         bias: Option<Tensor>,
     },
     /// Quantized weight `(out_features, in_features)`; the bias `(out_features,)` stays in the
-    /// activation dtype. Never takes the fused CUDA kernels.
+    /// activation dtype.
     Quantized {
         weight: QMatMul,
         /// The quantized tensor behind `weight` (for its format and storage size).
@@ -261,25 +261,17 @@ impl Linear {
         let in_features = xs.dim(D::Minus1)?;
         let rows: usize = dims.iter().rev().skip(1).product();
         let flat = xs.reshape((rows, in_features))?;
-        let out = match self {
-            Self::Dense { weight, .. } => flat.matmul(&weight.t()?)?,
-            Self::Quantized {
-                qtensor,
-                dtype,
-                matmul,
-                ..
-            } if matmul.dequantizes(rows) => {
-                let weight = match dtype {
-                    DType::F16 => qtensor.dequantize_f16(flat.device())?,
-                    _ => qtensor.dequantize(flat.device())?.to_dtype(*dtype)?,
-                };
-                flat.to_dtype(*dtype)?.matmul(&weight.t()?)?
+        let out = match (self, self.matmul_weight(rows, flat.device())?) {
+            (Self::Dense { .. }, Some(weight)) => flat.matmul(&weight.t()?)?,
+            (Self::Quantized { .. }, Some(weight)) => {
+                flat.to_dtype(weight.dtype())?.matmul(&weight.t()?)?
             }
             // candle's quantized kernels take every input dtype on CPU, but some CUDA fallbacks
             // read f32 only: multiply in f32 and return the activation dtype.
-            Self::Quantized { weight, dtype, .. } => weight
+            (Self::Quantized { weight, dtype, .. }, None) => weight
                 .forward(&flat.to_dtype(DType::F32)?.contiguous()?)?
                 .to_dtype(*dtype)?,
+            (Self::Dense { .. }, None) => candle_core::bail!("a dense projection has a weight"),
         };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
@@ -288,21 +280,43 @@ impl Linear {
         out.reshape(out_dims)
     }
 
+    /// The dense weight a call with `rows` input rows multiplies by: the weight itself, or the
+    /// quantized weight dequantized into the activation dtype (weight-only); `None` when the
+    /// call takes candle's quantized kernel instead.
+    fn matmul_weight(&self, rows: usize, device: &candle_core::Device) -> Result<Option<Tensor>> {
+        match self {
+            Self::Dense { weight, .. } => Ok(Some(weight.clone())),
+            Self::Quantized {
+                qtensor,
+                dtype,
+                matmul,
+                ..
+            } if matmul.dequantizes(rows) => Ok(Some(match dtype {
+                DType::F16 => qtensor.dequantize_f16(device)?,
+                _ => qtensor.dequantize(device)?.to_dtype(*dtype)?,
+            })),
+            Self::Quantized { .. } => Ok(None),
+        }
+    }
+
     /// `x W^T` followed by `epilogue`, through the fused CUDA kernels when `ops` is enabled
     /// (a GEMV kernel for a handful of rows, else a GEMM plus one epilogue kernel), else through
-    /// composed candle ops.
-    /// A quantized projection always takes the composed path.
+    /// composed candle ops. A quantized projection takes the fused kernels with its weight
+    /// dequantized (weight-only), and the composed path when it multiplies through candle's
+    /// quantized kernel.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps, epilogue: Epilogue) -> Result<Tensor> {
-        let weight = match self {
-            Self::Dense { weight, .. } if ops.enabled() => weight,
-            _ => {
-                return match epilogue {
-                    Epilogue::None => self.forward_no_bias(xs),
-                    Epilogue::Bias => self.forward(xs),
-                    Epilogue::BiasGelu => self.forward(xs)?.gelu_erf(),
-                    Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
-                };
-            }
+        let rows = xs.elem_count() / xs.dim(D::Minus1)?.max(1);
+        let weight = match ops.enabled() {
+            true => self.matmul_weight(rows, xs.device())?,
+            false => None,
+        };
+        let Some(weight) = weight else {
+            return match epilogue {
+                Epilogue::None => self.forward_no_bias(xs),
+                Epilogue::Bias => self.forward(xs),
+                Epilogue::BiasGelu => self.forward(xs)?.gelu_erf(),
+                Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
+            };
         };
         let bias = self.bias();
         let needs_bias = || match bias {
@@ -315,10 +329,18 @@ impl Linear {
             Epilogue::BiasGelu => (Some(needs_bias()?), true, false),
             Epilogue::BiasF32 => (Some(needs_bias()?), false, true),
         };
-        if let Some(out) = ops.gemv(xs, weight, gemv_bias, gelu, f32_out)? {
+        if let Some(out) = ops.gemv(xs, &weight, gemv_bias, gelu, f32_out)? {
             return Ok(out);
         }
-        let out = self.forward_no_bias(xs)?;
+        let in_features = xs.dim(D::Minus1)?;
+        let mut out_dims = xs.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = weight.dim(0)?;
+        }
+        let out = xs
+            .reshape((rows, in_features))?
+            .matmul(&weight.t()?)?
+            .reshape(out_dims)?;
         match epilogue {
             Epilogue::None => Ok(out),
             Epilogue::Bias => out.broadcast_add(needs_bias()?),

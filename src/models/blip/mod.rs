@@ -56,16 +56,13 @@ impl BlipForConditionalGeneration {
     }
 
     /// Builds the model from `vb`, its projections through `projections` (dense, quantized at
-    /// load, or read from a GGUF file). A quantized model takes the composed ops.
+    /// load, or read from a GGUF file), with the fused kernels on a CUDA device.
     pub fn new_with_projections(
         cfg: &BlipConfig,
         vb: VarBuilder,
         projections: &mut ProjectionLoader,
     ) -> Result<Self> {
-        let ops = match projections.target() {
-            None => FusedOps::for_device(vb.device())?,
-            Some(_) => FusedOps::disabled(),
-        };
+        let ops = FusedOps::for_device(vb.device())?;
         Self::build(cfg, vb, projections, ops)
     }
 
@@ -127,8 +124,7 @@ impl BlipForConditionalGeneration {
     }
 
     /// Quantizes the vision and text projections in place to `target` (see
-    /// [`Quantizer::format_for`] for the per-layer fallback) and switches the model to the
-    /// composed ops: the fused CUDA kernels read dense weights only.
+    /// [`Quantizer::format_for`] for the per-layer fallback).
     pub fn quantize(&mut self, target: GgmlDType) -> Result<QuantizationSummary> {
         if self.quantized.is_some() {
             candle_core::bail!("the model is already quantized");
@@ -136,7 +132,6 @@ impl BlipForConditionalGeneration {
         let mut quantizer = Quantizer::new(target);
         self.for_each_projection(&mut |name, linear| quantizer.apply(name, linear))?;
         self.quantized = Some(target);
-        self.set_fused(false)?;
         Ok(quantizer.into_summary())
     }
 
@@ -146,10 +141,10 @@ impl BlipForConditionalGeneration {
     }
 
     /// Uses the fused CUDA kernels for decoding (`true`, the default on a CUDA device) or the
-    /// composed candle ops everywhere (for comparisons). A no-op on CPU, and on a quantized
-    /// model, which always takes the composed ops.
+    /// composed candle ops everywhere (for comparisons). A no-op on CPU. On a quantized model
+    /// the fused kernels multiply by the dequantized weights (see [`Linear::forward_fused`]).
     pub fn set_fused(&mut self, enabled: bool) -> Result<()> {
-        let ops = if enabled && self.quantized.is_none() {
+        let ops = if enabled {
             FusedOps::for_device(&self.device)?
         } else {
             FusedOps::disabled()
