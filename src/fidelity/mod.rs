@@ -69,7 +69,10 @@ impl RunFacts {
     /// Peak GPU memory the variant added to what the process held before it loaded: weights,
     /// activations, workspaces (what `torch.cuda.max_memory_reserved` counts, roughly).
     pub fn added_gpu_bytes(&self) -> Option<u64> {
-        Some(self.peak_gpu_bytes?.saturating_sub(self.gpu_bytes_before_load?))
+        Some(
+            self.peak_gpu_bytes?
+                .saturating_sub(self.gpu_bytes_before_load?),
+        )
     }
 }
 
