@@ -117,9 +117,11 @@ fn json_schema_is_stable() {
     for key in ["dir", "chosen_by", "offline"] {
         assert!(report["hf_cache"].get(key).is_some());
     }
-    for key in ["source", "revision", "dir", "missing", "error"] {
+    for key in ["source", "revision", "dir", "missing", "error", "gguf"] {
         assert!(report["model"].get(key).is_some());
     }
+    // The default model source is a directory: no GGUF header to report.
+    assert!(report["model"]["gguf"].is_null());
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! `vlmrun doctor`: the environment checks the Python guide asked users to do by hand (driver, CUDA
 //! version, GPU, arch list, bf16, a real computation on the device, model files), each reported as
 //! `ok | warn | fail` with a one-line remedy, as text or as a stable JSON document (docs/doctor.md).
+//! A `.gguf` model source is inspected by [`gguf`].
 
+pub mod gguf;
 pub mod smoke;
+
+use std::path::Path;
 
 use candle_core::DType;
 use serde::Serialize;
@@ -13,6 +17,7 @@ use crate::device::{
     SystemFacts, Target,
 };
 use crate::hub;
+use crate::models::blip::gguf::is_gguf_path;
 
 /// Version of the JSON document's layout; bumped on any incompatible change.
 pub const SCHEMA: &str = "vlmrun.doctor/1";
@@ -74,6 +79,9 @@ pub struct ModelEntry {
     pub dir: Option<String>,
     pub missing: Vec<String>,
     pub error: Option<String>,
+    /// What the header of a `.gguf` source says (null for a directory or hub id, and when the
+    /// file's metadata could not be read).
+    pub gguf: Option<gguf::GgufEntry>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,8 +228,15 @@ pub fn run(config: &Config, facts: &SystemFacts, cuda: &CudaAvailability) -> Doc
         ),
         remedy: None,
     });
-    let model = model_entry(config);
-    checks.push(model_check(&model));
+    let model = if is_gguf_path(Path::new(&config.model.source)) {
+        let (model, model_checks) = gguf::inspect(config);
+        checks.extend(model_checks);
+        model
+    } else {
+        let model = model_entry(config);
+        checks.push(model_check(&model));
+        model
+    };
 
     DoctorReport {
         schema: SCHEMA.to_string(),
@@ -424,6 +439,7 @@ fn model_entry(config: &Config) -> ModelEntry {
         dir: None,
         missing: Vec::new(),
         error: None,
+        gguf: None,
     };
     match hub::resolve_model_dir(&config.model.source, &config.model.revision) {
         Ok(dir) => {

@@ -1,5 +1,6 @@
 //! GGUF files (the GGML container of llama.cpp) through candle: metadata, quantized tensors read
-//! straight onto a device, dense tensors served to a `VarBuilder`, and writing a file.
+//! straight onto a device, dense tensors served to a `VarBuilder`, the tensor table checked
+//! without reading any tensor data, and writing a file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +27,12 @@ pub enum GgufError {
         path: PathBuf,
         source: candle_core::Error,
     },
+    #[error("{path}: truncated: its tensor table needs {needed} bytes, the file has {size}\n  fix: copy the file again, or write it again with `vlmrun quantize --model DIR --to FORMAT --out FILE.gguf`", path = .path.display())]
+    Truncated {
+        path: PathBuf,
+        needed: u64,
+        size: u64,
+    },
     #[error("cannot write {path}: {source}\n  fix: check that the directory exists and is writable", path = .path.display())]
     Create {
         path: PathBuf,
@@ -43,30 +50,87 @@ pub enum GgufError {
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
+    /// Length of the file in bytes.
+    size: u64,
     reader: Mutex<BufReader<File>>,
 }
 
+/// How much tensor data a GGUF file holds, from its tensor table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TensorStorage {
+    /// Every tensor.
+    pub tensors: usize,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+    /// Tensors in a block format (not f32, f16 or bf16).
+    pub quantized_tensors: usize,
+    /// Bytes of those.
+    pub quantized_bytes: u64,
+}
+
 impl GgufFile {
-    /// Reads the header of `path` (no tensor data yet).
+    /// Reads the header of `path` (no tensor data yet) and checks that the file is long enough
+    /// for every tensor its table lists.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = File::open(path).map_err(|source| GgufError::Open {
+        let open_error = |source| GgufError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(open_error)?;
+        let size = file.metadata().map_err(open_error)?.len();
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|source| GgufError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        let needed = content
+            .tensor_infos
+            .values()
+            .map(|info| {
+                content
+                    .tensor_data_offset
+                    .saturating_add(info.offset)
+                    .saturating_add(stored_bytes(info.ggml_dtype, &info.shape))
+            })
+            .max()
+            .unwrap_or(0);
+        if needed > size {
+            return Err(GgufError::Truncated {
+                path: path.to_path_buf(),
+                needed,
+                size,
+            });
+        }
         Ok(Self {
             path: path.to_path_buf(),
             content,
+            size,
             reader: Mutex::new(reader),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Length of the file in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Tensor count and bytes, in all and in block formats.
+    pub fn storage(&self) -> TensorStorage {
+        let mut storage = TensorStorage::default();
+        for info in self.content.tensor_infos.values() {
+            let bytes = stored_bytes(info.ggml_dtype, &info.shape);
+            storage.tensors += 1;
+            storage.bytes = storage.bytes.saturating_add(bytes);
+            if !is_dense_format(info.ggml_dtype) {
+                storage.quantized_tensors += 1;
+                storage.quantized_bytes = storage.quantized_bytes.saturating_add(bytes);
+            }
+        }
+        storage
     }
 
     /// Every metadata entry.
@@ -88,6 +152,25 @@ impl GgufFile {
             .tensor_infos
             .get(name)
             .map(|info| (&info.shape, info.ggml_dtype))
+    }
+
+    /// The format of tensor `name`, checked to be in the file with shape `expected`; the errors
+    /// are candle's `CannotFindTensor` and `UnexpectedShape` ("shape mismatch for NAME"), as a
+    /// `VarBuilder` gives them. Reads no tensor data.
+    pub fn check_tensor(&self, name: &str, expected: &Shape) -> candle_core::Result<GgmlDType> {
+        let Some((found, format)) = self.tensor_info(name) else {
+            return Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            });
+        };
+        if found != expected {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: expected.clone(),
+                got: found.clone(),
+            });
+        }
+        Ok(format)
     }
 
     /// Names of every tensor in the file (unordered).
@@ -122,6 +205,34 @@ impl GgufFile {
     pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(DenseBackend(self.clone())), dtype, device.clone())
     }
+
+    /// A `VarBuilder` that checks each tensor asked for against the file's table
+    /// ([`GgufFile::check_tensor`]) and hands out a [`placeholder`] instead of its data: building
+    /// a model through it checks every name and shape without reading tensor data.
+    pub fn checking_var_builder(self: &Arc<Self>) -> VarBuilder<'static> {
+        VarBuilder::from_backend(
+            Box::new(CheckingBackend(self.clone())),
+            DType::F32,
+            Device::Cpu,
+        )
+    }
+}
+
+/// A tensor of `shape` in `dtype` on the CPU that holds one zero (broadcast, stride 0): stands in
+/// for a tensor whose data is not read.
+pub fn placeholder(shape: &Shape, dtype: DType) -> candle_core::Result<Tensor> {
+    Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(shape)
+}
+
+/// Whether `format` stores plain values (not blocks).
+pub fn is_dense_format(format: GgmlDType) -> bool {
+    matches!(format, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// Bytes a tensor of `shape` takes in `format` (as candle reads it).
+fn stored_bytes(format: GgmlDType, shape: &Shape) -> u64 {
+    let blocks = shape.elem_count().div_ceil(format.block_size().max(1));
+    (blocks as u64).saturating_mul(format.type_size() as u64)
 }
 
 /// Serves a GGUF file's tensors to a `VarBuilder`, dequantized.
@@ -136,15 +247,8 @@ impl SimpleBackend for DenseBackend {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.0.dense(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: shape,
-                got: tensor.shape().clone(),
-            });
-        }
-        Ok(tensor)
+        self.0.check_tensor(name, &shape)?;
+        self.0.dense(name, dtype, device)
     }
 
     fn get_unchecked(
@@ -154,6 +258,36 @@ impl SimpleBackend for DenseBackend {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         self.0.dense(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensor_info(name).is_some()
+    }
+}
+
+/// Serves placeholders of the shapes a model asks for, each checked against the file's table.
+struct CheckingBackend(Arc<GgufFile>);
+
+impl SimpleBackend for CheckingBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        _: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.check_tensor(name, &shape)?;
+        placeholder(&shape, dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        match self.0.tensor_info(name) {
+            Some((shape, _)) => placeholder(shape, dtype),
+            None => Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }),
+        }
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

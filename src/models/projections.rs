@@ -1,7 +1,8 @@
 //! Where the projections of a model under construction come from: dense through the model's
 //! `VarBuilder`; quantized while loading (each projection read on the CPU in f32, quantized there
 //! and only its quantized blocks placed on the device, so its dense copy never reaches the
-//! device); or already quantized in a GGUF file written by `vlmrun quantize`.
+//! device); or already quantized in a GGUF file written by `vlmrun quantize` (read, or only
+//! checked against the file's tensor table).
 //!
 //! Model code names every projection by its `VarBuilder` prefix and gives a recipe that builds
 //! the dense projection from the checkpoint (load, scale, stack); the loader decides where the
@@ -13,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::gguf::GgufFile;
+use super::gguf::{is_dense_format, placeholder, GgufFile};
 use super::linear::Linear;
 use super::quantize::{format_name, QuantizationSummary, Quantizer};
 
@@ -31,6 +32,12 @@ enum Source<'a> {
     /// `{name}.weight` and `{name}.bias` are read from the file (written for `target`); the
     /// recipe never runs.
     Gguf {
+        file: Arc<GgufFile>,
+        target: GgmlDType,
+    },
+    /// As `Gguf`, but only the names and shapes are checked against the file's tensor table; the
+    /// projection is a dense placeholder holding no data (see [`placeholder`]).
+    GgufCheck {
         file: Arc<GgufFile>,
         target: GgmlDType,
     },
@@ -62,6 +69,13 @@ impl<'a> ProjectionLoader<'a> {
         Self::with_source(Source::Gguf { file, target })
     }
 
+    /// Checks the projections a model asks for against a GGUF file's tensor table (as
+    /// [`ProjectionLoader::from_gguf`] would read them) without reading tensor data; the
+    /// projections built are placeholders, for checking a file only.
+    pub fn checking_gguf(file: Arc<GgufFile>, target: GgmlDType) -> Self {
+        Self::with_source(Source::GgufCheck { file, target })
+    }
+
     fn with_source(source: Source<'a>) -> Self {
         Self {
             source,
@@ -79,7 +93,9 @@ impl<'a> ProjectionLoader<'a> {
     /// The target format of the quantized projections, `None` for dense ones.
     pub fn target(&self) -> Option<GgmlDType> {
         match &self.source {
-            Source::Quantize { target, .. } | Source::Gguf { target, .. } => Some(*target),
+            Source::Quantize { target, .. }
+            | Source::Gguf { target, .. }
+            | Source::GgufCheck { target, .. } => Some(*target),
             Source::Dense => None,
         }
     }
@@ -127,6 +143,14 @@ impl<'a> ProjectionLoader<'a> {
             }
             Source::Gguf { file, .. } => {
                 read_gguf_projection(&file, &full_name, shape, vb.device(), vb.dtype())?
+            }
+            Source::GgufCheck { file, .. } => {
+                let stored = check_gguf_projection(&file, &full_name, shape)?;
+                let bias = match stored.bias {
+                    Some(_) => Some(placeholder(&shape.0.into(), vb.dtype())?),
+                    None => None,
+                };
+                Linear::from_parts(placeholder(&shape.into(), vb.dtype())?, bias)
             }
         };
         if let Some(built) = &mut self.built {
@@ -186,8 +210,40 @@ fn at_prefix<'a>(staging: &VarBuilder<'a>, vb: &VarBuilder) -> VarBuilder<'a> {
     }
 }
 
+/// The tensors of projection `name` in a GGUF file.
+struct StoredProjection {
+    weight: String,
+    format: GgmlDType,
+    bias: Option<String>,
+}
+
+/// `{name}.weight` checked to be in the file with `shape`, `{name}.bias` (optional) with
+/// `shape.0` rows; reads no tensor data.
+fn check_gguf_projection(
+    file: &GgufFile,
+    name: &str,
+    shape: (usize, usize),
+) -> Result<StoredProjection> {
+    let weight = format!("{name}.weight");
+    let format = file.check_tensor(&weight, &shape.into())?;
+    let bias_name = format!("{name}.bias");
+    let bias = match file.tensor_info(&bias_name) {
+        Some(_) => {
+            file.check_tensor(&bias_name, &shape.0.into())?;
+            Some(bias_name)
+        }
+        None => None,
+    };
+    Ok(StoredProjection {
+        weight,
+        format,
+        bias,
+    })
+}
+
 /// `{name}.weight` (quantized: placed on `device` as is; f32/f16/bf16: a dense weight in
-/// `dtype`) and the optional `{name}.bias` from a GGUF file, the weight checked to be `shape`.
+/// `dtype`) and the optional `{name}.bias` from a GGUF file, checked first
+/// ([`check_gguf_projection`]).
 fn read_gguf_projection(
     file: &GgufFile,
     name: &str,
@@ -195,37 +251,17 @@ fn read_gguf_projection(
     device: &Device,
     dtype: DType,
 ) -> Result<Linear> {
-    let weight_name = format!("{name}.weight");
-    let Some((found, format)) = file.tensor_info(&weight_name) else {
-        return Err(candle_core::Error::CannotFindTensor { path: weight_name });
-    };
-    if found.dims() != [shape.0, shape.1] {
-        return Err(candle_core::Error::UnexpectedShape {
-            msg: format!("shape mismatch for {weight_name}"),
-            expected: shape.into(),
-            got: found.clone(),
-        });
-    }
-    let bias_name = format!("{name}.bias");
-    let bias = match file.tensor_info(&bias_name) {
-        Some(_) => {
-            let bias = file.dense(&bias_name, dtype, device)?;
-            if bias.dims() != [shape.0] {
-                return Err(candle_core::Error::UnexpectedShape {
-                    msg: format!("shape mismatch for {bias_name}"),
-                    expected: shape.0.into(),
-                    got: bias.shape().clone(),
-                });
-            }
-            Some(bias)
-        }
-        None => None,
-    };
-    match format {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Ok(Linear::from_parts(
-            file.dense(&weight_name, dtype, device)?,
+    let stored = check_gguf_projection(file, name, shape)?;
+    let bias = stored
+        .bias
+        .map(|bias| file.dense(&bias, dtype, device))
+        .transpose()?;
+    if is_dense_format(stored.format) {
+        Ok(Linear::from_parts(
+            file.dense(&stored.weight, dtype, device)?,
             bias,
-        )),
-        _ => Linear::from_qtensor(file.qtensor(&weight_name, device)?, bias, dtype),
+        ))
+    } else {
+        Linear::from_qtensor(file.qtensor(&stored.weight, device)?, bias, dtype)
     }
 }

@@ -1,5 +1,6 @@
 //! Pre-quantized BLIP models in one GGUF file (`vlmrun quantize`): writing one from a Hugging
-//! Face directory, and loading one without quantizing again.
+//! Face directory, checking one without reading its tensor data (`vlmrun doctor`), and loading
+//! one without quantizing again.
 //!
 //! Layout (`vlmrun.gguf_layout` 1): every projection under the name the model gives it, as the
 //! model multiplies with it: query rows pre-scaled by `1/sqrt(head_dim)`, the text
@@ -183,8 +184,12 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
 #[derive(Debug, Clone)]
 pub struct GgufHeader {
     pub config: BlipConfig,
+    /// `vlmrun.gguf_layout` (only [`LAYOUT_VERSION`] is accepted).
+    pub layout: u32,
     /// The format the projections were quantized for.
     pub quantization: GgmlDType,
+    /// Storage of the tensors that are not quantized (`f32` or `f16`), as recorded.
+    pub dense_dtype: Option<String>,
     /// Tokenizer reference as recorded (path or hub id).
     pub tokenizer: Option<String>,
     pub source_model: Option<String>,
@@ -211,6 +216,28 @@ impl BlipGguf {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// The file (header and tensor table).
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// Checks every tensor [`BlipGguf::load`] would read (present, shape implied by the embedded
+    /// config) against the file's tensor table, reading no tensor data: the model is built
+    /// through the same code with placeholders (one element each, broadcast) for its tensors.
+    /// The errors are the ones `load` gives.
+    pub fn check_tensors(&self) -> Result<(), LoadError> {
+        let vb = self.file.checking_var_builder();
+        let mut projections =
+            ProjectionLoader::checking_gguf(self.file.clone(), self.header.quantization);
+        BlipForConditionalGeneration::new_with_projections(
+            &self.header.config,
+            vb,
+            &mut projections,
+        )
+        .map(drop)
+        .map_err(|err| self.explain(classify_build_error(err, self.path())))
     }
 
     /// Builds the model in `dtype` on `device`: quantized projections go to the device as stored,
@@ -362,7 +389,9 @@ fn read_header(file: &GgufFile) -> Result<GgufHeader, LoadError> {
     let owned = |key: &str| file.metadata_str(key).map(str::to_string);
     Ok(GgufHeader {
         config,
+        layout: LAYOUT_VERSION,
         quantization,
+        dense_dtype: owned(keys::DENSE_DTYPE),
         tokenizer: owned(keys::TOKENIZER),
         source_model: owned(keys::SOURCE_MODEL),
         source_revision: owned(keys::SOURCE_REVISION),
