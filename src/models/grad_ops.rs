@@ -135,10 +135,13 @@ impl CustomOp1 for SoftmaxLastDim {
         // Detached: the gradient must not carry a graph that keeps these temporaries alive.
         let stat = stat_dtype(xs.dtype());
         let probs = probs.detach().to_dtype(stat)?;
-        let grad = grad.detach().to_dtype(stat)?;
-        let dot = (&grad * &probs)?.sum_keepdim(D::Minus1)?;
-        let dx = (grad.broadcast_sub(&dot)? * probs)?;
-        Ok(Some(dx.to_dtype(xs.dtype())?))
+        // In a block so that each full-size temporary is freed as soon as it has been read.
+        let centered = {
+            let grad = grad.detach().to_dtype(stat)?;
+            let dot = (&grad * &probs)?.sum_keepdim(D::Minus1)?;
+            grad.broadcast_sub(&dot)?
+        };
+        Ok(Some((centered * probs)?.to_dtype(xs.dtype())?))
     }
 }
 
