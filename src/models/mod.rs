@@ -3,6 +3,7 @@
 pub mod blip;
 pub mod fused;
 pub mod gguf;
+pub mod grad_ops;
 pub mod linear;
 pub mod norm;
 pub mod projections;

@@ -1,14 +1,16 @@
-//! LayerNorm and softmax for the model layers: candle's fused kernels at inference, and
-//! differentiable compositions when the input is part of an autograd graph (training).
+//! LayerNorm and softmax for the model layers: the inference kernels always compute the values;
+//! when the input is part of an autograd graph (training) a hand-written backward pass is
+//! attached to them ([`crate::models::grad_ops`]).
 //!
 //! candle 0.11's fused `candle_nn::ops::layer_norm` and `softmax_last_dim` have no backward pass:
 //! gradients stop there silently (candle issues #3569, #3011, #3752). Whether a tensor is tracked
-//! ([`Tensor::track_op`]: a `Var`, or computed from one) decides the path, so one model
-//! definition serves both inference (fast) and training (exact gradients). The compositions
-//! compute their statistics in f32 for f16/bf16 inputs, as the fused kernels do.
+//! ([`Tensor::track_op`]: a `Var`, or computed from one) decides whether the backward is attached,
+//! so one model definition serves both inference and training, with the same forward values.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+use crate::models::grad_ops::{layer_norm_with_backward, softmax_with_backward, stat_dtype};
 
 /// HF `nn.LayerNorm` over the last dimension, with weight and bias.
 #[derive(Debug, Clone)]
@@ -40,45 +42,47 @@ impl LayerNorm {
 
     /// `(..., D) -> (..., D)` in the input dtype.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let tracked = xs.track_op() || self.weight.track_op() || self.bias.track_op();
-        if !tracked && xs.is_contiguous() {
-            return candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32);
+        let (weight, bias) = (self.weight.detach(), self.bias.detach());
+        let normed = normalize(&xs.detach(), &weight, &bias, self.eps)?;
+        if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
+            return layer_norm_with_backward(xs, &self.weight, &self.bias, self.eps, normed);
         }
-        let dtype = xs.dtype();
-        let xs = xs.to_dtype(stat_dtype(dtype))?;
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centered = xs.broadcast_sub(&mean)?;
-        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        Ok(normed)
     }
+}
+
+/// The inference LayerNorm (no gradient): candle's fused kernel on a contiguous input, an
+/// equivalent composition with f32 statistics for f16/bf16 otherwise.
+fn normalize(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if xs.is_contiguous() {
+        return candle_nn::ops::layer_norm(xs, weight, bias, eps as f32);
+    }
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(stat_dtype(dtype))?;
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
 }
 
 /// Softmax over the last dimension, in the input dtype: [`crate::models::softmax`]'s kernel
-/// (f32 accumulation) at inference, a differentiable f32 composition when tracked.
+/// (f32 accumulation), with the backward pass attached when `xs` is tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if !xs.track_op() {
-        return crate::models::softmax::softmax_last_dim(xs);
+    let probs = crate::models::softmax::softmax_last_dim(&xs.detach())?;
+    if xs.track_op() {
+        return softmax_with_backward(xs, probs);
     }
-    let dtype = xs.dtype();
-    candle_nn::ops::softmax(&xs.to_dtype(stat_dtype(dtype))?, D::Minus1)?.to_dtype(dtype)
-}
-
-/// f32 for the half types, the dtype itself otherwise.
-fn stat_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        other => other,
-    }
+    Ok(probs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn norm(dev: &Device) -> LayerNorm {
         LayerNorm {
@@ -101,15 +105,59 @@ mod tests {
             .unwrap()
     }
 
+    /// A tensor's values, bit for bit (f16 and bf16 widen to f32 exactly).
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let values: Vec<f32> = t
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1())
+            .unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Training (tracked input) and inference compute the same forward values, bit for bit, in
+    /// every dtype.
     #[test]
-    fn composed_layer_norm_matches_the_fused_kernel() {
+    fn tracked_forward_equals_inference() {
         let dev = Device::Cpu;
-        let xs = Tensor::new(&[[1.0f32, 2.0, 4.0, -3.0], [0.5, 0.25, -1.0, 8.0]], &dev).unwrap();
-        let fused = norm(&dev).forward(&xs).unwrap();
-        let var = Var::from_tensor(&xs).unwrap();
-        let composed = norm(&dev).forward(var.as_tensor()).unwrap();
-        // Same f32 arithmetic up to summation order.
-        assert!(max_abs_diff(&fused, &composed) < 1e-5);
+        let xs = Tensor::new(
+            &[
+                [1.0f32, 2.0, 4.0, -3.0],
+                [0.5, 0.25, -1.0, 8.0],
+                [3.0, 3.5, -2.0, 0.1],
+                [-0.7, 1.25, 6.0, 2.5],
+            ],
+            &dev,
+        )
+        .unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let layer = norm(&dev);
+            let layer = LayerNorm {
+                weight: layer.weight.to_dtype(dtype).unwrap(),
+                bias: layer.bias.to_dtype(dtype).unwrap(),
+                ..layer
+            };
+            // Contiguous (the fused kernel) and transposed (the composition) inputs.
+            for transposed in [false, true] {
+                let base = xs.to_dtype(dtype).unwrap();
+                let var = Var::from_tensor(&base).unwrap();
+                let (input, tracked) = if transposed {
+                    (base.t().unwrap(), var.as_tensor().t().unwrap())
+                } else {
+                    (base, var.as_tensor().clone())
+                };
+                assert_eq!(tracked.is_contiguous(), !transposed);
+                let trained = layer.forward(&tracked).unwrap();
+                assert!(trained.track_op());
+                assert_eq!(bits(&trained), bits(&layer.forward(&input).unwrap()));
+                // candle's softmax kernel takes contiguous scores only, as attention's are.
+                if !transposed {
+                    let trained = softmax_last_dim(&tracked).unwrap();
+                    assert!(trained.track_op());
+                    assert_eq!(bits(&trained), bits(&softmax_last_dim(&input).unwrap()));
+                }
+            }
+        }
     }
 
     #[test]
