@@ -12,7 +12,8 @@
 # About 6-8 minutes on an H100 with the defaults (first run; the model is reused from $FID afterwards).
 # Knobs (environment): ARCH=base|large, IMAGES=64, MODEL=random|trained (trained: the random model
 # fine-tuned by make_trained_fidelity_model.py for STEPS=600 steps, measured on IMAGES held-out scenes), VARIANTS (vlmrun fidelity --variants), BEAMS=1,3,
-# BATCH=16 (fidelity batch), BENCH="f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k"
+# TORCH_DTYPES=f16,bf16 (PyTorch side), BATCH=16 (fidelity batch), GAINS (vision:cross gain pairs tried in turn), MIN_DISTINCT=0.5 (fraction of
+# distinct greedy captions a random model must reach; 512 images reach ~15-40%), BENCH="f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k"
 # (PRECISION:QUANTIZATION pairs; empty: no bench), BENCH_BATCHES=1,64, FID (model + images dir),
 # LIMIT (use only the first N images), DEVICE=cuda, VLMRUN_BIN (a folder with vlmrun: skips unpacking;
 # with DEVICE=cpu ARCH=mid this runs on a CPU machine as a dry run).
@@ -28,7 +29,7 @@ VARIANTS="${VARIANTS:-f32,f16,bf16,q8_0,q8_0:kernel,q4k,q4k@bf16,q4_0}"
 BENCH="${BENCH-f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k}"
 BENCH_BATCHES="${BENCH_BATCHES:-1,64}"
 FID="${FID:-/tmp/fid-$ARCH}"; DEVICE="${DEVICE:-cuda}"; LIMIT="${LIMIT:-}"
-MODEL="${MODEL:-random}"; STEPS="${STEPS:-600}"
+MODEL="${MODEL:-random}"; STEPS="${STEPS:-600}"; MIN_DISTINCT="${MIN_DISTINCT:-0.5}"
 LOG="$OUT/run.log"; SUMMARY="$OUT/summary.md"; : > "$LOG"; : > "$SUMMARY"
 started=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - started )) s]"; }
@@ -48,7 +49,7 @@ if [ ! -f "$FID/model/model.safetensors" ]; then
   made=""
   for gains in ${GAINS:-2.0:1.0 2.0:2.0 2.0:3.0 4.0:3.0}; do
     if python3 scripts/gpu/make_fidelity_model.py --out "$FID" --arch "$ARCH" --images "$nrandom" --device "$DEVICE" \
-        --vision-gain "${gains%%:*}" --cross-gain "${gains##*:}" >> "$LOG" 2>&1; then made=$gains; break; fi
+        --vision-gain "${gains%%:*}" --cross-gain "${gains##*:}" --min-distinct "$MIN_DISTINCT" >> "$LOG" 2>&1; then made=$gains; break; fi
     echo "gains $gains: captions too uniform, next" | tee -a "$LOG"
   done
   [ -n "$made" ] || { echo "no gains gave image-dependent captions (see run.log)"; cp "$LOG" "$OUT/"; exit 1; }
@@ -80,7 +81,7 @@ echo "vlmrun fidelity exit $?" | tee -a "$LOG"
 
 say "PyTorch fidelity: f16, bf16 against f32"
 python3 scripts/gpu/pytorch_fidelity.py --model "$MODEL_DIR" --images "$IMAGE_DIR" --device "$DEVICE" \
-  "${plimit[@]}" --dtypes f16,bf16 --beams "$BEAMS" --batch "$BATCH" --out "$OUT/pytorch_fidelity.json" \
+  "${plimit[@]}" --dtypes "${TORCH_DTYPES:-f16,bf16}" --beams "$BEAMS" --batch "$BATCH" --out "$OUT/pytorch_fidelity.json" \
   > /tmp/fid-pytorch.md 2>> "$LOG"
 echo "pytorch_fidelity exit $?" | tee -a "$LOG"
 { echo "## PyTorch fidelity ($DEVICE)"; echo; cat /tmp/fid-pytorch.md; echo; } | tee -a "$SUMMARY"

@@ -17,16 +17,16 @@ held-out scenes are written as PNGs of random sizes (the captioning pipeline res
 their reference captions (data.jsonl). The model learns colours, shapes, sizes and places from
 the pixels, so its captions depend on the image.
 
-Training: PyTorch, AdamW (lr --lr, weight decay 0.05, warm-up 5% then cosine), bf16 autocast on
+Training: PyTorch, scenes drawn by --workers loader processes, AdamW (lr --lr, weight decay 0.05, warm-up 5% then cosine), bf16 autocast on
 CUDA (f32 on CPU), HF's own loss (label smoothing 0.1), the vision encoder frozen unless
 --train-vision, `input_ids[:, 0]` = the decoder BOS as generate uses it, pads ignored.
 
 Pinned versions: those of make_full_parity.py (torch 2.11.0, transformers 5.17.0, Pillow 12.3.0).
 
-Usage (from the repository root; ~2 minutes for base on an H100):
+Usage (from the repository root; a few minutes for base on an H100):
     python scripts/gpu/make_fidelity_model.py --out /tmp/fid-base --arch base --images 8
     python scripts/gpu/make_trained_fidelity_model.py --init /tmp/fid-base/model --out /tmp/fidt-base \\
-        --images 256 --steps 600
+        --images 256 --steps 2000 --batch 64 --lr 2e-4
 
 Writes OUT/model/{config.json, model.safetensors (f32), tokenizer.json}, OUT/images/*.png +
 OUT/images/data.jsonl, OUT/model_info.json (settings, loss curve, held-out caption accuracy,
@@ -105,10 +105,27 @@ def scene(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Imag
     return im, caption
 
 
-def normalise(batch: np.ndarray) -> np.ndarray:
+def normalise(batch: torch.Tensor) -> torch.Tensor:
     """uint8 (B, S, S, 3) -> BLIP pixel values (B, 3, S, S) f32 (no resize: drawn at size S)."""
-    x = (batch.astype(np.float64) * (1 / 255)).astype(np.float32)
-    return ((x - MEAN) / STD).transpose(0, 3, 1, 2).copy()
+    x = (batch.double() * (1 / 255)).float()
+    mean, std = (torch.tensor(v, device=batch.device) for v in (MEAN, STD))
+    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+class Scenes(torch.utils.data.IterableDataset):
+    """Endless batches of (uint8 scenes (B, S, S, 3), captions), drawn by each loader worker from
+    its own seed."""
+
+    def __init__(self, size: int, batch: int, seed: int):
+        self.size, self.batch, self.seed = size, batch, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            scenes = [scene(rng, self.size, self.size) for _ in range(self.batch)]
+            yield (torch.from_numpy(np.stack([np.asarray(im) for im, _ in scenes])),
+                   [c for _, c in scenes])
 
 
 def main() -> None:
@@ -120,6 +137,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--train-vision", action="store_true")
+    ap.add_argument("--workers", type=int, default=8, help="scene-drawing loader processes")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--max-length", type=int, default=20)
@@ -137,7 +155,6 @@ def main() -> None:
     model = BlipForConditionalGeneration.from_pretrained(args.init, torch_dtype=torch.float32).to(device)
     size = model.config.vision_config.image_size
     tok = Tokenizer.from_file(str(TOKENIZER))
-    rng = np.random.default_rng(args.seed)
 
     if not args.train_vision:
         model.vision_model.requires_grad_(False)
@@ -153,10 +170,12 @@ def main() -> None:
     autocast = device.type == "cuda"
     losses = []
     model.train()
+    loader = iter(torch.utils.data.DataLoader(Scenes(size, args.batch, args.seed), batch_size=None,
+                                              num_workers=args.workers))
     for step in range(args.steps):
-        scenes = [scene(rng, size, size) for _ in range(args.batch)]
-        pix = torch.from_numpy(normalise(np.stack([np.asarray(im) for im, _ in scenes]))).to(device)
-        enc = [tok.encode(c).ids for _, c in scenes]
+        images, texts = next(loader)
+        pix = normalise(images.to(device))
+        enc = [tok.encode(c).ids for c in texts]
         width = max(map(len, enc))
         ids = torch.full((len(enc), width), PAD, dtype=torch.long)
         for i, row in enumerate(enc):
