@@ -4,18 +4,20 @@
 //! contradicts the file are each a failed check carrying the loader's own message and fix, and
 //! the exit code stays doctor's (0: the device is usable).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use serde_json::Value as Json;
 use vlmrun::models::blip::gguf::{export, ExportRequest};
 use vlmrun::models::blip::load::resolve_model_files;
 use vlmrun::models::blip::load_model_with;
+
+#[path = "support/gguf_rewrite.rs"]
+mod gguf_rewrite;
+use gguf_rewrite::{rewrite, set};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -196,41 +198,6 @@ fn a_quantization_that_contradicts_the_file_fails() {
     // The file's own format is accepted.
     let report = doctor_json(dir.path(), "tiny.gguf", "quantization: q8_0\n");
     assert_eq!(check(&report, "quantization")["status"], "ok");
-}
-
-/// Rewrites `src` into `dst` with metadata `edit`ed and the tensors `keep` accepts.
-fn rewrite(
-    src: &Path,
-    dst: &Path,
-    edit: impl Fn(&mut Vec<(String, Value)>),
-    keep: impl Fn(&str) -> bool,
-) {
-    let mut reader = BufReader::new(File::open(src).unwrap());
-    let content = Content::read(&mut reader).unwrap();
-    let mut metadata: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
-    edit(&mut metadata);
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .into_iter()
-        .filter(|n| keep(n))
-        .map(|n| {
-            (
-                n.clone(),
-                content.tensor(&mut reader, n, &Device::Cpu).unwrap(),
-            )
-        })
-        .collect();
-    let metadata_refs: Vec<(&str, &Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut out = File::create(dst).unwrap();
-    gguf_file::write(&mut out, &metadata_refs, &tensor_refs).unwrap();
-}
-
-fn set(metadata: &mut [(String, Value)], key: &str, value: &str) {
-    let entry = metadata.iter_mut().find(|(k, _)| k == key).unwrap();
-    entry.1 = Value::String(value.to_string());
 }
 
 #[test]

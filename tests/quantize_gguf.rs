@@ -3,18 +3,20 @@
 //! whose metadata or tensors do not match are refused with the difference named; unknown
 //! formats and a `quantization` setting that contradicts the file are refused.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use vlmrun::generate::{generate, GenerationConfig};
 use vlmrun::models::blip::gguf::{export, ExportRequest};
 use vlmrun::models::blip::{load_model_with, BlipForConditionalGeneration, LoadError};
 use vlmrun::preprocess::{batch_tensor, ImageProcessor};
+
+#[path = "support/gguf_rewrite.rs"]
+mod gguf_rewrite;
+use gguf_rewrite::{rewrite, set};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -80,41 +82,6 @@ fn gguf_round_trip_captions_like_quantization_at_load() {
         // The file's own format may be requested explicitly.
         load_model_with(&file, DType::F32, &Device::Cpu, Some(format)).unwrap();
     }
-}
-
-/// Rewrites `src` into `dst` with metadata `edit`ed and the tensors `keep` accepts.
-fn rewrite(
-    src: &Path,
-    dst: &Path,
-    edit: impl Fn(&mut Vec<(String, Value)>),
-    keep: impl Fn(&str) -> bool,
-) {
-    let mut reader = BufReader::new(File::open(src).unwrap());
-    let content = Content::read(&mut reader).unwrap();
-    let mut metadata: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
-    edit(&mut metadata);
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .into_iter()
-        .filter(|n| keep(n))
-        .map(|n| {
-            (
-                n.clone(),
-                content.tensor(&mut reader, n, &Device::Cpu).unwrap(),
-            )
-        })
-        .collect();
-    let metadata_refs: Vec<(&str, &Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut out = File::create(dst).unwrap();
-    gguf_file::write(&mut out, &metadata_refs, &tensor_refs).unwrap();
-}
-
-fn set(metadata: &mut [(String, Value)], key: &str, value: &str) {
-    let entry = metadata.iter_mut().find(|(k, _)| k == key).unwrap();
-    entry.1 = Value::String(value.to_string());
 }
 
 fn load_error(file: &Path) -> String {
