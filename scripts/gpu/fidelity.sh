@@ -11,9 +11,12 @@
 # Expects .device-bin/{vlmrun,vlmrun-cuda}.xz (CPU launcher + CUDA build), as scripts/gpu/h100_run.sh.
 # About 6-8 minutes on an H100 with the defaults (first run; the model is reused from $FID afterwards).
 # Knobs (environment): ARCH=base|large, IMAGES=64, MODEL=random|trained (trained: the random model
-# fine-tuned by make_trained_fidelity_model.py for STEPS=600 steps, measured on IMAGES held-out scenes), VARIANTS (vlmrun fidelity --variants), BEAMS=1,3,
-# TORCH_DTYPES=f16,bf16 (PyTorch side), BATCH=16 (fidelity batch), GAINS (vision:cross gain pairs tried in turn), MIN_DISTINCT=0.5 (fraction of
-# distinct greedy captions a random model must reach; 512 images reach ~15-40%), BENCH="f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k"
+# fine-tuned by make_trained_fidelity_model.py for STEPS=1500 steps of TRAIN_BATCH=64 at TRAIN_LR=2e-4,
+# the settings of docs/precision.md's trained model, measured on IMAGES held-out scenes),
+# VARIANTS (vlmrun fidelity --variants), BEAMS=1,3, TORCH_DTYPES=f16,bf16 (PyTorch side),
+# BATCH=16 (fidelity batch), GAINS (vision:cross gain pairs tried in turn), MIN_DISTINCT=0.5 (fraction
+# of distinct greedy captions a random model must reach; at 256-1024 images gains 2.0:2.0 give 29-51%),
+# BENCH="f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k"
 # (PRECISION:QUANTIZATION pairs; empty: no bench), BENCH_BATCHES=1,64, FID (model + images dir),
 # LIMIT (use only the first N images), DEVICE=cuda, VLMRUN_BIN (a folder with vlmrun: skips unpacking;
 # with DEVICE=cpu ARCH=mid this runs on a CPU machine as a dry run).
@@ -29,7 +32,8 @@ VARIANTS="${VARIANTS:-f32,f16,bf16,q8_0,q8_0:kernel,q4k,q4k@bf16,q4_0}"
 BENCH="${BENCH-f32:none f16:none bf16:none f16:q8_0 f16:q4k f16:q4_0 bf16:q4k}"
 BENCH_BATCHES="${BENCH_BATCHES:-1,64}"
 FID="${FID:-/tmp/fid-$ARCH}"; DEVICE="${DEVICE:-cuda}"; LIMIT="${LIMIT:-}"
-MODEL="${MODEL:-random}"; STEPS="${STEPS:-600}"; MIN_DISTINCT="${MIN_DISTINCT:-0.5}"
+MODEL="${MODEL:-random}"; STEPS="${STEPS:-1500}"; MIN_DISTINCT="${MIN_DISTINCT:-0.5}"
+TRAIN_BATCH="${TRAIN_BATCH:-64}"; TRAIN_LR="${TRAIN_LR:-2e-4}"
 LOG="$OUT/run.log"; SUMMARY="$OUT/summary.md"; : > "$LOG"; : > "$SUMMARY"
 started=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - started )) s]"; }
@@ -64,7 +68,7 @@ if [ "$MODEL" = trained ]; then
   say "trained model: $STEPS steps from $FID/model, $IMAGES held-out scenes, in $FIDT"
   if [ ! -f "$FIDT/model/model.safetensors" ]; then
     python3 scripts/gpu/make_trained_fidelity_model.py --init "$FID/model" --out "$FIDT" --images "$IMAGES" \
-      --steps "$STEPS" --device "$DEVICE" >> "$LOG" 2>&1 || { echo "training failed (see run.log)"; cp "$LOG" "$OUT/"; exit 1; }
+      --steps "$STEPS" --batch "$TRAIN_BATCH" --lr "$TRAIN_LR" --workers 12 --device "$DEVICE" >> "$LOG" 2>&1 || { echo "training failed (see run.log)"; cp "$LOG" "$OUT/"; exit 1; }
   fi
   cp "$FIDT/model_info.json" "$OUT/trained_model_info.json"
   grep -h "held-out" "$LOG" | tail -1
@@ -79,7 +83,7 @@ $bin/vlmrun --device "$DEVICE" "${vset[@]}" fidelity "${vlimit[@]}" --model "$MO
 echo "vlmrun fidelity exit $?" | tee -a "$LOG"
 { echo "## vlmrun fidelity ($DEVICE)"; echo; cat /tmp/fid-vlmrun.md; echo; } | tee -a "$SUMMARY"
 
-say "PyTorch fidelity: f16, bf16 against f32"
+say "PyTorch fidelity: ${TORCH_DTYPES:-f16,bf16} against f32"
 python3 scripts/gpu/pytorch_fidelity.py --model "$MODEL_DIR" --images "$IMAGE_DIR" --device "$DEVICE" \
   "${plimit[@]}" --dtypes "${TORCH_DTYPES:-f16,bf16}" --beams "$BEAMS" --batch "$BATCH" --out "$OUT/pytorch_fidelity.json" \
   > /tmp/fid-pytorch.md 2>> "$LOG"

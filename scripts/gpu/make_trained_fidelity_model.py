@@ -26,7 +26,7 @@ Pinned versions: those of make_full_parity.py (torch 2.11.0, transformers 5.17.0
 Usage (from the repository root; a few minutes for base on an H100):
     python scripts/gpu/make_fidelity_model.py --out /tmp/fid-base --arch base --images 8
     python scripts/gpu/make_trained_fidelity_model.py --init /tmp/fid-base/model --out /tmp/fidt-base \\
-        --images 256 --steps 2000 --batch 64 --lr 2e-4
+        --images 256 --steps 1500 --batch 64 --lr 2e-4
 
 Writes OUT/model/{config.json, model.safetensors (f32), tokenizer.json}, OUT/images/*.png +
 OUT/images/data.jsonl, OUT/model_info.json (settings, loss curve, held-out caption accuracy,
@@ -133,9 +133,9 @@ def main() -> None:
     ap.add_argument("--init", type=Path, required=True, help="model dir of make_fidelity_model.py")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--images", type=int, default=256, help="held-out scenes to write")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--train-vision", action="store_true")
     ap.add_argument("--workers", type=int, default=8, help="scene-drawing loader processes")
     ap.add_argument("--device", default="cuda")
