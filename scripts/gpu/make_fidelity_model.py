@@ -40,6 +40,7 @@ from make_full_parity import (  # noqa: E402  (shared shapes, init, images and p
     blip_config,
     pixels,
     reinit_,
+    require_pins,
     trim,
     tune_stop_bias,
     write_images,
@@ -75,9 +76,7 @@ def main() -> None:
     ap.add_argument("--any-version", action="store_true")
     args = ap.parse_args()
 
-    bad = {k: v for k, v in PINS.items() if v[0] != v[1]}
-    if bad and not args.any_version:
-        sys.exit(f"version mismatch (found, pinned): {bad}; pass --any-version to go on anyway")
+    require_pins(args.any_version)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-from make_full_parity import BOS, PAD, PINS, TOKENIZER, pixels, trim  # noqa: E402
+from make_full_parity import BOS, PAD, PINS, TOKENIZER, pixels, require_pins, trim  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import BlipForConditionalGeneration  # noqa: E402
 
@@ -144,9 +144,7 @@ def main() -> None:
     ap.add_argument("--any-version", action="store_true")
     args = ap.parse_args()
 
-    bad = {k: v for k, v in PINS.items() if v[0] != v[1]}
-    if bad and not args.any_version:
-        sys.exit(f"version mismatch (found, pinned): {bad}; pass --any-version to go on anyway")
+    require_pins(args.any_version)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(args.seed)

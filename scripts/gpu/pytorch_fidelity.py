@@ -39,7 +39,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-from make_full_parity import BOS, PINS, SEP, pixels, trim  # noqa: E402
+from make_full_parity import BOS, PINS, SEP, pixels, require_pins, trim  # noqa: E402
 from transformers import BlipForConditionalGeneration  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -118,9 +118,7 @@ def main() -> None:
     ap.add_argument("--any-version", action="store_true")
     args = ap.parse_args()
 
-    bad = {k: v for k, v in PINS.items() if v[0] != v[1]}
-    if bad and not args.any_version:
-        sys.exit(f"version mismatch (found, pinned): {bad}; pass --any-version to go on anyway")
+    require_pins(args.any_version)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
