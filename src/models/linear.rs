@@ -257,27 +257,21 @@ impl Linear {
 
     /// `x W^T` without the bias, for callers that fuse the bias into the next kernel.
     pub fn forward_no_bias(&self, xs: &Tensor) -> Result<Tensor> {
-        let dims = xs.dims();
-        let in_features = xs.dim(D::Minus1)?;
-        let rows: usize = dims.iter().rev().skip(1).product();
-        let flat = xs.reshape((rows, in_features))?;
-        let out = match (self, self.matmul_weight(rows, flat.device())?) {
-            (Self::Dense { .. }, Some(weight)) => flat.matmul(&weight.t()?)?,
-            (Self::Quantized { .. }, Some(weight)) => {
-                flat.to_dtype(weight.dtype())?.matmul(&weight.t()?)?
-            }
+        let rows = leading_rows(xs);
+        match (self, self.matmul_weight(rows, xs.device())?) {
+            (Self::Dense { .. }, Some(weight)) => over_rows(xs, |flat| flat.matmul(&weight.t()?)),
+            (Self::Quantized { .. }, Some(weight)) => over_rows(xs, |flat| {
+                flat.to_dtype(weight.dtype())?.matmul(&weight.t()?)
+            }),
             // candle's quantized kernels take every input dtype on CPU, but some CUDA fallbacks
             // read f32 only: multiply in f32 and return the activation dtype.
-            (Self::Quantized { weight, dtype, .. }, None) => weight
-                .forward(&flat.to_dtype(DType::F32)?.contiguous()?)?
-                .to_dtype(*dtype)?,
+            (Self::Quantized { weight, dtype, .. }, None) => over_rows(xs, |flat| {
+                weight
+                    .forward(&flat.to_dtype(DType::F32)?.contiguous()?)?
+                    .to_dtype(*dtype)
+            }),
             (Self::Dense { .. }, None) => candle_core::bail!("a dense projection has a weight"),
-        };
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = out.dim(1)?;
         }
-        out.reshape(out_dims)
     }
 
     /// The dense weight a call with `rows` input rows multiplies by: the weight itself, or the
@@ -305,7 +299,7 @@ impl Linear {
     /// dequantized (weight-only), and the composed path when it multiplies through candle's
     /// quantized kernel.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps, epilogue: Epilogue) -> Result<Tensor> {
-        let rows = xs.elem_count() / xs.dim(D::Minus1)?.max(1);
+        let rows = leading_rows(xs);
         let weight = match ops.enabled() {
             true => self.matmul_weight(rows, xs.device())?,
             false => None,
@@ -332,15 +326,7 @@ impl Linear {
         if let Some(out) = ops.gemv(xs, &weight, gemv_bias, gelu, f32_out)? {
             return Ok(out);
         }
-        let in_features = xs.dim(D::Minus1)?;
-        let mut out_dims = xs.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = weight.dim(0)?;
-        }
-        let out = xs
-            .reshape((rows, in_features))?
-            .matmul(&weight.t()?)?
-            .reshape(out_dims)?;
+        let out = over_rows(xs, |flat| flat.matmul(&weight.t()?))?;
         match epilogue {
             Epilogue::None => Ok(out),
             Epilogue::Bias => out.broadcast_add(needs_bias()?),
@@ -356,4 +342,21 @@ impl Linear {
             None => candle_core::bail!("{what} has no bias"),
         }
     }
+}
+
+/// Rows of `xs` `(..., in_features)` once its leading dimensions are flattened.
+fn leading_rows(xs: &Tensor) -> usize {
+    xs.dims().iter().rev().skip(1).product()
+}
+
+/// Applies `multiply` to `xs` flattened to `(rows, in_features)` and gives its `(rows, out)`
+/// result the leading dimensions of `xs` back: `(..., out)`.
+fn over_rows(xs: &Tensor, multiply: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let in_features = xs.dim(D::Minus1)?;
+    let out = multiply(&xs.reshape((leading_rows(xs), in_features))?)?;
+    let mut out_dims = xs.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out.dim(1)?;
+    }
+    out.reshape(out_dims)
 }
