@@ -179,6 +179,11 @@ pub struct BenchArgs {
     /// Weight quantization (quantization): none, q8_0, q4_0, q4k or q6k.
     #[arg(long, value_name = "KIND")]
     pub quantization: Option<String>,
+    /// How quantized projections multiply: weight-only (default: a quantized GEMV for a few rows
+    /// on CUDA, else the dequantized weight), dequantize (always the dequantized weight) or
+    /// kernel (candle's quantized kernel, 8-bit activations).
+    #[arg(long, value_name = "HOW")]
+    pub quantized_matmul: Option<String>,
     /// Batch sizes to measure, e.g. 1,8,64 (default: generation.batch_size).
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
@@ -297,7 +302,8 @@ pub struct FidelityArgs {
     pub model: Option<String>,
     /// Variants to compare with the f32 reference: a precision (f32, f16, bf16), or a quantization
     /// (q8_0, q4_0, q4k, q6k; f32 activations unless @f16/@bf16 follows), optionally with
-    /// :kernel or :weight-only (how quantized projections multiply; default: weight-only).
+    /// :kernel, :weight-only or :dequantize (how quantized projections multiply; default:
+    /// weight-only).
     #[arg(
         long,
         value_name = "V,V,...",

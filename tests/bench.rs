@@ -85,6 +85,10 @@ fn bench_writes_the_schema_and_a_markdown_table() {
     assert_eq!(settings["generated_tokens"], 4);
     assert_eq!(settings["prompt_tokens"], 1);
     assert_eq!(settings["forced_length"], 5);
+    assert!(
+        settings.get("quantized_matmul").is_none(),
+        "no --quantized-matmul given: {settings}"
+    );
     assert_eq!(doc["config"]["generation"]["max_length"], 5);
     assert_eq!(doc["config"]["generation"]["min_length"], 5);
     assert!(doc["model_load_s"].as_f64().unwrap() > 0.0);
@@ -128,6 +132,42 @@ fn bench_writes_the_schema_and_a_markdown_table() {
         .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 2 |"))
         .count();
     assert_eq!(rows, 4, "{stdout}");
+}
+
+#[test]
+fn quantized_matmul_choice_is_recorded_and_an_unknown_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let common = [
+        "bench",
+        "--quantization",
+        "q8_0",
+        "--batch-sizes",
+        "1",
+        "--beams",
+        "1",
+        "--tokens",
+        "2",
+        "--warmup",
+        "0",
+        "--iterations",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, _, stderr) = vlmrun(&[&common[..], &["--quantized-matmul", "dequantize"]].concat());
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["settings"]["quantized_matmul"], "dequantize");
+    assert_eq!(doc["environment"]["quantization"], "q8_0");
+
+    let (code, _, stderr) = vlmrun(&[&common[..], &["--quantized-matmul", "fast"]].concat());
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--quantized-matmul fast")
+            && stderr.contains("weight-only, dequantize, kernel"),
+        "{stderr}"
+    );
 }
 
 /// Rewrites every metric of `doc` so that a fresh run of the same setup looks better (times huge,

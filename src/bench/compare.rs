@@ -347,6 +347,7 @@ mod tests {
                 warmup: 1,
                 iterations: 3,
                 peak_gpu_measure: Some("nvml-process".into()),
+                quantized_matmul: None,
             },
             model_load_s: Some(1.0),
             preprocess: Some(PreprocessTiming {

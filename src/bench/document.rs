@@ -63,6 +63,10 @@ pub struct Settings {
     /// How `peak_gpu_bytes` was measured (`nvml-process`: this process's GPU memory, CUDA context
     /// included, sampled every 20 ms; `torch-allocated`: `torch.cuda.max_memory_allocated`).
     pub peak_gpu_measure: Option<String>,
+    /// How quantized projections multiplied when `vlmrun bench --quantized-matmul` chose it
+    /// (`weight-only`, `dequantize`, `kernel`); absent: the model's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_matmul: Option<String>,
 }
 
 /// CPU preprocessing of one image.

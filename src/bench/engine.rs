@@ -110,6 +110,11 @@ impl BenchModel {
         &self.model
     }
 
+    /// The model, to change how it computes (e.g. how quantized projections multiply).
+    pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
+        &mut self.model
+    }
+
     pub fn processor(&self) -> &ImageProcessor {
         &self.processor
     }

@@ -24,6 +24,7 @@ pub use error::BenchError;
 
 use crate::config::ResolvedConfig;
 use crate::device::{ActiveDevice, CudaAvailability, SystemFacts, Target};
+use crate::models::linear::QuantizedMatmul;
 use document::{BenchDocument, Settings, SCHEMA};
 use engine::BenchModel;
 use phases::Repetitions;
@@ -37,6 +38,8 @@ pub struct BenchPlan {
     pub generated_tokens: usize,
     pub warmup: usize,
     pub iterations: usize,
+    /// How quantized projections multiply; `None`: the model's default.
+    pub quantized_matmul: Option<QuantizedMatmul>,
 }
 
 impl BenchPlan {
@@ -65,7 +68,13 @@ pub fn run(
     progress: bool,
 ) -> Result<BenchDocument, BenchError> {
     plan.validate()?;
-    let bench = BenchModel::load(&resolved.config, active, plan.generated_tokens)?;
+    let mut bench = BenchModel::load(&resolved.config, active, plan.generated_tokens)?;
+    if let Some(policy) = plan.quantized_matmul {
+        bench
+            .model_mut()
+            .set_quantized_matmul(policy)
+            .map_err(BenchError::compute("setting the quantized matmul"))?;
+    }
     let mut config = resolved.config.clone();
     config.generation.max_length = bench.forced_length();
     config.generation.min_length = bench.forced_length();
@@ -123,6 +132,10 @@ pub fn run(
                 Target::Cuda { .. } => Some("nvml-process".to_string()),
                 Target::Cpu => None,
             },
+            quantized_matmul: plan
+                .quantized_matmul
+                .and_then(|p| p.name())
+                .map(str::to_string),
         },
         model_load_s: Some(bench.load_seconds),
         preprocess: Some(preprocess),

@@ -11,6 +11,7 @@ use crate::cli::BenchArgs;
 use crate::device::{self, probe_system};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::models::linear::QuantizedMatmul;
 use crate::report::write_json_atomic;
 
 /// Default file name of the document in `output.dir`.
@@ -49,6 +50,18 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         generated_tokens: args.tokens,
         warmup: args.warmup,
         iterations: args.iterations,
+        quantized_matmul: args
+            .quantized_matmul
+            .as_deref()
+            .map(|name| {
+                QuantizedMatmul::from_name(name).ok_or_else(|| {
+                    to_error(BenchError::Settings(format!(
+                        "--quantized-matmul {name}: expected one of {}",
+                        QuantizedMatmul::names()
+                    )))
+                })
+            })
+            .transpose()?,
     };
     let out_path = args
         .out

@@ -1,7 +1,7 @@
 //! The variants `vlmrun fidelity` compares with its f32 reference, parsed from
 //! `NAME[@PRECISION][:MATMUL]`: a precision (`f32`, `f16`, `bf16`; dense weights), or a
 //! quantization (`q8_0`, `q4_0`, `q4k`, `q6k`) computed in f32 unless `@f16`/`@bf16` follows,
-//! optionally with `:kernel` or `:weight-only` (how its projections multiply).
+//! optionally with `:kernel`, `:weight-only` or `:dequantize` (how its projections multiply).
 
 use candle_core::DType;
 
@@ -37,13 +37,15 @@ impl Variant {
     pub fn parse(spec: &str) -> Result<Self, String> {
         let spec = spec.trim();
         let (rest, matmul) = match spec.rsplit_once(':') {
-            Some((rest, "kernel")) => (rest, Some(QuantizedMatmul::KERNEL)),
-            Some((rest, "weight-only")) => (rest, Some(QuantizedMatmul::WEIGHT_ONLY)),
-            Some((_, other)) => {
-                return Err(format!(
-                    "`:{other}` is not a matmul choice: expected :kernel or :weight-only"
-                ))
-            }
+            Some((rest, how)) => match QuantizedMatmul::from_name(how) {
+                Some(policy) => (rest, Some(policy)),
+                None => {
+                    return Err(format!(
+                        "`:{how}` is not a matmul choice: expected one of {}",
+                        QuantizedMatmul::names()
+                    ))
+                }
+            },
             None => (spec, None),
         };
         let (name, precision) = match rest.split_once('@') {
@@ -103,6 +105,10 @@ pub fn matmul_description(variant: &Variant) -> String {
     }
     let policy = variant.matmul.unwrap_or_default();
     match policy.dequantize_from_rows {
+        0 if policy.direct_gemv => {
+            "weight-only (quantized GEMV for <= 8 rows on CUDA, else dequantized weight + regular matmul)"
+                .to_string()
+        }
         0 => "weight-only (dequantized weight, regular matmul)".to_string(),
         usize::MAX => "quantized kernel (8-bit activations)".to_string(),
         n => format!("quantized kernel below {n} rows, weight-only from {n}"),
@@ -134,7 +140,13 @@ mod tests {
         assert!(Variant::parse("f16@bf16").is_err());
         assert!(Variant::parse("q8_0:fast")
             .unwrap_err()
-            .contains(":weight-only"));
+            .contains("weight-only, dequantize, kernel"));
         assert!(Variant::parse("q8_0@f64").is_err());
+        let v = Variant::parse("q4k@f16:dequantize").unwrap();
+        assert_eq!(v.matmul, Some(QuantizedMatmul::DEQUANTIZE));
+        assert_ne!(
+            matmul_description(&v),
+            matmul_description(&Variant::parse("q4k@f16").unwrap())
+        );
     }
 }

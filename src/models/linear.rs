@@ -36,17 +36,60 @@ pub struct QuantizedMatmul {
     /// From this many input rows on the weight is dequantized and multiplied densely; below it
     /// candle's quantized kernel runs. `0`: always dequantize; `usize::MAX`: always the kernel.
     pub dequantize_from_rows: usize,
+    /// Whether a weight-only call with at most 8 rows through the fused CUDA kernels reads the
+    /// quantized blocks directly (a GEMV that decodes q8_0, q4_0 and q4k weights in registers)
+    /// instead of first writing the whole weight out dense. The activations stay exact either
+    /// way; the decoded weight is f32 in registers rather than rounded to the activation dtype.
+    pub direct_gemv: bool,
 }
 
 impl QuantizedMatmul {
-    /// Weight-only quantization for every call.
+    /// Weight-only quantization for every call, reading the quantized blocks directly for a
+    /// handful of rows (decoding) where a kernel exists.
     pub const WEIGHT_ONLY: Self = Self {
         dequantize_from_rows: 0,
+        direct_gemv: true,
+    };
+    /// Weight-only quantization, the weight dequantized on every call (the design before the
+    /// direct GEMV; kept to compare with it).
+    pub const DEQUANTIZE: Self = Self {
+        dequantize_from_rows: 0,
+        direct_gemv: false,
     };
     /// candle's quantized kernel for every call (activations rounded to 8 bits).
     pub const KERNEL: Self = Self {
         dequantize_from_rows: usize::MAX,
+        direct_gemv: false,
     };
+
+    /// The choices by name, as `vlmrun fidelity --variants Q:NAME` and `vlmrun bench
+    /// --quantized-matmul NAME` spell them.
+    pub const NAMED: [(&'static str, Self); 3] = [
+        ("weight-only", Self::WEIGHT_ONLY),
+        ("dequantize", Self::DEQUANTIZE),
+        ("kernel", Self::KERNEL),
+    ];
+
+    /// The choice called `name` (see [`Self::NAMED`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, policy)| *policy)
+    }
+
+    /// This choice's name in [`Self::NAMED`], `None` for a threshold of its own.
+    pub fn name(&self) -> Option<&'static str> {
+        Self::NAMED
+            .iter()
+            .find(|(_, policy)| policy == self)
+            .map(|(n, _)| *n)
+    }
+
+    /// The valid names, for messages: `weight-only, dequantize, kernel`.
+    pub fn names() -> String {
+        Self::NAMED.map(|(n, _)| n).join(", ")
+    }
 
     /// Whether a call with `rows` input rows dequantizes the weight.
     pub fn dequantizes(&self, rows: usize) -> bool {
@@ -295,10 +338,25 @@ impl Linear {
 
     /// `x W^T` followed by `epilogue`, through the fused CUDA kernels when `ops` is enabled
     /// (a GEMV kernel for a handful of rows, else a GEMM plus one epilogue kernel), else through
-    /// composed candle ops. A quantized projection takes the fused kernels with its weight
+    /// composed candle ops. A quantized projection takes the quantized GEMV kernel for a handful
+    /// of rows (see [`QuantizedMatmul::direct_gemv`]), else the fused kernels with its weight
     /// dequantized (weight-only), and the composed path when it multiplies through candle's
     /// quantized kernel.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps, epilogue: Epilogue) -> Result<Tensor> {
+        if let Self::Quantized {
+            qtensor,
+            dtype,
+            matmul,
+            ..
+        } = self
+        {
+            if ops.enabled() && matmul.direct_gemv && xs.dtype() == *dtype {
+                let (bias, gelu, f32_out) = self.gemv_epilogue(epilogue)?;
+                if let Some(out) = ops.quantized_gemv(xs, qtensor, bias, gelu, f32_out)? {
+                    return Ok(out);
+                }
+            }
+        }
         let rows = leading_rows(xs);
         let weight = match ops.enabled() {
             true => self.matmul_weight(rows, xs.device())?,
@@ -312,27 +370,33 @@ impl Linear {
                 Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
             };
         };
-        let bias = self.bias();
-        let needs_bias = || match bias {
+        let (bias, gelu, f32_out) = self.gemv_epilogue(epilogue)?;
+        if let Some(out) = ops.gemv(xs, &weight, bias, gelu, f32_out)? {
+            return Ok(out);
+        }
+        let out = over_rows(xs, |flat| flat.matmul(&weight.t()?))?;
+        match (epilogue, bias) {
+            (Epilogue::None, _) => Ok(out),
+            (Epilogue::Bias, Some(b)) => out.broadcast_add(b),
+            (Epilogue::BiasGelu, Some(b)) => ops.bias_gelu(&out, b),
+            (Epilogue::BiasF32, Some(b)) => ops.bias_to_f32(&out, b),
+            (_, None) => candle_core::bail!("linear epilogue {epilogue:?} needs a bias"),
+        }
+    }
+
+    /// The GEMV kernels' arguments for `epilogue`: the bias to add (an error when it needs one
+    /// and this projection has none), whether GELU follows, whether the output is f32.
+    fn gemv_epilogue(&self, epilogue: Epilogue) -> Result<(Option<&Tensor>, bool, bool)> {
+        let needs_bias = || match self.bias() {
             Some(b) => Ok(b),
             None => candle_core::bail!("linear epilogue {epilogue:?} needs a bias"),
         };
-        let (gemv_bias, gelu, f32_out) = match epilogue {
+        Ok(match epilogue {
             Epilogue::None => (None, false, false),
             Epilogue::Bias => (Some(needs_bias()?), false, false),
             Epilogue::BiasGelu => (Some(needs_bias()?), true, false),
             Epilogue::BiasF32 => (Some(needs_bias()?), false, true),
-        };
-        if let Some(out) = ops.gemv(xs, &weight, gemv_bias, gelu, f32_out)? {
-            return Ok(out);
-        }
-        let out = over_rows(xs, |flat| flat.matmul(&weight.t()?))?;
-        match epilogue {
-            Epilogue::None => Ok(out),
-            Epilogue::Bias => out.broadcast_add(needs_bias()?),
-            Epilogue::BiasGelu => ops.bias_gelu(&out, needs_bias()?),
-            Epilogue::BiasF32 => ops.bias_to_f32(&out, needs_bias()?),
-        }
+        })
     }
 
     /// The bias, or an error naming `what` when this projection has none.

@@ -7,6 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
@@ -69,6 +70,13 @@ fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
     }
 }
 
+/// GGML formats [`QuantizedGemv`] reads directly (`qgemv_<format>[_f32out]_<dtype>` in kernels.cu).
+const QGEMV_FORMATS: [(GgmlDType, &str); 3] = [
+    (GgmlDType::Q8_0, "q8_0"),
+    (GgmlDType::Q4_0, "q4_0"),
+    (GgmlDType::Q4K, "q4k"),
+];
+
 const DTYPES: [(DType, &str); 3] = [
     (DType::F32, "f32"),
     (DType::F16, "f16"),
@@ -80,6 +88,8 @@ const DTYPES: [(DType, &str); 3] = [
 pub struct Kernels {
     /// `TYPED.len() x DTYPES.len()`, in that order.
     typed: Vec<CudaFunction>,
+    /// `QGEMV_FORMATS.len() x 2 (output in the activation dtype, f32) x DTYPES.len()`.
+    qgemv: Vec<CudaFunction>,
     beam_scores: CudaFunction,
     topk_rows: CudaFunction,
     set_column: CudaFunction,
@@ -101,8 +111,21 @@ impl Kernels {
                 typed.push(module.load_function(&format!("{base}_{suffix}")).w()?);
             }
         }
+        let mut qgemv = Vec::with_capacity(QGEMV_FORMATS.len() * 2 * DTYPES.len());
+        for (_, format) in QGEMV_FORMATS {
+            for out in ["", "_f32out"] {
+                for (_, suffix) in DTYPES {
+                    qgemv.push(
+                        module
+                            .load_function(&format!("qgemv_{format}{out}_{suffix}"))
+                            .w()?,
+                    );
+                }
+            }
+        }
         Ok(Self {
             typed,
+            qgemv,
             beam_scores: module.load_function("beam_scores_f32").w()?,
             topk_rows: module.load_function("topk_rows_f32").w()?,
             set_column: module.load_function("set_column_f32").w()?,
@@ -117,6 +140,21 @@ impl Kernels {
         match self.typed.get(kernel as usize * DTYPES.len() + d) {
             Some(f) => Ok(f),
             None => bail!("fused kernel {kernel:?} not loaded"),
+        }
+    }
+
+    fn get_qgemv(&self, format: GgmlDType, f32_out: bool, dtype: DType) -> Result<&CudaFunction> {
+        let f = QGEMV_FORMATS.iter().position(|(q, _)| *q == format);
+        let d = DTYPES.iter().position(|(t, _)| *t == dtype);
+        let (Some(f), Some(d)) = (f, d) else {
+            bail!("no quantized GEMV kernel for {format:?} weights and {dtype:?} activations")
+        };
+        match self
+            .qgemv
+            .get((f * 2 + f32_out as usize) * DTYPES.len() + d)
+        {
+            Some(func) => Ok(func),
+            None => bail!("quantized GEMV kernel for {format:?} not loaded"),
         }
     }
 }
@@ -971,6 +1009,150 @@ impl candle_core::CustomOp3 for Gemv<'_> {
                 let out = unsafe { dev.alloc::<T>(n)? };
                 launch!(
                     dev, func, cfg, &xv, &wv, &bv, &out, &args[0], &args[1], &args[2], &args[3],
+                    &args[4]
+                );
+                Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev),
+                    Shape::from(out_dims),
+                ))
+            }
+        })
+    }
+}
+
+/// `x (rows, in) . dq(w) (out, in)^T (+ bias) (GELU)`, f32 output optional, with `w` a
+/// GGML-quantized weight (q8_0, q4_0, q4k) decoded in registers: weight-only quantization that
+/// reads the quantized bytes instead of a dequantized copy; for `rows <= 8`.
+pub struct QuantizedGemv<'a> {
+    pub kernels: &'a Kernels,
+    pub weight: &'a QTensor,
+    pub has_bias: bool,
+    pub gelu: bool,
+    pub f32_out: bool,
+}
+
+impl QuantizedGemv<'_> {
+    /// Whether `x` `(rows, in)` and the quantized `weight` `(out, in)` suit the kernel: a format
+    /// it decodes, on CUDA, few rows, `in` a multiple of the block size and 16-byte aligned rows.
+    pub fn applies(x: &Layout, weight: &QTensor, elem_size: usize) -> bool {
+        let in_features = last_dim(x);
+        let rows = x.shape().elem_count() / in_features.max(1);
+        let format = weight.dtype();
+        let known = QGEMV_FORMATS.iter().any(|(q, _)| *q == format);
+        let shape_ok = matches!(weight.shape().dims(), [_, w_in] if *w_in == in_features);
+        let x_aligned = x.is_contiguous() && (x.start_offset() * elem_size) % 16 == 0;
+        known
+            && weight.device().is_cuda()
+            && shape_ok
+            && rows >= 1
+            && rows <= GEMV_MAX_ROWS
+            && in_features % format.block_size() == 0
+            && in_features % 8 == 0
+            && x_aligned
+    }
+}
+
+impl candle_core::CustomOp2 for QuantizedGemv<'_> {
+    fn name(&self) -> &'static str {
+        "quantized_gemv"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if !Self::applies(xl, self.weight, x.dtype().size_in_bytes()) {
+            bail!(
+                "quantized_gemv: x {:?} against {:?} weight {:?}",
+                xl.shape(),
+                self.weight.dtype(),
+                self.weight.shape()
+            );
+        }
+        let in_features = last_dim(xl);
+        let rows = xl.shape().elem_count() / in_features;
+        let out_features = self.weight.shape().dims()[0];
+        if self.has_bias && bl.shape().elem_count() != out_features {
+            bail!(
+                "quantized_gemv: bias {:?} for {out_features} outputs",
+                bl.shape()
+            );
+        }
+        let dev = x.device().clone();
+        let func = self
+            .kernels
+            .get_qgemv(self.weight.dtype(), self.f32_out, x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (out_features.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = [
+            rows as i32,
+            in_features as i32,
+            out_features as i32,
+            self.has_bias as i32,
+            self.gelu as i32,
+        ];
+        let mut out_dims = xl.shape().dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out_features;
+        }
+        let stream = dev.cuda_stream();
+        // The guard keeps the weight's buffer ordered with this stream until the launch is queued.
+        let (weight_ptr, _guard) = self.weight.device_ptr_with_guard(&stream)?;
+        let weight_ptr = weight_ptr as u64;
+        let n = rows * out_features;
+        with_dtype!(x.dtype(), T, {
+            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+            if self.f32_out {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<f32>(n)? };
+                launch!(
+                    dev,
+                    func,
+                    cfg,
+                    &xv,
+                    &weight_ptr,
+                    &bv,
+                    &out,
+                    &args[0],
+                    &args[1],
+                    &args[2],
+                    &args[3],
+                    &args[4]
+                );
+                Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev),
+                    Shape::from(out_dims),
+                ))
+            } else {
+                // SAFETY: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<T>(n)? };
+                launch!(
+                    dev,
+                    func,
+                    cfg,
+                    &xv,
+                    &weight_ptr,
+                    &bv,
+                    &out,
+                    &args[0],
+                    &args[1],
+                    &args[2],
+                    &args[3],
                     &args[4]
                 );
                 Ok((

@@ -444,6 +444,24 @@ __device__ void self_attn_decode(const T* qkv, const T* bias, T* kv, T* out,
 }
 
 
+// Reduces each row's per-lane partial sums over the warp; lane 0 adds the bias, applies GELU and
+// writes out[r, o].
+template <typename T, typename O>
+__device__ __forceinline__ void gemv_finish(float* acc, const T* bias, O* out, int rows, int o, int outn, int has_bias, int gelu) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+        if (r < rows) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) {
+                if (has_bias) s += ld(bias, o);
+                if (gelu) s = 0.5f * s * (1.0f + erff(s * 0.70710678118654752f));
+                st(out, (long)r * outn + o, s);
+            }
+        }
+    }
+}
+
 template <typename T, typename O>
 __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, int in, int outn, int has_bias, int gelu) {
     const int V = 16 / sizeof(T);
@@ -467,17 +485,106 @@ __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, in
             }
         }
     }
+    gemv_finish(acc, bias, out, rows, o, outn, has_bias, gelu);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-batch products with a GGML-quantized weight, weight-only: out[r, o] = x[r] . dq(w[o])
+// (+ bias[o]) (GELU), the activations exact and the weight decoded in registers (never written
+// out dense). `w` is the row-major sequence of GGML blocks. One warp per output feature, each
+// lane decoding 8 consecutive weights per step; rows <= 8, in % QK == 0.
+// ---------------------------------------------------------------------------------------------
+
+// An f16 stored at a 2-byte aligned address.
+__device__ __forceinline__ float half_at(const unsigned char* p) {
+    unsigned short h = *reinterpret_cast<const unsigned short*>(p);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// q8_0: {f16 d; int8 q[32]}, w = d * q.
+struct BlockQ8_0 {
+    static const int QK = 32, BYTES = 34;
+    // Weights k..k+7 of `row` (k % 8 == 0).
+    __device__ static void decode8(const unsigned char* row, int k, float* w) {
+        const unsigned char* b = row + (k / QK) * BYTES;
+        float d = half_at(b);
+        const signed char* q = reinterpret_cast<const signed char*>(b + 2 + k % QK);
 #pragma unroll
-    for (int r = 0; r < 8; ++r) {
-        if (r < rows) {
-            float s = warp_sum(acc[r]);
-            if (lane == 0) {
-                if (has_bias) s += ld(bias, o);
-                if (gelu) s = 0.5f * s * (1.0f + erff(s * 0.70710678118654752f));
-                st(out, (long)r * outn + o, s);
+        for (int j = 0; j < 8; ++j) w[j] = d * (float)q[j];
+    }
+};
+
+// q4_0: {f16 d; u8 q[16]}, element e < 16 in the low nibble of q[e], e >= 16 in the high nibble
+// of q[e - 16]; w = d * (nibble - 8).
+struct BlockQ4_0 {
+    static const int QK = 32, BYTES = 18;
+    __device__ static void decode8(const unsigned char* row, int k, float* w) {
+        const unsigned char* b = row + (k / QK) * BYTES;
+        float d = half_at(b);
+        int e = k % QK, shift = e >= 16 ? 4 : 0;
+        const unsigned char* q = b + 2 + (e & 15);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) w[j] = d * (float)((int)((q[j] >> shift) & 0xF) - 8);
+    }
+};
+
+// q4k: {f16 d; f16 dmin; u8 scales[12]; u8 q[128]} per 256 weights, in 4 chunks of 64: chunk c's
+// first 32 weights in the low nibbles of q[32c..32c+32), the next 32 in the high nibbles; each
+// 32-weight group g = 2c + high has a 6-bit scale and min packed in `scales`;
+// w = d * scale_g * nibble - dmin * min_g.
+struct BlockQ4K {
+    static const int QK = 256, BYTES = 144;
+    __device__ static void decode8(const unsigned char* row, int k, float* w) {
+        const unsigned char* b = row + (k / QK) * BYTES;
+        float d = half_at(b), dmin = half_at(b + 2);
+        const unsigned char* sc = b + 4;
+        int e = k % QK, c = e / 64, high = (e / 32) & 1, g = 2 * c + high;
+        int scale, mn;
+        if (g < 4) {
+            scale = sc[g] & 63;
+            mn = sc[g + 4] & 63;
+        } else {
+            scale = (sc[g + 4] & 0xF) | ((sc[g - 4] >> 6) << 4);
+            mn = (sc[g + 4] >> 4) | ((sc[g] >> 6) << 4);
+        }
+        float d1 = d * (float)scale, m1 = dmin * (float)mn;
+        const unsigned char* q = b + 16 + c * 32 + e % 32;
+        int shift = high ? 4 : 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) w[j] = d1 * (float)((q[j] >> shift) & 0xF) - m1;
+    }
+};
+
+// 8 consecutive activations (16-byte aligned).
+__device__ __forceinline__ void load8(const float* p, float* v) { load16(p, v); load16(p + 4, v + 4); }
+__device__ __forceinline__ void load8(const f16raw* p, float* v) { load16(p, v); }
+__device__ __forceinline__ void load8(const bf16raw* p, float* v) { load16(p, v); }
+
+template <typename B, typename T, typename O>
+__device__ void qgemv(const T* x, const unsigned char* w, const T* bias, O* out, int rows, int in, int outn, int has_bias, int gelu) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int o = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (o >= outn) return;
+    float acc[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+    const unsigned char* wr = w + (long)o * (in / B::QK) * B::BYTES;
+    for (int k = lane * 8; k < in; k += 32 * 8) {
+        float wv[8];
+        B::decode8(wr, k, wv);
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            if (r < rows) {
+                float xv[8];
+                load8(x + (long)r * in + k, xv);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[r] += wv[j] * xv[j];
             }
         }
     }
+    gemv_finish(acc, bias, out, rows, o, outn, has_bias, gelu);
 }
 
 
@@ -659,3 +766,19 @@ extern "C" __global__ void gemv_f32out_##S(const T* x, const T* w, const T* b, f
 INSTANTIATE(float, f32)
 INSTANTIATE(f16raw, f16)
 INSTANTIATE(bf16raw, bf16)
+
+#define INSTANTIATE_QGEMV(B, Q, T, S)                                                                  \
+extern "C" __global__ void qgemv_##Q##_##S(const T* x, const unsigned char* w, const T* b, T* o, int rows, int in, int outn, int has_bias, int gelu) { \
+    qgemv<B, T, T>(x, w, b, o, rows, in, outn, has_bias, gelu);                                        \
+}                                                                                                      \
+extern "C" __global__ void qgemv_##Q##_f32out_##S(const T* x, const unsigned char* w, const T* b, float* o, int rows, int in, int outn, int has_bias, int gelu) { \
+    qgemv<B, T, float>(x, w, b, o, rows, in, outn, has_bias, gelu);                                    \
+}
+#define INSTANTIATE_QGEMV_ALL(B, Q)                                                                    \
+INSTANTIATE_QGEMV(B, Q, float, f32)                                                                    \
+INSTANTIATE_QGEMV(B, Q, f16raw, f16)                                                                   \
+INSTANTIATE_QGEMV(B, Q, bf16raw, bf16)
+
+INSTANTIATE_QGEMV_ALL(BlockQ8_0, q8_0)
+INSTANTIATE_QGEMV_ALL(BlockQ4_0, q4_0)
+INSTANTIATE_QGEMV_ALL(BlockQ4K, q4k)

@@ -14,6 +14,7 @@ mod cuda;
 
 use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Geometry of one layer's self-attention cache buffer `(2, rows, heads, cap, head_dim)`.
@@ -293,6 +294,33 @@ impl FusedOps {
         Ok(Some(x.apply_op3_no_bwd(w, bias.unwrap_or(w), &op)?))
     }
 
+    /// `x . dq(w)^T (+ bias) (GELU)` with `weight` a GGML-quantized `(out, in)` matrix read in its
+    /// blocks (q8_0, q4_0, q4k), when `x` has at most 8 rows and suitable alignment (`None`
+    /// otherwise: dequantize and multiply densely).
+    pub fn quantized_gemv(
+        &self,
+        x: &Tensor,
+        weight: &QTensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+        f32_out: bool,
+    ) -> Result<Option<Tensor>> {
+        let elem = x.dtype().size_in_bytes();
+        if bias.is_some_and(|b| b.dtype() != x.dtype())
+            || !cuda::QuantizedGemv::applies(x.layout(), weight, elem)
+        {
+            return Ok(None);
+        }
+        let op = cuda::QuantizedGemv {
+            kernels: self.kernels()?,
+            weight,
+            has_bias: bias.is_some(),
+            gelu,
+            f32_out,
+        };
+        Ok(Some(x.apply_op2_no_bwd(bias.unwrap_or(x), &op)?))
+    }
+
     /// f32 pixels `(b, 3, s, s)` -> patch rows `(b, (s/p)^2, 3*p*p)` in `dtype` (`None` unless
     /// the pixels are f32).
     pub fn patchify(&self, pixels: &Tensor, patch: usize, dtype: DType) -> Result<Option<Tensor>> {
@@ -458,6 +486,16 @@ impl FusedOps {
         &self,
         _: &Tensor,
         _: &Tensor,
+        _: Option<&Tensor>,
+        _: bool,
+        _: bool,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn quantized_gemv(
+        &self,
+        _: &Tensor,
+        _: &QTensor,
         _: Option<&Tensor>,
         _: bool,
         _: bool,
