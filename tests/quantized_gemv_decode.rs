@@ -1,6 +1,6 @@
 //! The CUDA quantized GEMV (`qgemv_*` in src/models/fused/kernels.cu) decodes GGML blocks in
 //! registers. CI has no GPU, so this test compiles the kernel file's block decoders
-//! (`BlockQ8_0`, `BlockQ4_0`, `BlockQ4K`, verbatim) as host C++ with the machine's C++ compiler
+//! (`BlockQ8_0`, `BlockQ4_0`, `BlockQ4K`, `BlockQ6K`, verbatim) as host C++ with the machine's C++ compiler
 //! and checks every weight they decode against candle's own CPU dequantization of the same bytes.
 //! The GPU run of the whole kernel is in docs/runs (fidelity against the dequantizing path).
 
@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[1], "q8_0")) run<BlockQ8_0>(rows, in, bytes.data(), out.data());
     else if (!strcmp(argv[1], "q4_0")) run<BlockQ4_0>(rows, in, bytes.data(), out.data());
     else if (!strcmp(argv[1], "q4k")) run<BlockQ4K>(rows, in, bytes.data(), out.data());
+    else if (!strcmp(argv[1], "q6k")) run<BlockQ6K>(rows, in, bytes.data(), out.data());
     else return 4;
     FILE* o = fopen(argv[5], "wb");
     if (!o) return 5;
@@ -100,6 +101,7 @@ fn cuda_block_decoders_match_candle_dequantization() {
         (GgmlDType::Q8_0, "q8_0"),
         (GgmlDType::Q4_0, "q4_0"),
         (GgmlDType::Q4K, "q4k"),
+        (GgmlDType::Q6K, "q6k"),
     ] {
         let quantized = QTensor::quantize(&weights, format).unwrap();
         let bytes_file = dir.path().join(format!("{name}.bin"));
@@ -131,7 +133,8 @@ fn cuda_block_decoders_match_candle_dequantization() {
             .zip(&expected)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!("{name}: max |decoded - candle| = {max_err:e} (weights up to {scale:e})");
-        // Both compute d * q (q4k: d * scale * q - dmin * min) in f32 from the same f16 scales;
+        // Both compute d * q (q4k: d * scale * q - dmin * min; q6k: d * scale * q) in f32 from
+        // the same f16 scales;
         // only the order of a multiply-add may differ: allow a few f32 ulps of the largest weight.
         assert!(
             max_err <= 4.0 * f32::EPSILON * scale,

@@ -37,7 +37,7 @@ pub struct QuantizedMatmul {
     /// candle's quantized kernel runs. `0`: always dequantize; `usize::MAX`: always the kernel.
     pub dequantize_from_rows: usize,
     /// Whether a weight-only call with at most 8 rows through the fused CUDA kernels reads the
-    /// quantized blocks directly (a GEMV that decodes q8_0, q4_0 and q4k weights in registers)
+    /// quantized blocks directly (a GEMV that decodes q8_0, q4_0, q4k and q6k weights in registers)
     /// instead of first writing the whole weight out dense. The activations stay exact either
     /// way; the decoded weight is f32 in registers rather than rounded to the activation dtype.
     pub direct_gemv: bool,

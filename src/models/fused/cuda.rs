@@ -71,10 +71,11 @@ fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
 }
 
 /// GGML formats [`QuantizedGemv`] reads directly (`qgemv_<format>[_f32out]_<dtype>` in kernels.cu).
-const QGEMV_FORMATS: [(GgmlDType, &str); 3] = [
+const QGEMV_FORMATS: [(GgmlDType, &str); 4] = [
     (GgmlDType::Q8_0, "q8_0"),
     (GgmlDType::Q4_0, "q4_0"),
     (GgmlDType::Q4K, "q4k"),
+    (GgmlDType::Q6K, "q6k"),
 ];
 
 const DTYPES: [(DType, &str); 3] = [
@@ -1021,7 +1022,7 @@ impl candle_core::CustomOp3 for Gemv<'_> {
 }
 
 /// `x (rows, in) . dq(w) (out, in)^T (+ bias) (GELU)`, f32 output optional, with `w` a
-/// GGML-quantized weight (q8_0, q4_0, q4k) decoded in registers: weight-only quantization that
+/// GGML-quantized weight (q8_0, q4_0, q4k, q6k) decoded in registers: weight-only quantization that
 /// reads the quantized bytes instead of a dequantized copy; for `rows <= 8`.
 pub struct QuantizedGemv<'a> {
     pub kernels: &'a Kernels,

@@ -491,7 +491,7 @@ __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, in
 // ---------------------------------------------------------------------------------------------
 // Small-batch products with a GGML-quantized weight, weight-only: out[r, o] = x[r] . dq(w[o])
 // (+ bias[o]) (GELU), the activations exact and the weight decoded in registers (never written
-// out dense). `w` is the row-major sequence of GGML blocks. One warp per output feature, each
+// out dense). `w` is the row-major sequence of GGML blocks (q8_0, q4_0, q4k, q6k). One warp per output feature, each
 // lane decoding 8 consecutive weights per step; rows <= 8, in % QK == 0.
 // ---------------------------------------------------------------------------------------------
 
@@ -554,6 +554,28 @@ struct BlockQ4K {
         int shift = high ? 4 : 0;
 #pragma unroll
         for (int j = 0; j < 8; ++j) w[j] = d1 * (float)((q[j] >> shift) & 0xF) - m1;
+    }
+};
+
+// q6k: {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d} per 256 weights, in 2 halves of 128, each in
+// 4 quarters of 32: weight l of quarter t of half h has its low 4 bits in ql[64h + 32(t & 1) + l]
+// (high nibble for t >= 2) and its top 2 bits in qh[32h + l] >> 2t; each 16 weights share a scale,
+// scales[8h + 2t + l / 16]; w = d * scale * (q - 32).
+struct BlockQ6K {
+    static const int QK = 256, BYTES = 210;
+    __device__ static void decode8(const unsigned char* row, int k, float* w) {
+        const unsigned char* b = row + (k / QK) * BYTES;
+        int e = k % QK, h = e / 128, t = (e % 128) / 32, l = e % 32;
+        const unsigned char* ql = b + 64 * h + 32 * (t & 1) + l;
+        const unsigned char* qh = b + 128 + 32 * h + l;
+        const signed char* sc = reinterpret_cast<const signed char*>(b + 192);
+        float ds = half_at(b + 208) * (float)sc[8 * h + 2 * t + l / 16];
+        int lshift = t >= 2 ? 4 : 0, hshift = 2 * t;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            int q = ((ql[j] >> lshift) & 0xF) | (((qh[j] >> hshift) & 3) << 4);
+            w[j] = ds * (float)(q - 32);
+        }
     }
 };
 
@@ -782,3 +804,4 @@ INSTANTIATE_QGEMV(B, Q, bf16raw, bf16)
 INSTANTIATE_QGEMV_ALL(BlockQ8_0, q8_0)
 INSTANTIATE_QGEMV_ALL(BlockQ4_0, q4_0)
 INSTANTIATE_QGEMV_ALL(BlockQ4K, q4k)
+INSTANTIATE_QGEMV_ALL(BlockQ6K, q6k)

@@ -295,7 +295,7 @@ impl FusedOps {
     }
 
     /// `x . dq(w)^T (+ bias) (GELU)` with `weight` a GGML-quantized `(out, in)` matrix read in its
-    /// blocks (q8_0, q4_0, q4k), when `x` has at most 8 rows and suitable alignment (`None`
+    /// blocks (q8_0, q4_0, q4k, q6k), when `x` has at most 8 rows and suitable alignment (`None`
     /// otherwise: dequantize and multiply densely).
     pub fn quantized_gemv(
         &self,
