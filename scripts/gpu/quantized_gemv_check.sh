@@ -7,7 +7,8 @@
 #     (direct GEMV) and `:dequantize`. Agreement with f32 and the step-1 logit error must match;
 #  3. `vlmrun bench --quantized-matmul weight-only|dequantize` at batch 1 and 8 for q4k and q8_0 with
 #     f16 activations, dense f16 beside.
-# Expects .device-bin/vlmrun-cuda.xz. Knobs: IMAGES=64 BATCH=2 FID=/tmp/fid-qgemv.
+# Expects .device-bin/vlmrun-cuda.xz. Knobs: IMAGES=64 BATCH=2 FID=/tmp/fid-qgemv, VARIANTS (vlmrun
+# fidelity --variants), PAIRS (QUANTIZATION:MATMUL bench pairs), BENCH_BATCHES=1,8.
 # Outputs in $OUT: summary.md, fidelity.json, bench-*.json, model_info.json, run.log.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -27,7 +28,9 @@ if [ ! -f "$FID/model/model.safetensors" ]; then
 fi
 cp "$FID/model_info.json" "$OUT/"
 
-V=f16,q8_0@f16,q8_0@f16:dequantize,q4k@f16,q4k@f16:dequantize,q4_0@f16,q4_0@f16:dequantize,q8_0@bf16,q8_0@bf16:dequantize,q8_0,q8_0:dequantize
+V=${VARIANTS:-f16,q8_0@f16,q8_0@f16:dequantize,q4k@f16,q4k@f16:dequantize,q4_0@f16,q4_0@f16:dequantize,q8_0@bf16,q8_0@bf16:dequantize,q8_0,q8_0:dequantize}
+PAIRS=${PAIRS:-none:weight-only q4k:weight-only q4k:dequantize q8_0:weight-only q8_0:dequantize}
+BENCH_BATCHES=${BENCH_BATCHES:-1,8}
 say "vlmrun fidelity at batch $BATCH: $V"
 $bin/vlmrun --device cuda --set data.source=folder --set "data.path=$FID/images" --set output.dir=/tmp/qgemv-fid \
   fidelity --model "$FID/model" --variants "$V" --beams 1,3 --batch-size "$BATCH" --out "$OUT/fidelity.json" \
@@ -35,11 +38,11 @@ $bin/vlmrun --device cuda --set data.source=folder --set "data.path=$FID/images"
 echo "fidelity exit $?" | tee -a "$LOG"
 { echo "## vlmrun fidelity, batch $BATCH (H100)"; echo; cat /tmp/qgemv-fid.md; echo; } >> "$SUMMARY"
 
-say "vlmrun bench, f16, batch 1 and 8, greedy, 20 tokens"
-for pair in none:weight-only q4k:weight-only q4k:dequantize q8_0:weight-only q8_0:dequantize; do
+say "vlmrun bench, f16, batch $BENCH_BATCHES, greedy, 20 tokens"
+for pair in $PAIRS; do
   q=${pair%%:*}; how=${pair##*:}
   $bin/vlmrun --device cuda --precision f16 bench --model "$FID/model" --quantization "$q" --quantized-matmul "$how" \
-    --batch-sizes 1,8 --beams 1 --tokens 20 --warmup 2 --iterations 5 --out "$OUT/bench-$q-$how.json" \
+    --batch-sizes "$BENCH_BATCHES" --beams 1 --tokens 20 --warmup 2 --iterations 5 --out "$OUT/bench-$q-$how.json" \
     > /dev/null 2>> "$LOG"
   echo "bench $q $how exit $?" | tee -a "$LOG"
 done

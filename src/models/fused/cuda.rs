@@ -4,7 +4,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -955,7 +955,6 @@ impl candle_core::CustomOp3 for Gemv<'_> {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let in_features = last_dim(xl);
-        let rows = xl.shape().elem_count() / in_features.max(1);
         let [out_features, w_in] = match wl.shape().dims() {
             [a, b] => [*a, *b],
             other => bail!("gemv: weight {other:?}"),
@@ -963,16 +962,58 @@ impl candle_core::CustomOp3 for Gemv<'_> {
         if w_in != in_features || !Self::applies(xl, wl, x.dtype().size_in_bytes()) {
             bail!("gemv: x {:?} against weight {:?}", xl.shape(), wl.shape());
         }
-        if self.has_bias && bl.shape().elem_count() != out_features {
-            bail!("gemv: bias {:?} for {out_features} outputs", bl.shape());
-        }
-        let dev = x.device().clone();
         let kernel = if self.f32_out {
             Kernel::GemvF32Out
         } else {
             Kernel::Gemv
         };
-        let func = self.kernels.get(kernel, x.dtype())?;
+        let launch = GemvLaunch {
+            func: self.kernels.get(kernel, x.dtype())?,
+            out_features,
+            has_bias: self.has_bias,
+            gelu: self.gelu,
+            f32_out: self.f32_out,
+        };
+        let stream = x.device().cuda_stream();
+        with_dtype!(x.dtype(), T, {
+            let wv = view(w.as_cuda_slice::<T>()?, wl, "weight")?;
+            let (weight_ptr, _guard) = wv.device_ptr(&stream);
+            launch.run::<T>(x, xl, weight_ptr, bias, bl)
+        })
+    }
+}
+
+/// One launch of a GEMV kernel (`gemv_*` or `qgemv_*`, which share their signature: x, weight
+/// pointer, bias, out, rows, in, out, has_bias, gelu): checks the bias, allocates the
+/// `(..., out_features)` output in the activation dtype or f32, launches one warp per output.
+struct GemvLaunch<'a> {
+    func: &'a CudaFunction,
+    out_features: usize,
+    has_bias: bool,
+    gelu: bool,
+    f32_out: bool,
+}
+
+impl GemvLaunch<'_> {
+    fn run<T>(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        weight_ptr: u64,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)>
+    where
+        T: candle_core::cuda_backend::CudaDType
+            + candle_core::cuda_backend::cudarc::driver::DeviceRepr,
+    {
+        let out_features = self.out_features;
+        if self.has_bias && bl.shape().elem_count() != out_features {
+            bail!("gemv: bias {:?} for {out_features} outputs", bl.shape());
+        }
+        let in_features = last_dim(xl);
+        let rows = xl.shape().elem_count() / in_features.max(1);
+        let dev = x.device().clone();
         let cfg = LaunchConfig {
             grid_dim: (out_features.div_ceil(8) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -989,35 +1030,47 @@ impl candle_core::CustomOp3 for Gemv<'_> {
         if let Some(last) = out_dims.last_mut() {
             *last = out_features;
         }
-        with_dtype!(x.dtype(), T, {
-            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
-            let wv = view(w.as_cuda_slice::<T>()?, wl, "weight")?;
-            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
-            let n = rows * out_features;
-            if self.f32_out {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<f32>(n)? };
-                launch!(
-                    dev, func, cfg, &xv, &wv, &bv, &out, &args[0], &args[1], &args[2], &args[3],
-                    &args[4]
-                );
-                Ok((
-                    CudaStorage::wrap_cuda_slice(out, dev),
-                    Shape::from(out_dims),
-                ))
-            } else {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<T>(n)? };
-                launch!(
-                    dev, func, cfg, &xv, &wv, &bv, &out, &args[0], &args[1], &args[2], &args[3],
-                    &args[4]
-                );
-                Ok((
-                    CudaStorage::wrap_cuda_slice(out, dev),
-                    Shape::from(out_dims),
-                ))
-            }
-        })
+        let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
+        let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
+        let n = rows * out_features;
+        let storage = if self.f32_out {
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<f32>(n)? };
+            launch!(
+                dev,
+                self.func,
+                cfg,
+                &xv,
+                &weight_ptr,
+                &bv,
+                &out,
+                &args[0],
+                &args[1],
+                &args[2],
+                &args[3],
+                &args[4]
+            );
+            CudaStorage::wrap_cuda_slice(out, dev)
+        } else {
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            launch!(
+                dev,
+                self.func,
+                cfg,
+                &xv,
+                &weight_ptr,
+                &bv,
+                &out,
+                &args[0],
+                &args[1],
+                &args[2],
+                &args[3],
+                &args[4]
+            );
+            CudaStorage::wrap_cuda_slice(out, dev)
+        };
+        Ok((storage, Shape::from(out_dims)))
     }
 }
 
@@ -1081,86 +1134,20 @@ impl candle_core::CustomOp2 for QuantizedGemv<'_> {
                 self.weight.shape()
             );
         }
-        let in_features = last_dim(xl);
-        let rows = xl.shape().elem_count() / in_features;
-        let out_features = self.weight.shape().dims()[0];
-        if self.has_bias && bl.shape().elem_count() != out_features {
-            bail!(
-                "quantized_gemv: bias {:?} for {out_features} outputs",
-                bl.shape()
-            );
-        }
-        let dev = x.device().clone();
-        let func = self
-            .kernels
-            .get_qgemv(self.weight.dtype(), self.f32_out, x.dtype())?;
-        let cfg = LaunchConfig {
-            grid_dim: (out_features.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let launch = GemvLaunch {
+            func: self
+                .kernels
+                .get_qgemv(self.weight.dtype(), self.f32_out, x.dtype())?,
+            out_features: self.weight.shape().dims()[0],
+            has_bias: self.has_bias,
+            gelu: self.gelu,
+            f32_out: self.f32_out,
         };
-        let args = [
-            rows as i32,
-            in_features as i32,
-            out_features as i32,
-            self.has_bias as i32,
-            self.gelu as i32,
-        ];
-        let mut out_dims = xl.shape().dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = out_features;
-        }
-        let stream = dev.cuda_stream();
+        let stream = x.device().cuda_stream();
         // The guard keeps the weight's buffer ordered with this stream until the launch is queued.
         let (weight_ptr, _guard) = self.weight.device_ptr_with_guard(&stream)?;
-        let weight_ptr = weight_ptr as u64;
-        let n = rows * out_features;
         with_dtype!(x.dtype(), T, {
-            let xv = view(x.as_cuda_slice::<T>()?, xl, "x")?;
-            let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
-            if self.f32_out {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<f32>(n)? };
-                launch!(
-                    dev,
-                    func,
-                    cfg,
-                    &xv,
-                    &weight_ptr,
-                    &bv,
-                    &out,
-                    &args[0],
-                    &args[1],
-                    &args[2],
-                    &args[3],
-                    &args[4]
-                );
-                Ok((
-                    CudaStorage::wrap_cuda_slice(out, dev),
-                    Shape::from(out_dims),
-                ))
-            } else {
-                // SAFETY: every element is written by the kernel.
-                let out = unsafe { dev.alloc::<T>(n)? };
-                launch!(
-                    dev,
-                    func,
-                    cfg,
-                    &xv,
-                    &weight_ptr,
-                    &bv,
-                    &out,
-                    &args[0],
-                    &args[1],
-                    &args[2],
-                    &args[3],
-                    &args[4]
-                );
-                Ok((
-                    CudaStorage::wrap_cuda_slice(out, dev),
-                    Shape::from(out_dims),
-                ))
-            }
+            launch.run::<T>(x, xl, weight_ptr as u64, bias, bl)
         })
     }
 }
