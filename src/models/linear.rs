@@ -1,7 +1,7 @@
 //! The projection type every model layer uses (`y = x W^T + b`): a dense weight in the
-//! activation dtype, or a GGML-quantized weight (q8_0, q4_0, q4k, q6k) dequantized into a
-//! regular matmul or multiplied through candle's `QMatMul` kernel ([`QuantizedMatmul`]), with the
-//! bias and epilogue applied by regular ops.
+//! activation dtype, or a GGML-quantized weight (q8_0, q4_0, q4k, q6k) read in its blocks by the
+//! fused CUDA GEMV (a few rows), dequantized into a regular matmul, or multiplied through candle's
+//! `QMatMul` kernel ([`QuantizedMatmul`]), with the bias and epilogue applied by regular ops.
 
 use std::sync::Arc;
 

@@ -142,7 +142,7 @@ impl BlipForConditionalGeneration {
 
     /// Uses the fused CUDA kernels for decoding (`true`, the default on a CUDA device) or the
     /// composed candle ops everywhere (for comparisons). A no-op on CPU. On a quantized model
-    /// the fused kernels multiply by the dequantized weights (see [`Linear::forward_fused`]).
+    /// the fused kernels read the quantized weights (see [`Linear::forward_fused`]).
     pub fn set_fused(&mut self, enabled: bool) -> Result<()> {
         let ops = if enabled {
             FusedOps::for_device(&self.device)?

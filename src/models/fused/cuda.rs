@@ -1034,43 +1034,46 @@ impl GemvLaunch<'_> {
         let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
         let n = rows * out_features;
         let storage = if self.f32_out {
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<f32>(n)? };
-            launch!(
-                dev,
-                self.func,
-                cfg,
-                &xv,
-                &weight_ptr,
-                &bv,
-                &out,
-                &args[0],
-                &args[1],
-                &args[2],
-                &args[3],
-                &args[4]
-            );
-            CudaStorage::wrap_cuda_slice(out, dev)
+            self.launch_into::<T, f32>(&dev, cfg, &xv, weight_ptr, &bv, n, &args)?
         } else {
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            launch!(
-                dev,
-                self.func,
-                cfg,
-                &xv,
-                &weight_ptr,
-                &bv,
-                &out,
-                &args[0],
-                &args[1],
-                &args[2],
-                &args[3],
-                &args[4]
-            );
-            CudaStorage::wrap_cuda_slice(out, dev)
+            self.launch_into::<T, T>(&dev, cfg, &xv, weight_ptr, &bv, n, &args)?
         };
         Ok((storage, Shape::from(out_dims)))
+    }
+
+    /// Allocates the `n` outputs of element type `O` and launches the kernel into them.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_into<T, O>(
+        &self,
+        dev: &CudaDevice,
+        cfg: LaunchConfig,
+        xv: &CudaView<'_, T>,
+        weight_ptr: u64,
+        bv: &CudaView<'_, T>,
+        n: usize,
+        args: &[i32; 5],
+    ) -> Result<CudaStorage>
+    where
+        O: candle_core::cuda_backend::CudaDType
+            + candle_core::cuda_backend::cudarc::driver::DeviceRepr,
+    {
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<O>(n)? };
+        launch!(
+            dev,
+            self.func,
+            cfg,
+            xv,
+            &weight_ptr,
+            bv,
+            &out,
+            &args[0],
+            &args[1],
+            &args[2],
+            &args[3],
+            &args[4]
+        );
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
 

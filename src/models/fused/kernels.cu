@@ -491,8 +491,8 @@ __device__ void gemv(const T* x, const T* w, const T* bias, O* out, int rows, in
 // ---------------------------------------------------------------------------------------------
 // Small-batch products with a GGML-quantized weight, weight-only: out[r, o] = x[r] . dq(w[o])
 // (+ bias[o]) (GELU), the activations exact and the weight decoded in registers (never written
-// out dense). `w` is the row-major sequence of GGML blocks (q8_0, q4_0, q4k, q6k). One warp per output feature, each
-// lane decoding 8 consecutive weights per step; rows <= 8, in % QK == 0.
+// out dense). `w` is the row-major sequence of GGML blocks (q8_0, q4_0, q4k, q6k). One warp per
+// output feature, each lane decoding 8 consecutive weights per step; rows <= 8, in % QK == 0.
 // ---------------------------------------------------------------------------------------------
 
 // An f16 stored at a 2-byte aligned address.
