@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Result};
 use candle_nn::VarBuilder;
 
 use super::gguf::{is_dense_format, placeholder, GgufFile};
 use super::linear::Linear;
-use super::quantize::{format_name, QuantizationSummary, Quantizer};
+use super::quantize::{format_name, quantize_matrix_onto, QuantizationSummary, Quantizer};
 
 /// Where projection weights come from.
 #[derive(Clone)]
@@ -181,13 +181,11 @@ impl<'a> ProjectionLoader<'a> {
             let weight = weight.to_dtype(dtype)?.to_device(device)?;
             return Ok(Linear::from_parts(weight, bias));
         };
-        // A fresh contiguous f32 buffer: candle quantizes the whole storage of its input.
         let values = weight
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let fresh = Tensor::from_vec(values, (out_features, in_features), &Device::Cpu)?;
-        let qtensor = QTensor::quantize_onto(&fresh, format, device)?;
+        let qtensor = quantize_matrix_onto(&values, (out_features, in_features), format, device)?;
         if format != target {
             self.summary
                 .fallbacks
