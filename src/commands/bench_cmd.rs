@@ -33,6 +33,18 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         .map(compare::read_document)
         .transpose()
         .map_err(to_error)?;
+    let quantized_matmul = args
+        .quantized_matmul
+        .as_deref()
+        .map(|name| {
+            QuantizedMatmul::from_name(name).ok_or_else(|| {
+                to_error(BenchError::Settings(format!(
+                    "--quantized-matmul {name}: expected one of {}",
+                    QuantizedMatmul::names()
+                )))
+            })
+        })
+        .transpose()?;
     let facts = probe_system();
     let active = device::activate(config.device, config.precision, &facts, &context.cuda)?;
     if let Some(baseline) = &baseline {
@@ -50,18 +62,7 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         generated_tokens: args.tokens,
         warmup: args.warmup,
         iterations: args.iterations,
-        quantized_matmul: args
-            .quantized_matmul
-            .as_deref()
-            .map(|name| {
-                QuantizedMatmul::from_name(name).ok_or_else(|| {
-                    to_error(BenchError::Settings(format!(
-                        "--quantized-matmul {name}: expected one of {}",
-                        QuantizedMatmul::names()
-                    )))
-                })
-            })
-            .transpose()?,
+        quantized_matmul,
     };
     let out_path = args
         .out

@@ -406,6 +406,17 @@ struct Recording {
     names: Arc<Mutex<BTreeSet<String>>>,
 }
 
+impl Recording {
+    /// Adds `name` to the names read.
+    fn record(&self, name: &str) -> candle_core::Result<()> {
+        self.names
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("tensor name record poisoned".to_string()))?
+            .insert(name.to_string());
+        Ok(())
+    }
+}
+
 impl SimpleBackend for Recording {
     fn get(
         &self,
@@ -416,10 +427,7 @@ impl SimpleBackend for Recording {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = SimpleBackend::get(&self.inner, shape, name, init, dtype, device)?;
-        self.names
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("tensor name record poisoned".to_string()))?
-            .insert(name.to_string());
+        self.record(name)?;
         Ok(tensor)
     }
 
@@ -430,10 +438,7 @@ impl SimpleBackend for Recording {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = SimpleBackend::get_unchecked(&self.inner, name, dtype, device)?;
-        self.names
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("tensor name record poisoned".to_string()))?
-            .insert(name.to_string());
+        self.record(name)?;
         Ok(tensor)
     }
 
