@@ -131,6 +131,18 @@ pub fn compare(
         c_env.precision.clone(),
     )?;
     mismatch(
+        "quantization",
+        b_env.quantization.clone(),
+        c_env.quantization.clone(),
+    )?;
+    let matmul = |d: &BenchDocument| {
+        d.settings
+            .quantized_matmul
+            .clone()
+            .unwrap_or_else(|| "default".to_string())
+    };
+    mismatch("quantized matmul", matmul(baseline), matmul(current))?;
+    mismatch(
         "model shapes",
         format!("{:?}", baseline.model),
         format!("{:?}", current.model),
@@ -392,6 +404,23 @@ mod tests {
         f16.environment.precision = "f16".into();
         let err = compare(&baseline, &f16, 0.05).unwrap_err();
         assert!(err.to_string().contains("precision"), "{err}");
+        let mut q4k = document("GPU A");
+        q4k.environment.quantization = "q4k".into();
+        let err = compare(&baseline, &q4k, 0.05).unwrap_err();
+        assert!(
+            err.to_string().contains("quantization") && err.to_string().contains("q4k"),
+            "{err}"
+        );
+        let mut dequantize = document("GPU A");
+        dequantize.settings.quantized_matmul = Some("dequantize".into());
+        let err = compare(&baseline, &dequantize, 0.05).unwrap_err();
+        assert!(
+            err.to_string().contains("quantized matmul")
+                && err
+                    .to_string()
+                    .contains("baseline default, this run dequantize"),
+            "{err}"
+        );
         let mut other_batches = document("GPU A");
         for r in &mut other_batches.records {
             r.batch_size += 100;
