@@ -380,6 +380,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept besides the best one.
     pub keep_last: usize,
+    /// On a CUDA device in bf16/f16, run the fused training kernels (attention forward and
+    /// backward without stored probabilities); false = the composed candle ops everywhere (the
+    /// reference path they are checked against).
+    pub fused_kernels: bool,
 }
 
 impl Default for TrainConfig {
@@ -405,6 +409,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             checkpoint_every: 0,
             keep_last: 2,
+            fused_kernels: true,
         }
     }
 }

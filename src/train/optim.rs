@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::grads::{GradsError, ParamGrads};
 use super::params::TrainParams;
+use crate::kernels::adamw::{AdamWScalars, FusedAdamW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -80,6 +81,9 @@ struct Moments {
 #[derive(Debug, Clone)]
 pub struct AdamW {
     config: AdamWConfig,
+    /// One kernel per parameter on CUDA (see [`AdamW::with_kernels`]); the composed update
+    /// otherwise.
+    fused: FusedAdamW,
     /// Trainable parameter names, the order of `moments` and of [`ParamGrads`].
     names: Vec<String>,
     moments: Vec<Option<Moments>>,
@@ -96,9 +100,17 @@ impl AdamW {
         let moments = vec![None; names.len()];
         Self {
             config,
+            fused: FusedAdamW::disabled(),
             names,
             moments,
         }
+    }
+
+    /// Updates CUDA parameters with the fused kernels of `fused` (f32 on the device, one pass
+    /// per tensor) instead of the composed tensor ops; CPU parameters keep the composed update.
+    pub fn with_kernels(mut self, fused: FusedAdamW) -> Self {
+        self.fused = fused;
+        self
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -121,6 +133,18 @@ impl AdamW {
         params: &TrainParams,
         grads: &ParamGrads,
         lr: f64,
+    ) -> Result<(), OptimError> {
+        self.step_scaled(params, grads, lr, 1.0)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_scale` first (gradient clipping's
+    /// coefficient, applied inside the fused kernel instead of a pass of its own).
+    pub fn step_scaled(
+        &mut self,
+        params: &TrainParams,
+        grads: &ParamGrads,
+        lr: f64,
+        grad_scale: f64,
     ) -> Result<(), OptimError> {
         let trainable: Vec<_> = params.trainable().collect();
         let aligned = trainable.len() == self.names.len()
@@ -169,6 +193,28 @@ impl AdamW {
                 config.weight_decay
             } else {
                 0.0
+            };
+            let scalars = step_scalars(moments.step + 1, &config, weight_decay, lr, grad_scale);
+            let fused = self
+                .fused
+                .update(
+                    var.as_tensor(),
+                    grad,
+                    &moments.exp_avg,
+                    &moments.exp_avg_sq,
+                    &scalars,
+                )
+                .map_err(tensor_error)?;
+            if fused {
+                moments.step += 1;
+                continue;
+            }
+            let scaled;
+            let grad = if grad_scale == 1.0 {
+                grad
+            } else {
+                scaled = grad.affine(grad_scale, 0.0).map_err(tensor_error)?;
+                &scaled
             };
             let updated = adamw_update(var.as_tensor(), grad, moments, &config, weight_decay, lr)
                 .map_err(tensor_error)?;
@@ -284,6 +330,26 @@ impl AdamW {
     }
 }
 
+/// The scalars of step `step` (1-based) for the fused kernel, as [`adamw_update`] computes them.
+fn step_scalars(
+    step: u64,
+    config: &AdamWConfig,
+    weight_decay: f64,
+    lr: f64,
+    grad_scale: f64,
+) -> AdamWScalars {
+    let step = i32::try_from(step).unwrap_or(i32::MAX);
+    AdamWScalars {
+        grad_scale,
+        decay_factor: 1.0 - lr * weight_decay,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        inv_bias_correction2_sqrt: 1.0 / (1.0 - config.beta2.powi(step)).sqrt(),
+        eps: config.eps,
+        step_size: lr / (1.0 - config.beta1.powi(step)),
+    }
+}
+
 /// The AdamW formula of the module doc for one parameter; advances `moments` and returns the new
 /// parameter value.
 fn adamw_update(
@@ -337,6 +403,28 @@ pub fn clip_grad_norm(grads: &mut ParamGrads, max_norm: f64) -> Result<f64, Grad
         grads.scale(coefficient)?;
     }
     Ok(total)
+}
+
+/// The global L2 norm of `grads` (with the fused kernel when it applies) and the factor
+/// [`clip_grad_norm`] would multiply them by (1 when `max_norm` is 0, the norm is within it, or
+/// the norm is not finite), for [`AdamW::step_scaled`].
+pub fn grad_norm_and_clip(
+    grads: &ParamGrads,
+    max_norm: f64,
+    fused: &FusedAdamW,
+) -> Result<(f64, f64), GradsError> {
+    let tensors: Vec<&Tensor> = grads.iter().filter_map(|(_, g)| g).collect();
+    let total = match fused.global_norm(&tensors).map_err(GradsError::Reduce)? {
+        Some(total) => total,
+        None => grads.total_norm()?,
+    };
+    let coefficient = max_norm / (total + 1e-6);
+    let factor = if max_norm > 0.0 && total.is_finite() && coefficient < 1.0 {
+        coefficient
+    } else {
+        1.0
+    };
+    Ok((total, factor))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::grads::ParamGrads;
 use super::inputs::InputBuilder;
 use super::log::{write_loss_svg, EvalRecord, MetricsLog, MetricsRecord, StepRecord};
 use super::loss::caption_loss;
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::optim::{grad_norm_and_clip, AdamW, AdamWConfig};
 use super::params::{FreezeRule, TrainParams};
 use super::scaler::{LossScaler, ScalerConfig};
 use super::schedule::WarmupCosine;
@@ -41,7 +41,9 @@ use crate::device::{self, CudaAvailability, SystemFacts, Target};
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::hub;
+use crate::kernels::adamw::FusedAdamW;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipWeights};
+use crate::models::fused::FusedOps;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::report::progress::Progress as StepProgress;
 use crate::report::write_json_atomic;
@@ -77,6 +79,10 @@ pub struct TrainSummary {
     /// are others).
     pub samples_per_s: Option<f64>,
     pub seconds: f64,
+    /// From the start of `train` to the first step.
+    pub startup_s: f64,
+    /// Where [`TrainSummary::startup_s`] went, in order (seconds per phase).
+    pub startup_phases: Vec<(&'static str, f64)>,
     pub skipped_steps: u64,
     pub peak_gpu_bytes: Option<u64>,
     pub best_metric: Option<f64>,
@@ -104,7 +110,10 @@ pub fn run(
     let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
     let data =
         TrainData::split(items, train.eval_images).map_err(|err| Error::Input(err.to_string()))?;
+    let mut startup = StartupPhases::new(started);
+    startup.mark("configuration and dataset index");
     let active = device::activate(config.device, config.precision, facts, cuda)?;
+    startup.mark("device");
     let (dev, dtype) = (active.device.clone(), active.precision.dtype);
 
     let model_dir = hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
@@ -129,6 +138,7 @@ pub fn run(
             unreadable.len()
         )));
     }
+    startup.mark("tokenizing and decoding the training images");
     let evaluator = if data.eval_items.is_empty() {
         None
     } else {
@@ -148,7 +158,9 @@ pub fn run(
     } else {
         FreezeRule::none()
     };
+    startup.mark("evaluation set");
     let params = load_master_weights(&weights, &dev, &freeze)?;
+    startup.mark("master weights");
     let out_dir = prepare_output_dir(&config.output.dir, options.fresh)?;
     resolved
         .write_next_to(&out_dir)
@@ -229,6 +241,22 @@ pub fn run(
         Target::Cuda { index, .. } => Some(GpuMemoryMonitor::start(*index)),
         Target::Cpu => None,
     };
+    startup.mark("output directory and resume");
+    // One-kernel AdamW and gradient norm on CUDA (the composed tensor ops on CPU, or with
+    // train.fused_kernels: false).
+    let fused_adamw = if train.fused_kernels {
+        FusedAdamW::for_device(&dev).map_err(internal)?
+    } else {
+        FusedAdamW::disabled()
+    };
+    optimizer = optimizer.with_kernels(fused_adamw.clone());
+    // Kernels with a backward pass, compiled once for the run (not per model build).
+    let train_ops = if train.fused_kernels {
+        FusedOps::for_training(&dev).map_err(internal)?
+    } else {
+        FusedOps::disabled()
+    };
+    startup.mark("fused kernels (NVRTC)");
     let mut order = SampleOrder::new(inputs.len(), state.shuffle_seed);
     let mut first_loss = None;
     let mut last_loss = None;
@@ -244,6 +272,8 @@ pub fn run(
         "{bar:30} step {pos}/{len}  {msg}  ETA {eta}",
     );
     let run_started = Instant::now();
+    let startup_s = started.elapsed().as_secs_f64();
+    tracing::info!("first step after {startup_s:.1} s: {}", startup.describe());
 
     while state.step < total_steps {
         if options.interrupted.load(Ordering::SeqCst) {
@@ -268,6 +298,7 @@ pub fn run(
                 &batch,
                 train,
                 &scaler,
+                &train_ops,
             )?;
             loss += micro.loss / train.grad_accumulation as f64;
             match grads.as_mut() {
@@ -278,10 +309,19 @@ pub fn run(
         let mut grads = grads.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?;
         let lr = schedule.lr_at(state.step);
         let loss_scale = scaler.scale();
+        let max_norm = train.max_grad_norm.max(0.0);
+        // Norm and clipping factor when already known (the fused norm sums squares in f64, which
+        // no finite f32 gradient overflows: it is finite exactly when every gradient is).
+        let mut norm_and_scale = None;
         let found_non_finite = if scaler.is_enabled() {
             let found = scaler.unscale(&mut grads).map_err(internal)?;
             scaler.update(found);
             found
+        } else if fused_adamw.enabled() {
+            let (norm, scale) =
+                grad_norm_and_clip(&grads, max_norm, &fused_adamw).map_err(internal)?;
+            norm_and_scale = Some((norm, scale));
+            !loss.is_finite() || !norm.is_finite()
         } else {
             !loss.is_finite() || !grads.all_finite().map_err(internal)?
         };
@@ -296,15 +336,15 @@ pub fn run(
                     .map_or("none (no checkpoint was written yet)".to_string(), |p| p.display().to_string())
             )));
         }
-        let grad_norm = if found_non_finite {
-            f64::NAN
-        } else if train.max_grad_norm > 0.0 {
-            clip_grad_norm(&mut grads, train.max_grad_norm).map_err(internal)?
-        } else {
-            grads.total_norm().map_err(internal)?
+        let (grad_norm, grad_scale) = match norm_and_scale {
+            _ if found_non_finite => (f64::NAN, 1.0),
+            Some(known) => known,
+            None => grad_norm_and_clip(&grads, max_norm, &fused_adamw).map_err(internal)?,
         };
         if !found_non_finite {
-            optimizer.step(&params, &grads, lr).map_err(internal)?;
+            optimizer
+                .step_scaled(&params, &grads, lr, grad_scale)
+                .map_err(internal)?;
         }
         drop(grads);
         dev.synchronize().map_err(internal)?;
@@ -421,6 +461,8 @@ pub fn run(
         last_loss,
         samples_per_s: median(measured),
         seconds: started.elapsed().as_secs_f64(),
+        startup_s,
+        startup_phases: startup.phases,
         skipped_steps: scaler.skipped_steps(),
         peak_gpu_bytes: monitor.and_then(GpuMemoryMonitor::finish),
         best_metric: state.best_metric,
@@ -468,12 +510,13 @@ fn forward_backward(
     batch: &super::loss::CaptionBatch,
     train: &TrainConfig,
     scaler: &LossScaler,
+    ops: &FusedOps,
 ) -> Result<MicroBatch, Error> {
     let compute = |what: &'static str| {
         move |err: candle_core::Error| Error::Internal(format!("training step, {what}: {err}"))
     };
     let vb = VarBuilder::from_tensors(params.model_tensors(), dtype, dev);
-    let model = BlipForConditionalGeneration::new_differentiable(config, vb)
+    let model = BlipForConditionalGeneration::new_trainable(config, vb, ops.clone())
         .map_err(compute("building the model"))?;
     let logits = model
         .forward(pixels, &batch.input_ids)
@@ -548,4 +591,35 @@ fn summary_line(summary: &TrainSummary) -> String {
         "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
         summary.steps, summary.total_steps, summary.precision
     )
+}
+
+/// Seconds spent in each phase of the set-up before the first step.
+struct StartupPhases {
+    last: Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl StartupPhases {
+    fn new(started: Instant) -> Self {
+        Self {
+            last: started,
+            phases: Vec::new(),
+        }
+    }
+
+    /// Ends the phase called `what` now.
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.phases
+            .push((what, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn describe(&self) -> String {
+        self.phases
+            .iter()
+            .map(|(what, s)| format!("{what} {s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

@@ -47,12 +47,13 @@ impl BlipForConditionalGeneration {
     /// CUDA kernels have no backward pass), so that gradients reach every weight `vb` hands out
     /// as (or computed from) a `Var`.
     pub fn new_differentiable(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(
-            cfg,
-            vb,
-            &mut ProjectionLoader::dense(),
-            FusedOps::disabled(),
-        )
+        Self::new_trainable(cfg, vb, FusedOps::disabled())
+    }
+
+    /// As [`Self::new_differentiable`], with the kernels of `ops` that have a backward pass
+    /// (see [`FusedOps::for_training`]); `ops` is loaded once per run, not per model build.
+    pub fn new_trainable(cfg: &BlipConfig, vb: VarBuilder, ops: FusedOps) -> Result<Self> {
+        Self::build(cfg, vb, &mut ProjectionLoader::dense(), ops)
     }
 
     /// Builds the model from `vb`, its projections through `projections` (dense, quantized at

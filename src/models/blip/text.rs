@@ -8,6 +8,7 @@ use super::config::{Activation, BlipTextConfig};
 use super::text_attention::{
     residual_norm_params, BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv,
 };
+use super::vision::dense_activation;
 use crate::generate::kv_cache::KvCache;
 use crate::models::fused::FusedOps;
 use crate::models::linear::{Epilogue, Linear};
@@ -129,7 +130,7 @@ impl BlipTextFeedForward {
             let projected = self.output.forward_fused(&hidden, ops, Epilogue::None)?;
             return ops.bias_residual_layer_norm(&projected, xs, &self.fused_params, self.eps);
         }
-        let hidden = self.act.forward(&self.intermediate.forward(xs)?)?;
+        let hidden = dense_activation(&self.intermediate, self.act, xs, ops)?;
         self.output_norm
             .forward(&(self.output.forward(&hidden)? + xs)?)
     }
@@ -224,11 +225,11 @@ impl BlipTextLMPredictionHead {
 
     /// `(..., D) -> (..., V)` logits in f32 (as `generate` reads them).
     pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
-        let hidden = if self.act == Activation::GeluErf {
+        let hidden = if self.act == Activation::GeluErf && ops.enabled() {
             self.transform_dense
                 .forward_fused(xs, ops, Epilogue::BiasGelu)?
         } else {
-            self.act.forward(&self.transform_dense.forward(xs)?)?
+            dense_activation(&self.transform_dense, self.act, xs, ops)?
         };
         let normed = if ops.enabled() {
             ops.layer_norm(&hidden, &self.norm_params, self.eps)?

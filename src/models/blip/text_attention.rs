@@ -138,7 +138,14 @@ impl BlipTextSelfAttention {
     ) -> Result<Tensor> {
         let (r, t, d) = xs.dims3()?;
         let Some(cache) = cache else {
-            let qkv = split_heads(&self.qkv.forward(xs)?, 3, self.num_heads, self.head_dim)?;
+            let packed = self.qkv.forward(xs)?;
+            if let Some(context) =
+                ops.attention()
+                    .self_attention(&packed, self.num_heads, 1.0, true)?
+            {
+                return self.output.forward(&context, xs, ops);
+            }
+            let qkv = split_heads(&packed, 3, self.num_heads, self.head_dim)?;
             let (q, keys, values) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
             let context = self.attend(&q, &keys, &values, 0)?.reshape((r, t, d))?;
             return self.output.forward(&context, xs, ops);

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
+use crate::kernels::attention::composed_self_attention;
 use crate::models::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
@@ -138,21 +139,17 @@ impl BlipAttention {
         })
     }
 
-    /// `(B, N, D) -> (B, N, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, n, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = qkv.get(0)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+    /// `(B, N, D) -> (B, N, D)`: the fused attention kernel where `ops` has one that applies
+    /// (training on CUDA), else the composed ops.
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let qkv = self.qkv.forward(xs)?;
+        let context = match ops
+            .attention()
+            .self_attention(&qkv, self.num_heads, 1.0, false)?
+        {
+            Some(context) => context,
+            None => composed_self_attention(&qkv, self.num_heads, 1.0, false, softmax_last_dim)?,
+        };
         self.projection.forward(&context)
     }
 
@@ -190,6 +187,24 @@ impl BlipAttention {
     }
 }
 
+/// `act(linear(xs))`: the fused bias + GELU kernel (with its backward) where `ops` has one that
+/// applies (training on CUDA in bf16/f16), else the composed bias add and activation.
+pub(crate) fn dense_activation(
+    linear: &Linear,
+    act: Activation,
+    xs: &Tensor,
+    ops: &FusedOps,
+) -> Result<Tensor> {
+    if act == Activation::GeluErf && ops.gelu().enabled() {
+        if let Some(bias) = linear.bias() {
+            if let Some(hidden) = ops.gelu().bias_gelu(&linear.forward_no_bias(xs)?, bias)? {
+                return Ok(hidden);
+            }
+        }
+    }
+    act.forward(&linear.forward(xs)?)
+}
+
 /// `encoder.layers.N.mlp`: fc1 -> activation -> fc2.
 #[derive(Debug, Clone)]
 pub struct BlipMlp {
@@ -215,8 +230,9 @@ impl BlipMlp {
     }
 
     /// `(B, N, D) -> (B, N, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        self.fc2
+            .forward(&dense_activation(&self.fc1, self.act, xs, ops)?)
     }
 
     /// Fused-kernel version returning `fc2` *without* its bias.
@@ -266,10 +282,12 @@ impl BlipEncoderLayer {
     }
 
     /// `(B, N, D) -> (B, N, D)`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&self.layer_norm1.forward(xs)?)?;
+    pub fn forward(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, ops)?;
         let xs = (xs + attn)?;
-        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?)?;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&xs)?, ops)?;
         xs + mlp
     }
 
@@ -362,7 +380,7 @@ impl BlipVisionModel {
             return Ok(normed);
         }
         for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, &self.ops)?;
         }
         self.post_layernorm.forward(&xs)
     }

@@ -17,6 +17,9 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::kernels::attention::FusedAttention;
+use crate::kernels::gelu::FusedGelu;
+
 /// Geometry of one layer's self-attention cache buffer `(2, rows, heads, cap, head_dim)`.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheGeometry {
@@ -45,6 +48,9 @@ pub struct FusedOps {
     kernels: Option<Arc<cuda::Kernels>>,
     #[cfg(not(feature = "cuda"))]
     kernels: Option<Arc<()>>,
+    /// Kernels with a backward pass (training); the composed layers call them where they apply.
+    attention: FusedAttention,
+    gelu: FusedGelu,
 }
 
 impl FusedOps {
@@ -54,6 +60,8 @@ impl FusedOps {
         if let Device::Cuda(dev) = device {
             return Ok(Self {
                 kernels: Some(Arc::new(cuda::Kernels::load(dev)?)),
+                attention: FusedAttention::disabled(),
+                gelu: FusedGelu::disabled(),
             });
         }
         let _ = device;
@@ -63,6 +71,26 @@ impl FusedOps {
     /// A disabled handle: every layer takes the composed path.
     pub fn disabled() -> Self {
         Self::default()
+    }
+
+    /// For training: the composed (differentiable) path everywhere, with the kernels that have
+    /// a backward pass (attention) on a CUDA device.
+    pub fn for_training(device: &Device) -> Result<Self> {
+        Ok(Self {
+            attention: FusedAttention::for_device(device)?,
+            gelu: FusedGelu::for_device(device)?,
+            ..Self::default()
+        })
+    }
+
+    /// The attention kernels with a backward pass (disabled unless [`Self::for_training`]).
+    pub fn attention(&self) -> &FusedAttention {
+        &self.attention
+    }
+
+    /// The bias + GELU kernels with a backward pass (disabled unless [`Self::for_training`]).
+    pub fn gelu(&self) -> &FusedGelu {
+        &self.gelu
     }
 
     /// Whether the fused kernels are in use.

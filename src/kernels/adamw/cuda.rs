@@ -1,0 +1,168 @@
+//! Launchers of `kernel.cu`: AdamW in place on a parameter and its moments, and the global
+//! gradient norm.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Storage, Tensor};
+
+use super::AdamWScalars;
+
+const SOURCE: &str = include_str!("kernel.cu");
+
+#[derive(Debug)]
+pub struct AdamWKernels {
+    adamw: CudaFunction,
+    sum_squares: CudaFunction,
+}
+
+impl AdamWKernels {
+    pub fn load(dev: &candle_core::CudaDevice) -> Result<Self> {
+        let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "compiling vlmrun's optimizer kernels with NVRTC: {e}"
+            ))
+        })?;
+        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        Ok(Self {
+            adamw: module.load_function("adamw_f32").w()?,
+            sum_squares: module.load_function("sum_squares_f32").w()?,
+        })
+    }
+}
+
+fn cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 4096) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The f32 contiguous CUDA storage of `t` as (storage guard, start offset), or `None`.
+fn f32_cuda(t: &Tensor) -> Option<(impl std::ops::Deref<Target = Storage> + '_, usize)> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout): (_, &Layout) = t.storage_and_layout();
+    let (start, _) = layout.contiguous_offsets()?;
+    matches!(&*storage, Storage::Cuda(_)).then_some((storage, start))
+}
+
+struct AdamWOp<'a> {
+    kernels: &'a AdamWKernels,
+    grad: &'a CudaStorage,
+    m: &'a CudaStorage,
+    v: &'a CudaStorage,
+    offsets: [usize; 3],
+    n: usize,
+    scalars: AdamWScalars,
+}
+
+impl candle_core::InplaceOp1 for AdamWOp<'_> {
+    fn name(&self) -> &'static str {
+        "fused_adamw"
+    }
+
+    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
+        bail!("fused_adamw is a CUDA kernel")
+    }
+
+    fn cuda_fwd(&self, param: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        let Some((start, _)) = layout.contiguous_offsets() else {
+            bail!("fused_adamw: the parameter must be contiguous")
+        };
+        let dev = param.device.clone();
+        let [g0, m0, v0] = self.offsets;
+        let s = &self.scalars;
+        let p = param.as_cuda_slice::<f32>()?.slice(start..);
+        let g = self.grad.as_cuda_slice::<f32>()?.slice(g0..);
+        let m = self.m.as_cuda_slice::<f32>()?.slice(m0..);
+        let v = self.v.as_cuda_slice::<f32>()?.slice(v0..);
+        let n = self.n as i64;
+        let args = [
+            s.grad_scale as f32,
+            s.decay_factor as f32,
+            (1.0 - s.beta1) as f32,
+            s.beta2 as f32,
+            (1.0 - s.beta2) as f32,
+            s.inv_bias_correction2_sqrt as f32,
+            s.eps as f32,
+            s.step_size as f32,
+        ];
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&self.kernels.adamw);
+        builder.arg(&p).arg(&m).arg(&v).arg(&g).arg(&n);
+        for a in &args {
+            builder.arg(a);
+        }
+        // SAFETY: p, m, v, g are contiguous f32 views of at least n elements (checked by the
+        // caller), matching adamw_f32's signature.
+        unsafe { builder.launch(cfg(self.n)) }.w()?;
+        Ok(())
+    }
+}
+
+pub fn update(
+    kernels: &AdamWKernels,
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    scalars: &AdamWScalars,
+) -> Result<bool> {
+    let n = param.elem_count();
+    if [grad, exp_avg, exp_avg_sq]
+        .iter()
+        .any(|t| t.elem_count() != n)
+        || !param.is_contiguous()
+        || param.dtype() != DType::F32
+    {
+        return Ok(false);
+    }
+    let (Some((g, g0)), Some((m, m0)), Some((v, v0))) =
+        (f32_cuda(grad), f32_cuda(exp_avg), f32_cuda(exp_avg_sq))
+    else {
+        return Ok(false);
+    };
+    let (Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) = (&*g, &*m, &*v) else {
+        return Ok(false);
+    };
+    param.inplace_op1(&AdamWOp {
+        kernels,
+        grad: g,
+        m,
+        v,
+        offsets: [g0, m0, v0],
+        n,
+        scalars: *scalars,
+    })?;
+    Ok(true)
+}
+
+pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f64>> {
+    let Some(first) = grads.first() else {
+        return Ok(Some(0.0));
+    };
+    let candle_core::Device::Cuda(dev) = first.device() else {
+        return Ok(None);
+    };
+    let total = dev.alloc_zeros::<f64>(1)?;
+    for grad in grads {
+        let Some((storage, start)) = f32_cuda(grad) else {
+            return Ok(None);
+        };
+        let Storage::Cuda(s) = &*storage else {
+            return Ok(None);
+        };
+        let n = grad.elem_count();
+        let g = s.as_cuda_slice::<f32>()?.slice(start..start + n);
+        let n_arg = n as i64;
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&kernels.sum_squares);
+        builder.arg(&g).arg(&n_arg).arg(&total);
+        // SAFETY: g holds n contiguous f32 values; total is one f64.
+        unsafe { builder.launch(cfg(n)) }.w()?;
+    }
+    let host = dev.cuda_stream().clone_dtoh(&total).w()?;
+    Ok(host.first().map(|s| s.sqrt()))
+}

@@ -1,0 +1,38 @@
+// AdamW on f32 master weights in one pass per tensor (torch.optim.AdamW's formula, the order of
+// operations of vlmrun's composed update in src/train/optim.rs), and the sum of squares of a
+// gradient accumulated into one f64 (the global gradient norm). Compiled with NVRTC, no headers.
+
+extern "C" __global__ void adamw_f32(float* p, float* m, float* v, const float* g, long n,
+                                     float grad_scale, float decay_factor, float one_minus_beta1,
+                                     float beta2, float one_minus_beta2, float inv_bias2_sqrt,
+                                     float eps, float step_size) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        float gi = g[i] * grad_scale;
+        float mi = m[i] + (gi - m[i]) * one_minus_beta1;
+        float vi = v[i] * beta2 + (gi * gi) * one_minus_beta2;
+        float denom = sqrtf(vi) * inv_bias2_sqrt + eps;
+        p[i] = p[i] * decay_factor - (mi / denom) * step_size;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+extern "C" __global__ void sum_squares_f32(const float* g, long n, double* out) {
+    __shared__ double partial[32];
+    double acc = 0.0;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x) {
+        double x = g[i];
+        acc += x * x;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) partial[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) atomicAdd(out, acc);
+    }
+}

@@ -1,0 +1,92 @@
+//! AdamW in one kernel per parameter tensor on CUDA: reads the f32 gradient, updates the f32
+//! master weight and both moments in place (the composed update in `train/optim.rs` runs ~10
+//! tensor ops per parameter, each a full pass with a fresh allocation), and the global gradient
+//! norm as one f64 accumulator on the device read back once.
+//!
+//! [`FusedAdamW::update`] returns `false` where the kernel does not apply (CPU, a build without
+//! `cuda`, non-f32 or non-contiguous tensors): the caller runs the composed update, which is the
+//! reference (`tests/gpu_kernels.rs` compares the two on a GPU).
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use std::sync::Arc;
+
+use candle_core::{Device, Result, Tensor};
+
+/// One step's scalars, as the composed update computes them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWScalars {
+    /// Multiplies the gradient first (gradient clipping's coefficient, or 1).
+    pub grad_scale: f64,
+    /// `1 - lr * weight_decay` (1 without decay).
+    pub decay_factor: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// `1 / sqrt(1 - beta2^t)`.
+    pub inv_bias_correction2_sqrt: f64,
+    pub eps: f64,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f64,
+}
+
+/// Handle to the compiled optimizer kernels (none on CPU).
+#[derive(Debug, Clone, Default)]
+pub struct FusedAdamW {
+    #[cfg(feature = "cuda")]
+    kernels: Option<Arc<cuda::AdamWKernels>>,
+    #[cfg(not(feature = "cuda"))]
+    kernels: Option<Arc<()>>,
+}
+
+impl FusedAdamW {
+    /// Compiles and loads the kernels when `device` is a CUDA device; disabled otherwise.
+    pub fn for_device(device: &Device) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            return Ok(Self {
+                kernels: Some(Arc::new(cuda::AdamWKernels::load(dev)?)),
+            });
+        }
+        let _ = device;
+        Ok(Self::default())
+    }
+
+    /// A disabled handle: every caller takes its composed path.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.kernels.is_some()
+    }
+
+    /// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad`; `false` (nothing
+    /// changed) when the kernel does not apply.
+    pub fn update(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+        scalars: &AdamWScalars,
+    ) -> Result<bool> {
+        #[cfg(feature = "cuda")]
+        if let Some(kernels) = &self.kernels {
+            return cuda::update(kernels, param, grad, exp_avg, exp_avg_sq, scalars);
+        }
+        let _ = (param, grad, exp_avg, exp_avg_sq, scalars);
+        Ok(false)
+    }
+
+    /// `sqrt(sum of squares)` of every tensor of `grads` (f32, on the GPU), accumulated in f64
+    /// on the device; `None` when the kernel does not apply to some tensor.
+    pub fn global_norm(&self, grads: &[&Tensor]) -> Result<Option<f64>> {
+        #[cfg(feature = "cuda")]
+        if let Some(kernels) = &self.kernels {
+            return cuda::global_norm(kernels, grads);
+        }
+        let _ = grads;
+        Ok(None)
+    }
+}

@@ -1,0 +1,410 @@
+//! Launchers of `kernel.cu` and the candle custom ops around them: the forward op keeps the
+//! per-row log-sum-exp for its backward, which recomputes the probabilities tile by tile.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{
+    bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
+};
+use half::{bf16, f16};
+
+/// Head width the kernels are written for.
+pub const HEAD_DIM: usize = 64;
+/// Query rows per forward block and keys per backward block.
+const TILE: usize = 64;
+/// Shared-memory row stride of the backward kernel's tiles (elements), as `ATT_LD`.
+const SMEM_LD: usize = 72;
+/// Dynamic shared memory of the backward kernel: six 64-row tiles of 16-bit values and the
+/// log-sum-exp and delta of 64 rows.
+const BWD_SHARED_BYTES: usize = 6 * TILE * SMEM_LD * 2 + 2 * TILE * 4;
+
+const SOURCE: &str = include_str!("kernel.cu");
+
+/// The kernels of one element type.
+#[derive(Debug)]
+struct Typed {
+    fwd: CudaFunction,
+    delta: CudaFunction,
+    bwd: CudaFunction,
+    dq: CudaFunction,
+}
+
+/// Oldest compute capability the kernels run on (tensor-core bf16 `mma.sync`).
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// The GPU's compute capability.
+pub fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
+    dev.cuda_stream().context().compute_capability().w()
+}
+
+/// The compiled module: bf16 and f16 instantiations.
+#[derive(Debug)]
+pub struct AttentionKernels {
+    bf16: Typed,
+    f16: Typed,
+}
+
+impl AttentionKernels {
+    /// Compiles `kernel.cu` with NVRTC and loads it into `dev`'s context.
+    pub fn load(dev: &CudaDevice) -> Result<Self> {
+        // mma.sync with bf16 operands and cvt.rn.bf16x2 need sm_80 (Ampere) or newer.
+        let options = CompileOptions {
+            arch: Some("compute_80"),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(SOURCE, options).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "compiling vlmrun's fused attention kernels with NVRTC: {e}"
+            ))
+        })?;
+        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let typed = |suffix: &str| -> Result<Typed> {
+            let bwd = module
+                .load_function(&format!("attention_bwd_{suffix}"))
+                .w()?;
+            bwd.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                BWD_SHARED_BYTES as i32,
+            )
+            .w()?;
+            Ok(Typed {
+                fwd: module
+                    .load_function(&format!("attention_fwd_{suffix}"))
+                    .w()?,
+                delta: module
+                    .load_function(&format!("attention_bwd_delta_{suffix}"))
+                    .w()?,
+                bwd,
+                dq: module
+                    .load_function(&format!("attention_bwd_dq_{suffix}"))
+                    .w()?,
+            })
+        };
+        Ok(Self {
+            bf16: typed("bf16")?,
+            f16: typed("f16")?,
+        })
+    }
+
+    fn typed(&self, dtype: DType) -> Result<&Typed> {
+        match dtype {
+            DType::BF16 => Ok(&self.bf16),
+            DType::F16 => Ok(&self.f16),
+            other => bail!("fused attention runs in bf16/f16, got {other:?}"),
+        }
+    }
+}
+
+/// Runs `$body` with `$t` bound to the 16-bit Rust type of `$dtype`.
+macro_rules! with_half {
+    ($dtype:expr, $t:ident, $body:block) => {
+        match $dtype {
+            DType::F16 => {
+                type $t = f16;
+                $body
+            }
+            DType::BF16 => {
+                type $t = bf16;
+                $body
+            }
+            other => bail!("fused attention runs in bf16/f16, got {other:?}"),
+        }
+    };
+}
+
+/// Launches `func` with `cfg` and the arguments in order.
+macro_rules! launch {
+    ($dev:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let stream = $dev.cuda_stream();
+        let mut builder = stream.launch_builder($func);
+        $( builder.arg($arg); )+
+        // SAFETY: the argument lists match the kernel signatures in kernel.cu, and the callers
+        // check every shape the kernels index (rows, heads, head width, row strides).
+        unsafe { builder.launch($cfg) }.w()?;
+    }};
+}
+
+/// The part of `slice` from element `start` on.
+fn from<T: DeviceRepr>(slice: &CudaSlice<T>, start: usize) -> CudaView<'_, T> {
+    slice.slice(start..)
+}
+
+fn contiguous_start(layout: &Layout, what: &str) -> Result<usize> {
+    match layout.contiguous_offsets() {
+        Some((start, _)) if start % 2 == 0 => Ok(start),
+        Some(_) => bail!("fused attention: {what} must start at an even element offset"),
+        None => bail!("fused attention: {what} must be contiguous"),
+    }
+}
+
+/// The shape of a packed `(B, N, 3 * heads * 64)` query/key/value tensor.
+fn qkv_dims(layout: &Layout, heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, n, three_d) = layout.shape().dims3()?;
+    let d = heads * HEAD_DIM;
+    if three_d != 3 * d {
+        bail!(
+            "fused attention: qkv of shape {:?} is not (B, N, 3 * {heads} heads * {HEAD_DIM})",
+            layout.shape()
+        );
+    }
+    if n == 0 || b == 0 || b > 65_535 || heads > 65_535 {
+        bail!(
+            "fused attention: unsupported qkv shape {:?}",
+            layout.shape()
+        );
+    }
+    Ok((b, n, d))
+}
+
+fn grid(rows: usize, heads: usize, batch: usize, shared: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(TILE) as u32, heads as u32, batch as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: shared as u32,
+    }
+}
+
+fn linear(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Multi-head self-attention over a packed qkv `(B, N, 3D)` -> context `(B, N, D)`
+/// (`softmax(scale * q k^T) v` per head, heads of 64), differentiable.
+pub struct SelfAttention {
+    pub kernels: Arc<AttentionKernels>,
+    pub heads: usize,
+    pub causal: bool,
+    pub scale: f32,
+    /// The forward's log-sum-exp per (batch, head, row), base 2, f32: the backward reads it.
+    pub lse: Mutex<Option<Arc<CudaSlice<f32>>>>,
+}
+
+impl SelfAttention {
+    pub fn new(kernels: Arc<AttentionKernels>, heads: usize, causal: bool, scale: f32) -> Self {
+        Self {
+            kernels,
+            heads,
+            causal,
+            scale,
+            lse: Mutex::new(None),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "fused_self_attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("fused_self_attention is a CUDA kernel; CPU tensors take the composed path")
+    }
+
+    fn cuda_fwd(&self, qkv: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = qkv.device().clone();
+        let (b, n, d) = qkv_dims(layout, self.heads)?;
+        let start = contiguous_start(layout, "qkv")?;
+        let typed = self.kernels.typed(qkv.dtype())?;
+        let (n_arg, heads_arg) = (n as i32, self.heads as i32);
+        let (row3, row1) = (3 * d as i64, d as i64);
+        let scale_log2 = self.scale * std::f32::consts::LOG2_E;
+        let causal = self.causal as i32;
+        with_half!(qkv.dtype(), T, {
+            let src = qkv.as_cuda_slice::<T>()?;
+            let (q, k, v) = (
+                from(src, start),
+                from(src, start + d),
+                from(src, start + 2 * d),
+            );
+            // SAFETY: the kernel writes every row < N of every head.
+            let out = unsafe { dev.alloc::<T>(b * n * d)? };
+            let lse = unsafe { dev.alloc::<f32>(b * self.heads * n)? };
+            launch!(
+                dev,
+                &typed.fwd,
+                grid(n, self.heads, b, 0),
+                &q,
+                &k,
+                &v,
+                &out,
+                &lse,
+                &n_arg,
+                &n_arg,
+                &heads_arg,
+                &row3,
+                &row3,
+                &row1,
+                &scale_log2,
+                &causal,
+            );
+            let mut slot = self.lse.lock().map_err(|_| {
+                candle_core::Error::Msg("fused attention: lse lock poisoned".into())
+            })?;
+            *slot = Some(Arc::new(lse));
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((b, n, d)),
+            ))
+        })
+    }
+
+    fn bwd(&self, qkv: &Tensor, out: &Tensor, grad_out: &Tensor) -> Result<Option<Tensor>> {
+        let lse = self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused attention: lse lock poisoned".into()))?
+            .clone();
+        let Some(lse) = lse else {
+            bail!("fused attention: backward before forward")
+        };
+        let op = SelfAttentionBackward {
+            kernels: self.kernels.clone(),
+            heads: self.heads,
+            causal: self.causal,
+            scale: self.scale,
+            lse,
+        };
+        let grad_out = grad_out.to_dtype(out.dtype())?.contiguous()?;
+        qkv.contiguous()?
+            .apply_op3_no_bwd(&out.contiguous()?, &grad_out, &op)
+            .map(Some)
+    }
+}
+
+/// `(qkv, out, grad_out)` -> `grad_qkv` `(B, N, 3D)`.
+struct SelfAttentionBackward {
+    kernels: Arc<AttentionKernels>,
+    heads: usize,
+    causal: bool,
+    scale: f32,
+    lse: Arc<CudaSlice<f32>>,
+}
+
+impl candle_core::CustomOp3 for SelfAttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused_self_attention_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("fused_self_attention_backward is a CUDA kernel")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qkv: &CudaStorage,
+        qkv_l: &Layout,
+        out: &CudaStorage,
+        out_l: &Layout,
+        grad: &CudaStorage,
+        grad_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = qkv.device().clone();
+        let (b, n, d) = qkv_dims(qkv_l, self.heads)?;
+        if out_l.shape().dims() != [b, n, d] || grad_l.shape().dims() != [b, n, d] {
+            bail!(
+                "fused attention backward: output {:?} / gradient {:?} for qkv {:?}",
+                out_l.shape(),
+                grad_l.shape(),
+                qkv_l.shape()
+            );
+        }
+        if self.lse.len() != b * self.heads * n {
+            bail!("fused attention backward: the saved statistics belong to another shape");
+        }
+        let (qs, os, gs) = (
+            contiguous_start(qkv_l, "qkv")?,
+            contiguous_start(out_l, "output")?,
+            contiguous_start(grad_l, "output gradient")?,
+        );
+        let typed = self.kernels.typed(qkv.dtype())?;
+        let heads = self.heads;
+        let (n_arg, heads_arg) = (n as i32, heads as i32);
+        let (row3, row1) = (3 * d as i64, d as i64);
+        let rows_total = (b * n * heads) as i64;
+        let pairs = (b * n * d / 2) as i64;
+        let scale_log2 = self.scale * std::f32::consts::LOG2_E;
+        let scale = self.scale;
+        let causal = self.causal as i32;
+        with_half!(qkv.dtype(), T, {
+            let src = qkv.as_cuda_slice::<T>()?;
+            let (q, k, v) = (from(src, qs), from(src, qs + d), from(src, qs + 2 * d));
+            let o = from(out.as_cuda_slice::<T>()?, os);
+            let dout = from(grad.as_cuda_slice::<T>()?, gs);
+            // SAFETY: delta gets every (row, head); dq/dk/dv of every row are written below.
+            let delta = unsafe { dev.alloc::<f32>(b * heads * n)? };
+            let dq_acc = dev.alloc_zeros::<f32>(b * n * d)?;
+            let dqkv = unsafe { dev.alloc::<T>(b * n * 3 * d)? };
+            launch!(
+                dev,
+                &typed.delta,
+                linear(b * n * heads * 32),
+                &o,
+                &dout,
+                &delta,
+                &n_arg,
+                &heads_arg,
+                &row1,
+                &rows_total,
+            );
+            let (dk, dv) = (from(&dqkv, d), from(&dqkv, 2 * d));
+            launch!(
+                dev,
+                &typed.bwd,
+                grid(n, heads, b, BWD_SHARED_BYTES),
+                &q,
+                &k,
+                &v,
+                &dout,
+                self.lse.as_ref(),
+                &delta,
+                &dq_acc,
+                &dk,
+                &dv,
+                &n_arg,
+                &n_arg,
+                &heads_arg,
+                &row3,
+                &row3,
+                &row1,
+                &row3,
+                &scale_log2,
+                &scale,
+                &causal,
+            );
+            launch!(
+                dev,
+                &typed.dq,
+                linear(b * n * d / 2),
+                &dq_acc,
+                &dqkv,
+                &n_arg,
+                &heads_arg,
+                &row3,
+                &pairs,
+            );
+            Ok((
+                CudaStorage::wrap_cuda_slice(dqkv, dev),
+                Shape::from((b, n, 3 * d)),
+            ))
+        })
+    }
+}

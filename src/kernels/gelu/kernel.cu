@@ -1,0 +1,66 @@
+// Bias + exact (erf) GELU for training, forward and backward, on bf16/f16 rows (x: rows x d,
+// bias: d), f32 arithmetic. Compiled with NVRTC, no headers.
+//   forward:  u = x + b,  y = 0.5 u (1 + erf(u / sqrt 2))
+//   backward: dx = dy * (0.5 (1 + erf(u / sqrt 2)) + u exp(-u^2 / 2) / sqrt(2 pi)),
+//             db = sum over rows of dx (f32, atomics per column chunk)
+
+typedef unsigned short u16;
+
+__device__ __forceinline__ float g_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ u16 g_st_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+__device__ __forceinline__ float g_ld_f16(u16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+    return f;
+}
+__device__ __forceinline__ u16 g_st_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+#define GELU_KERNELS(SUFFIX, LD, ST)                                                              \
+    extern "C" __global__ void bias_gelu_fwd_##SUFFIX(const u16* x, const u16* b, u16* y, long n, \
+                                                      int d) {                                     \
+        for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;                          \
+             i += (long)gridDim.x * blockDim.x) {                                                  \
+            float u = LD(x[i]) + LD(b[i % d]);                                                     \
+            y[i] = ST(0.5f * u * (1.f + erff(u * 0.70710678118654752f)));                          \
+        }                                                                                          \
+    }                                                                                              \
+    extern "C" __global__ void bias_gelu_bwd_##SUFFIX(const u16* x, const u16* b, const u16* dy,  \
+                                                      u16* dx, float* db, long rows, int d,        \
+                                                      int rows_per_block) {                        \
+        int col = blockIdx.x * blockDim.x + threadIdx.x;                                           \
+        if (col >= d) return;                                                                      \
+        long r0 = (long)blockIdx.y * rows_per_block;                                               \
+        long r1 = min(rows, r0 + rows_per_block);                                                  \
+        float bias = LD(b[col]), acc = 0.f;                                                        \
+        for (long r = r0; r < r1; ++r) {                                                           \
+            long i = r * d + col;                                                                  \
+            float u = LD(x[i]) + bias;                                                             \
+            float cdf = 0.5f * (1.f + erff(u * 0.70710678118654752f));                             \
+            float pdf = 0.3989422804014327f * __expf(-0.5f * u * u);                               \
+            float g = LD(dy[i]) * (cdf + u * pdf);                                                 \
+            dx[i] = ST(g);                                                                         \
+            acc += g;                                                                              \
+        }                                                                                          \
+        atomicAdd(db + col, acc);                                                                  \
+    }
+
+GELU_KERNELS(bf16, g_ld_bf16, g_st_bf16)
+GELU_KERNELS(f16, g_ld_f16, g_st_f16)
+
+extern "C" __global__ void f32_to_bf16(const float* a, u16* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = g_st_bf16(a[i]);
+}
+extern "C" __global__ void f32_to_f16(const float* a, u16* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = g_st_f16(a[i]);
+}

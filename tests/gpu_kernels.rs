@@ -1,0 +1,280 @@
+//! The fused training kernels against the composed candle ops they replace, on a CUDA GPU
+//! (built only with `--features cuda`; skipped when no GPU is visible). Run on the GPU machine:
+//! `cargo test --release --features cuda --test gpu_kernels -- --nocapture` (or the test binary
+//! that command builds).
+//!
+//! Reference: the composed path in f32 on the same (rounded) inputs, so the error measured is
+//! the kernel's own: bf16/f16 products and probabilities in the tensor cores, f32 accumulation.
+//! Tolerances are relative to the largest reference entry: the output and dV are convex
+//! combinations rounded once (bf16 2^-8, f16 2^-11); dQ/dK go through dS = P (dP - delta), a
+//! difference of near-equal terms, rounded to the 16-bit type before the last matmul, so they
+//! get 4x more room. A wrong index or a missing term gives errors of order 1.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor, Var};
+use vlmrun::kernels::attention::{composed_self_attention, FusedAttention};
+use vlmrun::models::norm::softmax_last_dim;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(err) => {
+            eprintln!("no CUDA device ({err}); skipping");
+            None
+        }
+    }
+}
+
+/// `max |a - b| / max |b|`; where the reference is zero up to rounding (`max |b| < 1e-6`, e.g.
+/// dQ and dK of a softmax over a single key) the absolute error instead.
+fn rel_max_error(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.max(1e-6)
+}
+
+struct Case {
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    causal: bool,
+    dtype: DType,
+}
+
+/// Output and gradient errors of the fused op against the f32 composition.
+fn errors(dev: &Device, case: &Case) -> (f32, f32, f32, f32) {
+    let Case {
+        batch,
+        tokens,
+        heads,
+        causal,
+        dtype,
+    } = *case;
+    let width = 3 * heads * 64;
+    // Scores of order 1-3 (as a trained model's), not the near-uniform softmax of tiny inputs.
+    let qkv = (Tensor::randn(0f32, 1.0, (batch, tokens, width), dev).unwrap() * 0.35)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let upstream = Tensor::randn(0f32, 1.0, (batch, tokens, heads * 64), dev).unwrap();
+    let scale = 0.125;
+    let attention = FusedAttention::for_device(dev).unwrap();
+
+    let fused_in = Var::from_tensor(&qkv).unwrap();
+    let fused = attention
+        .self_attention(fused_in.as_tensor(), heads, scale, causal)
+        .unwrap()
+        .expect("the kernel applies to bf16/f16 heads of 64 on CUDA");
+    let loss = (fused.to_dtype(DType::F32).unwrap() * &upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let fused_grad = loss.backward().unwrap().get(&fused_in).unwrap().clone();
+
+    let ref_in = Var::from_tensor(&qkv.to_dtype(DType::F32).unwrap()).unwrap();
+    let reference =
+        composed_self_attention(ref_in.as_tensor(), heads, scale, causal, softmax_last_dim)
+            .unwrap();
+    let loss = (&reference * &upstream).unwrap().sum_all().unwrap();
+    let ref_grad = loss.backward().unwrap().get(&ref_in).unwrap().clone();
+
+    let d = heads * 64;
+    let part = |g: &Tensor, i: usize| g.narrow(2, i * d, d).unwrap();
+    (
+        rel_max_error(&fused, &reference),
+        rel_max_error(&part(&fused_grad, 0), &part(&ref_grad, 0)),
+        rel_max_error(&part(&fused_grad, 1), &part(&ref_grad, 1)),
+        rel_max_error(&part(&fused_grad, 2), &part(&ref_grad, 2)),
+    )
+}
+
+#[test]
+fn fused_attention_matches_the_composed_ops() {
+    let Some(dev) = gpu() else { return };
+    let cases = [
+        // Vision: 577 tokens (not a multiple of the 64-row tiles), non-causal.
+        (2, 577, 3, false),
+        // Text self-attention: causal, a short padded caption length.
+        (3, 33, 2, true),
+        // One tile exactly, and a single token.
+        (1, 64, 1, false),
+        (2, 1, 2, true),
+    ];
+    println!("| dtype | B | N | heads | causal | out | dQ | dK | dV |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for dtype in [DType::BF16, DType::F16] {
+        let (out_tol, grad_tol) = match dtype {
+            DType::BF16 => (1.6e-2, 6.4e-2),
+            _ => (2e-3, 8e-3),
+        };
+        for (batch, tokens, heads, causal) in cases {
+            let case = Case {
+                batch,
+                tokens,
+                heads,
+                causal,
+                dtype,
+            };
+            let (out, dq, dk, dv) = errors(&dev, &case);
+            println!(
+                "| {dtype:?} | {batch} | {tokens} | {heads} | {causal} | {out:.2e} | {dq:.2e} | {dk:.2e} | {dv:.2e} |"
+            );
+            assert!(out < out_tol, "{dtype:?} N={tokens}: output error {out}");
+            assert!(dv < out_tol * 2.0, "{dtype:?} N={tokens}: dV error {dv}");
+            assert!(dq < grad_tol, "{dtype:?} N={tokens}: dQ error {dq}");
+            assert!(dk < grad_tol, "{dtype:?} N={tokens}: dK error {dk}");
+        }
+    }
+}
+
+#[test]
+fn fused_attention_does_not_apply_to_f32() {
+    let Some(dev) = gpu() else { return };
+    let attention = FusedAttention::for_device(&dev).unwrap();
+    let qkv = Tensor::zeros((1, 4, 3 * 64), DType::F32, &dev).unwrap();
+    assert!(attention
+        .self_attention(&qkv, 1, 1.0, false)
+        .unwrap()
+        .is_none());
+}
+
+/// Three AdamW steps (decay on the matrix, none on the bias, clipping's gradient scale) with the
+/// fused kernel against the composed update on the same GPU tensors. Both are f32 with the same
+/// operation order; they differ by fused multiply-adds only, so 1e-6 relative.
+#[test]
+fn fused_adamw_matches_the_composed_update() {
+    use std::collections::HashMap;
+    use vlmrun::kernels::adamw::FusedAdamW;
+    use vlmrun::train::grads::ParamGrads;
+    use vlmrun::train::optim::{AdamW, AdamWConfig};
+    use vlmrun::train::params::{FreezeRule, TrainParams};
+
+    let Some(dev) = gpu() else { return };
+    let weight = Tensor::randn(0f32, 1.0, (64, 300), &dev).unwrap();
+    let bias = Tensor::randn(0f32, 1.0, 300, &dev).unwrap();
+    let make = || {
+        TrainParams::from_named(
+            vec![
+                (
+                    "l.weight".to_string(),
+                    Var::from_tensor(&weight.copy().unwrap()).unwrap(),
+                ),
+                (
+                    "l.bias".to_string(),
+                    Var::from_tensor(&bias.copy().unwrap()).unwrap(),
+                ),
+            ],
+            &FreezeRule::none(),
+        )
+        .unwrap()
+    };
+    let (composed_params, fused_params) = (make(), make());
+    let config = AdamWConfig {
+        weight_decay: 0.05,
+        ..AdamWConfig::default()
+    };
+    let mut composed = AdamW::new(&composed_params, config);
+    let mut fused =
+        AdamW::new(&fused_params, config).with_kernels(FusedAdamW::for_device(&dev).unwrap());
+    for step in 0..3 {
+        let grads = HashMap::from([
+            (
+                "l.weight".to_string(),
+                Tensor::randn(0f32, 1.0, (64, 300), &dev).unwrap(),
+            ),
+            (
+                "l.bias".to_string(),
+                Tensor::randn(0f32, 1.0, 300, &dev).unwrap(),
+            ),
+        ]);
+        let a = ParamGrads::from_named(grads.clone(), &composed_params).unwrap();
+        let b = ParamGrads::from_named(grads, &fused_params).unwrap();
+        let scale = if step == 1 { 0.25 } else { 1.0 };
+        composed
+            .step_scaled(&composed_params, &a, 1e-2, scale)
+            .unwrap();
+        fused.step_scaled(&fused_params, &b, 1e-2, scale).unwrap();
+    }
+    for name in ["l.weight", "l.bias"] {
+        let a = composed_params.get(name).unwrap().tensor().clone();
+        let b = fused_params.get(name).unwrap().tensor().clone();
+        let moved = rel_max_error(&a, &weight_or_bias(name, &weight, &bias));
+        let err = rel_max_error(&b, &a);
+        println!("AdamW {name}: fused vs composed {err:.2e} (the steps moved it by {moved:.2e})");
+        assert!(moved > 1e-3, "{name} did not move");
+        assert!(err < 1e-6, "{name}: fused AdamW differs by {err}");
+    }
+}
+
+fn weight_or_bias<'a>(name: &str, weight: &'a Tensor, bias: &'a Tensor) -> Tensor {
+    if name.ends_with("weight") {
+        weight.clone()
+    } else {
+        bias.clone()
+    }
+}
+
+/// Bias + GELU forward and both gradients against `gelu_erf(x + bias)` composed in f32 on the
+/// same rounded inputs. The forward is rounded once to the 16-bit type; dx is too; dbias sums
+/// 2000 rows of f32 products, so all three are held to the output's rounding bound.
+#[test]
+fn fused_bias_gelu_matches_the_composed_ops() {
+    use vlmrun::kernels::gelu::FusedGelu;
+    let Some(dev) = gpu() else { return };
+    let gelu = FusedGelu::for_device(&dev).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-3 };
+        let x = (Tensor::randn(0f32, 1.0, (4, 500, 96), &dev).unwrap() * 2.0)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let b = Tensor::randn(0f32, 1.0, 96, &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (4, 500, 96), &dev).unwrap();
+        let (xv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&b).unwrap());
+        let fused = gelu
+            .bias_gelu(xv.as_tensor(), bv.as_tensor())
+            .unwrap()
+            .expect("applies on CUDA");
+        let grads = (fused.to_dtype(DType::F32).unwrap() * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (xr, br) = (
+            Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap(),
+            Var::from_tensor(&b.to_dtype(DType::F32).unwrap()).unwrap(),
+        );
+        let reference = xr
+            .as_tensor()
+            .broadcast_add(br.as_tensor())
+            .unwrap()
+            .gelu_erf()
+            .unwrap();
+        let ref_grads = (&reference * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let out = rel_max_error(&fused, &reference);
+        let dx = rel_max_error(grads.get(&xv).unwrap(), ref_grads.get(&xr).unwrap());
+        let db = rel_max_error(grads.get(&bv).unwrap(), ref_grads.get(&br).unwrap());
+        println!("bias+GELU {dtype:?}: out {out:.2e}, dx {dx:.2e}, dbias {db:.2e}");
+        assert!(
+            out < tol && dx < tol && db < tol,
+            "{dtype:?}: {out} {dx} {db}"
+        );
+    }
+}
