@@ -25,8 +25,9 @@ fn gpu() -> Option<Device> {
     }
 }
 
-/// `max |a - b| / max |b|`; where the reference is zero up to rounding (`max |b| < 1e-6`, e.g.
-/// dQ and dK of a softmax over a single key) the absolute error instead.
+/// `max |a - b| / max(max |b|, 1e-3)`: relative to the largest reference entry, and relative to
+/// 1e-3 where the reference is zero up to rounding (dQ and dK of a softmax over a single key are
+/// exactly 0: the fused path leaves ~1e-7 of f32 summation-order noise there).
 fn rel_max_error(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
@@ -38,7 +39,7 @@ fn rel_max_error(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.max(1e-6)
+    diff.to_scalar::<f32>().unwrap() / scale.max(1e-3)
 }
 
 struct Case {
