@@ -13,6 +13,7 @@ pub mod captioner;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod doctor;

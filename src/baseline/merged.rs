@@ -9,10 +9,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::dataset::Item;
 use super::report::{self, BaselineReport, Counts, Memory, Timings};
 use super::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
+use crate::data::dataset::Item;
 use crate::distributed::command::rerun_line;
 use crate::distributed::done::{self, RankDone, RankStatus, RankTimings};
 use crate::distributed::files::RankFiles;

@@ -10,11 +10,9 @@
 //! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
 //! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
-pub mod dataset;
 pub mod memory;
 pub mod merged;
 pub mod pipeline;
-pub mod predictions;
 pub mod ranked;
 pub mod report;
 
@@ -26,6 +24,8 @@ use std::time::Instant;
 
 use crate::captioner::Captioner;
 use crate::config::{Config, ResolvedConfig};
+use crate::data::dataset;
+use crate::data::predictions::{self, JsonlAppender, Prediction};
 use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts, Target};
 use crate::distributed::{files, world};
 use crate::doctor;
@@ -34,7 +34,6 @@ use crate::exit::Exit;
 use crate::metrics;
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
-use predictions::{JsonlAppender, Prediction};
 use report::{BaselineReport, Counts, Memory, Timings};
 
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";

@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::dataset::Item;
 use super::{
     caption_items, load_dataset, open_device, prepare_output_dir, Captioned, OutputFiles,
     RunOptions,
 };
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
+use crate::data::dataset::Item;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
 use crate::distributed::done::{self, RankDone, RankStatus};
 use crate::distributed::files::{self, RankFiles};

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{print_stdout, Context};
-use crate::baseline::dataset;
 use crate::baseline::strip_prompt;
 use crate::config::{DataConfig, DataSource};
+use crate::data::dataset;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;

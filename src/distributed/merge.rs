@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::files::RankFiles;
 use super::{shard, DistributedError};
-use crate::baseline::dataset::Item;
-use crate::baseline::predictions::{read_jsonl, Failure, Prediction, PredictionsError};
+use crate::data::dataset::Item;
+use crate::data::predictions::{read_jsonl, Failure, Prediction, PredictionsError};
 
 /// A shard with items that have neither a prediction nor a failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,7 +146,7 @@ fn slot_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::predictions::JsonlAppender;
+    use crate::data::predictions::JsonlAppender;
 
     fn items(count: usize) -> Vec<Item> {
         (0..count)

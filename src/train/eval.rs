@@ -7,8 +7,8 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::params::TrainParams;
-use crate::baseline::dataset::Item;
 use crate::baseline::strip_prompt;
+use crate::data::dataset::Item;
 use crate::error::Error;
 use crate::generate::{generate, GenerationConfig};
 use crate::metrics;

@@ -1,6 +1,6 @@
-//! Dataset readers for `baseline` (and later `train`): a folder of images, a JSONL manifest, or a COCO
-//! captions annotation file (optionally filtered by a Karpathy-style split file). Every problem is found
-//! here, before a model is loaded, and named with its file (and line).
+//! Dataset readers for every job (`baseline`, `train`, `fidelity`, `score`): a folder of images, a
+//! JSONL manifest, or a COCO captions annotation file (optionally filtered by a Karpathy-style split
+//! file). Every problem is found here, before a model is loaded, and named with its file (and line).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
