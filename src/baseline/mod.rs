@@ -10,7 +10,6 @@
 //! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
 //! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
-pub mod memory;
 pub mod merged;
 pub mod pipeline;
 pub mod ranked;
@@ -32,6 +31,8 @@ use crate::doctor;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
+use crate::report::memory;
+use crate::report::output::{output_error, prepare_output_dir};
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
 use report::{BaselineReport, Counts, Memory, Timings};
@@ -301,39 +302,6 @@ fn caption_items(
         .chain(new_predictions)
         .collect();
     Ok(captioned)
-}
-
-pub(crate) fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Output {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Creates the output directory, proves it is writable, and with `fresh` deletes the named earlier
-/// results in it.
-pub(crate) fn prepare_output_dir(
-    dir: &Path,
-    fresh: bool,
-    results: &[&str],
-) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| output_error("the output directory", dir, source))?;
-    let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
-    let _ = std::fs::remove_file(&probe);
-    if fresh {
-        for name in results {
-            let path = dir.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(output_error("(removing) an old result", &path, source)),
-            }
-        }
-    }
-    Ok(dir.to_path_buf())
 }
 
 /// Runs one batch of a flat gray image so kernel compilation, cuBLAS handles and allocator growth stay

@@ -12,10 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{
-    caption_items, load_dataset, open_device, prepare_output_dir, Captioned, OutputFiles,
-    RunOptions,
-};
+use super::{caption_items, load_dataset, open_device, Captioned, OutputFiles, RunOptions};
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::data::dataset::Item;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
@@ -26,6 +23,7 @@ use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, RankInfo};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::report::output::prepare_output_dir;
 use crate::report::Environment;
 
 /// Everything about this process's place in a data-parallel run.

@@ -32,8 +32,6 @@ use super::params::{FreezeRule, TrainParams};
 use super::scaler::{LossScaler, ScalerConfig};
 use super::schedule::WarmupCosine;
 use super::workspace::{append, prepare_output_dir, resume_point, save, total_steps, RunState};
-use crate::baseline::memory::GpuMemoryMonitor;
-use crate::baseline::output_error;
 use crate::captioner::{generation_config, image_processor};
 use crate::config::{Quantization, ResolvedConfig, TrainConfig};
 use crate::data::dataset;
@@ -43,6 +41,8 @@ use crate::exit::Exit;
 use crate::hub;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipWeights};
 use crate::preprocess::prompt::PromptTokenizer;
+use crate::report::memory::GpuMemoryMonitor;
+use crate::report::output::output_error;
 use crate::report::progress::Progress as StepProgress;
 use crate::report::write_json_atomic;
 
