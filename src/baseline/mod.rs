@@ -15,7 +15,6 @@ pub mod pipeline;
 pub mod ranked;
 pub mod report;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -438,43 +437,19 @@ fn caption_all(
     Ok(outcome)
 }
 
-/// COCO metrics over every prediction whose item has references. LAVIS strips the prompt from the
-/// caption before scoring (`caption[len(prompt):]`); so do we.
+/// COCO metrics over every prediction whose item has references (`None` when none has), the prompt
+/// stripped as LAVIS does.
 pub(crate) fn score(
     items: &[dataset::Item],
     predictions: &[Prediction],
     prompt: &str,
 ) -> Result<Option<metrics::Scores>, Error> {
-    let references: BTreeMap<String, Vec<String>> = items
+    let captions = predictions
         .iter()
-        .filter(|item| !item.references.is_empty())
-        .map(|item| (item.id.clone(), item.references.clone()))
-        .collect();
-    let hypotheses: BTreeMap<String, String> = predictions
-        .iter()
-        .filter(|p| references.contains_key(&p.id))
-        .map(|p| (p.id.clone(), strip_prompt(&p.caption, prompt)))
-        .collect();
-    if hypotheses.is_empty() {
-        return Ok(None);
-    }
-    let references = references
-        .into_iter()
-        .filter(|(id, _)| hypotheses.contains_key(id))
-        .collect();
-    metrics::score(&hypotheses, &references)
-        .map(Some)
-        .map_err(|err| Error::Internal(format!("metrics: {err}")))
-}
-
-/// The caption without the prompt text it starts with (decoded text is lowercased by the tokenizer).
-pub fn strip_prompt(caption: &str, prompt: &str) -> String {
-    let prompt = prompt.trim().to_lowercase();
-    if prompt.is_empty() {
-        return caption.trim().to_string();
-    }
-    match caption.trim().strip_prefix(&prompt) {
-        Some(rest) => rest.trim().to_string(),
-        None => caption.trim().to_string(),
+        .map(|p| (p.id.as_str(), p.caption.as_str()));
+    match metrics::score_captions(captions, &dataset::references(items), prompt) {
+        Ok(scores) => Ok(Some(scores)),
+        Err(metrics::MetricsError::Empty) => Ok(None),
+        Err(err) => Err(Error::Internal(format!("metrics: {err}"))),
     }
 }

@@ -58,6 +58,15 @@ pub enum DatasetError {
     Empty { path: PathBuf, detail: String },
 }
 
+/// The reference captions by image id, for the items that have any.
+pub fn references(items: &[Item]) -> BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .filter(|item| !item.references.is_empty())
+        .map(|item| (item.id.clone(), item.references.clone()))
+        .collect()
+}
+
 /// File extensions a folder dataset picks up.
 const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tiff"];
 
