@@ -9,7 +9,6 @@
 
 pub mod baseline;
 pub mod bench;
-pub mod captioner;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,6 +16,7 @@ pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod fidelity;

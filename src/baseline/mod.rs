@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::captioner::Captioner;
 use crate::config::{Config, ResolvedConfig};
 use crate::data::dataset;
 use crate::data::predictions::{self, JsonlAppender, Prediction};
 use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts, Target};
 use crate::distributed::{files, world};
 use crate::doctor;
+use crate::engine::Captioner;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;

@@ -9,9 +9,9 @@ use candle_core::Tensor;
 
 use super::document::ModelShape;
 use super::BenchError;
-use crate::captioner::{generation_config, image_processor, quantization_format};
 use crate::config::Config;
 use crate::device::ActiveDevice;
+use crate::engine::{generation_config, image_processor, quantization_format};
 use crate::generate::{decoder_start, generate, GenerationConfig};
 use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
 use crate::models::blip::BlipForConditionalGeneration;

@@ -8,15 +8,16 @@ use std::time::Instant;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 
-use crate::config::{Config, PrecisionFallback, Quantization, ResizePassOrder};
+use super::settings::{generation_config, image_processor, quantization_format};
+use crate::config::{Config, PrecisionFallback};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
 use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
-use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
+use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
-use crate::preprocess::{ImageProcessor, PassOrder};
+use crate::preprocess::ImageProcessor;
 
 /// One generated caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,45 +213,5 @@ impl Captioner {
             ))
         })?;
         Ok(self.fallback_model.get_or_init(|| model))
-    }
-}
-
-/// The image processor `config.preprocess` describes, for a model with `image_size` inputs.
-pub fn image_processor(config: &Config, image_size: usize) -> ImageProcessor {
-    let mut processor = ImageProcessor::blip(image_size);
-    processor.max_pixels = config.preprocess.max_pixels;
-    processor.pass_order = match config.preprocess.resize_pass_order {
-        ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
-        ResizePassOrder::Pillow13 => PassOrder::Pillow13,
-        ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
-    };
-    processor
-}
-
-/// The generation settings of `config.generation` with the model's special ids.
-pub fn generation_config(config: &Config, model: &BlipConfig) -> GenerationConfig {
-    let settings = &config.generation;
-    let text_config = &model.text_config;
-    // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
-    GenerationConfig {
-        max_length: settings.max_length,
-        min_length: settings.min_length,
-        num_beams: settings.num_beams,
-        length_penalty: settings.length_penalty,
-        repetition_penalty: settings.repetition_penalty,
-        bos: text_config.bos_token_id,
-        eos: text_config.sep_token_id,
-        pad: text_config.pad_token_id,
-    }
-}
-
-/// The GGML format a `quantization` setting asks for, `None` for dense weights.
-pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
-    match quantization {
-        Quantization::None => None,
-        Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-        Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-        Quantization::Q4k => Some(GgmlDType::Q4K),
-        Quantization::Q6k => Some(GgmlDType::Q6K),
     }
 }
