@@ -4,6 +4,7 @@ pub mod blip;
 pub mod fused;
 pub mod gguf;
 pub mod grad_ops;
+pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod projections;

@@ -18,8 +18,8 @@ pub use text::BlipTextLMHeadModel;
 pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
 
-use crate::generate::kv_cache::{KvCache, KvCacheShape};
 use crate::models::fused::FusedOps;
+use crate::models::kv_cache::{KvCache, KvCacheShape};
 use crate::models::linear::{Linear, QuantizedMatmul};
 use crate::models::projections::ProjectionLoader;
 use crate::models::quantize::{QuantizationSummary, Quantizer};
