@@ -7,13 +7,12 @@
 //! the device) -> metrics -> report.
 //!
 //! With world size > 1 (`--rank/--world-size` or a launcher's variables) the process is one rank of a
-//! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
-//! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
+//! data-parallel run: `shards::ranked` captions its shard into per-rank files, `shards::merged` puts
+//! the shards together (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
-pub mod merged;
 pub mod pipeline;
-pub mod ranked;
 pub mod report;
+pub mod shards;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,11 +48,11 @@ pub struct RunOptions {
     /// Progress output: a bar on a terminal, periodic lines otherwise, nothing when quiet.
     pub quiet: bool,
     /// This process's rank in a data-parallel run; `None` (or world size 1) is a single process.
-    pub distributed: Option<ranked::RankSetup>,
+    pub distributed: Option<shards::ranked::RankSetup>,
 }
 
 /// Runs the baseline; returns the exit status (0, 3 completed with failures or a shard missing,
-/// 130 interrupted). With world size > 1 this process captions its shard (`ranked`).
+/// 130 interrupted). With world size > 1 this process captions its shard (`shards::ranked`).
 pub fn run(
     resolved: &ResolvedConfig,
     facts: &SystemFacts,
@@ -62,7 +61,7 @@ pub fn run(
 ) -> Result<Exit, Error> {
     match &options.distributed {
         Some(setup) if setup.info.world_size > 1 => {
-            ranked::run(resolved, facts, cuda, options, setup)
+            shards::ranked::run(resolved, facts, cuda, options, setup)
         }
         _ => run_single(resolved, facts, cuda, options),
     }

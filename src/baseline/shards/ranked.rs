@@ -12,13 +12,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{caption_items, load_dataset, open_device, Captioned, OutputFiles, RunOptions};
+use super::done::{self, RankDone, RankStatus};
+use super::wait::{self, Expected, WaitOptions};
+use crate::baseline::{
+    caption_items, load_dataset, open_device, Captioned, OutputFiles, RunOptions, ERRORS_FILE,
+    PREDICTIONS_FILE, REPORT_FILE,
+};
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::data::dataset::Item;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
-use crate::distributed::done::{self, RankDone, RankStatus};
 use crate::distributed::files::{self, RankFiles};
-use crate::distributed::wait::{self, Expected, WaitOptions};
 use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, RankInfo};
 use crate::error::Error;
@@ -211,11 +214,7 @@ fn join_run(
         files::remove_if_present(path)?;
     }
     if info.rank == 0 {
-        for name in [
-            super::PREDICTIONS_FILE,
-            super::ERRORS_FILE,
-            super::REPORT_FILE,
-        ] {
+        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
             files::remove_if_present(&out_dir.join(name))?;
         }
         files::remove_ranks_from(&out_dir, info.world_size)?;
