@@ -2,9 +2,9 @@
 //! COCO caption metrics, `report.json` and a summary out; resumable after a crash or Ctrl-C.
 //!
 //! Order of work, so that every mistake is reported before the expensive part: configuration -> dataset
-//! (every file and line checked) -> device, verified exactly as `doctor` does -> output directory writable
-//! -> model load (timed) -> warm-up -> batches (preprocessing on worker threads, a few batches ahead of
-//! the device) -> metrics -> report.
+//! (every file and line checked) -> device (opened and smoke-tested by `device::activate`, as in every
+//! job) -> output directory writable -> model load (timed) -> warm-up -> batches (preprocessing on
+//! worker threads, a few batches ahead of the device) -> metrics -> report.
 //!
 //! With world size > 1 (`--rank/--world-size` or a launcher's variables) the process is one rank of a
 //! data-parallel run: `shards::ranked` captions its shard into per-rank files, `shards::merged` puts
@@ -24,7 +24,6 @@ use crate::data::dataset;
 use crate::data::predictions::{self, JsonlAppender, Prediction};
 use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts, Target};
 use crate::distributed::{files, world};
-use crate::doctor;
 use crate::engine::Captioner;
 use crate::error::Error;
 use crate::exit::Exit;
@@ -76,7 +75,7 @@ fn run_single(
     let started = Instant::now();
     let config = &resolved.config;
     let items = load_dataset(config)?;
-    let active = open_device(config, facts, cuda)?;
+    let active = device::activate(config.device, config.precision, facts, cuda)?;
 
     let out_dir = prepare_output_dir(
         &config.output.dir,
@@ -145,37 +144,6 @@ fn run_single(
 /// Reads the configured dataset (every file and line checked).
 fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
     dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))
-}
-
-/// Checks the configured device exactly as `doctor` does, then opens it.
-fn open_device(
-    config: &Config,
-    facts: &SystemFacts,
-    cuda: &CudaAvailability,
-) -> Result<ActiveDevice, Error> {
-    let check = doctor::run(config, facts, cuda);
-    if !check.usable {
-        let failing: Vec<String> = check
-            .checks
-            .iter()
-            .filter(|c| c.status == doctor::Status::Fail)
-            .map(|c| match &c.remedy {
-                Some(remedy) => format!("{}\n  fix: {remedy}", c.message),
-                None => c.message.clone(),
-            })
-            .collect();
-        return Err(Error::Usage(format!(
-            "device {} is not usable (as `vlmrun doctor` reports): {}",
-            config.device,
-            failing.join("; ")
-        )));
-    }
-    Ok(device::activate(
-        config.device,
-        config.precision,
-        facts,
-        cuda,
-    )?)
 }
 
 /// Where one process appends its results.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::done::{self, RankDone, RankStatus};
 use super::wait::{self, Expected, WaitOptions};
 use crate::baseline::{
-    caption_items, load_dataset, open_device, Captioned, OutputFiles, RunOptions, ERRORS_FILE,
-    PREDICTIONS_FILE, REPORT_FILE,
+    caption_items, load_dataset, Captioned, OutputFiles, RunOptions, ERRORS_FILE, PREDICTIONS_FILE,
+    REPORT_FILE,
 };
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::data::dataset::Item;
@@ -292,7 +292,7 @@ fn caption_shard(
     options: &RunOptions,
     done_record: &mut RankDone,
 ) -> Result<(Captioned, Environment), Error> {
-    let active = open_device(job.config, job.facts, job.cuda)?;
+    let active = device::activate(job.config.device, job.config.precision, job.facts, job.cuda)?;
     done_record.device = device::describe_target(&active.plan.target);
     let resolved_here = ResolvedConfig {
         config: job.config.clone(),
