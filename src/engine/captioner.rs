@@ -1,19 +1,19 @@
-//! The captioning engine shared by `caption`, `baseline` and `bench`: a BLIP model, its tokenizer, the
-//! image processor and the generation settings, bound to one device and dtype.
+//! The captioning engine shared by `caption`, `baseline` and `fidelity`: a BLIP model, its tokenizer,
+//! the image processor and the generation settings ([`super::assemble`]), bound to one device and
+//! dtype, with the f16 overflow fallback.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 
-use super::settings::{generation_config, image_processor, quantization_format};
+use super::assemble::{assemble, Assembled};
 use crate::config::{Config, PrecisionFallback};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
-use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
+use crate::models::blip::load::load_model_with;
 use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
@@ -48,37 +48,19 @@ pub struct Captioner {
 }
 
 impl Captioner {
-    /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt.
+    /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt
+    /// ([`assemble`]).
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Captioner, Error> {
-        let started = Instant::now();
-        let files =
-            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
-                match err {
-                    SourceError::Hub(err) => Error::Hub(err),
-                    SourceError::Load(err) => Error::Model(format!("{err:#}")),
-                }
-            })?;
-        let model_dir = files.weights;
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
-            .map_err(|err| Error::Model(err.to_string()))?;
-        let quantization = quantization_format(config.quantization);
-        let model = load_model_with(
-            &model_dir,
-            active.precision.dtype,
-            &active.device,
+        let Assembled {
+            model,
+            tokenizer,
+            processor,
+            generation,
+            prompt_ids,
+            model_dir,
             quantization,
-        )
-        .map_err(|err| Error::Model(format!("{err:#}")))?;
-        active
-            .device
-            .synchronize()
-            .map_err(|err| Error::Internal(format!("device synchronise after load: {err}")))?;
-        let load_seconds = started.elapsed().as_secs_f64();
-        let processor = image_processor(config, model.config().vision_config.image_size);
-        let prompt_ids = tokenizer
-            .prompt_ids(&config.generation.prompt)
-            .map_err(|err| Error::Usage(format!("generation.prompt: {err}")))?;
-        let generation = generation_config(config, model.config());
+            load_seconds,
+        } = assemble(config, active)?;
         Ok(Captioner {
             model,
             tokenizer,

@@ -35,12 +35,10 @@ use super::workspace::{append, prepare_output_dir, resume_point, save, total_ste
 use crate::config::{Quantization, ResolvedConfig, TrainConfig};
 use crate::data::dataset;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
-use crate::engine::{generation_config, image_processor};
+use crate::engine::{self, generation_config, image_processor};
 use crate::error::Error;
 use crate::exit::Exit;
-use crate::hub;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipWeights};
-use crate::preprocess::prompt::PromptTokenizer;
 use crate::report::memory::GpuMemoryMonitor;
 use crate::report::output::output_error;
 use crate::report::progress::Progress as StepProgress;
@@ -107,10 +105,9 @@ pub fn run(
     let active = device::activate(config.device, config.precision, facts, cuda)?;
     let (dev, dtype) = (active.device.clone(), active.precision.dtype);
 
-    let model_dir = hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
+    let engine::Resolved { files, tokenizer } = engine::resolve(config)?;
+    let model_dir = files.weights;
     let weights = BlipWeights::locate(&model_dir).map_err(|err| Error::Model(err.to_string()))?;
-    let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
-        .map_err(|err| Error::Model(err.to_string()))?;
     let processor = image_processor(config, weights.config.vision_config.image_size);
     let (inputs, unreadable) = InputBuilder::new(
         data.samples,
