@@ -22,6 +22,7 @@ pub mod exit;
 pub mod fidelity;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod preprocess;

@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::models::fused::CacheGeometry;
+use crate::kernels::fused::CacheGeometry;
 
 /// The self-attention cache of every decoder layer.
 #[derive(Debug, Clone)]

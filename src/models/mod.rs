@@ -1,9 +1,7 @@
 //! Model definitions (candle): shared layers and one module per model family.
 
 pub mod blip;
-pub mod fused;
 pub mod gguf;
-pub mod grad_ops;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;

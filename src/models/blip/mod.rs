@@ -20,7 +20,7 @@ pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
 pub use weights::{BlipWeights, LoadError};
 
-use crate::models::fused::FusedOps;
+use crate::kernels::fused::FusedOps;
 use crate::models::kv_cache::{KvCache, KvCacheShape};
 use crate::models::linear::{Linear, QuantizedMatmul};
 use crate::models::projections::ProjectionLoader;

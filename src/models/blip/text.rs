@@ -8,7 +8,7 @@ use super::config::{Activation, BlipTextConfig};
 use super::text_attention::{
     residual_norm_params, BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv,
 };
-use crate::models::fused::FusedOps;
+use crate::kernels::fused::FusedOps;
 use crate::models::kv_cache::KvCache;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, LayerNorm};

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::BlipTextConfig;
-use crate::models::fused::{FusedOps, SplitGeometry};
+use crate::kernels::fused::{FusedOps, SplitGeometry};
 use crate::models::kv_cache::KvCache;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
