@@ -7,4 +7,6 @@ pub mod linear;
 pub mod norm;
 pub mod projections;
 pub mod quantize;
-pub mod softmax;
+
+/// `kernels::softmax` under its old path, for the attention code that still names it there.
+pub use crate::kernels::softmax;

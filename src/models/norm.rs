@@ -72,7 +72,7 @@ fn normalize(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Te
 /// Softmax over the last dimension, in the input dtype: [`crate::models::softmax`]'s kernel
 /// (f32 accumulation), with the backward pass attached when `xs` is tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    let probs = crate::models::softmax::softmax_last_dim(&xs.detach())?;
+    let probs = crate::kernels::softmax::softmax_last_dim(&xs.detach())?;
     if xs.track_op() {
         return softmax_with_backward(xs, probs);
     }
