@@ -1,21 +1,41 @@
 //! vlmrun: a Rust-native GPU harness for vision-language models.
 //!
-//! Layers, bottom up: `config` (the run configuration), `device` (probing, the CUDA launcher and the
-//! device/precision policy), `hub` (where model files come from), `preprocess` (decode, Pillow-exact
-//! resize, normalize, prompt tokens), `models` (BLIP), `generate` (greedy and beam search), `metrics`
-//! (COCO caption metrics), `captioner` (model + tokenizer + processor on one device), `baseline` (the
-//! dataset run), `report` (atomic reports, statistics), `doctor` (environment checks), `cli` and
-//! `commands` (the command line), `error`/`exit` (errors and exit codes).
+//! The tree, top down. Its one rule: a module imports only modules on the lines below its own line,
+//! never one above and never another one of its own line (so the jobs never import one another).
+//! Inside a folder its files import each other without loops (its `mod.rs` aside, which declares
+//! the files and may define what they share).
+//!
+//! ```text
+//! commands/      one file per subcommand: parsed arguments -> a job's options -> the job's run
+//! baseline/ bench/ doctor/ fidelity/ train/   the jobs, siblings (baseline/shards/: the ranks of a
+//!                data-parallel baseline, their done files, the merge);  cli.rs  the command line
+//! engine/        the one assembly of a runnable model from the configuration; the captioner
+//! generate/      greedy and beam search over the model's decoder and KV cache
+//! models/        BLIP, shared layers (linear, norm, projections), weight formats (GGUF,
+//!                quantization), the KV cache
+//! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
+//!                the f32-accumulating softmax
+//! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
+//!                metrics and caption scoring; decode, Pillow-exact resize, normalize, prompt tokens;
+//!                atomic reports, the GPU memory monitor, charts, the output directory, progress
+//! data/ error.rs dataset readers and the predictions file; the error every command returns
+//! device/ exit.rs hub/   probe, launcher, device policy and smoke test; exit codes; model files and
+//!                the Hugging Face cache
+//! config/        the run configuration
+//! ```
+//!
+//! `main.rs` (the binary) stands above them all.
 
 pub mod baseline;
 pub mod bench;
-pub mod captioner;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod fidelity;

@@ -303,7 +303,11 @@ fn bad_datasets_fail_before_the_model_loads() {
         Some(2),
         "cuda requested on a machine without it"
     );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not usable"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("device cuda") && stderr.contains("fix:"),
+        "{stderr}"
+    );
     assert!(
         !dir.path().join("out").exists(),
         "aborted before touching the output"

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use vlmrun::captioner::Captioner;
 use vlmrun::config::{Config, DeviceSpec, PrecisionFallback, PrecisionSpec};
 use vlmrun::device::{self, CudaAvailability, SystemFacts};
+use vlmrun::engine::Captioner;
 use vlmrun::generate::{generate, GenerateError, GenerationConfig};
 use vlmrun::models::blip::load_model;
 use vlmrun::preprocess::{batch_tensor, ImageProcessor};

@@ -1,4 +1,4 @@
-//! The CUDA quantized GEMV (`qgemv_*` in src/models/fused/kernels.cu) decodes GGML blocks in
+//! The CUDA quantized GEMV (`qgemv_*` in src/kernels/fused/kernels.cu) decodes GGML blocks in
 //! registers. CI has no GPU, so this test compiles the kernel file's block decoders
 //! (`BlockQ8_0`, `BlockQ4_0`, `BlockQ4K`, `BlockQ6K`, verbatim) as host C++ with the machine's C++ compiler
 //! and checks every weight they decode against candle's own CPU dequantization of the same bytes.
@@ -10,7 +10,7 @@ use std::process::Command;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-const KERNELS: &str = include_str!("../src/models/fused/kernels.cu");
+const KERNELS: &str = include_str!("../src/kernels/fused/kernels.cu");
 
 /// The decoder structs of kernels.cu: from `struct BlockQ8_0` up to the activation loaders.
 fn decoder_source() -> &'static str {

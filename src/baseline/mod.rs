@@ -2,39 +2,36 @@
 //! COCO caption metrics, `report.json` and a summary out; resumable after a crash or Ctrl-C.
 //!
 //! Order of work, so that every mistake is reported before the expensive part: configuration -> dataset
-//! (every file and line checked) -> device, verified exactly as `doctor` does -> output directory writable
-//! -> model load (timed) -> warm-up -> batches (preprocessing on worker threads, a few batches ahead of
-//! the device) -> metrics -> report.
+//! (every file and line checked) -> device (opened and smoke-tested by `device::activate`, as in every
+//! job) -> output directory writable -> model load (timed) -> warm-up -> batches (preprocessing on
+//! worker threads, a few batches ahead of the device) -> metrics -> report.
 //!
 //! With world size > 1 (`--rank/--world-size` or a launcher's variables) the process is one rank of a
-//! data-parallel run: `ranked` captions its shard into per-rank files, `merged` puts the shards together
-//! (docs/scaling.md). World size 1 is the single-process run above, unchanged.
+//! data-parallel run: `shards::ranked` captions its shard into per-rank files, `shards::merged` puts
+//! the shards together (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
-pub mod dataset;
-pub mod memory;
-pub mod merged;
 pub mod pipeline;
-pub mod predictions;
-pub mod ranked;
 pub mod report;
+pub mod shards;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::captioner::Captioner;
 use crate::config::{Config, ResolvedConfig};
+use crate::data::dataset;
+use crate::data::predictions::{self, JsonlAppender, Prediction};
 use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts, Target};
 use crate::distributed::{files, world};
-use crate::doctor;
+use crate::engine::Captioner;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
+use crate::report::memory;
+use crate::report::output::{output_error, prepare_output_dir};
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
-use predictions::{JsonlAppender, Prediction};
 use report::{BaselineReport, Counts, Memory, Timings};
 
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
@@ -50,11 +47,11 @@ pub struct RunOptions {
     /// Progress output: a bar on a terminal, periodic lines otherwise, nothing when quiet.
     pub quiet: bool,
     /// This process's rank in a data-parallel run; `None` (or world size 1) is a single process.
-    pub distributed: Option<ranked::RankSetup>,
+    pub distributed: Option<shards::ranked::RankSetup>,
 }
 
 /// Runs the baseline; returns the exit status (0, 3 completed with failures or a shard missing,
-/// 130 interrupted). With world size > 1 this process captions its shard (`ranked`).
+/// 130 interrupted). With world size > 1 this process captions its shard (`shards::ranked`).
 pub fn run(
     resolved: &ResolvedConfig,
     facts: &SystemFacts,
@@ -63,7 +60,7 @@ pub fn run(
 ) -> Result<Exit, Error> {
     match &options.distributed {
         Some(setup) if setup.info.world_size > 1 => {
-            ranked::run(resolved, facts, cuda, options, setup)
+            shards::ranked::run(resolved, facts, cuda, options, setup)
         }
         _ => run_single(resolved, facts, cuda, options),
     }
@@ -78,7 +75,7 @@ fn run_single(
     let started = Instant::now();
     let config = &resolved.config;
     let items = load_dataset(config)?;
-    let active = open_device(config, facts, cuda)?;
+    let active = device::activate(config.device, config.precision, facts, cuda)?;
 
     let out_dir = prepare_output_dir(
         &config.output.dir,
@@ -147,37 +144,6 @@ fn run_single(
 /// Reads the configured dataset (every file and line checked).
 fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
     dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))
-}
-
-/// Checks the configured device exactly as `doctor` does, then opens it.
-fn open_device(
-    config: &Config,
-    facts: &SystemFacts,
-    cuda: &CudaAvailability,
-) -> Result<ActiveDevice, Error> {
-    let check = doctor::run(config, facts, cuda);
-    if !check.usable {
-        let failing: Vec<String> = check
-            .checks
-            .iter()
-            .filter(|c| c.status == doctor::Status::Fail)
-            .map(|c| match &c.remedy {
-                Some(remedy) => format!("{}\n  fix: {remedy}", c.message),
-                None => c.message.clone(),
-            })
-            .collect();
-        return Err(Error::Usage(format!(
-            "device {} is not usable (as `vlmrun doctor` reports): {}",
-            config.device,
-            failing.join("; ")
-        )));
-    }
-    Ok(device::activate(
-        config.device,
-        config.precision,
-        facts,
-        cuda,
-    )?)
 }
 
 /// Where one process appends its results.
@@ -302,39 +268,6 @@ fn caption_items(
         .chain(new_predictions)
         .collect();
     Ok(captioned)
-}
-
-pub(crate) fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Output {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Creates the output directory, proves it is writable, and with `fresh` deletes the named earlier
-/// results in it.
-pub(crate) fn prepare_output_dir(
-    dir: &Path,
-    fresh: bool,
-    results: &[&str],
-) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| output_error("the output directory", dir, source))?;
-    let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|source| output_error("files", dir, source))?;
-    let _ = std::fs::remove_file(&probe);
-    if fresh {
-        for name in results {
-            let path = dir.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(output_error("(removing) an old result", &path, source)),
-            }
-        }
-    }
-    Ok(dir.to_path_buf())
 }
 
 /// Runs one batch of a flat gray image so kernel compilation, cuBLAS handles and allocator growth stay
@@ -471,43 +404,19 @@ fn caption_all(
     Ok(outcome)
 }
 
-/// COCO metrics over every prediction whose item has references. LAVIS strips the prompt from the
-/// caption before scoring (`caption[len(prompt):]`); so do we.
+/// COCO metrics over every prediction whose item has references (`None` when none has), the prompt
+/// stripped as LAVIS does.
 pub(crate) fn score(
     items: &[dataset::Item],
     predictions: &[Prediction],
     prompt: &str,
 ) -> Result<Option<metrics::Scores>, Error> {
-    let references: BTreeMap<String, Vec<String>> = items
+    let captions = predictions
         .iter()
-        .filter(|item| !item.references.is_empty())
-        .map(|item| (item.id.clone(), item.references.clone()))
-        .collect();
-    let hypotheses: BTreeMap<String, String> = predictions
-        .iter()
-        .filter(|p| references.contains_key(&p.id))
-        .map(|p| (p.id.clone(), strip_prompt(&p.caption, prompt)))
-        .collect();
-    if hypotheses.is_empty() {
-        return Ok(None);
-    }
-    let references = references
-        .into_iter()
-        .filter(|(id, _)| hypotheses.contains_key(id))
-        .collect();
-    metrics::score(&hypotheses, &references)
-        .map(Some)
-        .map_err(|err| Error::Internal(format!("metrics: {err}")))
-}
-
-/// The caption without the prompt text it starts with (decoded text is lowercased by the tokenizer).
-pub fn strip_prompt(caption: &str, prompt: &str) -> String {
-    let prompt = prompt.trim().to_lowercase();
-    if prompt.is_empty() {
-        return caption.trim().to_string();
-    }
-    match caption.trim().strip_prefix(&prompt) {
-        Some(rest) => rest.trim().to_string(),
-        None => caption.trim().to_string(),
+        .map(|p| (p.id.as_str(), p.caption.as_str()));
+    match metrics::score_captions(captions, &dataset::references(items), prompt) {
+        Ok(scores) => Ok(Some(scores)),
+        Err(metrics::MetricsError::Empty) => Ok(None),
+        Err(err) => Err(Error::Internal(format!("metrics: {err}"))),
     }
 }

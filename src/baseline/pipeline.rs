@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::dataset::Item;
-use super::predictions::Failure;
+use crate::data::dataset::Item;
+use crate::data::predictions::Failure;
 use crate::preprocess::ImageProcessor;
 
 /// Batches prepared ahead of the device.

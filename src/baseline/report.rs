@@ -1,4 +1,6 @@
-//! `report.json` for a baseline run (schema `vlmrun.baseline/1`) and the summary table printed at the end.
+//! `report.json` for a baseline run (schema `vlmrun.baseline/1`) and the summary table printed at the
+//! end; with its data-parallel parts (a rank's timings in its done file, the merged `distributed`
+//! block and the missing shards), so that every report type lives here.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +25,7 @@ pub struct BaselineReport {
     pub config: serde_json::Value,
     /// Data-parallel runs only (the merged report): the ranks, their timings and any missing shard.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub distributed: Option<super::merged::DistributedSummary>,
+    pub distributed: Option<DistributedSummary>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -66,6 +68,128 @@ pub struct Counts {
     pub failed: usize,
     /// Left undone because the run was interrupted.
     pub remaining: usize,
+}
+
+/// The timings of one rank (the scalar part of the baseline report's timings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankTimings {
+    pub model_load_s: Option<f64>,
+    pub warmup_s: Option<f64>,
+    /// First batch to last prediction of the shard.
+    pub run_s: f64,
+    /// The rank's whole command up to this file (device checks, model load, warm-up, captioning).
+    pub total_s: f64,
+    pub images_per_s: f64,
+    pub generation_images_per_s: f64,
+    pub generated_tokens_per_s: f64,
+    pub batch_latency_p50_ms: Option<f64>,
+    pub batch_latency_p95_ms: Option<f64>,
+}
+
+impl From<&Timings> for RankTimings {
+    fn from(timings: &Timings) -> Self {
+        RankTimings {
+            model_load_s: timings.model_load_s,
+            warmup_s: timings.warmup_s,
+            run_s: timings.run_s,
+            total_s: timings.total_s,
+            images_per_s: timings.images_per_s,
+            generation_images_per_s: timings.generation_images_per_s,
+            generated_tokens_per_s: timings.generated_tokens_per_s,
+            batch_latency_p50_ms: timings.batch_latency_ms.map(|p| p.p50),
+            batch_latency_p95_ms: timings.batch_latency_ms.map(|p| p.p95),
+        }
+    }
+}
+
+/// The `distributed` block of a merged report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DistributedSummary {
+    pub world_size: usize,
+    /// Images captioned by the ranks' latest runs / the slowest rank's `run_s` (the figure
+    /// docs/scaling.md compares against one GPU; also `timings.images_per_s`).
+    pub aggregate_images_per_s: f64,
+    pub slowest_rank_run_s: f64,
+    /// First rank start to last done file, wall clock across machines (includes model loads).
+    pub span_s: Option<f64>,
+    pub ranks: Vec<RankEntry>,
+    /// Shards with items still to do (empty when the merge is complete).
+    pub missing: Vec<MissingShard>,
+    /// Prediction lines for an id already merged (ignored).
+    pub duplicates: usize,
+    /// Lines for ids outside the writing rank's shard (ignored).
+    pub foreign: usize,
+}
+
+/// One rank in the merged report, from its done file.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankEntry {
+    pub rank: usize,
+    pub shard_items: usize,
+    /// `complete`, `complete_with_failures`, `interrupted`, `failed`, or `no_done_file`.
+    pub status: String,
+    /// Why there is no usable done file, or the rank's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub host: Option<String>,
+    pub device: Option<String>,
+    pub counts: Option<Counts>,
+    pub timings: Option<RankTimings>,
+    pub memory: Option<Memory>,
+}
+
+impl DistributedSummary {
+    /// Rows for the human summary.
+    pub fn summary_rows(&self) -> Vec<(String, String)> {
+        let mut rows = vec![(
+            "ranks".to_string(),
+            format!(
+                "{} ({} missing a shard), {:.2} images/s together (slowest rank {:.2} s)",
+                self.world_size,
+                self.missing.len(),
+                self.aggregate_images_per_s,
+                self.slowest_rank_run_s
+            ),
+        )];
+        for entry in &self.ranks {
+            let value = match (&entry.counts, &entry.timings) {
+                (Some(counts), Some(timings)) => format!(
+                    "{} on {} ({}): {} captioned, {} skipped, {} failed of {}; {:.2} images/s",
+                    entry.status,
+                    entry.host.as_deref().unwrap_or("?"),
+                    entry.device.as_deref().unwrap_or("?"),
+                    counts.done,
+                    counts.skipped,
+                    counts.failed,
+                    entry.shard_items,
+                    timings.images_per_s
+                ),
+                _ => format!(
+                    "{}{}",
+                    entry.status,
+                    entry
+                        .note
+                        .as_ref()
+                        .map(|note| format!(" ({note})"))
+                        .unwrap_or_default()
+                ),
+            };
+            rows.push((format!("rank {}", entry.rank), value));
+        }
+        rows
+    }
+}
+
+/// A shard with items that have neither a prediction nor a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingShard {
+    pub rank: usize,
+    /// Items of the shard still to do.
+    pub missing: usize,
+    /// Items in the shard.
+    pub shard: usize,
+    /// What the rank's done file says (or that there is none).
+    pub reason: String,
 }
 
 impl BaselineReport {

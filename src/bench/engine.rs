@@ -3,17 +3,15 @@
 //! caption has exactly N generated tokens and every run does the same work.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use candle_core::Tensor;
 
 use super::document::ModelShape;
 use super::BenchError;
-use crate::captioner::{generation_config, image_processor, quantization_format};
 use crate::config::Config;
 use crate::device::ActiveDevice;
+use crate::engine::{assemble, Assembled};
 use crate::generate::{decoder_start, generate, GenerationConfig};
-use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
 use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
@@ -47,34 +45,18 @@ impl BenchModel {
                 "--tokens must be at least 1".to_string(),
             ));
         }
-        let started = Instant::now();
-        let files =
-            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
-                match err {
-                    SourceError::Hub(err) => BenchError::Hub(err),
-                    SourceError::Load(err) => BenchError::Model(format!("{err:#}")),
-                }
-            })?;
-        let model_dir = files.weights;
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
-            .map_err(|err| BenchError::Model(err.to_string()))?;
-        let model = load_model_with(
-            &model_dir,
-            active.precision.dtype,
-            &active.device,
-            quantization_format(config.quantization),
-        )
-        .map_err(|err| BenchError::Model(format!("{err:#}")))?;
-        active
-            .device
-            .synchronize()
-            .map_err(BenchError::compute("synchronising after the model load"))?;
-        let load_seconds = started.elapsed().as_secs_f64();
+        let Assembled {
+            model,
+            tokenizer,
+            processor,
+            generation,
+            prompt_ids,
+            model_dir,
+            load_seconds,
+            ..
+        } = assemble(config, active)?;
 
         let text = &model.config().text_config;
-        let prompt_ids = tokenizer
-            .prompt_ids(&config.generation.prompt)
-            .map_err(|err| BenchError::Settings(format!("generation.prompt: {err}")))?;
         let prompt = decoder_start(&prompt_ids, text.bos_token_id);
         let forced_length = prompt.len() + generated_tokens;
         if forced_length > text.max_position_embeddings {
@@ -89,9 +71,8 @@ impl BenchModel {
             max_length: forced_length,
             min_length: forced_length,
             num_beams: 1,
-            ..generation_config(config, model.config())
+            ..generation
         };
-        let processor = image_processor(config, model.config().vision_config.image_size);
         Ok(BenchModel {
             model,
             tokenizer,

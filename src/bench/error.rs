@@ -70,3 +70,19 @@ impl BenchError {
         move |source| BenchError::Compute { what, source }
     }
 }
+
+impl From<crate::engine::EngineError> for BenchError {
+    fn from(err: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError;
+        match err {
+            EngineError::Hub(err) => BenchError::Hub(err),
+            EngineError::Load(err) => BenchError::Model(format!("{err:#}")),
+            EngineError::Tokenizer(err) => BenchError::Model(err.to_string()),
+            EngineError::Prompt(_) => BenchError::Settings(err.to_string()),
+            EngineError::Synchronize(source) => BenchError::Compute {
+                what: "synchronising after the model load",
+                source,
+            },
+        }
+    }
+}

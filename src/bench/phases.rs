@@ -14,10 +14,10 @@ use candle_core::{DType, Tensor, D};
 use super::document::{Record, Summary};
 use super::engine::BenchModel;
 use super::BenchError;
-use crate::baseline::memory::GpuMemoryMonitor;
 use crate::device::Target;
-use crate::generate::kv_cache::KvCache;
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use crate::models::kv_cache::KvCache;
+use crate::report::memory::GpuMemoryMonitor;
 
 /// How many untimed and timed repetitions each phase gets.
 #[derive(Debug, Clone, Copy)]

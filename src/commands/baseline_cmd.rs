@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use super::{interrupt, Context};
-use crate::baseline::ranked::RankSetup;
+use crate::baseline::shards::{done, ranked::RankSetup};
 use crate::baseline::{self, RunOptions};
 use crate::cli::BaselineArgs;
 use crate::device::probe_system;
-use crate::distributed::{self, command, done, Env, RankFlags};
+use crate::distributed::{self, command, Env, RankFlags};
 use crate::error::Error;
 use crate::exit::Exit;
 

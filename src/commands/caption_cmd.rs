@@ -5,8 +5,8 @@
 use rayon::prelude::*;
 
 use super::{print_stdout, Context};
-use crate::captioner::Captioner;
 use crate::device::{self, probe_system};
+use crate::engine::Captioner;
 use crate::error::Error;
 use crate::exit::Exit;
 

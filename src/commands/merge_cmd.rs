@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::Context;
-use crate::baseline::merged;
+use crate::baseline::shards::merged;
 use crate::error::Error;
 use crate::exit::Exit;
 

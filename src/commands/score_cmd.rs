@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{print_stdout, Context};
-use crate::baseline::dataset;
-use crate::baseline::strip_prompt;
 use crate::config::{DataConfig, DataSource};
+use crate::data::dataset;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
@@ -30,11 +29,7 @@ pub fn run(
         ..DataConfig::default()
     };
     let items = dataset::load(&data).map_err(|err| Error::Input(err.to_string()))?;
-    let refs: BTreeMap<String, Vec<String>> = items
-        .into_iter()
-        .filter(|item| !item.references.is_empty())
-        .map(|item| (item.id, item.references))
-        .collect();
+    let refs = dataset::references(&items);
     let text = std::fs::read_to_string(predictions).map_err(|err| {
         Error::Input(format!(
             "cannot read predictions {}: {err}",
@@ -42,7 +37,7 @@ pub fn run(
         ))
     })?;
     let prompt = &context.config.config.generation.prompt;
-    let mut hyps = BTreeMap::new();
+    let mut captions: BTreeMap<String, String> = BTreeMap::new();
     for (index, line) in text
         .lines()
         .enumerate()
@@ -66,9 +61,9 @@ pub fn run(
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        hyps.insert(id, strip_prompt(caption, prompt));
+        captions.insert(id, caption.to_string());
     }
-    let missing: Vec<&String> = hyps
+    let missing: Vec<&String> = captions
         .keys()
         .filter(|id| !refs.contains_key(*id))
         .take(3)
@@ -80,11 +75,11 @@ pub fn run(
             missing
         )));
     }
-    let refs = refs
-        .into_iter()
-        .filter(|(id, _)| hyps.contains_key(id))
-        .collect();
-    let scores = metrics::score(&hyps, &refs).map_err(|err| Error::Input(err.to_string()))?;
+    let captions = captions
+        .iter()
+        .map(|(id, caption)| (id.as_str(), caption.as_str()));
+    let scores = metrics::score_captions(captions, &refs, prompt)
+        .map_err(|err| Error::Input(err.to_string()))?;
     let out = if json {
         let mut s =
             serde_json::to_string_pretty(&scores).map_err(|e| Error::Internal(e.to_string()))?;

@@ -1,11 +1,14 @@
 //! Devices: what the machine has (`probe`), what this binary was built for (`build_info`), the launcher
 //! that picks the CUDA or CPU build (`launcher`), and the policy that turns the configured device and
-//! precision into a candle device and dtype or a clear error (`policy`).
+//! precision into a candle device and dtype or a clear error (`policy`), and the smoke test that proves
+//! the opened device computes correctly (`smoke`). [`activate`] is how every job makes the configured
+//! device usable.
 
 pub mod build_info;
 pub mod launcher;
 pub mod policy;
 pub mod probe;
+pub mod smoke;
 
 pub use policy::{
     arch_coverage, open, plan, resolve_precision, ArchCoverage, CudaAvailability, DeviceError,
@@ -29,7 +32,8 @@ pub struct ActiveDevice {
     pub precision: PrecisionChoice,
 }
 
-/// Plans, opens and picks the precision, logging the decisions (one warning line for an `auto` fallback).
+/// Plans, opens and picks the precision, then proves the device computes correctly (the smoke test in
+/// f32 and half precision); logs the decisions (one warning line for an `auto` fallback).
 pub fn activate(
     spec: crate::config::DeviceSpec,
     precision: crate::config::PrecisionSpec,
@@ -37,6 +41,12 @@ pub fn activate(
     cuda: &CudaAvailability,
 ) -> Result<ActiveDevice, DeviceError> {
     let active = activate_quietly(spec, precision, facts, cuda)?;
+    smoke::verify(
+        &active.device,
+        active.precision.dtype,
+        &active.plan.target,
+        &active.plan.requested,
+    )?;
     if let Some(reason) = &active.plan.fallback_reason {
         tracing::warn!("device auto: using the CPU because {reason}");
     }
@@ -50,7 +60,8 @@ pub fn activate(
     Ok(active)
 }
 
-/// As [`activate`], without logging (for `doctor`, which reports the same facts itself).
+/// As [`activate`], without the smoke test and without logging (for `doctor`, which runs and reports
+/// both itself).
 pub fn activate_quietly(
     spec: crate::config::DeviceSpec,
     precision: crate::config::PrecisionSpec,

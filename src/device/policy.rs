@@ -105,6 +105,13 @@ pub enum DeviceError {
 
     #[error("precision bf16: {gpu} (compute capability {}.{}) has no bf16 support, which needs compute capability 8.0 or newer\n  fix: use --precision f16, f32 or auto", cc.0, cc.1)]
     Bf16Unsupported { gpu: String, cc: (u32, u32) },
+
+    #[error("device {requested}: the {dtype} smoke test computes wrong results: {failure}\n  fix: check the driver/toolkit match and the GPU's health (`nvidia-smi -q`); `vlmrun doctor` shows every check")]
+    SmokeFailed {
+        requested: String,
+        dtype: String,
+        failure: String,
+    },
 }
 
 /// Decides the target from the request and the probed facts. No device is created here.

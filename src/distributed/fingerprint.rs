@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::baseline::dataset::Item;
 use crate::config::Config;
+use crate::data::dataset::Item;
 
 const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -6,18 +6,15 @@
 //!
 //! `rank` finds who this process is (flags, torchrun, Slurm, Open MPI), `device` picks its GPU, `shard`
 //! decides which items it owns, `fingerprint` and `world` guard against mixing runs, `files` names the
-//! per-rank files, `done` is a rank's completion record, `wait` is rank 0 waiting for the others and
-//! `merge` collects the shards. docs/scaling.md is the user's guide.
+//! per-rank files, `command` the line that reruns a rank. A rank's done file, rank 0's wait and the merge
+//! of the shards are baseline's (`baseline::shards`). docs/scaling.md is the user's guide.
 
 pub mod command;
 pub mod device;
-pub mod done;
 pub mod files;
 pub mod fingerprint;
-pub mod merge;
 pub mod rank;
 pub mod shard;
-pub mod wait;
 pub mod world;
 
 use std::path::PathBuf;

@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{split_fix, Check, ModelEntry, Status};
-use crate::captioner::quantization_format;
 use crate::config::Config;
+use crate::engine::quantization_format;
 use crate::models::blip::gguf::{check_requested, BlipGguf};
 use crate::models::blip::load::resolve_model_files;
 use crate::models::quantize::format_name;

@@ -4,7 +4,6 @@
 //! A `.gguf` model source is inspected by [`gguf`].
 
 pub mod gguf;
-pub mod smoke;
 
 use std::path::Path;
 
@@ -12,9 +11,10 @@ use candle_core::DType;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::device::smoke::{self, half_dtype_to_test};
 use crate::device::{
     self, arch_coverage, build_info, ArchCoverage, CudaAvailability, DriverFacts, GpuFacts,
-    SystemFacts, Target,
+    SystemFacts,
 };
 use crate::hub;
 use crate::models::blip::gguf::is_gguf_path;
@@ -391,14 +391,6 @@ fn gpu_check(gpu: &GpuEntry, built_cc: Option<(u32, u32)>) -> Check {
         status,
         message,
         remedy,
-    }
-}
-
-fn half_dtype_to_test(resolved: DType, target: &Target) -> DType {
-    match (resolved, target) {
-        (DType::F16, _) | (DType::BF16, _) => resolved,
-        (_, Target::Cuda { gpu: Some(gpu), .. }) if gpu.compute_capability < (8, 0) => DType::F16,
-        _ => DType::BF16,
     }
 }
 

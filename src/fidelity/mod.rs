@@ -13,8 +13,8 @@ use std::path::Path;
 use candle_core::safetensors::MmapedSafetensors;
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::dataset;
 use crate::config::ResolvedConfig;
+use crate::data::dataset;
 use crate::device::{ActiveDevice, CudaAvailability, SystemFacts};
 use crate::error::Error;
 use crate::models::blip::gguf::is_gguf_path;

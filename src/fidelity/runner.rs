@@ -7,12 +7,12 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use super::variant::Variant;
-use crate::baseline::memory::GpuMemoryMonitor;
-use crate::captioner::Captioner;
 use crate::config::Config;
 use crate::device::{ActiveDevice, Target};
+use crate::engine::Captioner;
 use crate::error::Error;
 use crate::preprocess::batch_tensor_as;
+use crate::report::memory::GpuMemoryMonitor;
 
 /// What one variant produced.
 #[derive(Debug, Clone)]

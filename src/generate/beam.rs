@@ -10,8 +10,8 @@ use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty, RowCandidate
 use super::{
     ensure_finite, index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig,
 };
+use crate::kernels::fused::FusedOps;
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
-use crate::models::fused::FusedOps;
 
 /// Beam search for every image in `image_kv` from the decoder start sequence `prompt`.
 pub fn beam_search(

@@ -7,7 +7,6 @@
 pub mod beam;
 pub mod beam_state;
 pub mod greedy;
-pub mod kv_cache;
 pub mod logits;
 
 use candle_core::Tensor;
@@ -166,7 +165,7 @@ fn next_token_logits(
     model: &BlipForConditionalGeneration,
     input_ids: &Tensor,
     image_kv: &CrossAttentionKv,
-    cache: &mut kv_cache::KvCache,
+    cache: &mut crate::models::kv_cache::KvCache,
 ) -> candle_core::Result<Tensor> {
     let t = input_ids.dim(1)?;
     let hidden = model

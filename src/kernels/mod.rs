@@ -1,8 +1,16 @@
-//! Fused kernels with a backward pass, one folder per op: the CUDA source (`kernel.cu`, compiled
-//! at run time with NVRTC), its launchers and candle custom ops (`cuda.rs`), the public entry
-//! point that falls back to "not applicable" where the kernel does not run (CPU, f32, other
-//! shapes), and a test against the composed candle ops it replaces.
+//! The ops below the model layers; models call them, they call no model.
+//! - `fused`: the fused inference ops (CUDA source, NVRTC launchers, CPU stubs).
+//! - `grad_ops`: hand-written backward passes for LayerNorm and softmax.
+//! - `softmax`: f32 accumulation for f16/bf16 on every device.
+//! - Training kernels with a backward pass, one folder per op (`attention`, `gelu`, `adamw`): the
+//!   CUDA source (`kernel.cu`, compiled at run time with NVRTC), its launchers and candle custom
+//!   ops (`cuda.rs`), the entry point that answers "not applicable" where the kernel does not run
+//!   (CPU, f32, other shapes) so the caller takes its composed ops, and a test against those
+//!   composed ops (`tests/gpu_kernels.rs`, on a GPU).
 
 pub mod adamw;
 pub mod attention;
+pub mod fused;
 pub mod gelu;
+pub mod grad_ops;
+pub mod softmax;

@@ -2,9 +2,11 @@
 //! BLEU-1..4, CIDEr-D and ROUGE-L with per-image scores.
 //!
 //! [`score`] takes raw captions (it tokenizes them); [`score_tokenized`] and the metric modules work on
-//! captions that are already tokenized (space-separated words).
+//! captions that are already tokenized (space-separated words). [`score_captions`] is [`score`] for
+//! generated captions (prompt stripped, images without references left out).
 
 pub mod bleu;
+mod captions;
 pub mod cider;
 mod ngrams;
 pub mod ptb;
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use captions::{score_captions, strip_prompt};
 pub use ptb::{PtbError, PtbTokenizer};
 
 /// How many missing ids an error message lists.

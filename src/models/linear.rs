@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::fused::FusedOps;
+use crate::kernels::fused::FusedOps;
 
 /// What follows the product `x W^T` in [`Linear::forward_fused`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

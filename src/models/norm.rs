@@ -1,6 +1,6 @@
 //! LayerNorm and softmax for the model layers: the inference kernels always compute the values;
 //! when the input is part of an autograd graph (training) a hand-written backward pass is
-//! attached to them ([`crate::models::grad_ops`]).
+//! attached to them ([`crate::kernels::grad_ops`]).
 //!
 //! candle 0.11's fused `candle_nn::ops::layer_norm` and `softmax_last_dim` have no backward pass:
 //! gradients stop there silently (candle issues #3569, #3011, #3752). Whether a tensor is tracked
@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::models::grad_ops::{layer_norm_with_backward, softmax_with_backward, stat_dtype};
+use crate::kernels::grad_ops::{layer_norm_with_backward, softmax_with_backward, stat_dtype};
 
 /// HF `nn.LayerNorm` over the last dimension, with weight and bias.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ fn normalize(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Te
 /// Softmax over the last dimension, in the input dtype: [`crate::models::softmax`]'s kernel
 /// (f32 accumulation), with the backward pass attached when `xs` is tracked.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    let probs = crate::models::softmax::softmax_last_dim(&xs.detach())?;
+    let probs = crate::kernels::softmax::softmax_last_dim(&xs.detach())?;
     if xs.track_op() {
         return softmax_with_backward(xs, probs);
     }

@@ -1,7 +1,12 @@
-//! Run reports: the shared environment block, atomic JSON writes (temp file + fsync + rename, so a reader or a crash never sees half a
-//! report) and the latency statistics they carry.
+//! What jobs report and how: the shared environment block, atomic JSON writes (temp file + fsync +
+//! rename, so a reader or a crash never sees half a report) and the latency statistics they carry;
+//! `memory` (peak GPU and host memory), `chart` (the SVG plot style), `output` (the output directory)
+//! and `progress` (the progress bar or lines).
 
+pub mod chart;
 mod environment;
+pub mod memory;
+pub mod output;
 pub mod progress;
 
 pub use environment::{cpu_model, describe as describe_environment, device_name, Environment};

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::baseline::dataset::Item;
+use crate::data::dataset::Item;
 
 /// One training pair.
 #[derive(Debug, Clone, PartialEq)]

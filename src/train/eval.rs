@@ -1,5 +1,5 @@
 //! Evaluation during training: caption the held-out images with the current weights (inference
-//! path, fused kernels on CUDA) and score them with the baseline's COCO metrics.
+//! path, fused kernels on CUDA) and score them as `baseline` does (`metrics::score_captions`).
 
 use std::collections::BTreeMap;
 
@@ -7,11 +7,10 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::params::TrainParams;
-use crate::baseline::dataset::Item;
-use crate::baseline::strip_prompt;
+use crate::data::dataset::Item;
 use crate::error::Error;
 use crate::generate::{generate, GenerationConfig};
-use crate::metrics;
+use crate::metrics::{score_captions, strip_prompt};
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::{batch_tensor_as, ImageProcessor};
@@ -109,7 +108,7 @@ impl Evaluator {
         let vb = VarBuilder::from_tensors(detached, dtype, device);
         let model = BlipForConditionalGeneration::new(config, vb)
             .map_err(internal("building the model"))?;
-        let mut hypotheses = BTreeMap::new();
+        let mut decoded = Vec::with_capacity(self.ids.len());
         for (ids, pixels) in self
             .ids
             .chunks(self.batch_size)
@@ -123,11 +122,18 @@ impl Evaluator {
                 let text = tokenizer
                     .decode(&tokens)
                     .map_err(|err| Error::Internal(format!("evaluation, decoding: {err}")))?;
-                hypotheses.insert(id.clone(), strip_prompt(&text, &self.prompt));
+                decoded.push((id.clone(), text));
             }
         }
-        let scores = metrics::score(&hypotheses, &self.references)
+        let captions = decoded
+            .iter()
+            .map(|(id, text)| (id.as_str(), text.as_str()));
+        let scores = score_captions(captions, &self.references, &self.prompt)
             .map_err(|err| Error::Internal(format!("evaluation, scoring: {err}")))?;
+        let hypotheses = decoded
+            .iter()
+            .map(|(id, text)| (id.clone(), strip_prompt(text, &self.prompt)))
+            .collect();
         let mut values = BTreeMap::new();
         values.insert("BLEU-4".to_string(), scores.bleu[3]);
         values.insert(BEST_METRIC.to_string(), scores.cider);

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::predictions::{JsonlAppender, PredictionsError};
-use crate::bench::plot::{draw_line, finish_chart, svg_chart, Series, PALETTE};
+use crate::data::predictions::{JsonlAppender, PredictionsError};
+use crate::report::chart::{draw_line, finish_chart, svg_chart, Series, PALETTE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

@@ -1,67 +1,33 @@
-//! `vlmrun train`: the fine-tuning loop.
-//!
-//! Order of work, so that every mistake is reported before the expensive part: configuration ->
-//! dataset (pairs, held-out images, every image decoded when the set is small) -> device ->
-//! model weights as f32 master `Var`s -> output directory (resume or start) -> steps.
-//!
-//! A step: `grad_accumulation` micro-batches, each building the model in the compute dtype from
-//! the master weights (a differentiable cast), forward, label-smoothed loss, backward (loss scaled
-//! under f16); then gradients unscaled and checked, clipped by global norm, AdamW at the
-//! schedule's learning rate. Evaluation and checkpoints at their intervals and at the end; Ctrl-C
-//! saves a checkpoint and exits 130; a non-finite loss in f32/bf16 stops with the step and the
-//! last good checkpoint.
+//! `vlmrun train`: the fine-tuning loop, in four named stages: [`prepare`] (everything checked and
+//! set up before the expensive part), [`step`] (one optimizer step), [`evaluate_and_checkpoint`]
+//! (at their intervals and at the end) and [`finish`] (the checkpoint of an interrupted run, the
+//! summary and the loss plot). Ctrl-C saves a checkpoint and exits 130; a non-finite loss in
+//! f32/bf16 stops with the step and the last good checkpoint.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::checkpoint::{CheckpointDir, LoadedCheckpoint, MetricGoal, Retention};
-use super::data::{SampleOrder, TrainData};
-use super::eval::{Evaluator, BEST_METRIC};
-use super::grads::ParamGrads;
-use super::inputs::InputBuilder;
-use super::log::{write_loss_svg, EvalRecord, MetricsLog, MetricsRecord, StepRecord};
-use super::loss::caption_loss;
-use super::optim::{grad_norm_and_clip, AdamW, AdamWConfig};
-use super::params::{FreezeRule, TrainParams};
-use super::scaler::{LossScaler, ScalerConfig};
-use super::schedule::WarmupCosine;
-use super::workspace::{append, prepare_output_dir, resume_point, save, total_steps, RunState};
-use crate::baseline::dataset;
-use crate::baseline::memory::GpuMemoryMonitor;
-use crate::baseline::output_error;
-use crate::captioner::{generation_config, image_processor};
-use crate::config::{Quantization, ResolvedConfig, TrainConfig};
+use super::checkpoint::MetricGoal;
+use super::data::SampleOrder;
+use super::eval::BEST_METRIC;
+use super::log::{write_loss_svg, EvalRecord, MetricsRecord, StepRecord};
+pub use super::prepare::{load_master_weights, TrainOptions};
+use super::prepare::{prepare, Session};
+use super::step::{step, Stepped};
+use super::workspace::{append, save};
+use crate::config::ResolvedConfig;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
 use crate::error::Error;
 use crate::exit::Exit;
-use crate::hub;
-use crate::kernels::adamw::FusedAdamW;
-use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipWeights};
-use crate::models::fused::FusedOps;
-use crate::preprocess::prompt::PromptTokenizer;
+use crate::report::memory::GpuMemoryMonitor;
+use crate::report::output::output_error;
 use crate::report::progress::Progress as StepProgress;
 use crate::report::write_json_atomic;
 
 pub use super::workspace::{CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE};
-
-/// Options that are not configuration.
-pub struct TrainOptions {
-    /// Continue from the newest checkpoint in the output directory.
-    pub resume: bool,
-    /// Delete earlier checkpoints and logs in the output directory and start over.
-    pub fresh: bool,
-    /// Set by the Ctrl-C handler; checked between steps.
-    pub interrupted: Arc<AtomicBool>,
-    pub quiet: bool,
-    /// Write the loss curve here (SVG).
-    pub plot: Option<PathBuf>,
-}
 
 /// `train-summary.json`.
 #[derive(Debug, Serialize)]
@@ -99,173 +65,17 @@ pub fn run(
     options: &TrainOptions,
 ) -> Result<Exit, Error> {
     let started = Instant::now();
-    let config = &resolved.config;
-    let train = &config.train;
-    if config.quantization != Quantization::None {
-        return Err(Error::Usage(format!(
-            "quantization: {} cannot be trained (AdamW updates dense weights)\n  fix: set quantization: none; quantize the trained checkpoint afterwards",
-            config.quantization
-        )));
-    }
-    let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
-    let data =
-        TrainData::split(items, train.eval_images).map_err(|err| Error::Input(err.to_string()))?;
-    let mut startup = StartupPhases::new(started);
-    startup.mark("configuration and dataset index");
-    let active = device::activate(config.device, config.precision, facts, cuda)?;
-    startup.mark("device");
-    let (dev, dtype) = (active.device.clone(), active.precision.dtype);
-
-    let model_dir = hub::resolve_complete_model_dir(&config.model.source, &config.model.revision)?;
-    let weights = BlipWeights::locate(&model_dir).map_err(|err| Error::Model(err.to_string()))?;
-    let tokenizer = PromptTokenizer::from_file(model_dir.join(hub::TOKENIZER_FILE))
-        .map_err(|err| Error::Model(err.to_string()))?;
-    let processor = image_processor(config, weights.config.vision_config.image_size);
-    let (inputs, unreadable) = InputBuilder::new(
-        data.samples,
-        &tokenizer,
-        &train.prompt,
-        train.max_tokens,
-        processor.clone(),
-    )
-    .map_err(|err| Error::Input(err.to_string()))?;
-    for (path, why) in &unreadable {
-        tracing::warn!("skipping {} in training: {why}", path.display());
-    }
-    if inputs.is_empty() {
-        return Err(Error::Input(format!(
-            "no usable training pair: all {} training images failed to load (listed above)\n  fix: check data.path and the image files",
-            unreadable.len()
-        )));
-    }
-    startup.mark("tokenizing and decoding the training images");
-    let evaluator = if data.eval_items.is_empty() {
-        None
-    } else {
-        let generation = generation_config(config, &weights.config);
-        Some(Evaluator::new(
-            &data.eval_items,
-            &processor,
-            &tokenizer,
-            &train.prompt,
-            generation,
-            config.generation.batch_size,
-        )?)
-    };
-
-    let freeze = if train.freeze_vision {
-        FreezeRule::vision_encoder()
-    } else {
-        FreezeRule::none()
-    };
-    startup.mark("evaluation set");
-    let params = load_master_weights(&weights, &dev, &freeze)?;
-    startup.mark("master weights");
-    let out_dir = prepare_output_dir(&config.output.dir, options.fresh)?;
-    resolved
-        .write_next_to(&out_dir)
-        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
-
-    let samples_per_step = (train.batch_size * train.grad_accumulation) as u64;
-    let total_steps = total_steps(train, inputs.len());
-    let schedule = WarmupCosine::new(
-        train.lr,
-        train.min_lr,
-        train.warmup_steps as u64,
-        total_steps,
-    )
-    .map_err(|err| Error::Usage(format!("train: {err}")))?;
-    let mut optimizer = AdamW::new(
-        &params,
-        AdamWConfig {
-            beta1: train.beta1,
-            beta2: train.beta2,
-            eps: train.eps,
-            weight_decay: train.weight_decay,
-        },
-    );
-    let mut scaler = LossScaler::new(ScalerConfig::for_compute_dtype(dtype));
-    let checkpoints = CheckpointDir::new(
-        out_dir.join(CHECKPOINTS_DIR),
-        Retention {
-            keep_last: train.keep_last.max(1),
-            best: evaluator.as_ref().map(|_| MetricGoal::Higher),
-        },
-    )
-    .map_err(|err| Error::Usage(err.to_string()))?;
-
-    let resumed = resume_point(&checkpoints, options.resume, options.fresh)?;
-    let mut state = match &resumed {
-        Some(entry) => {
-            let loaded = LoadedCheckpoint::load(&entry.dir, &params, &dev)
-                .map_err(|err| Error::Model(err.to_string()))?;
-            let progress = loaded
-                .restore(&params, &mut optimizer, &mut scaler)
-                .map_err(|err| Error::Model(err.to_string()))?;
-            if progress.world_size != 1 {
-                return Err(Error::Usage(format!(
-                    "{} was written by a run of {} processes; this run has 1 (the data order depends on it)\n  fix: resume with the same world size, or start over with --fresh",
-                    entry.dir.display(),
-                    progress.world_size
-                )));
-            }
-            tracing::info!(
-                "resuming from {} (step {} of {total_steps})",
-                entry.dir.display(),
-                progress.step
-            );
-            RunState::from_progress(&progress, inputs.len())
-        }
-        None => RunState::start(config.seed),
-    };
-    let metrics_path = out_dir.join(METRICS_FILE);
-    let mut log =
-        MetricsLog::open(&metrics_path, resumed.as_ref().map(|_| state.step)).map_err(|err| {
-            Error::Output {
-                what: "the metrics log",
-                path: metrics_path.clone(),
-                source: std::io::Error::other(err.to_string()),
-            }
-        })?;
-
-    tracing::info!(
-        "training {} of {} parameters ({} pairs, {} per step, {total_steps} steps) in {} on {}",
-        params.trainable_elements(),
-        params.total_elements(),
-        inputs.len(),
-        samples_per_step,
-        dtype.as_str(),
-        device::describe_target(&active.plan.target)
-    );
-    let monitor = match &active.plan.target {
+    let mut session = prepare(resolved, facts, cuda, options, started)?;
+    let monitor = match &session.active.plan.target {
         Target::Cuda { index, .. } => Some(GpuMemoryMonitor::start(*index)),
         Target::Cpu => None,
     };
-    startup.mark("output directory and resume");
-    // One-kernel AdamW and gradient norm on CUDA (the composed tensor ops on CPU, or with
-    // train.fused_kernels: false).
-    let fused_adamw = if train.fused_kernels {
-        FusedAdamW::for_device(&dev).map_err(internal)?
-    } else {
-        FusedAdamW::disabled()
-    };
-    optimizer = optimizer.with_kernels(fused_adamw.clone());
-    // Kernels with a backward pass, compiled once for the run (not per model build).
-    let train_ops = if train.fused_kernels {
-        FusedOps::for_training(&dev).map_err(internal)?
-    } else {
-        FusedOps::disabled()
-    };
-    startup.mark("fused kernels (NVRTC)");
-    let mut order = SampleOrder::new(inputs.len(), state.shuffle_seed);
-    let mut first_loss = None;
-    let mut last_loss = None;
-    let mut rates = Vec::new();
-    let mut last_checkpoint = resumed.as_ref().map(|e| e.dir.clone());
+    let mut order = SampleOrder::new(session.inputs.len(), session.state.shuffle_seed);
+    let mut losses = Losses::default();
     let mut interrupted = false;
     let bar = StepProgress::new(
-        total_steps,
-        state.step,
+        session.total_steps,
+        session.state.step,
         options.quiet,
         None,
         "steps",
@@ -273,177 +83,196 @@ pub fn run(
     );
     let run_started = Instant::now();
     let startup_s = started.elapsed().as_secs_f64();
-    tracing::info!("first step after {startup_s:.1} s: {}", startup.describe());
+    tracing::info!(
+        "first step after {startup_s:.1} s: {}",
+        session.startup.describe()
+    );
 
-    while state.step < total_steps {
+    while session.state.step < session.total_steps {
         if options.interrupted.load(Ordering::SeqCst) {
             interrupted = true;
             break;
         }
-        let step_started = Instant::now();
-        let mut loss = 0.0;
-        let mut grads: Option<ParamGrads> = None;
-        for _ in 0..train.grad_accumulation {
-            let indices = order.take(state.samples_seen, train.batch_size);
-            state.samples_seen += train.batch_size as u64;
-            let (pixels, batch) = inputs
-                .batch(&indices, dtype, &dev)
-                .map_err(|err| Error::Input(err.to_string()))?;
-            let micro = forward_backward(
-                &params,
-                &weights.config,
-                dtype,
-                &dev,
-                &pixels,
-                &batch,
-                train,
-                &scaler,
-                &train_ops,
-            )?;
-            loss += micro.loss / train.grad_accumulation as f64;
-            match grads.as_mut() {
-                None => grads = Some(micro.grads),
-                Some(sum) => sum.accumulate(micro.grads).map_err(internal)?,
+        let Stepped {
+            loss,
+            lr,
+            grad_norm,
+            loss_scale,
+            skipped,
+            seconds,
+        } = step(&mut session, &mut order).inspect_err(|err| {
+            if matches!(err, Error::Diverged(_)) {
+                bar.finish();
             }
-        }
-        let mut grads = grads.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?;
-        let lr = schedule.lr_at(state.step);
-        let loss_scale = scaler.scale();
-        let max_norm = train.max_grad_norm.max(0.0);
-        // Norm and clipping factor when already known (the fused norm sums squares in f64, which
-        // no finite f32 gradient overflows: it is finite exactly when every gradient is).
-        let mut norm_and_scale = None;
-        let found_non_finite = if scaler.is_enabled() {
-            let found = scaler.unscale(&mut grads).map_err(internal)?;
-            scaler.update(found);
-            found
-        } else if fused_adamw.enabled() {
-            let (norm, scale) =
-                grad_norm_and_clip(&grads, max_norm, &fused_adamw).map_err(internal)?;
-            norm_and_scale = Some((norm, scale));
-            !loss.is_finite() || !norm.is_finite()
-        } else {
-            !loss.is_finite() || !grads.all_finite().map_err(internal)?
-        };
-        if found_non_finite && !scaler.is_enabled() {
-            bar.finish();
-            return Err(Error::Diverged(format!(
-                "the loss or its gradients became non-finite at step {} (loss {loss}) in {}\n  last good checkpoint: {}\n  fix: lower train.lr, raise train.warmup_steps, or train in f32; resume from that checkpoint with --resume",
-                state.step + 1,
-                dtype.as_str(),
-                last_checkpoint
-                    .as_ref()
-                    .map_or("none (no checkpoint was written yet)".to_string(), |p| p.display().to_string())
-            )));
-        }
-        let (grad_norm, grad_scale) = match norm_and_scale {
-            _ if found_non_finite => (f64::NAN, 1.0),
-            Some(known) => known,
-            None => grad_norm_and_clip(&grads, max_norm, &fused_adamw).map_err(internal)?,
-        };
-        if !found_non_finite {
-            optimizer
-                .step_scaled(&params, &grads, lr, grad_scale)
-                .map_err(internal)?;
-        }
-        drop(grads);
-        dev.synchronize().map_err(internal)?;
-        state.step += 1;
-        let seconds = step_started.elapsed().as_secs_f64();
-        let samples_per_s = samples_per_step as f64 / seconds.max(1e-9);
-        rates.push(samples_per_s);
-        first_loss.get_or_insert(loss);
-        last_loss = Some(loss);
-        let epoch = order.epoch_of(state.samples_seen.saturating_sub(1));
+        })?;
+        let samples_per_s = session.samples_per_step as f64 / seconds.max(1e-9);
+        losses.rates.push(samples_per_s);
+        losses.first.get_or_insert(loss);
+        losses.last = Some(loss);
+        let epoch = order.epoch_of(session.state.samples_seen.saturating_sub(1));
         append(
-            &mut log,
-            &metrics_path,
+            &mut session.log,
+            &session.metrics_path,
             MetricsRecord::Step(StepRecord {
-                step: state.step,
+                step: session.state.step,
                 epoch,
                 loss,
                 lr,
                 grad_norm,
                 loss_scale,
-                skipped: found_non_finite,
+                skipped,
                 samples_per_s,
                 elapsed_s: run_started.elapsed().as_secs_f64(),
             }),
         )?;
         bar.update(
-            state.step,
+            session.state.step,
             &format!("loss {loss:.4}  lr {lr:.2e}  {samples_per_s:.1} samples/s"),
         );
-
-        let last = state.step == total_steps;
-        let mut metric = None;
-        if let Some(evaluator) = &evaluator {
-            if last || (train.eval_every > 0 && state.step % train.eval_every as u64 == 0) {
-                let values = evaluator
-                    .evaluate(&params, &weights.config, dtype, &dev, &tokenizer)?
-                    .metrics;
-                metric = values.get(BEST_METRIC).copied();
-                if let Some(value) = metric {
-                    if MetricGoal::Higher.improves(value, state.best_metric) {
-                        state.best_metric = Some(value);
-                    }
-                }
-                bar.println(&format!(
-                    "eval at step {}: {}",
-                    state.step,
-                    values
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.4}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                append(
-                    &mut log,
-                    &metrics_path,
-                    MetricsRecord::Eval(EvalRecord {
-                        step: state.step,
-                        epoch,
-                        metrics: values,
-                        elapsed_s: run_started.elapsed().as_secs_f64(),
-                    }),
-                )?;
-            }
-        }
-        if last || (train.checkpoint_every > 0 && state.step % train.checkpoint_every as u64 == 0) {
-            let progress = state.progress(inputs.len(), &scaler, metric);
-            last_checkpoint = Some(save(
-                &checkpoints,
-                &params,
-                &optimizer,
-                &progress,
-                &model_dir,
-            )?);
-        }
+        evaluate_and_checkpoint(&mut session, epoch, &bar, run_started)?;
     }
     bar.finish();
+    finish(
+        session,
+        Ending {
+            losses,
+            interrupted,
+            monitor,
+            started,
+            startup_s,
+        },
+        options,
+    )
+}
+
+/// The losses and rates of this invocation's steps.
+#[derive(Default)]
+struct Losses {
+    first: Option<f64>,
+    last: Option<f64>,
+    /// Samples per second of each step.
+    rates: Vec<f64>,
+}
+
+/// Evaluates the held-out images and saves a checkpoint when their intervals (or the last step)
+/// say so.
+fn evaluate_and_checkpoint(
+    session: &mut Session,
+    epoch: u64,
+    bar: &StepProgress,
+    run_started: Instant,
+) -> Result<(), Error> {
+    let Session {
+        train,
+        dev,
+        dtype,
+        model_dir,
+        weights,
+        tokenizer,
+        inputs,
+        evaluator,
+        params,
+        total_steps,
+        optimizer,
+        scaler,
+        checkpoints,
+        state,
+        metrics_path,
+        log,
+        last_checkpoint,
+        ..
+    } = session;
+    let last = state.step == *total_steps;
+    let mut metric = None;
+    if let Some(evaluator) = evaluator {
+        if last || (train.eval_every > 0 && state.step % train.eval_every as u64 == 0) {
+            let values = evaluator
+                .evaluate(params, &weights.config, *dtype, dev, tokenizer)?
+                .metrics;
+            metric = values.get(BEST_METRIC).copied();
+            if let Some(value) = metric {
+                if MetricGoal::Higher.improves(value, state.best_metric) {
+                    state.best_metric = Some(value);
+                }
+            }
+            bar.println(&format!(
+                "eval at step {}: {}",
+                state.step,
+                values
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            append(
+                log,
+                metrics_path,
+                MetricsRecord::Eval(EvalRecord {
+                    step: state.step,
+                    epoch,
+                    metrics: values,
+                    elapsed_s: run_started.elapsed().as_secs_f64(),
+                }),
+            )?;
+        }
+    }
+    if last || (train.checkpoint_every > 0 && state.step % train.checkpoint_every as u64 == 0) {
+        let progress = state.progress(inputs.len(), scaler, metric);
+        *last_checkpoint = Some(save(checkpoints, params, optimizer, &progress, model_dir)?);
+    }
+    Ok(())
+}
+
+/// How the loop ended.
+struct Ending {
+    losses: Losses,
+    interrupted: bool,
+    monitor: Option<GpuMemoryMonitor>,
+    /// When the command started.
+    started: Instant,
+    /// Seconds from the start to the first step.
+    startup_s: f64,
+}
+
+/// Saves the checkpoint of an interrupted run, writes `train-summary.json` and the loss plot, and
+/// prints the summary line.
+fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Result<Exit, Error> {
+    let Ending {
+        losses,
+        interrupted,
+        monitor,
+        started,
+        startup_s,
+    } = ending;
+    let startup_phases = std::mem::take(&mut session.startup.phases);
+    let state = &session.state;
     if interrupted {
-        let progress = state.progress(inputs.len(), &scaler, None);
-        if last_checkpoint.as_deref() != Some(checkpoints.dir_for(state.step).as_path()) {
-            last_checkpoint = Some(save(
-                &checkpoints,
-                &params,
-                &optimizer,
+        let progress = state.progress(session.inputs.len(), &session.scaler, None);
+        if session.last_checkpoint.as_deref()
+            != Some(session.checkpoints.dir_for(state.step).as_path())
+        {
+            session.last_checkpoint = Some(save(
+                &session.checkpoints,
+                &session.params,
+                &session.optimizer,
                 &progress,
-                &model_dir,
+                &session.model_dir,
             )?);
         }
         eprintln!(
-            "interrupted at step {} of {total_steps}: checkpoint saved; rerun with --resume to continue",
-            state.step
+            "interrupted at step {} of {}: checkpoint saved; rerun with --resume to continue",
+            state.step, session.total_steps
         );
     }
 
-    let best_checkpoint = checkpoints
+    let best_checkpoint = session
+        .checkpoints
         .best(MetricGoal::Higher)
         .ok()
         .flatten()
-        .filter(|_| evaluator.is_some())
+        .filter(|_| session.evaluator.is_some())
         .map(|e| e.dir);
+    let rates = &losses.rates;
     let measured = if rates.len() > 1 {
         &rates[1..]
     } else {
@@ -452,29 +281,30 @@ pub fn run(
     let summary = TrainSummary {
         schema: "vlmrun.train/1",
         steps: state.step,
-        total_steps,
+        total_steps: session.total_steps,
         samples_seen: state.samples_seen,
-        training_pairs: inputs.len(),
-        precision: dtype.as_str().to_string(),
-        device: device::describe_target(&active.plan.target),
-        first_loss,
-        last_loss,
+        training_pairs: session.inputs.len(),
+        precision: session.dtype.as_str().to_string(),
+        device: device::describe_target(&session.active.plan.target),
+        first_loss: losses.first,
+        last_loss: losses.last,
         samples_per_s: median(measured),
         seconds: started.elapsed().as_secs_f64(),
         startup_s,
-        startup_phases: startup.phases,
-        skipped_steps: scaler.skipped_steps(),
+        startup_phases,
+        skipped_steps: session.scaler.skipped_steps(),
         peak_gpu_bytes: monitor.and_then(GpuMemoryMonitor::finish),
         best_metric: state.best_metric,
-        last_checkpoint,
+        last_checkpoint: session.last_checkpoint.clone(),
         best_checkpoint,
         interrupted,
     };
-    let summary_path = out_dir.join(SUMMARY_FILE);
+    let summary_path = session.out_dir.join(SUMMARY_FILE);
     write_json_atomic(&summary_path, &summary)
         .map_err(|source| output_error("the training summary", &summary_path, source))?;
+    let metrics_path = &session.metrics_path;
     if let Some(plot) = &options.plot {
-        let records = super::log::read_records(&metrics_path)
+        let records = super::log::read_records(metrics_path)
             .map_err(|err| Error::Internal(format!("reading {}: {err}", metrics_path.display())))?;
         write_loss_svg(plot, &records, "vlmrun train: loss per step").map_err(|err| {
             output_error(
@@ -490,80 +320,6 @@ pub fn run(
     } else {
         Exit::Success
     })
-}
-
-/// What one micro-batch produced.
-struct MicroBatch {
-    /// Unscaled mean loss.
-    loss: f64,
-    /// Gradients of `loss * scale / grad_accumulation`.
-    grads: ParamGrads,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn forward_backward(
-    params: &TrainParams,
-    config: &BlipConfig,
-    dtype: DType,
-    dev: &Device,
-    pixels: &Tensor,
-    batch: &super::loss::CaptionBatch,
-    train: &TrainConfig,
-    scaler: &LossScaler,
-    ops: &FusedOps,
-) -> Result<MicroBatch, Error> {
-    let compute = |what: &'static str| {
-        move |err: candle_core::Error| Error::Internal(format!("training step, {what}: {err}"))
-    };
-    let vb = VarBuilder::from_tensors(params.model_tensors(), dtype, dev);
-    let model = BlipForConditionalGeneration::new_trainable(config, vb, ops.clone())
-        .map_err(compute("building the model"))?;
-    let logits = model
-        .forward(pixels, &batch.input_ids)
-        .map_err(compute("forward"))?;
-    let loss = caption_loss(&logits, batch, train.label_smoothing).map_err(compute("loss"))?;
-    let value = loss
-        .to_dtype(DType::F64)
-        .and_then(|l| l.to_scalar::<f64>())
-        .map_err(compute("reading the loss"))?;
-    let scaled = scaler
-        .scale_loss(
-            &loss
-                .affine(1.0 / train.grad_accumulation as f64, 0.0)
-                .map_err(compute("loss"))?,
-        )
-        .map_err(compute("scaling the loss"))?;
-    let store = scaled.backward().map_err(compute("backward"))?;
-    let grads = ParamGrads::from_store(store, params).map_err(internal)?;
-    Ok(MicroBatch { loss: value, grads })
-}
-
-/// Reads every floating-point tensor of the model's weight files as an f32 `Var` on `dev`.
-pub fn load_master_weights(
-    weights: &BlipWeights,
-    dev: &Device,
-    freeze: &FreezeRule,
-) -> Result<TrainParams, Error> {
-    let mut named = Vec::new();
-    for file in &weights.weight_files {
-        let tensors = candle_core::safetensors::load(file, dev)
-            .map_err(|err| Error::Model(format!("reading {}: {err}", file.display())))?;
-        for (name, tensor) in tensors {
-            if !tensor.dtype().is_float() {
-                continue;
-            }
-            let var = tensor
-                .to_dtype(DType::F32)
-                .and_then(|t| Var::from_tensor(&t))
-                .map_err(|err| Error::Model(format!("{name} in {}: {err}", file.display())))?;
-            named.push((name, var));
-        }
-    }
-    TrainParams::from_named(named, freeze).map_err(|err| Error::Model(err.to_string()))
-}
-
-fn internal(err: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("training step: {err}"))
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -591,35 +347,4 @@ fn summary_line(summary: &TrainSummary) -> String {
         "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
         summary.steps, summary.total_steps, summary.precision
     )
-}
-
-/// Seconds spent in each phase of the set-up before the first step.
-struct StartupPhases {
-    last: Instant,
-    phases: Vec<(&'static str, f64)>,
-}
-
-impl StartupPhases {
-    fn new(started: Instant) -> Self {
-        Self {
-            last: started,
-            phases: Vec::new(),
-        }
-    }
-
-    /// Ends the phase called `what` now.
-    fn mark(&mut self, what: &'static str) {
-        let now = Instant::now();
-        self.phases
-            .push((what, now.duration_since(self.last).as_secs_f64()));
-        self.last = now;
-    }
-
-    fn describe(&self) -> String {
-        self.phases
-            .iter()
-            .map(|(what, s)| format!("{what} {s:.2} s"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }

@@ -8,9 +8,9 @@ use super::log::{MetricsLog, MetricsRecord};
 use super::optim::AdamW;
 use super::params::TrainParams;
 use super::scaler::LossScaler;
-use crate::baseline::{self, output_error};
 use crate::config::TrainConfig;
 use crate::error::Error;
+use crate::report::output::{self, output_error};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -103,7 +103,7 @@ pub fn resume_point(
 /// Creates the output directory, checks it is writable (as `baseline` does), and with `fresh`
 /// removes what an earlier training run left there: the metrics log, the summary, the checkpoints.
 pub fn prepare_output_dir(dir: &Path, fresh: bool) -> Result<PathBuf, Error> {
-    let dir = baseline::prepare_output_dir(dir, fresh, &[METRICS_FILE, SUMMARY_FILE])?;
+    let dir = output::prepare_output_dir(dir, fresh, &[METRICS_FILE, SUMMARY_FILE])?;
     let checkpoints = dir.join(CHECKPOINTS_DIR);
     if fresh && checkpoints.exists() {
         std::fs::remove_dir_all(&checkpoints)

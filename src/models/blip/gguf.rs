@@ -23,7 +23,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use super::config::BlipConfig;
-use super::load::{classify_build_error, BlipWeights, LoadError};
+use super::weights::{classify_build_error, BlipWeights, LoadError};
 use super::BlipForConditionalGeneration;
 use crate::models::gguf::{write_file, GgufFile};
 use crate::models::projections::ProjectionLoader;

@@ -7,19 +7,21 @@ pub mod load;
 pub mod text;
 pub mod text_attention;
 pub mod vision;
+pub mod weights;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{BlipConfig, BlipTextConfig, BlipVisionConfig};
-pub use load::{load_model, load_model_with, BlipWeights, LoadError};
+pub use load::{load_model, load_model_with};
 pub use text::BlipTextLMHeadModel;
 pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
+pub use weights::{BlipWeights, LoadError};
 
-use crate::generate::kv_cache::{KvCache, KvCacheShape};
-use crate::models::fused::FusedOps;
+use crate::kernels::fused::FusedOps;
+use crate::models::kv_cache::{KvCache, KvCacheShape};
 use crate::models::linear::{Linear, QuantizedMatmul};
 use crate::models::projections::ProjectionLoader;
 use crate::models::quantize::{QuantizationSummary, Quantizer};

@@ -9,8 +9,8 @@ use super::text_attention::{
     residual_norm_params, BlipTextCrossAttention, BlipTextSelfAttention, CrossAttentionKv,
 };
 use super::vision::dense_activation;
-use crate::generate::kv_cache::KvCache;
-use crate::models::fused::FusedOps;
+use crate::kernels::fused::FusedOps;
+use crate::models::kv_cache::KvCache;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, LayerNorm};
 use crate::models::projections::ProjectionLoader;

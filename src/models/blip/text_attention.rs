@@ -7,8 +7,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::BlipTextConfig;
-use crate::generate::kv_cache::KvCache;
-use crate::models::fused::{FusedOps, SplitGeometry};
+use crate::kernels::fused::{FusedOps, SplitGeometry};
+use crate::models::kv_cache::KvCache;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
 use crate::models::projections::ProjectionLoader;

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
 use crate::kernels::attention::composed_self_attention;
-use crate::models::fused::{FusedOps, SplitGeometry};
+use crate::kernels::fused::{FusedOps, SplitGeometry};
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
 use crate::models::projections::ProjectionLoader;

@@ -1,9 +1,12 @@
 //! The smoke test: a random matmul (plus softmax, which loads the elementwise kernels) run on the device
 //! in f32 and in half precision, compared with an f64 CPU reference, then a synchronise. Proves that the
-//! device computes correctly, not only that it opens.
+//! device computes correctly, not only that it opens. [`verify`] is the check every job's
+//! `device::activate` makes; `doctor` reports the same results in detail.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
+
+use super::policy::{DeviceError, Target};
 
 /// Tolerances on ‖out − ref‖ / ‖ref‖ against the f64 CPU result.
 /// f32: GEMM rounding is ~1e-7 relative; 1e-4 leaves room for TF32-free split-K orders.
@@ -72,6 +75,42 @@ pub fn run(device: &Device, dtype: DType) -> candle_core::Result<SmokeResult> {
         passed,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The half precision the test runs in beside f32: the resolved one when it is half, else bf16
+/// (f16 on a GPU without bf16).
+pub fn half_dtype_to_test(resolved: DType, target: &Target) -> DType {
+    match (resolved, target) {
+        (DType::F16, _) | (DType::BF16, _) => resolved,
+        (_, Target::Cuda { gpu: Some(gpu), .. }) if gpu.compute_capability < (8, 0) => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
+/// Runs the test in f32 and in the half precision of [`half_dtype_to_test`] on `device`; the
+/// first failure is the error (`requested`: the device as configured, for the message).
+pub fn verify(
+    device: &Device,
+    resolved: DType,
+    target: &Target,
+    requested: &str,
+) -> Result<(), DeviceError> {
+    for dtype in [DType::F32, half_dtype_to_test(resolved, target)] {
+        let failure = match run(device, dtype) {
+            Ok(result) if result.passed => continue,
+            Ok(result) => format!(
+                "matmul {M}x{K}x{N} rel. error {:.2e} (tolerance {:.0e}), softmax max error {:.1e}",
+                result.matmul_rel_error, result.tolerance, result.softmax_max_abs_error
+            ),
+            Err(err) => format!("the computation failed: {err}"),
+        };
+        return Err(DeviceError::SmokeFailed {
+            requested: requested.to_string(),
+            dtype: dtype.as_str().to_string(),
+            failure,
+        });
+    }
+    Ok(())
 }
 
 fn relative_error(out: &Tensor, reference: &Tensor) -> candle_core::Result<f64> {

@@ -1,6 +1,6 @@
-//! Dataset readers for `baseline` (and later `train`): a folder of images, a JSONL manifest, or a COCO
-//! captions annotation file (optionally filtered by a Karpathy-style split file). Every problem is found
-//! here, before a model is loaded, and named with its file (and line).
+//! Dataset readers for every job (`baseline`, `train`, `fidelity`, `score`): a folder of images, a
+//! JSONL manifest, or a COCO captions annotation file (optionally filtered by a Karpathy-style split
+//! file). Every problem is found here, before a model is loaded, and named with its file (and line).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -56,6 +56,15 @@ pub enum DatasetError {
 
     #[error("the dataset {} has no images{detail}\n  fix: check data.path, data.split, data.offset and data.limit", path.display())]
     Empty { path: PathBuf, detail: String },
+}
+
+/// The reference captions by image id, for the items that have any.
+pub fn references(items: &[Item]) -> BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .filter(|item| !item.references.is_empty())
+        .map(|item| (item.id.clone(), item.references.clone()))
+        .collect()
 }
 
 /// File extensions a folder dataset picks up.

@@ -303,7 +303,7 @@ mod tests {
     }
 
     fn softmax_op(xs: &Tensor) -> Tensor {
-        let probs = crate::models::softmax::softmax_last_dim(&xs.detach()).unwrap();
+        let probs = crate::kernels::softmax::softmax_last_dim(&xs.detach()).unwrap();
         softmax_with_backward(xs, probs).unwrap()
     }
 

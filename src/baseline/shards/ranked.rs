@@ -12,20 +12,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::dataset::Item;
-use super::{
-    caption_items, load_dataset, open_device, prepare_output_dir, Captioned, OutputFiles,
-    RunOptions,
+use super::done::{self, RankDone, RankStatus};
+use super::wait::{self, Expected, WaitOptions};
+use crate::baseline::{
+    caption_items, load_dataset, Captioned, OutputFiles, RunOptions, ERRORS_FILE, PREDICTIONS_FILE,
+    REPORT_FILE,
 };
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
+use crate::data::dataset::Item;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
-use crate::distributed::done::{self, RankDone, RankStatus};
 use crate::distributed::files::{self, RankFiles};
-use crate::distributed::wait::{self, Expected, WaitOptions};
 use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, RankInfo};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::report::output::prepare_output_dir;
 use crate::report::Environment;
 
 /// Everything about this process's place in a data-parallel run.
@@ -213,11 +214,7 @@ fn join_run(
         files::remove_if_present(path)?;
     }
     if info.rank == 0 {
-        for name in [
-            super::PREDICTIONS_FILE,
-            super::ERRORS_FILE,
-            super::REPORT_FILE,
-        ] {
+        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
             files::remove_if_present(&out_dir.join(name))?;
         }
         files::remove_ranks_from(&out_dir, info.world_size)?;
@@ -295,7 +292,7 @@ fn caption_shard(
     options: &RunOptions,
     done_record: &mut RankDone,
 ) -> Result<(Captioned, Environment), Error> {
-    let active = open_device(job.config, job.facts, job.cuda)?;
+    let active = device::activate(job.config.device, job.config.precision, job.facts, job.cuda)?;
     done_record.device = device::describe_target(&active.plan.target);
     let resolved_here = ResolvedConfig {
         config: job.config.clone(),

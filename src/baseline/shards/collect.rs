@@ -2,29 +2,16 @@
 //! (read-only: a torn last line is skipped, never truncated, so a merge can run beside a live rank),
 //! keeps from rank K's files only items of rank K's shard, de-duplicates by id (first wins), puts the
 //! result in dataset order, and lists every shard that is not complete. Writing the outputs and scoring
-//! is `baseline::merged`.
+//! is `merged`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use serde::Serialize;
-
-use super::files::RankFiles;
-use super::{shard, DistributedError};
-use crate::baseline::dataset::Item;
-use crate::baseline::predictions::{read_jsonl, Failure, Prediction, PredictionsError};
-
-/// A shard with items that have neither a prediction nor a failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MissingShard {
-    pub rank: usize,
-    /// Items of the shard still to do.
-    pub missing: usize,
-    /// Items in the shard.
-    pub shard: usize,
-    /// What the rank's done file says (or that there is none).
-    pub reason: String,
-}
+use crate::baseline::report::MissingShard;
+use crate::data::dataset::Item;
+use crate::data::predictions::{read_jsonl, Failure, Prediction, PredictionsError};
+use crate::distributed::files::RankFiles;
+use crate::distributed::{shard, DistributedError};
 
 /// The shards put together.
 #[derive(Debug, Default)]
@@ -146,7 +133,7 @@ fn slot_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::predictions::JsonlAppender;
+    use crate::data::predictions::JsonlAppender;
 
     fn items(count: usize) -> Vec<Item> {
         (0..count)

@@ -1,5 +1,5 @@
 //! The merged outputs of a data-parallel `baseline`: after rank 0's wait, or `vlmrun merge --output DIR`.
-//! Collects the shards (`distributed::merge`); when every item is accounted for, writes the usual
+//! Collects the shards (`collect`); when every item is accounted for, writes the usual
 //! `predictions.jsonl` and `errors.jsonl` (dataset order) and scores them; always writes `report.json`
 //! with per-rank timings and the aggregate images/s. A missing shard is exit 3, naming the ranks and the
 //! command that reruns each.
@@ -9,98 +9,23 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::dataset::Item;
-use super::report::{self, BaselineReport, Counts, Memory, Timings};
-use super::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
+use super::collect::{collect, Collected};
+use super::done::{self, RankDone, RankStatus};
+use super::wait::{self, Expected, RankState};
+use crate::baseline::report::{
+    self, BaselineReport, Counts, DistributedSummary, Memory, MissingShard, RankEntry, RankTimings,
+    Timings,
+};
+use crate::baseline::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
+use crate::data::dataset::Item;
 use crate::distributed::command::rerun_line;
-use crate::distributed::done::{self, RankDone, RankStatus, RankTimings};
 use crate::distributed::files::RankFiles;
-use crate::distributed::merge::{collect, MissingShard};
-use crate::distributed::wait::{self, Expected, RankState};
 use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, DistributedError};
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::report::{write_atomic, write_json_atomic, Environment};
-
-/// The `distributed` block of a merged report.
-#[derive(Debug, Clone, Serialize)]
-pub struct DistributedSummary {
-    pub world_size: usize,
-    /// Images captioned by the ranks' latest runs / the slowest rank's `run_s` (the figure
-    /// docs/scaling.md compares against one GPU; also `timings.images_per_s`).
-    pub aggregate_images_per_s: f64,
-    pub slowest_rank_run_s: f64,
-    /// First rank start to last done file, wall clock across machines (includes model loads).
-    pub span_s: Option<f64>,
-    pub ranks: Vec<RankEntry>,
-    /// Shards with items still to do (empty when the merge is complete).
-    pub missing: Vec<MissingShard>,
-    /// Prediction lines for an id already merged (ignored).
-    pub duplicates: usize,
-    /// Lines for ids outside the writing rank's shard (ignored).
-    pub foreign: usize,
-}
-
-/// One rank in the merged report, from its done file.
-#[derive(Debug, Clone, Serialize)]
-pub struct RankEntry {
-    pub rank: usize,
-    pub shard_items: usize,
-    /// `complete`, `complete_with_failures`, `interrupted`, `failed`, or `no_done_file`.
-    pub status: String,
-    /// Why there is no usable done file, or the rank's error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub host: Option<String>,
-    pub device: Option<String>,
-    pub counts: Option<Counts>,
-    pub timings: Option<RankTimings>,
-    pub memory: Option<Memory>,
-}
-
-impl DistributedSummary {
-    /// Rows for the human summary.
-    pub fn summary_rows(&self) -> Vec<(String, String)> {
-        let mut rows = vec![(
-            "ranks".to_string(),
-            format!(
-                "{} ({} missing a shard), {:.2} images/s together (slowest rank {:.2} s)",
-                self.world_size,
-                self.missing.len(),
-                self.aggregate_images_per_s,
-                self.slowest_rank_run_s
-            ),
-        )];
-        for entry in &self.ranks {
-            let value = match (&entry.counts, &entry.timings) {
-                (Some(counts), Some(timings)) => format!(
-                    "{} on {} ({}): {} captioned, {} skipped, {} failed of {}; {:.2} images/s",
-                    entry.status,
-                    entry.host.as_deref().unwrap_or("?"),
-                    entry.device.as_deref().unwrap_or("?"),
-                    counts.done,
-                    counts.skipped,
-                    counts.failed,
-                    entry.shard_items,
-                    timings.images_per_s
-                ),
-                _ => format!(
-                    "{}{}",
-                    entry.status,
-                    entry
-                        .note
-                        .as_ref()
-                        .map(|note| format!(" ({note})"))
-                        .unwrap_or_default()
-                ),
-            };
-            rows.push((format!("rank {}", entry.rank), value));
-        }
-        rows
-    }
-}
 
 /// What to merge.
 pub struct MergeJob<'a> {
@@ -300,10 +225,7 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
     })
 }
 
-fn summarize(
-    job: &MergeJob,
-    collected: &crate::distributed::merge::Collected,
-) -> DistributedSummary {
+fn summarize(job: &MergeJob, collected: &Collected) -> DistributedSummary {
     let world_size = job.world.world_size;
     let ranks: Vec<RankEntry> = (0..world_size)
         .map(|rank| {

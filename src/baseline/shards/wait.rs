@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::done::{self, RankDone};
-use super::files::RankFiles;
+use crate::distributed::files::RankFiles;
 
 /// What a done file must say to belong to this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +149,7 @@ pub fn join(ranks: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distributed::done::RankStatus;
+    use crate::baseline::shards::done::RankStatus;
     use crate::distributed::RankInfo;
 
     fn expected() -> Expected {

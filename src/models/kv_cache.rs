@@ -1,5 +1,6 @@
-//! Self-attention key/value cache for incremental decoding, owned by the generation loop and
-//! passed explicitly to the decoder so that beam search can reorder (or drop) rows between steps.
+//! Self-attention key/value cache for incremental decoding, owned by the generation loop
+//! (`generate`) and passed explicitly to the decoder so that beam search can reorder (or drop) rows
+//! between steps.
 //!
 //! One preallocated `(layers, 2, rows, heads, capacity, head_dim)` buffer holds every layer's
 //! keys then values; a step writes its new keys/values in place at the current length and
@@ -7,7 +8,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::models::fused::CacheGeometry;
+use crate::kernels::fused::CacheGeometry;
 
 /// The self-attention cache of every decoder layer.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DistributedError, Env, Launcher, RankInfo};
-use crate::baseline::report::{Counts, Memory, Timings};
+use crate::baseline::report::{Counts, Memory, RankTimings};
+use crate::distributed::{DistributedError, Env, Launcher, RankInfo};
 use crate::report::Environment;
 
 pub const SCHEMA: &str = "vlmrun.rank/1";
@@ -34,38 +34,6 @@ impl RankStatus {
             self,
             RankStatus::Complete | RankStatus::CompleteWithFailures
         )
-    }
-}
-
-/// The timings of one rank (the scalar part of the baseline report's timings).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RankTimings {
-    pub model_load_s: Option<f64>,
-    pub warmup_s: Option<f64>,
-    /// First batch to last prediction of the shard.
-    pub run_s: f64,
-    /// The rank's whole command up to this file (device checks, model load, warm-up, captioning).
-    pub total_s: f64,
-    pub images_per_s: f64,
-    pub generation_images_per_s: f64,
-    pub generated_tokens_per_s: f64,
-    pub batch_latency_p50_ms: Option<f64>,
-    pub batch_latency_p95_ms: Option<f64>,
-}
-
-impl From<&Timings> for RankTimings {
-    fn from(timings: &Timings) -> Self {
-        RankTimings {
-            model_load_s: timings.model_load_s,
-            warmup_s: timings.warmup_s,
-            run_s: timings.run_s,
-            total_s: timings.total_s,
-            images_per_s: timings.images_per_s,
-            generation_images_per_s: timings.generation_images_per_s,
-            generated_tokens_per_s: timings.generated_tokens_per_s,
-            batch_latency_p50_ms: timings.batch_latency_ms.map(|p| p.p50),
-            batch_latency_p95_ms: timings.batch_latency_ms.map(|p| p.p95),
-        }
     }
 }
 

@@ -1,22 +1,23 @@
-//! The captioning engine shared by `caption`, `baseline` and `bench`: a BLIP model, its tokenizer, the
-//! image processor and the generation settings, bound to one device and dtype.
+//! The captioning engine shared by `caption`, `baseline` and `fidelity`: a BLIP model, its tokenizer,
+//! the image processor and the generation settings ([`super::assemble`]), bound to one device and
+//! dtype, with the f16 overflow fallback.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 
-use crate::config::{Config, PrecisionFallback, Quantization, ResizePassOrder};
+use super::assemble::{assemble, Assembled};
+use crate::config::{Config, PrecisionFallback};
 use crate::device::ActiveDevice;
 use crate::error::Error;
 use crate::generate::{generate, GenerateError, GenerationConfig};
-use crate::models::blip::load::{load_model_with, resolve_model_files, SourceError};
-use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
+use crate::models::blip::load::load_model_with;
+use crate::models::blip::BlipForConditionalGeneration;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
-use crate::preprocess::{ImageProcessor, PassOrder};
+use crate::preprocess::ImageProcessor;
 
 /// One generated caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,37 +48,19 @@ pub struct Captioner {
 }
 
 impl Captioner {
-    /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt.
+    /// Resolves `model.source`, loads the weights in the active precision and prepares the prompt
+    /// ([`assemble`]).
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Captioner, Error> {
-        let started = Instant::now();
-        let files =
-            resolve_model_files(&config.model.source, &config.model.revision).map_err(|err| {
-                match err {
-                    SourceError::Hub(err) => Error::Hub(err),
-                    SourceError::Load(err) => Error::Model(format!("{err:#}")),
-                }
-            })?;
-        let model_dir = files.weights;
-        let tokenizer = PromptTokenizer::from_file(&files.tokenizer)
-            .map_err(|err| Error::Model(err.to_string()))?;
-        let quantization = quantization_format(config.quantization);
-        let model = load_model_with(
-            &model_dir,
-            active.precision.dtype,
-            &active.device,
+        let Assembled {
+            model,
+            tokenizer,
+            processor,
+            generation,
+            prompt_ids,
+            model_dir,
             quantization,
-        )
-        .map_err(|err| Error::Model(format!("{err:#}")))?;
-        active
-            .device
-            .synchronize()
-            .map_err(|err| Error::Internal(format!("device synchronise after load: {err}")))?;
-        let load_seconds = started.elapsed().as_secs_f64();
-        let processor = image_processor(config, model.config().vision_config.image_size);
-        let prompt_ids = tokenizer
-            .prompt_ids(&config.generation.prompt)
-            .map_err(|err| Error::Usage(format!("generation.prompt: {err}")))?;
-        let generation = generation_config(config, model.config());
+            load_seconds,
+        } = assemble(config, active)?;
         Ok(Captioner {
             model,
             tokenizer,
@@ -212,45 +195,5 @@ impl Captioner {
             ))
         })?;
         Ok(self.fallback_model.get_or_init(|| model))
-    }
-}
-
-/// The image processor `config.preprocess` describes, for a model with `image_size` inputs.
-pub fn image_processor(config: &Config, image_size: usize) -> ImageProcessor {
-    let mut processor = ImageProcessor::blip(image_size);
-    processor.max_pixels = config.preprocess.max_pixels;
-    processor.pass_order = match config.preprocess.resize_pass_order {
-        ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
-        ResizePassOrder::Pillow13 => PassOrder::Pillow13,
-        ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
-    };
-    processor
-}
-
-/// The generation settings of `config.generation` with the model's special ids.
-pub fn generation_config(config: &Config, model: &BlipConfig) -> GenerationConfig {
-    let settings = &config.generation;
-    let text_config = &model.text_config;
-    // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
-    GenerationConfig {
-        max_length: settings.max_length,
-        min_length: settings.min_length,
-        num_beams: settings.num_beams,
-        length_penalty: settings.length_penalty,
-        repetition_penalty: settings.repetition_penalty,
-        bos: text_config.bos_token_id,
-        eos: text_config.sep_token_id,
-        pad: text_config.pad_token_id,
-    }
-}
-
-/// The GGML format a `quantization` setting asks for, `None` for dense weights.
-pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
-    match quantization {
-        Quantization::None => None,
-        Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-        Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-        Quantization::Q4k => Some(GgmlDType::Q4K),
-        Quantization::Q6k => Some(GgmlDType::Q6K),
     }
 }

@@ -1,0 +1,12 @@
+//! A runnable model from the configuration: `assemble` is the one place that puts it together (source
+//! -> weights -> tokenizer -> processor -> settings) for every job; `captioner` binds the result to one
+//! device and dtype for `caption`, `baseline` and `fidelity`; `settings` turns the configuration into
+//! what the model code takes.
+
+mod assemble;
+pub mod captioner;
+mod settings;
+
+pub use assemble::{assemble, resolve, Assembled, EngineError, Resolved};
+pub use captioner::{Caption, Captioner};
+pub use settings::{generation_config, image_processor, quantization_format};

@@ -1,0 +1,50 @@
+//! The configuration's settings as the model code takes them: the image processor
+//! (`preprocess.*`), the generation settings (`generation.*` with the model's special ids) and the
+//! GGML format of `quantization`.
+
+use candle_core::quantized::GgmlDType;
+
+use crate::config::{Config, Quantization, ResizePassOrder};
+use crate::generate::GenerationConfig;
+use crate::models::blip::BlipConfig;
+use crate::preprocess::{ImageProcessor, PassOrder};
+
+/// The image processor `config.preprocess` describes, for a model with `image_size` inputs.
+pub fn image_processor(config: &Config, image_size: usize) -> ImageProcessor {
+    let mut processor = ImageProcessor::blip(image_size);
+    processor.max_pixels = config.preprocess.max_pixels;
+    processor.pass_order = match config.preprocess.resize_pass_order {
+        ResizePassOrder::Pillow12 => PassOrder::HorizontalFirst,
+        ResizePassOrder::Pillow13 => PassOrder::Pillow13,
+        ResizePassOrder::Pillow121 => PassOrder::AlwaysHorizontal,
+    };
+    processor
+}
+
+/// The generation settings of `config.generation` with the model's special ids.
+pub fn generation_config(config: &Config, model: &BlipConfig) -> GenerationConfig {
+    let settings = &config.generation;
+    let text_config = &model.text_config;
+    // BLIP captioning stops on [SEP] (sep_token_id), not on the config's eos_token_id (2).
+    GenerationConfig {
+        max_length: settings.max_length,
+        min_length: settings.min_length,
+        num_beams: settings.num_beams,
+        length_penalty: settings.length_penalty,
+        repetition_penalty: settings.repetition_penalty,
+        bos: text_config.bos_token_id,
+        eos: text_config.sep_token_id,
+        pad: text_config.pad_token_id,
+    }
+}
+
+/// The GGML format a `quantization` setting asks for, `None` for dense weights.
+pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
+    match quantization {
+        Quantization::None => None,
+        Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+        Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+        Quantization::Q4k => Some(GgmlDType::Q4K),
+        Quantization::Q6k => Some(GgmlDType::Q6K),
+    }
+}

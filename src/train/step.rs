@@ -1,0 +1,184 @@
+//! One optimizer step of `vlmrun train`: `grad_accumulation` micro-batches, each building the model
+//! in the compute dtype from the master weights (a differentiable cast), forward, label-smoothed
+//! loss, backward (loss scaled under f16); then gradients unscaled and checked, clipped by global
+//! norm, AdamW at the schedule's learning rate. A non-finite loss in f32/bf16 is
+//! [`Error::Diverged`], naming the step and the last good checkpoint.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::data::SampleOrder;
+use super::grads::ParamGrads;
+use super::loss::caption_loss;
+use super::optim::grad_norm_and_clip;
+use super::params::TrainParams;
+use super::prepare::Session;
+use super::scaler::LossScaler;
+use crate::config::TrainConfig;
+use crate::error::Error;
+use crate::kernels::fused::FusedOps;
+use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
+
+/// What one step did.
+pub struct Stepped {
+    /// Mean unscaled loss over the micro-batches.
+    pub loss: f64,
+    pub lr: f64,
+    /// NaN when the step was skipped.
+    pub grad_norm: f64,
+    /// The loss scale the step ran with (1 without f16 scaling).
+    pub loss_scale: f64,
+    /// Non-finite gradients under f16 scaling: the update was skipped.
+    pub skipped: bool,
+    /// Wall time of the step, synchronised.
+    pub seconds: f64,
+}
+
+/// Runs step `session.state.step + 1` on the next samples of `order` and advances the state.
+pub fn step(session: &mut Session, order: &mut SampleOrder) -> Result<Stepped, Error> {
+    let Session {
+        train,
+        dev,
+        dtype,
+        weights,
+        inputs,
+        params,
+        schedule,
+        optimizer,
+        scaler,
+        state,
+        last_checkpoint,
+        train_ops,
+        fused_adamw,
+        ..
+    } = session;
+    let (train, dtype) = (*train, *dtype);
+    let step_started = Instant::now();
+    let mut loss = 0.0;
+    let mut grads: Option<ParamGrads> = None;
+    for _ in 0..train.grad_accumulation {
+        let indices = order.take(state.samples_seen, train.batch_size);
+        state.samples_seen += train.batch_size as u64;
+        let (pixels, batch) = inputs
+            .batch(&indices, dtype, &dev)
+            .map_err(|err| Error::Input(err.to_string()))?;
+        let micro = forward_backward(
+            &params,
+            &weights.config,
+            dtype,
+            &dev,
+            &pixels,
+            &batch,
+            train,
+            &scaler,
+            train_ops,
+        )?;
+        loss += micro.loss / train.grad_accumulation as f64;
+        match grads.as_mut() {
+            None => grads = Some(micro.grads),
+            Some(sum) => sum.accumulate(micro.grads).map_err(internal)?,
+        }
+    }
+    let mut grads = grads.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?;
+    let lr = schedule.lr_at(state.step);
+    let loss_scale = scaler.scale();
+    let max_norm = train.max_grad_norm.max(0.0);
+    // Norm and clipping factor when already known (the fused norm sums squares in f64, which no
+    // finite f32 gradient overflows: it is finite exactly when every gradient is).
+    let mut norm_and_scale = None;
+    let found_non_finite = if scaler.is_enabled() {
+        let found = scaler.unscale(&mut grads).map_err(internal)?;
+        scaler.update(found);
+        found
+    } else if fused_adamw.enabled() {
+        let (norm, scale) = grad_norm_and_clip(&grads, max_norm, fused_adamw).map_err(internal)?;
+        norm_and_scale = Some((norm, scale));
+        !loss.is_finite() || !norm.is_finite()
+    } else {
+        !loss.is_finite() || !grads.all_finite().map_err(internal)?
+    };
+    if found_non_finite && !scaler.is_enabled() {
+        return Err(Error::Diverged(format!(
+            "the loss or its gradients became non-finite at step {} (loss {loss}) in {}\n  last good checkpoint: {}\n  fix: lower train.lr, raise train.warmup_steps, or train in f32; resume from that checkpoint with --resume",
+            state.step + 1,
+            dtype.as_str(),
+            last_checkpoint
+                .as_ref()
+                .map_or("none (no checkpoint was written yet)".to_string(), |p| p.display().to_string())
+        )));
+    }
+    let (grad_norm, grad_scale) = match norm_and_scale {
+        _ if found_non_finite => (f64::NAN, 1.0),
+        Some(known) => known,
+        None => grad_norm_and_clip(&grads, max_norm, fused_adamw).map_err(internal)?,
+    };
+    if !found_non_finite {
+        optimizer
+            .step_scaled(params, &grads, lr, grad_scale)
+            .map_err(internal)?;
+    }
+    drop(grads);
+    dev.synchronize().map_err(internal)?;
+    state.step += 1;
+    let seconds = step_started.elapsed().as_secs_f64();
+    Ok(Stepped {
+        loss,
+        lr,
+        grad_norm,
+        loss_scale,
+        skipped: found_non_finite,
+        seconds,
+    })
+}
+
+/// What one micro-batch produced.
+struct MicroBatch {
+    /// Unscaled mean loss.
+    loss: f64,
+    /// Gradients of `loss * scale / grad_accumulation`.
+    grads: ParamGrads,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_backward(
+    params: &TrainParams,
+    config: &BlipConfig,
+    dtype: DType,
+    dev: &Device,
+    pixels: &Tensor,
+    batch: &super::loss::CaptionBatch,
+    train: &TrainConfig,
+    scaler: &LossScaler,
+    ops: &FusedOps,
+) -> Result<MicroBatch, Error> {
+    let compute = |what: &'static str| {
+        move |err: candle_core::Error| Error::Internal(format!("training step, {what}: {err}"))
+    };
+    let vb = VarBuilder::from_tensors(params.model_tensors(), dtype, dev);
+    let model = BlipForConditionalGeneration::new_trainable(config, vb, ops.clone())
+        .map_err(compute("building the model"))?;
+    let logits = model
+        .forward(pixels, &batch.input_ids)
+        .map_err(compute("forward"))?;
+    let loss = caption_loss(&logits, batch, train.label_smoothing).map_err(compute("loss"))?;
+    let value = loss
+        .to_dtype(DType::F64)
+        .and_then(|l| l.to_scalar::<f64>())
+        .map_err(compute("reading the loss"))?;
+    let scaled = scaler
+        .scale_loss(
+            &loss
+                .affine(1.0 / train.grad_accumulation as f64, 0.0)
+                .map_err(compute("loss"))?,
+        )
+        .map_err(compute("scaling the loss"))?;
+    let store = scaled.backward().map_err(compute("backward"))?;
+    let grads = ParamGrads::from_store(store, params).map_err(internal)?;
+    Ok(MicroBatch { loss: value, grads })
+}
+
+fn internal(err: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("training step: {err}"))
+}
