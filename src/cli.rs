@@ -22,14 +22,10 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
-    /// Run configuration file.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "configs/config.yaml"
-    )]
-    pub config: PathBuf,
+    /// Run configuration file [default: $VLMRUN_CONFIG, else ./configs/config.yaml when present, else
+    /// the built-in defaults].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Override a configuration value, e.g. --set generation.num_beams=3 (repeatable; last wins).
     #[arg(long = "set", global = true, value_name = "KEY.PATH=VALUE")]
     pub sets: Vec<String>,

@@ -39,6 +39,9 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     };
     let request = ConfigRequest {
         file: cli.global.config.clone(),
+        env_file: std::env::var_os(config::CONFIG_VAR)
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from),
         sets: cli.global.sets.clone(),
         flags,
         device: cli.global.device.clone(),
@@ -49,6 +52,18 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         cuda,
         quiet: cli.global.quiet,
     };
+    let runs_a_model = matches!(
+        cli.command,
+        Command::Caption(_)
+            | Command::Baseline(_)
+            | Command::Bench(_)
+            | Command::Train(_)
+            | Command::Quantize(_)
+            | Command::Fidelity(_)
+    );
+    if runs_a_model || matches!(cli.command, Command::Doctor { .. }) {
+        unpack_builtin_files(&context.config.config)?;
+    }
     match cli.command {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
@@ -66,6 +81,18 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             json,
         } => score_cmd::run(&context, &predictions, &references, json),
     }
+}
+
+/// Unpacks the demo model and the sample images when the configuration points at their built-in
+/// copies (see `config::builtin`).
+fn unpack_builtin_files(config: &config::Config) -> Result<(), Error> {
+    if config::builtin::is_unpacked_path(std::path::Path::new(&config.model.source)) {
+        config::builtin::unpack_demo_model()?;
+    }
+    if config::builtin::is_unpacked_path(&config.data.path) {
+        config::builtin::unpack_samples()?;
+    }
+    Ok(())
 }
 
 /// Writes to stdout, mapping a closed pipe to an error instead of a panic.

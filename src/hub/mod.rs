@@ -17,8 +17,15 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("model directory {} not found\n  fix: set model.source to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base", path.display())]
-    LocalNotFound { path: PathBuf },
+    #[error("model directory {} not found{reason}\n  fix: set model.source (or --model) to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base; leave it unset for the built-in demo model", path.display())]
+    LocalNotFound {
+        path: PathBuf,
+        /// Empty, or why it was not taken for a hub id.
+        reason: String,
+    },
+
+    #[error("model source {} is a file, not a model directory\n  fix: point model.source at the directory that holds it (config.json, weights, tokenizer.json), or at a .gguf file written by `vlmrun quantize`", path.display())]
+    NotADirectory { path: PathBuf },
 
     #[error("model {id} (revision {revision}) is not in the Hugging Face cache {}{offline}\n  fix: run `vlmrun fetch {id} --revision {revision}` on a machine with network access (cargo feature `hub`), or `huggingface-cli download {id}`, then copy the cache; or point model.source at a local directory", cache.display())]
     NotCached {
@@ -84,7 +91,9 @@ pub enum ModelSource {
     Hub { id: String, revision: String },
 }
 
-/// A local directory when one exists at that path; otherwise `org/name` is a hub id.
+/// A local directory when one exists at that path; otherwise `org/name` is a hub id, unless it
+/// reads as a path (`./x`, `../x`, `/x`, `~/x`, `models/x`, more than one `/`, or `x/` where the
+/// folder `x` exists here): a missing local directory is said to be one, never sent to the hub.
 pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubError> {
     let path = Path::new(source);
     if path.is_dir() {
@@ -92,11 +101,18 @@ pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubE
             dir: path.to_path_buf(),
         });
     }
-    // `models/x` where `models/` exists locally is a missing local directory, not a hub id.
-    let parent_is_local_dir = path
-        .parent()
-        .is_some_and(|parent| !parent.as_os_str().is_empty() && parent.is_dir());
-    if looks_like_hub_id(source) && !parent_is_local_dir {
+    if path.is_file() {
+        return Err(HubError::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(why) = path_like_reason(source) {
+        return Err(HubError::LocalNotFound {
+            path: path.to_path_buf(),
+            reason: format!(" ({why}, so it was not looked up on the hub; hub ids read org/name)"),
+        });
+    }
+    if looks_like_hub_id(source) {
         return Ok(ModelSource::Hub {
             id: source.to_string(),
             revision: revision.to_string(),
@@ -104,7 +120,28 @@ pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubE
     }
     Err(HubError::LocalNotFound {
         path: path.to_path_buf(),
+        reason: " (and it is not a hub id of the form org/name)".to_string(),
     })
+}
+
+/// Why `source` reads as a local path rather than a hub id, if it does.
+fn path_like_reason(source: &str) -> Option<String> {
+    if source.starts_with('/') || source.starts_with('~') || source.starts_with('.') {
+        return Some("it reads as a path".to_string());
+    }
+    if source.contains('\\') || source.ends_with('/') || source.matches('/').count() > 1 {
+        return Some("it reads as a path".to_string());
+    }
+    let parent = Path::new(source)
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())?;
+    if parent == Path::new("models") {
+        return Some("it is under models/, the local model folder".to_string());
+    }
+    // `x/y` where the folder `x` exists here is a missing directory inside it.
+    parent
+        .is_dir()
+        .then(|| format!("the folder {} exists here", parent.display()))
 }
 
 fn looks_like_hub_id(source: &str) -> bool {
@@ -199,6 +236,40 @@ mod tests {
         assert!(matches!(
             classify_source("no-such-dir-anywhere", "main"),
             Err(HubError::LocalNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_paths_are_never_taken_for_hub_ids() {
+        for source in [
+            "./no-such/dir",
+            "../no-such",
+            "/no/such/dir",
+            "~/no-such",
+            "models/no-such-model",
+            "a/b/c",
+            "src/no-such",
+        ] {
+            match classify_source(source, "main") {
+                Err(err @ HubError::LocalNotFound { .. }) => {
+                    let text = err.to_string();
+                    assert!(text.contains(source), "{text}");
+                    assert!(text.contains("not looked up on the hub"), "{text}");
+                    assert!(text.contains("fix:"), "{text}");
+                }
+                other => panic!("{source}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            classify_source("Salesforce/blip-image-captioning-base", "v1").unwrap(),
+            ModelSource::Hub {
+                id: "Salesforce/blip-image-captioning-base".to_string(),
+                revision: "v1".to_string()
+            }
+        );
+        assert!(matches!(
+            classify_source("Cargo.toml", "main"),
+            Err(HubError::NotADirectory { .. })
         ));
     }
 
