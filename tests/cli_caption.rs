@@ -31,10 +31,19 @@ fn image_paths(expected: &Value) -> Vec<String> {
 }
 
 fn caption(args: &[&str], images: &[String]) -> (Option<i32>, Vec<Value>, String) {
+    caption_env(&[], args, images)
+}
+
+fn caption_env(
+    env: &[(&str, &str)],
+    args: &[&str],
+    images: &[String],
+) -> (Option<i32>, Vec<Value>, String) {
     let output = Command::cargo_bin("vlmrun")
         .unwrap()
         .current_dir(ROOT)
         .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .envs(env.iter().copied())
         .args(["--device", "cpu", "--precision", "f32", "caption", "--json"])
         .args(args)
         .args(images)
@@ -212,7 +221,8 @@ fn missing_model_files_are_a_model_error() {
         "{stderr}"
     );
 
-    let (code, _, stderr) = caption(
+    let (code, _, stderr) = caption_env(
+        &[("HF_HUB_OFFLINE", "1")],
         &["--model", "nobody/no-such-model"],
         &image_paths(&expected())[..1],
     );

@@ -64,6 +64,9 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     if runs_a_model || matches!(cli.command, Command::Doctor { .. }) {
         unpack_builtin_files(&context.config.config)?;
     }
+    if runs_a_model {
+        download_model(&context)?;
+    }
     match cli.command {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
@@ -92,6 +95,22 @@ fn unpack_builtin_files(config: &config::Config) -> Result<(), Error> {
     if config::builtin::is_unpacked_path(&config.data.path) {
         config::builtin::unpack_samples()?;
     }
+    Ok(())
+}
+
+/// A hub id in `model.source` whose files are not all in the cache is downloaded now (unless offline),
+/// so every later lookup finds it there. Local directories and `.gguf` files are left to the loader.
+fn download_model(context: &Context) -> Result<(), Error> {
+    let model = &context.config.config.model;
+    if crate::models::blip::gguf::is_gguf_path(std::path::Path::new(&model.source)) {
+        return Ok(());
+    }
+    crate::hub::ensure_model(
+        &model.source,
+        &model.revision,
+        crate::hub::Offline::from_config(model.offline),
+        !context.quiet,
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Where model files come from: a local directory, or a hub id resolved in the Hugging Face cache
-//! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). This part
-//! never touches the network and is always compiled; downloading is `fetch` (cargo feature `hub`).
+//! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). The cache
+//! lookup never touches the network and is always compiled; [`ensure_model`] downloads what the cache
+//! lacks, as transformers' `from_pretrained` does, through `fetch` (cargo feature `hub`, on by default).
 
 #[cfg(feature = "hub")]
 pub mod fetch;
@@ -27,18 +28,37 @@ pub enum HubError {
     #[error("model source {} is a file, not a model directory\n  fix: point model.source at the directory that holds it (config.json, weights, tokenizer.json), or at a .gguf file written by `vlmrun quantize`", path.display())]
     NotADirectory { path: PathBuf },
 
-    #[error("model {id} (revision {revision}) is not in the Hugging Face cache {}{offline}\n  fix: run `vlmrun fetch {id} --revision {revision}` on a machine with network access (cargo feature `hub`), or `huggingface-cli download {id}`, then copy the cache; or point model.source at a local directory", cache.display())]
+    #[error("model {id} (revision {revision}) is not in the Hugging Face cache {} and {why}\n  fix: {fix}", cache.display())]
     NotCached {
         id: String,
         revision: String,
         cache: PathBuf,
-        offline: &'static str,
+        /// Why it was not downloaded, e.g. "downloads are off (HF_HUB_OFFLINE=1)".
+        why: String,
+        fix: String,
     },
 
-    #[error("downloading {file} of {id} failed: {message}\n  fix: check the network, the id and revision, and HF_TOKEN for gated models; set HF_ENDPOINT for a mirror")]
+    #[error("{id} has no {file} at revision {revision} on {endpoint} (or the repository or the revision does not exist)\n  fix: check the hub id (org/name) and model.revision (--revision for fetch); a private or gated repository needs HF_TOKEN")]
+    NotOnHub {
+        id: String,
+        revision: String,
+        file: String,
+        endpoint: String,
+    },
+
+    #[error("{endpoint} refused {id} ({file}): {message}\n  fix: set HF_TOKEN to a read token of an account with access (https://huggingface.co/settings/tokens), and accept the model's terms on its page if it is gated")]
+    Unauthorized {
+        id: String,
+        file: String,
+        endpoint: String,
+        message: String,
+    },
+
+    #[error("downloading {file} of {id} from {endpoint} failed: {message}\n  fix: check the network (or set HF_ENDPOINT to a mirror); with the files already in the cache, HF_HUB_OFFLINE=1 runs without network")]
     Download {
         id: String,
         file: String,
+        endpoint: String,
         message: String,
     },
 
@@ -69,6 +89,15 @@ pub fn cache_dir() -> (PathBuf, &'static str) {
         home.join(".cache/huggingface/hub"),
         "default (~/.cache/huggingface/hub)",
     )
+}
+
+/// The hub endpoint: `HF_ENDPOINT`, else https://huggingface.co (what hf-hub uses too).
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .map(|value| value.trim().trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
 }
 
 /// True when HF_HUB_OFFLINE asks for no network.
@@ -180,18 +209,128 @@ pub fn resolve_model_dir(source: &str, revision: &str) -> Result<PathBuf, HubErr
         ModelSource::Local { dir } => Ok(dir),
         ModelSource::Hub { id, revision } => {
             let (cache, _) = cache_dir();
-            cached_snapshot(&cache, &id, &revision).ok_or(HubError::NotCached {
-                id,
-                revision,
-                cache,
-                offline: if offline_from_env() {
-                    " (HF_HUB_OFFLINE is set)"
-                } else {
-                    ""
-                },
-            })
+            match cached_snapshot(&cache, &id, &revision) {
+                Some(dir) => Ok(dir),
+                None => Err(not_cached(id, revision, cache, Offline::from_env())),
+            }
         }
     }
+}
+
+/// Whether a run may use the network, and what turned it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offline {
+    /// Downloads allowed.
+    No,
+    /// `model.offline: true`.
+    Config,
+    /// `HF_HUB_OFFLINE=1`.
+    Env,
+}
+
+impl Offline {
+    /// From HF_HUB_OFFLINE alone.
+    pub fn from_env() -> Offline {
+        if offline_from_env() {
+            Offline::Env
+        } else {
+            Offline::No
+        }
+    }
+
+    /// From `model.offline` and HF_HUB_OFFLINE.
+    pub fn from_config(model_offline: bool) -> Offline {
+        if model_offline {
+            Offline::Config
+        } else {
+            Offline::from_env()
+        }
+    }
+
+    pub fn is_offline(self) -> bool {
+        self != Offline::No
+    }
+}
+
+fn not_cached(id: String, revision: String, cache: PathBuf, offline: Offline) -> HubError {
+    let copy = format!(
+        "or run `vlmrun fetch {id} --revision {revision}` (or `huggingface-cli download {id} --revision {revision}`) where there is network and copy the cache directory here (HF_HUB_CACHE names it), or point model.source at a local directory"
+    );
+    let (why, fix) = match offline {
+        Offline::Env => (
+            "downloads are off (HF_HUB_OFFLINE is set)".to_string(),
+            format!("unset HF_HUB_OFFLINE to download it, {copy}"),
+        ),
+        Offline::Config => (
+            "downloads are off (model.offline: true)".to_string(),
+            format!("set model.offline=false to download it, {copy}"),
+        ),
+        Offline::No if cfg!(feature = "hub") => (
+            "was not downloaded (this lookup never uses the network)".to_string(),
+            format!("any command that runs the model downloads it; `vlmrun fetch {id} --revision {revision}` does only that"),
+        ),
+        Offline::No => (
+            "this vlmrun was built without downloads (cargo feature `hub` off)".to_string(),
+            format!("rebuild with the default features, {copy}"),
+        ),
+    };
+    HubError::NotCached {
+        id,
+        revision,
+        cache,
+        why,
+        fix,
+    }
+}
+
+/// Makes `model.source` usable: a local directory is returned as is; a hub id whose files are all in
+/// the cache is resolved there without network; otherwise the missing files are downloaded into the
+/// cache (unless `offline`), as `from_pretrained` does. Returns the model directory.
+pub fn ensure_model(
+    source: &str,
+    revision: &str,
+    offline: Offline,
+    show_progress: bool,
+) -> Result<PathBuf, HubError> {
+    let (id, revision) = match classify_source(source, revision)? {
+        ModelSource::Local { dir } => return Ok(dir),
+        ModelSource::Hub { id, revision } => (id, revision),
+    };
+    let (cache, _) = cache_dir();
+    if let Some(dir) = cached_snapshot(&cache, &id, &revision) {
+        if missing_files(&dir).is_empty() {
+            return Ok(dir);
+        }
+    }
+    if offline.is_offline() {
+        return Err(not_cached(id, revision, cache, offline));
+    }
+    download(&id, &revision, show_progress, cache)
+}
+
+#[cfg(feature = "hub")]
+fn download(
+    id: &str,
+    revision: &str,
+    show_progress: bool,
+    _cache: PathBuf,
+) -> Result<PathBuf, HubError> {
+    fetch::fetch(id, revision, false, show_progress)
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(
+    id: &str,
+    revision: &str,
+    _show_progress: bool,
+    cache: PathBuf,
+) -> Result<PathBuf, HubError> {
+    Err(not_cached(
+        id.to_string(),
+        revision.to_string(),
+        cache,
+        Offline::No,
+    ))
 }
 
 /// Which required files a model directory lacks (empty when complete).
