@@ -29,8 +29,13 @@ pub struct Context {
 
 /// Runs `cli`; returns the exit status of a command that finished (errors are returned, not printed).
 pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
+    // Needs no configuration: works even where the config file is broken.
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
+        Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
         Command::Quantize(args) => args.overrides(),
@@ -70,7 +75,14 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     match cli.command {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
-        Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
+        Command::Caption(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            caption_cmd::run(&context, images, args.json)
+        }
+        Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),
         Command::Merge { output } => merge_cmd::run(&context, output.as_deref()),
         Command::Bench(args) => bench_cmd::run(&context, &args),
@@ -84,6 +96,15 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             json,
         } => score_cmd::run(&context, &predictions, &references, json),
     }
+}
+
+/// `vlmrun completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<Exit, Error> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "vlmrun", &mut script);
+    print_stdout(&String::from_utf8_lossy(&script))?;
+    Ok(Exit::Success)
 }
 
 /// Unpacks the demo model and the sample images when the configuration points at their built-in
