@@ -4,10 +4,32 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `vlmrun -V`: version, git revision, and whether CUDA kernels are compiled in.
+#[cfg(feature = "cuda")]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("VLMRUN_GIT_REV"),
+    "; CUDA compiled in: toolkit ",
+    env!("VLMRUN_CUDA_VERSION"),
+    ", compute capability ",
+    env!("VLMRUN_CUDA_COMPUTE_CAP"),
+    ")"
+);
+
+/// `vlmrun -V`: version, git revision, and whether CUDA kernels are compiled in.
+#[cfg(not(feature = "cuda"))]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("VLMRUN_GIT_REV"),
+    "; CPU build: CUDA not compiled in)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vlmrun",
-    version,
+    version = VERSION,
     about = "Rust-native GPU harness for vision-language models (BLIP captioning)",
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 internal error, 2 bad config/flags or unusable device, 3 completed with failures, 4 model error, 5 input error, 6 output error, 7 training diverged, 130 interrupted."
@@ -19,17 +41,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command takes.
+/// Flags every command takes (listed under "Global options" in each command's help).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Run configuration file.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "configs/config.yaml"
-    )]
-    pub config: PathBuf,
+    /// Run configuration file [default: $VLMRUN_CONFIG, else ./configs/config.yaml when present, else
+    /// the built-in defaults].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Override a configuration value, e.g. --set generation.num_beams=3 (repeatable; last wins).
     #[arg(long = "set", global = true, value_name = "KEY.PATH=VALUE")]
     pub sets: Vec<String>,
@@ -80,6 +99,12 @@ pub enum Command {
     },
     /// Throughput and latency, phase by phase (docs/performance.md); --compare checks for regressions (exit 3).
     Bench(BenchArgs),
+    /// Print a shell completion script, e.g. `vlmrun completions bash > ~/.local/share/bash-completion/completions/vlmrun`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
     /// Fine-tune the model on the configured dataset (train.* keys): checkpoints, metrics.jsonl, train-summary.json.
     Train(TrainArgs),
     /// Write the model quantized to one GGUF file, which model.source (or --model) can then point at.
@@ -101,9 +126,15 @@ pub enum Command {
 }
 
 /// `vlmrun baseline`. The rank flags override the launcher's variables (RANK/WORLD_SIZE, SLURM_*,
-/// OMPI_COMM_WORLD_*); see docs/scaling.md.
+/// OMPI_COMM_WORLD_*); see docs/scaling.md. --model and --limit override the config keys in their help.
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
+    /// Model directory or hub id (model.source).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// At most this many items of the dataset, after data.offset (data.limit).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<String>,
     /// Delete earlier results in output.dir and start over (default: resume). With several ranks, give it
     /// to every rank.
     #[arg(long)]
@@ -120,6 +151,17 @@ pub struct BaselineArgs {
     /// Rank 0: how long to wait for the other ranks after its own shard before merging what is there.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub wait_timeout: u64,
+}
+
+impl BaselineArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 2] = [
+            ("--model", "model.source", &self.model),
+            ("--limit", "data.limit", &self.limit),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
 }
 
 /// `vlmrun caption`: each flag overrides the config key named in its help.
@@ -143,10 +185,14 @@ pub struct CaptionArgs {
     /// Images per forward pass (generation.batch_size).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<String>,
-    /// One JSON object per line: {"image", "caption", "token_ids"}.
+    /// Caption at most the first N images given.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line: {"image", "caption", "token_ids"}, or {"image", "error"}.
     #[arg(long)]
     pub json: bool,
-    /// Image files (PNG, JPEG, WebP).
+    /// Image files (PNG, JPEG, WebP). One output line per image, in order; an image that fails
+    /// gives an `error: ...` line (exit 3, or 5 when all fail).
     #[arg(value_name = "IMAGE")]
     pub images: Vec<String>,
 }
@@ -252,16 +298,20 @@ pub struct TrainArgs {
     /// Peak learning rate (train.lr).
     #[arg(long, value_name = "LR")]
     pub lr: Option<String>,
+    /// At most this many items of the dataset, after data.offset (data.limit).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<String>,
 }
 
 impl TrainArgs {
     /// The flags that stand for config keys, in a fixed order.
     pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
-        let pairs: [(&'static str, &'static str, &Option<String>); 4] = [
+        let pairs: [(&'static str, &'static str, &Option<String>); 5] = [
             ("--model", "model.source", &self.model),
             ("--steps", "train.max_steps", &self.steps),
             ("--batch-size", "train.batch_size", &self.batch_size),
             ("--lr", "train.lr", &self.lr),
+            ("--limit", "data.limit", &self.limit),
         ];
         crate::config::FlagOverride::from_flags(&pairs)
     }

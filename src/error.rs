@@ -16,6 +16,10 @@ pub enum Error {
     #[error(transparent)]
     Hub(#[from] HubError),
 
+    /// The built-in demo model or sample images could not be written to the data directory.
+    #[error(transparent)]
+    Unpack(#[from] crate::config::builtin::UnpackError),
+
     #[error("cannot write {what} to {}: {source}\n  fix: check that the directory exists and is writable, or change output.dir", path.display())]
     Output {
         what: &'static str,
@@ -50,7 +54,7 @@ impl Error {
             Error::Config(_) | Error::Device(_) | Error::Usage(_) => Exit::Usage,
             Error::Hub(_) | Error::Model(_) => Exit::Model,
             Error::Input(_) => Exit::Input,
-            Error::Output { .. } | Error::Stdout(_) => Exit::Output,
+            Error::Output { .. } | Error::Stdout(_) | Error::Unpack(_) => Exit::Output,
             Error::Internal(_) => Exit::Failure,
             Error::Diverged(_) => Exit::Diverged,
         }

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines go to stderr. Filter: `VLMRUN_LOG`, else `RUST_LOG` (both in tracing's EnvFilter syntax,
+/// e.g. `debug` or `vlmrun=debug,hf_hub=info`), else `-v`/`-vv`/`--quiet`. Colour only on a terminal
+/// and never when `NO_COLOR` is set to anything non-empty (https://no-color.org).
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -44,13 +47,34 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VLMRUN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("vlmrun={level}")));
+    let from_env = ["VLMRUN_LOG", "RUST_LOG"].into_iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| (name, value))
+    });
+    let mut bad_filter = None;
+    let filter = match from_env {
+        Some((name, value)) => match tracing_subscriber::EnvFilter::try_new(&value) {
+            Ok(filter) => filter,
+            Err(err) => {
+                bad_filter = Some(format!(
+                    "{name}={value} is not a log filter ({err}); using the default"
+                ));
+                tracing_subscriber::EnvFilter::new(format!("vlmrun={level}"))
+            }
+        },
+        None => tracing_subscriber::EnvFilter::new(format!("vlmrun={level}")),
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!no_color && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();
+    if let Some(message) = bad_filter {
+        tracing::warn!("{message}");
+    }
 }

@@ -31,10 +31,19 @@ fn image_paths(expected: &Value) -> Vec<String> {
 }
 
 fn caption(args: &[&str], images: &[String]) -> (Option<i32>, Vec<Value>, String) {
+    caption_env(&[], args, images)
+}
+
+fn caption_env(
+    env: &[(&str, &str)],
+    args: &[&str],
+    images: &[String],
+) -> (Option<i32>, Vec<Value>, String) {
     let output = Command::cargo_bin("vlmrun")
         .unwrap()
         .current_dir(ROOT)
         .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .envs(env.iter().copied())
         .args(["--device", "cpu", "--precision", "f32", "caption", "--json"])
         .args(args)
         .args(images)
@@ -185,15 +194,62 @@ fn bad_images_are_reported_and_the_others_captioned() {
     images.push(dir.path().join("missing.png").display().to_string());
     let (code, lines, stderr) = caption(&[], &images);
     assert_eq!(code, Some(3), "completed with failures: {stderr}");
-    assert_eq!(lines.len(), 1, "the good image is still captioned");
+    assert_eq!(lines.len(), images.len(), "one line per input: {lines:?}");
+    assert!(
+        lines[0]["caption"].is_string(),
+        "the good image is still captioned"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    for (line, image) in lines.iter().zip(&images).skip(1) {
+        assert_eq!(line["image"], image.as_str(), "in order");
+        assert!(line["caption"].is_null());
+        assert!(line["error"].is_string(), "{line}");
+    }
     for name in ["empty.png", "truncated.png", "notes.png", "missing.png"] {
         assert!(stderr.contains(name), "{name} named in: {stderr}");
     }
 
     let (code, lines, _) = caption(&[], &images[1..]);
     assert_eq!(code, Some(5), "nothing usable");
-    assert!(lines.is_empty());
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|line| line["error"].is_string()));
+}
+
+#[test]
+fn text_mode_prints_one_line_per_input_in_order() {
+    let good = Path::new(ROOT)
+        .join(&image_paths(&expected())[0])
+        .display()
+        .to_string();
+    let readme = Path::new(ROOT).join("README.md").display().to_string();
+    let output = Command::cargo_bin("vlmrun")
+        .unwrap()
+        .current_dir(ROOT)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args(["--device", "cpu", "caption", &good, &readme, &good])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], lines[2], "the same image, the same caption");
+    assert!(!lines[0].starts_with("error:"));
+    assert!(lines[1].starts_with("error: "), "{stdout}");
+    assert!(lines[1].contains("README.md"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("README.md"), "said on stderr too: {stderr}");
+
+    // --limit keeps the first N inputs.
+    let output = Command::cargo_bin("vlmrun")
+        .unwrap()
+        .current_dir(ROOT)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args(["--device", "cpu", "caption", "--limit", "1", &good, &readme])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1);
 }
 
 #[test]
@@ -212,7 +268,8 @@ fn missing_model_files_are_a_model_error() {
         "{stderr}"
     );
 
-    let (code, _, stderr) = caption(
+    let (code, _, stderr) = caption_env(
+        &[("HF_HUB_OFFLINE", "1")],
         &["--model", "nobody/no-such-model"],
         &image_paths(&expected())[..1],
     );

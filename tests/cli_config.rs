@@ -102,13 +102,23 @@ fn string_values_stay_strings() {
 }
 
 #[test]
-fn missing_config_file() {
+fn a_named_config_file_must_exist() {
     let dir = tempfile::tempdir().unwrap();
-    fails_with(dir.path(), &[], &["configs/config.yaml not found", "fix:"]);
     fails_with(
         dir.path(),
         &["--config", "nope.yaml"],
-        &["nope.yaml not found"],
+        &["nope.yaml (from --config) not found", "fix:"],
+    );
+    let output = vlmrun(dir.path())
+        .env("VLMRUN_CONFIG", "gone.yaml")
+        .arg("config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("gone.yaml (from VLMRUN_CONFIG) not found"),
+        "{stderr}"
     );
 }
 
@@ -233,7 +243,7 @@ fn every_shipped_config_resolves() {
     for entry in std::fs::read_dir(root.join("configs")).unwrap() {
         let path = entry.unwrap().path();
         let resolved = vlmrun::config::resolve(&vlmrun::config::ConfigRequest {
-            file: path.clone(),
+            file: Some(path.clone()),
             ..Default::default()
         });
         assert!(resolved.is_ok(), "{}: {:?}", path.display(), resolved.err());
@@ -241,7 +251,7 @@ fn every_shipped_config_resolves() {
     }
     assert!(seen >= 3, "config.yaml plus the two LAVIS recipes");
     let lavis = vlmrun::config::resolve(&vlmrun::config::ConfigRequest {
-        file: root.join("configs/blip-base-coco.yaml"),
+        file: Some(root.join("configs/blip-base-coco.yaml")),
         ..Default::default()
     })
     .unwrap()
@@ -256,4 +266,16 @@ fn every_shipped_config_resolves() {
         (3, 20, 5)
     );
     assert_eq!(lavis.generation.batch_size, 64);
+}
+
+#[test]
+fn the_shipped_config_is_the_built_in_defaults() {
+    // Outside the repository a run uses the built-in defaults; inside it, configs/config.yaml. Both
+    // must give the same run.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("configs/config.yaml")).unwrap();
+    let shipped = vlmrun::config::parse_str(&text, Path::new("configs/config.yaml"))
+        .unwrap()
+        .config;
+    assert_eq!(shipped, vlmrun::config::Config::default());
 }

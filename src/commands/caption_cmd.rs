@@ -1,6 +1,8 @@
-//! `vlmrun caption IMAGE...`: captions images given on the command line. Text mode prints one caption per
-//! image; `--json` one object per line (`image`, `caption`, `token_ids`). A bad image is reported on stderr
-//! and the others are still captioned (exit 3 when some failed, 5 when all failed).
+//! `vlmrun caption IMAGE...`: captions images given on the command line. Exactly one stdout line per
+//! image, in the order given: text mode prints the caption, or `error: IMAGE: reason` for an image
+//! that failed; `--json` prints `{"image", "caption", "token_ids"}` or `{"image", "error"}`. The others
+//! are still captioned (exit 3 when some failed, 5 when all failed). When stdout is not a terminal, a
+//! failure is also said on stderr, so a redirected run still shows it.
 
 use rayon::prelude::*;
 
@@ -22,38 +24,53 @@ pub fn run(context: &Context, images: &[String], json: bool) -> Result<Exit, Err
     let captioner = Captioner::load(config, &active)?;
     let processor = captioner.processor().clone();
     let mut failed = 0usize;
+    let stdout_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for chunk in images.chunks(config.generation.batch_size.max(1)) {
         let processed: Vec<_> = chunk
             .par_iter()
             .map(|image| (image, processor.process_file(std::path::Path::new(image))))
             .collect();
-        let mut ok_images = Vec::new();
-        let mut pixels = Vec::new();
+        let mut ok_pixels = Vec::new();
+        let mut lines: Vec<Option<String>> = Vec::with_capacity(chunk.len());
         for (image, result) in processed {
             match result {
                 Ok(values) => {
-                    ok_images.push(image);
-                    pixels.push(values);
+                    ok_pixels.push(values);
+                    lines.push(None);
                 }
                 Err(err) => {
                     failed += 1;
-                    eprintln!("error: {err}");
+                    let reason = err.to_string();
+                    if !stdout_is_terminal {
+                        eprintln!("error: {reason}");
+                    }
+                    lines.push(Some(failure_line(image, &reason, json)));
                 }
             }
         }
-        let captions = captioner.caption_pixels(&pixels)?;
+        let captions = captioner.caption_pixels(&ok_pixels)?;
+        let mut captions = captions.into_iter();
         let mut out = String::new();
-        for (image, caption) in ok_images.iter().zip(captions) {
-            if json {
-                let line = serde_json::json!({
-                    "image": image,
-                    "caption": caption.text,
-                    "token_ids": caption.token_ids,
-                });
-                out.push_str(&line.to_string());
-            } else {
-                out.push_str(&caption.text);
-            }
+        for (image, line) in chunk.iter().zip(lines) {
+            let line = match line {
+                Some(line) => line,
+                None => {
+                    let caption = captions
+                        .next()
+                        .ok_or_else(|| Error::Internal("fewer captions than images".to_string()))?;
+                    if json {
+                        serde_json::json!({
+                            "image": image,
+                            "caption": caption.text,
+                            "token_ids": caption.token_ids,
+                        })
+                        .to_string()
+                    } else {
+                        caption.text
+                    }
+                }
+            };
+            out.push_str(&line);
             out.push('\n');
         }
         print_stdout(&out)?;
@@ -63,4 +80,16 @@ pub fn run(context: &Context, images: &[String], json: bool) -> Result<Exit, Err
         n if n == images.len() => Exit::Input,
         _ => Exit::CompletedWithFailures,
     })
+}
+
+/// The stdout line of an image that failed: its first message line (the fix, if any, is on stderr).
+fn failure_line(image: &str, reason: &str, json: bool) -> String {
+    let first = reason.lines().next().unwrap_or(reason);
+    if json {
+        serde_json::json!({ "image": image, "error": reason }).to_string()
+    } else if first.contains(image) {
+        format!("error: {first}")
+    } else {
+        format!("error: {image}: {first}")
+    }
 }

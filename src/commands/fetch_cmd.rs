@@ -1,5 +1,7 @@
-//! `vlmrun fetch HUB_ID`: downloads into the Hugging Face cache (cargo feature `hub`; the default build
-//! says how to get the files another way).
+//! `vlmrun fetch HUB_ID`: downloads a model into the Hugging Face cache and prints its snapshot
+//! directory (cargo feature `hub`, on by default; a build without it says how to get the files another
+//! way). Commands that run a model download what is missing by themselves; `fetch` also refreshes a
+//! branch that moved on the hub.
 
 use super::Context;
 use crate::error::Error;
@@ -7,9 +9,8 @@ use crate::exit::Exit;
 
 #[cfg(feature = "hub")]
 pub fn run(context: &Context, id: &str, revision: &str) -> Result<Exit, Error> {
-    let offline = context.config.config.model.offline || crate::hub::offline_from_env();
-    let show_progress = !context.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let dir = crate::hub::fetch::fetch(id, revision, offline, show_progress)?;
+    let offline = crate::hub::Offline::from_config(context.config.config.model.offline);
+    let dir = crate::hub::fetch::fetch(id, revision, offline.is_offline(), !context.quiet)?;
     super::print_stdout(&format!("{}\n", dir.display()))?;
     Ok(Exit::Success)
 }
@@ -17,6 +18,6 @@ pub fn run(context: &Context, id: &str, revision: &str) -> Result<Exit, Error> {
 #[cfg(not(feature = "hub"))]
 pub fn run(_context: &Context, id: &str, revision: &str) -> Result<Exit, Error> {
     Err(Error::Usage(format!(
-        "this vlmrun was built without downloads (cargo feature `hub`)\n  fix: rebuild with `cargo build --release --features hub`, or download with `huggingface-cli download {id} --revision {revision}` (same cache layout: vlmrun finds it there), or point model.source at a local directory"
+        "this vlmrun was built without downloads (cargo feature `hub` off)\n  fix: rebuild with the default features (`cargo install --path .`), or download with `huggingface-cli download {id} --revision {revision}` (same cache layout: vlmrun finds it there), or point model.source at a local directory"
     )))
 }

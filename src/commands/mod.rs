@@ -29,8 +29,13 @@ pub struct Context {
 
 /// Runs `cli`; returns the exit status of a command that finished (errors are returned, not printed).
 pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
+    // Needs no configuration: works even where the config file is broken.
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
+        Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
         Command::Quantize(args) => args.overrides(),
@@ -39,6 +44,9 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     };
     let request = ConfigRequest {
         file: cli.global.config.clone(),
+        env_file: std::env::var_os(config::CONFIG_VAR)
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from),
         sets: cli.global.sets.clone(),
         flags,
         device: cli.global.device.clone(),
@@ -49,10 +57,32 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         cuda,
         quiet: cli.global.quiet,
     };
+    let runs_a_model = matches!(
+        cli.command,
+        Command::Caption(_)
+            | Command::Baseline(_)
+            | Command::Bench(_)
+            | Command::Train(_)
+            | Command::Quantize(_)
+            | Command::Fidelity(_)
+    );
+    if runs_a_model || matches!(cli.command, Command::Doctor { .. }) {
+        unpack_builtin_files(&context.config.config)?;
+    }
+    if runs_a_model {
+        download_model(&context)?;
+    }
     match cli.command {
         Command::Config => config_cmd::run(&context),
         Command::Doctor { json } => doctor_cmd::run(&context, json),
-        Command::Caption(args) => caption_cmd::run(&context, &args.images, args.json),
+        Command::Caption(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            caption_cmd::run(&context, images, args.json)
+        }
+        Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),
         Command::Merge { output } => merge_cmd::run(&context, output.as_deref()),
         Command::Bench(args) => bench_cmd::run(&context, &args),
@@ -66,6 +96,43 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             json,
         } => score_cmd::run(&context, &predictions, &references, json),
     }
+}
+
+/// `vlmrun completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<Exit, Error> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "vlmrun", &mut script);
+    print_stdout(&String::from_utf8_lossy(&script))?;
+    Ok(Exit::Success)
+}
+
+/// Unpacks the demo model and the sample images when the configuration points at their built-in
+/// copies (see `config::builtin`).
+fn unpack_builtin_files(config: &config::Config) -> Result<(), Error> {
+    if config::builtin::is_unpacked_path(std::path::Path::new(&config.model.source)) {
+        config::builtin::unpack_demo_model()?;
+    }
+    if config::builtin::is_unpacked_path(&config.data.path) {
+        config::builtin::unpack_samples()?;
+    }
+    Ok(())
+}
+
+/// A hub id in `model.source` whose files are not all in the cache is downloaded now (unless offline),
+/// so every later lookup finds it there. Local directories and `.gguf` files are left to the loader.
+fn download_model(context: &Context) -> Result<(), Error> {
+    let model = &context.config.config.model;
+    if crate::models::blip::gguf::is_gguf_path(std::path::Path::new(&model.source)) {
+        return Ok(());
+    }
+    crate::hub::ensure_model(
+        &model.source,
+        &model.revision,
+        crate::hub::Offline::from_config(model.offline),
+        !context.quiet,
+    )?;
+    Ok(())
 }
 
 /// Writes to stdout, mapping a closed pipe to an error instead of a panic.

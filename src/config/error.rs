@@ -5,8 +5,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {} not found\n  fix: pass --config PATH, or restore it from the repository (configs/config.yaml)", path.display())]
+    #[error("config file {} (from --config) not found\n  fix: pass an existing file to --config, or leave --config out to use ./configs/config.yaml when present, else the built-in defaults", path.display())]
     NotFound { path: PathBuf },
+
+    #[error("config file {} (from VLMRUN_CONFIG) not found\n  fix: point VLMRUN_CONFIG at an existing file, or unset it to use ./configs/config.yaml when present, else the built-in defaults", path.display())]
+    EnvNotFound { path: PathBuf },
 
     #[error("cannot read config file {}: {source}", path.display())]
     Read {

@@ -1,7 +1,9 @@
-//! The run configuration: `configs/config.yaml`, then `--set key.path=value` overrides, then the
+//! The run configuration: a config file (see [`ConfigChoice`] for which one, or the built-in
+//! defaults when there is none), then `--set key.path=value` overrides, then the
 //! `--device`/`--precision` flags, last one wins. This is the one place where they are merged; the
 //! result remembers where each value came from so `vlmrun config` can say it.
 
+pub mod builtin;
 mod error;
 mod load;
 mod overrides;
@@ -17,10 +19,19 @@ pub use load::{load_file, parse_str};
 pub use provenance::Origin;
 pub use schema::*;
 
+/// Environment variable naming the config file (after `--config`, before `./configs/config.yaml`).
+pub const CONFIG_VAR: &str = "VLMRUN_CONFIG";
+
+/// The config file a run uses when nothing names one (relative to the working directory).
+pub const DEFAULT_CONFIG_FILE: &str = "configs/config.yaml";
+
 /// What the command line asks for.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigRequest {
-    pub file: PathBuf,
+    /// `--config PATH` (must exist).
+    pub file: Option<PathBuf>,
+    /// The value of `VLMRUN_CONFIG` (must exist when set).
+    pub env_file: Option<PathBuf>,
     pub sets: Vec<String>,
     /// A command's own flags that set config keys (e.g. `caption --beams 3`), applied after `--set`.
     pub flags: Vec<FlagOverride>,
@@ -54,11 +65,67 @@ impl FlagOverride {
     }
 }
 
+/// Which config file a run reads. Lookup order: `--config`, `VLMRUN_CONFIG`,
+/// `./configs/config.yaml` when present, else the built-in defaults (no file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChoice {
+    /// `--config PATH`.
+    Flag(PathBuf),
+    /// `VLMRUN_CONFIG=PATH`.
+    Env(PathBuf),
+    /// `configs/config.yaml` in the working directory.
+    WorkingDir(PathBuf),
+    /// No file: every value is a built-in default.
+    BuiltIn,
+}
+
+impl ConfigChoice {
+    /// Applies the lookup order to what the command line and the environment name.
+    pub fn choose(flag: Option<&Path>, env: Option<&Path>) -> ConfigChoice {
+        if let Some(path) = flag {
+            ConfigChoice::Flag(path.to_path_buf())
+        } else if let Some(path) = env {
+            ConfigChoice::Env(path.to_path_buf())
+        } else if Path::new(DEFAULT_CONFIG_FILE).is_file() {
+            ConfigChoice::WorkingDir(PathBuf::from(DEFAULT_CONFIG_FILE))
+        } else {
+            ConfigChoice::BuiltIn
+        }
+    }
+
+    /// The file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigChoice::Flag(path) | ConfigChoice::Env(path) | ConfigChoice::WorkingDir(path) => {
+                Some(path)
+            }
+            ConfigChoice::BuiltIn => None,
+        }
+    }
+
+    /// One line for `vlmrun config` and the resolved-config.yaml header.
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigChoice::Flag(path) => format!("{} (from --config)", path.display()),
+            ConfigChoice::Env(path) => format!("{} (from {CONFIG_VAR})", path.display()),
+            ConfigChoice::WorkingDir(path) => {
+                format!("{} (found in the working directory)", path.display())
+            }
+            ConfigChoice::BuiltIn => format!(
+                "none, built-in defaults (no --config, no {CONFIG_VAR}, no ./{DEFAULT_CONFIG_FILE})"
+            ),
+        }
+    }
+}
+
 /// The configuration a run uses, with the origin of every leaf value (`generation.num_beams`, ...).
 #[derive(Debug, Clone)]
 pub struct ResolvedConfig {
     pub config: Config,
+    /// The config file read, or `(built-in defaults)`.
     pub file: PathBuf,
+    /// How the file was chosen.
+    pub chosen: ConfigChoice,
     pub origins: BTreeMap<String, Origin>,
 }
 
@@ -67,7 +134,11 @@ impl ResolvedConfig {
     pub fn to_annotated_yaml(&self) -> Result<String, ConfigError> {
         let tree = serde_json::to_value(&self.config)
             .map_err(|err| ConfigError::Internal(err.to_string()))?;
-        Ok(provenance::annotated_yaml(&tree, &self.origins, &self.file))
+        Ok(provenance::annotated_yaml(
+            &tree,
+            &self.origins,
+            &self.chosen.describe(),
+        ))
     }
 
     /// Writes the annotated YAML to `dir/resolved-config.yaml` (every run keeps the config it used).
@@ -81,15 +152,28 @@ impl ResolvedConfig {
     }
 }
 
-/// Loads the file, applies the overrides and flags, and validates the result.
+/// Chooses and loads the file (or the built-in defaults), applies the overrides and flags, and
+/// validates the result.
 pub fn resolve(request: &ConfigRequest) -> Result<ResolvedConfig, ConfigError> {
-    let loaded = load_file(&request.file)?;
-    resolve_loaded(loaded, request)
+    let chosen = ConfigChoice::choose(request.file.as_deref(), request.env_file.as_deref());
+    let loaded = match &chosen {
+        ConfigChoice::Flag(path) | ConfigChoice::WorkingDir(path) => load_file(path)?,
+        ConfigChoice::Env(path) => load_file(path).map_err(|err| match err {
+            ConfigError::NotFound { path } => ConfigError::EnvNotFound { path },
+            other => other,
+        })?,
+        ConfigChoice::BuiltIn => load::LoadedFile {
+            config: Config::default(),
+            raw: serde_json::Value::Object(Default::default()),
+        },
+    };
+    resolve_loaded(loaded, chosen, request)
 }
 
 /// As [`resolve`], for a file already parsed.
 pub fn resolve_loaded(
     loaded: load::LoadedFile,
+    chosen: ConfigChoice,
     request: &ConfigRequest,
 ) -> Result<ResolvedConfig, ConfigError> {
     let schema = serde_json::to_value(Config::default())
@@ -138,12 +222,39 @@ pub fn resolve_loaded(
         })?;
         origins.insert("precision".to_string(), Origin::Flag("--precision"));
     }
+    use_builtin_files(&mut config, &mut origins);
     validate(&config)?;
     Ok(ResolvedConfig {
         config,
-        file: request.file.clone(),
+        file: chosen
+            .path()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("(built-in defaults)")),
+        chosen,
         origins,
     })
+}
+
+/// `model.source` and `data.path` left at their defaults name files relative to the working
+/// directory (the repository's); where they are absent, the copies built into the binary are used
+/// (see [`builtin`]). Values that a file, `--set` or a flag gave are never replaced.
+fn use_builtin_files(config: &mut Config, origins: &mut BTreeMap<String, Origin>) {
+    let untouched = |key: &str, origins: &BTreeMap<String, Origin>| !origins.contains_key(key);
+    if untouched("model.source", origins)
+        && config.model.source == builtin::DEMO_MODEL_SOURCE
+        && !Path::new(builtin::DEMO_MODEL_SOURCE).is_dir()
+    {
+        config.model.source = builtin::demo_model_dir().display().to_string();
+        origins.insert("model.source".to_string(), Origin::BuiltIn);
+    }
+    if untouched("data.path", origins)
+        && config.data.source == DataSource::Manifest
+        && config.data.path == Path::new(builtin::SAMPLES_PATH)
+        && !Path::new(builtin::SAMPLES_PATH).is_file()
+    {
+        config.data.path = builtin::samples_manifest();
+        origins.insert("data.path".to_string(), Origin::BuiltIn);
+    }
 }
 
 /// Cross-field rules the types alone cannot express.

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -15,6 +14,8 @@ pub enum Origin {
     Set(String),
     /// A dedicated flag such as `--device`.
     Flag(&'static str),
+    /// The default path is absent from the working directory: the copy built into the binary.
+    BuiltIn,
 }
 
 impl fmt::Display for Origin {
@@ -23,6 +24,9 @@ impl fmt::Display for Origin {
             Origin::File => f.write_str("config file"),
             Origin::Set(argument) => write!(f, "--set {argument}"),
             Origin::Flag(flag) => f.write_str(flag),
+            Origin::BuiltIn => {
+                f.write_str("default, built into the binary (unpacked on first use)")
+            }
         }
     }
 }
@@ -65,10 +69,9 @@ pub fn collect_leaves(tree: &Value, prefix: &mut Vec<String>, out: &mut Vec<Stri
 }
 
 /// Renders the tree as YAML; each leaf gets `# <origin>` (`default` when nothing set it).
-pub fn annotated_yaml(tree: &Value, origins: &BTreeMap<String, Origin>, file: &Path) -> String {
+pub fn annotated_yaml(tree: &Value, origins: &BTreeMap<String, Origin>, file: &str) -> String {
     let mut out = format!(
-        "# resolved configuration (file: {}; later sources win: file < --set < --device/--precision)\n",
-        file.display()
+        "# resolved configuration (config file: {file}; later sources win: file < --set < --device/--precision)\n"
     );
     render(tree, origins, &mut Vec::new(), 0, &mut out);
     out

@@ -48,7 +48,13 @@ pub fn activate(
         &active.plan.requested,
     )?;
     if let Some(reason) = &active.plan.fallback_reason {
-        tracing::warn!("device auto: using the CPU because {reason}");
+        // The CPU build with no CUDA companion never had a GPU to offer: running on the CPU is what
+        // it does, not a fallback worth a warning (`-v` or `vlmrun doctor` still say why).
+        if matches!(cuda, CudaAvailability::NotCompiled) {
+            tracing::info!("device auto: using the CPU because {reason}");
+        } else {
+            tracing::warn!("device auto: using the CPU because {reason}");
+        }
     }
     tracing::info!(
         "device {} -> {}; precision {} ({})",

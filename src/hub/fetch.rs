@@ -1,5 +1,7 @@
-//! `vlmrun fetch <hub-id>` (cargo feature `hub`): downloads a BLIP model's files into the Hugging Face
-//! cache through hf-hub, with a progress bar, so later runs resolve the id offline.
+//! Downloads a BLIP model's files into the Hugging Face cache through hf-hub (cargo feature `hub`, on
+//! by default), one progress bar per file on a terminal (one line per file otherwise), so later runs
+//! resolve the id offline. `HF_ENDPOINT` and `HF_TOKEN` (or the token file under `HF_HOME`) are read
+//! by hf-hub; the cache directory is [`cache_dir`]'s, so `HF_HUB_CACHE`/`HF_HOME` apply.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,12 +9,17 @@ use std::sync::Mutex;
 
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 
-use super::{cache_dir, HubError, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use super::{
+    cache_dir, endpoint, HubError, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+};
 
-/// Shows bytes downloaded per file on an indicatif bar.
+/// Shows bytes downloaded per file on an indicatif bar; without a bar, one line per file that is
+/// actually downloaded.
 struct BarProgress {
     bar: indicatif::ProgressBar,
     per_file: Mutex<HashMap<String, (u64, u64)>>,
+    /// `id file` for the line printed when a download starts (None: print nothing).
+    announce: Option<String>,
 }
 
 impl ProgressHandler for BarProgress {
@@ -21,7 +28,15 @@ impl ProgressHandler for BarProgress {
             return;
         };
         match event {
-            DownloadEvent::Start { total_bytes, .. } => self.bar.set_length(*total_bytes),
+            DownloadEvent::Start { total_bytes, .. } => {
+                self.bar.set_length(*total_bytes);
+                if let Some(what) = &self.announce {
+                    eprintln!(
+                        "downloading {what} ({})",
+                        indicatif::HumanBytes(*total_bytes)
+                    );
+                }
+            }
             DownloadEvent::Progress { files } => {
                 if let Ok(mut per_file) = self.per_file.lock() {
                     for file in files {
@@ -47,8 +62,38 @@ impl ProgressHandler for BarProgress {
     }
 }
 
+/// How one hf-hub error reads to a user.
+fn describe(err: hf_hub::HFError, id: &str, revision: &str, file: &str) -> HubError {
+    let endpoint = endpoint();
+    match err {
+        hf_hub::HFError::EntryNotFound { .. }
+        | hf_hub::HFError::RepoNotFound { .. }
+        | hf_hub::HFError::RevisionNotFound { .. } => HubError::NotOnHub {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            file: file.to_string(),
+            endpoint,
+        },
+        err @ (hf_hub::HFError::AuthRequired { .. } | hf_hub::HFError::Forbidden { .. }) => {
+            HubError::Unauthorized {
+                id: id.to_string(),
+                file: file.to_string(),
+                endpoint,
+                message: err.to_string(),
+            }
+        }
+        err => HubError::Download {
+            id: id.to_string(),
+            file: file.to_string(),
+            endpoint,
+            message: err.to_string(),
+        },
+    }
+}
+
 /// Downloads config.json, tokenizer.json and the weights (single file, or index + shards) of `id` at
-/// `revision`; returns the snapshot directory.
+/// `revision`; returns the snapshot directory. Files already in the cache are not downloaded again
+/// (hf-hub asks the hub whether they changed, unless `offline`).
 pub fn fetch(
     id: &str,
     revision: &str,
@@ -58,6 +103,7 @@ pub fn fetch(
     let failed = |file: &str, message: String| HubError::Download {
         id: id.to_string(),
         file: file.to_string(),
+        endpoint: endpoint(),
         message,
     };
     let (owner, name) = id
@@ -69,8 +115,9 @@ pub fn fetch(
         .build_sync()
         .map_err(|err| failed("-", err.to_string()))?;
     let repo = client.model(owner, name);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let download = |file: &str| -> Result<PathBuf, HubError> {
-        let bar = if show_progress {
+        let bar = if show_progress && terminal {
             let bar = indicatif::ProgressBar::new(0);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
                 "{msg:24} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
@@ -85,6 +132,7 @@ pub fn fetch(
         let progress = BarProgress {
             bar: bar.clone(),
             per_file: Mutex::new(HashMap::new()),
+            announce: (show_progress && !terminal).then(|| format!("{id} {file}")),
         };
         let result = repo
             .download_file()
@@ -93,7 +141,7 @@ pub fn fetch(
             .local_files_only(offline)
             .progress(progress)
             .send()
-            .map_err(|err| failed(file, err.to_string()));
+            .map_err(|err| describe(err, id, revision, file));
         bar.finish_and_clear();
         result
     };
@@ -101,7 +149,7 @@ pub fn fetch(
     download(TOKENIZER_FILE)?;
     let weights = match download(WEIGHTS_FILE) {
         Ok(path) => path,
-        Err(single_error) => {
+        Err(single_error @ HubError::NotOnHub { .. }) => {
             let index_path = download(WEIGHTS_INDEX_FILE).map_err(|_| single_error)?;
             let index_text = std::fs::read_to_string(&index_path)
                 .map_err(|err| failed(WEIGHTS_INDEX_FILE, err.to_string()))?;
@@ -122,6 +170,7 @@ pub fn fetch(
             }
             index_path
         }
+        Err(other) => return Err(other),
     };
     Ok(weights
         .parent()

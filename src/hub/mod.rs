@@ -1,6 +1,7 @@
 //! Where model files come from: a local directory, or a hub id resolved in the Hugging Face cache
-//! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). This part
-//! never touches the network and is always compiled; downloading is `fetch` (cargo feature `hub`).
+//! (the Python-compatible layout `models--org--name/{refs/<rev>, snapshots/<sha>/<file>}`). The cache
+//! lookup never touches the network and is always compiled; [`ensure_model`] downloads what the cache
+//! lacks, as transformers' `from_pretrained` does, through `fetch` (cargo feature `hub`, on by default).
 
 #[cfg(feature = "hub")]
 pub mod fetch;
@@ -17,21 +18,47 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("model directory {} not found\n  fix: set model.source to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base", path.display())]
-    LocalNotFound { path: PathBuf },
+    #[error("model directory {} not found{reason}\n  fix: set model.source (or --model) to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base; leave it unset for the built-in demo model", path.display())]
+    LocalNotFound {
+        path: PathBuf,
+        /// Empty, or why it was not taken for a hub id.
+        reason: String,
+    },
 
-    #[error("model {id} (revision {revision}) is not in the Hugging Face cache {}{offline}\n  fix: run `vlmrun fetch {id} --revision {revision}` on a machine with network access (cargo feature `hub`), or `huggingface-cli download {id}`, then copy the cache; or point model.source at a local directory", cache.display())]
+    #[error("model source {} is a file, not a model directory\n  fix: point model.source at the directory that holds it (config.json, weights, tokenizer.json), or at a .gguf file written by `vlmrun quantize`", path.display())]
+    NotADirectory { path: PathBuf },
+
+    #[error("model {id} (revision {revision}) is not in the Hugging Face cache {} and {why}\n  fix: {fix}", cache.display())]
     NotCached {
         id: String,
         revision: String,
         cache: PathBuf,
-        offline: &'static str,
+        /// Why it was not downloaded, e.g. "downloads are off (HF_HUB_OFFLINE=1)".
+        why: String,
+        fix: String,
     },
 
-    #[error("downloading {file} of {id} failed: {message}\n  fix: check the network, the id and revision, and HF_TOKEN for gated models; set HF_ENDPOINT for a mirror")]
+    #[error("{id} has no {file} at revision {revision} on {endpoint} (or the repository or the revision does not exist)\n  fix: check the hub id (org/name) and model.revision (--revision for fetch); a private or gated repository needs HF_TOKEN")]
+    NotOnHub {
+        id: String,
+        revision: String,
+        file: String,
+        endpoint: String,
+    },
+
+    #[error("{endpoint} refused {id} ({file}): {message}\n  fix: set HF_TOKEN to a read token of an account with access (https://huggingface.co/settings/tokens), and accept the model's terms on its page if it is gated")]
+    Unauthorized {
+        id: String,
+        file: String,
+        endpoint: String,
+        message: String,
+    },
+
+    #[error("downloading {file} of {id} from {endpoint} failed: {message}\n  fix: check the network (or set HF_ENDPOINT to a mirror); with the files already in the cache, HF_HUB_OFFLINE=1 runs without network")]
     Download {
         id: String,
         file: String,
+        endpoint: String,
         message: String,
     },
 
@@ -64,6 +91,15 @@ pub fn cache_dir() -> (PathBuf, &'static str) {
     )
 }
 
+/// The hub endpoint: `HF_ENDPOINT`, else https://huggingface.co (what hf-hub uses too).
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .map(|value| value.trim().trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+}
+
 /// True when HF_HUB_OFFLINE asks for no network.
 pub fn offline_from_env() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -84,7 +120,9 @@ pub enum ModelSource {
     Hub { id: String, revision: String },
 }
 
-/// A local directory when one exists at that path; otherwise `org/name` is a hub id.
+/// A local directory when one exists at that path; otherwise `org/name` is a hub id, unless it
+/// reads as a path (`./x`, `../x`, `/x`, `~/x`, `models/x`, more than one `/`, or `x/` where the
+/// folder `x` exists here): a missing local directory is said to be one, never sent to the hub.
 pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubError> {
     let path = Path::new(source);
     if path.is_dir() {
@@ -92,11 +130,18 @@ pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubE
             dir: path.to_path_buf(),
         });
     }
-    // `models/x` where `models/` exists locally is a missing local directory, not a hub id.
-    let parent_is_local_dir = path
-        .parent()
-        .is_some_and(|parent| !parent.as_os_str().is_empty() && parent.is_dir());
-    if looks_like_hub_id(source) && !parent_is_local_dir {
+    if path.is_file() {
+        return Err(HubError::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(why) = path_like_reason(source) {
+        return Err(HubError::LocalNotFound {
+            path: path.to_path_buf(),
+            reason: format!(" ({why}, so it was not looked up on the hub; hub ids read org/name)"),
+        });
+    }
+    if looks_like_hub_id(source) {
         return Ok(ModelSource::Hub {
             id: source.to_string(),
             revision: revision.to_string(),
@@ -104,7 +149,28 @@ pub fn classify_source(source: &str, revision: &str) -> Result<ModelSource, HubE
     }
     Err(HubError::LocalNotFound {
         path: path.to_path_buf(),
+        reason: " (and it is not a hub id of the form org/name)".to_string(),
     })
+}
+
+/// Why `source` reads as a local path rather than a hub id, if it does.
+fn path_like_reason(source: &str) -> Option<String> {
+    if source.starts_with('/') || source.starts_with('~') || source.starts_with('.') {
+        return Some("it reads as a path".to_string());
+    }
+    if source.contains('\\') || source.ends_with('/') || source.matches('/').count() > 1 {
+        return Some("it reads as a path".to_string());
+    }
+    let parent = Path::new(source)
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())?;
+    if parent == Path::new("models") {
+        return Some("it is under models/, the local model folder".to_string());
+    }
+    // `x/y` where the folder `x` exists here is a missing directory inside it.
+    parent
+        .is_dir()
+        .then(|| format!("the folder {} exists here", parent.display()))
 }
 
 fn looks_like_hub_id(source: &str) -> bool {
@@ -143,18 +209,128 @@ pub fn resolve_model_dir(source: &str, revision: &str) -> Result<PathBuf, HubErr
         ModelSource::Local { dir } => Ok(dir),
         ModelSource::Hub { id, revision } => {
             let (cache, _) = cache_dir();
-            cached_snapshot(&cache, &id, &revision).ok_or(HubError::NotCached {
-                id,
-                revision,
-                cache,
-                offline: if offline_from_env() {
-                    " (HF_HUB_OFFLINE is set)"
-                } else {
-                    ""
-                },
-            })
+            match cached_snapshot(&cache, &id, &revision) {
+                Some(dir) => Ok(dir),
+                None => Err(not_cached(id, revision, cache, Offline::from_env())),
+            }
         }
     }
+}
+
+/// Whether a run may use the network, and what turned it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offline {
+    /// Downloads allowed.
+    No,
+    /// `model.offline: true`.
+    Config,
+    /// `HF_HUB_OFFLINE=1`.
+    Env,
+}
+
+impl Offline {
+    /// From HF_HUB_OFFLINE alone.
+    pub fn from_env() -> Offline {
+        if offline_from_env() {
+            Offline::Env
+        } else {
+            Offline::No
+        }
+    }
+
+    /// From `model.offline` and HF_HUB_OFFLINE.
+    pub fn from_config(model_offline: bool) -> Offline {
+        if model_offline {
+            Offline::Config
+        } else {
+            Offline::from_env()
+        }
+    }
+
+    pub fn is_offline(self) -> bool {
+        self != Offline::No
+    }
+}
+
+fn not_cached(id: String, revision: String, cache: PathBuf, offline: Offline) -> HubError {
+    let copy = format!(
+        "or run `vlmrun fetch {id} --revision {revision}` (or `huggingface-cli download {id} --revision {revision}`) where there is network and copy the cache directory here (HF_HUB_CACHE names it), or point model.source at a local directory"
+    );
+    let (why, fix) = match offline {
+        Offline::Env => (
+            "downloads are off (HF_HUB_OFFLINE is set)".to_string(),
+            format!("unset HF_HUB_OFFLINE to download it, {copy}"),
+        ),
+        Offline::Config => (
+            "downloads are off (model.offline: true)".to_string(),
+            format!("set model.offline=false to download it, {copy}"),
+        ),
+        Offline::No if cfg!(feature = "hub") => (
+            "was not downloaded (this lookup never uses the network)".to_string(),
+            format!("any command that runs the model downloads it; `vlmrun fetch {id} --revision {revision}` does only that"),
+        ),
+        Offline::No => (
+            "this vlmrun was built without downloads (cargo feature `hub` off)".to_string(),
+            format!("rebuild with the default features, {copy}"),
+        ),
+    };
+    HubError::NotCached {
+        id,
+        revision,
+        cache,
+        why,
+        fix,
+    }
+}
+
+/// Makes `model.source` usable: a local directory is returned as is; a hub id whose files are all in
+/// the cache is resolved there without network; otherwise the missing files are downloaded into the
+/// cache (unless `offline`), as `from_pretrained` does. Returns the model directory.
+pub fn ensure_model(
+    source: &str,
+    revision: &str,
+    offline: Offline,
+    show_progress: bool,
+) -> Result<PathBuf, HubError> {
+    let (id, revision) = match classify_source(source, revision)? {
+        ModelSource::Local { dir } => return Ok(dir),
+        ModelSource::Hub { id, revision } => (id, revision),
+    };
+    let (cache, _) = cache_dir();
+    if let Some(dir) = cached_snapshot(&cache, &id, &revision) {
+        if missing_files(&dir).is_empty() {
+            return Ok(dir);
+        }
+    }
+    if offline.is_offline() {
+        return Err(not_cached(id, revision, cache, offline));
+    }
+    download(&id, &revision, show_progress, cache)
+}
+
+#[cfg(feature = "hub")]
+fn download(
+    id: &str,
+    revision: &str,
+    show_progress: bool,
+    _cache: PathBuf,
+) -> Result<PathBuf, HubError> {
+    fetch::fetch(id, revision, false, show_progress)
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(
+    id: &str,
+    revision: &str,
+    _show_progress: bool,
+    cache: PathBuf,
+) -> Result<PathBuf, HubError> {
+    Err(not_cached(
+        id.to_string(),
+        revision.to_string(),
+        cache,
+        Offline::No,
+    ))
 }
 
 /// Which required files a model directory lacks (empty when complete).
@@ -199,6 +375,40 @@ mod tests {
         assert!(matches!(
             classify_source("no-such-dir-anywhere", "main"),
             Err(HubError::LocalNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_paths_are_never_taken_for_hub_ids() {
+        for source in [
+            "./no-such/dir",
+            "../no-such",
+            "/no/such/dir",
+            "~/no-such",
+            "models/no-such-model",
+            "a/b/c",
+            "src/no-such",
+        ] {
+            match classify_source(source, "main") {
+                Err(err @ HubError::LocalNotFound { .. }) => {
+                    let text = err.to_string();
+                    assert!(text.contains(source), "{text}");
+                    assert!(text.contains("not looked up on the hub"), "{text}");
+                    assert!(text.contains("fix:"), "{text}");
+                }
+                other => panic!("{source}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            classify_source("Salesforce/blip-image-captioning-base", "v1").unwrap(),
+            ModelSource::Hub {
+                id: "Salesforce/blip-image-captioning-base".to_string(),
+                revision: "v1".to_string()
+            }
+        );
+        assert!(matches!(
+            classify_source("Cargo.toml", "main"),
+            Err(HubError::NotADirectory { .. })
         ));
     }
 

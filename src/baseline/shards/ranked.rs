@@ -296,8 +296,7 @@ fn caption_shard(
     done_record.device = device::describe_target(&active.plan.target);
     let resolved_here = ResolvedConfig {
         config: job.config.clone(),
-        file: job.resolved.file.clone(),
-        origins: job.resolved.origins.clone(),
+        ..job.resolved.clone()
     };
     let yaml = resolved_here.to_annotated_yaml()?;
     std::fs::write(&job.files.resolved_config, yaml).map_err(|source| Error::Output {
