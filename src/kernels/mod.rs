@@ -13,4 +13,6 @@ pub mod attention;
 pub mod fused;
 pub mod gelu;
 pub mod grad_ops;
+#[cfg(feature = "cuda")]
+mod nvrtc;
 pub mod softmax;

@@ -6,6 +6,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Storage, Tensor};
 
 use super::AdamWScalars;
+use crate::kernels::nvrtc::load_module;
 
 const SOURCE: &str = include_str!("kernel.cu");
 
@@ -17,12 +18,7 @@ pub struct AdamWKernels {
 
 impl AdamWKernels {
     pub fn load(dev: &candle_core::CudaDevice) -> Result<Self> {
-        let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "compiling vlmrun's optimizer kernels with NVRTC: {e}"
-            ))
-        })?;
-        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let module = load_module(dev, SOURCE, "optimizer", None)?;
         Ok(Self {
             adamw: module.load_function("adamw_f32").w()?,
             sum_squares: module.load_function("sum_squares_f32").w()?,

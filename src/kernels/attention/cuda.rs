@@ -8,12 +8,12 @@ use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{
     bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
 };
-use half::{bf16, f16};
+
+use crate::kernels::nvrtc::{load_module, with_half};
 
 /// Head width the kernels are written for.
 pub const HEAD_DIM: usize = 64;
@@ -55,16 +55,7 @@ impl AttentionKernels {
     /// Compiles `kernel.cu` with NVRTC and loads it into `dev`'s context.
     pub fn load(dev: &CudaDevice) -> Result<Self> {
         // mma.sync with bf16 operands and cvt.rn.bf16x2 need sm_80 (Ampere) or newer.
-        let options = CompileOptions {
-            arch: Some("compute_80"),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(SOURCE, options).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "compiling vlmrun's fused attention kernels with NVRTC: {e}"
-            ))
-        })?;
-        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let module = load_module(dev, SOURCE, "fused attention", Some("compute_80"))?;
         let typed = |suffix: &str| -> Result<Typed> {
             let bwd = module
                 .load_function(&format!("attention_bwd_{suffix}"))
@@ -100,23 +91,6 @@ impl AttentionKernels {
             other => bail!("fused attention runs in bf16/f16, got {other:?}"),
         }
     }
-}
-
-/// Runs `$body` with `$t` bound to the 16-bit Rust type of `$dtype`.
-macro_rules! with_half {
-    ($dtype:expr, $t:ident, $body:block) => {
-        match $dtype {
-            DType::F16 => {
-                type $t = f16;
-                $body
-            }
-            DType::BF16 => {
-                type $t = bf16;
-                $body
-            }
-            other => bail!("fused attention runs in bf16/f16, got {other:?}"),
-        }
-    };
 }
 
 /// Launches `func` with `cfg` and the arguments in order.
@@ -220,7 +194,7 @@ impl candle_core::CustomOp1 for SelfAttention {
         let (row3, row1) = (3 * d as i64, d as i64);
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
         let causal = self.causal as i32;
-        with_half!(qkv.dtype(), T, {
+        with_half!("fused attention", qkv.dtype(), T, {
             let src = qkv.as_cuda_slice::<T>()?;
             let (q, k, v) = (
                 from(src, start),
@@ -344,7 +318,7 @@ impl candle_core::CustomOp3 for SelfAttentionBackward {
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
         let scale = self.scale;
         let causal = self.causal as i32;
-        with_half!(qkv.dtype(), T, {
+        with_half!("fused attention", qkv.dtype(), T, {
             let src = qkv.as_cuda_slice::<T>()?;
             let (q, k, v) = (from(src, qs), from(src, qs + d), from(src, qs + 2 * d));
             let o = from(out.as_cuda_slice::<T>()?, os);

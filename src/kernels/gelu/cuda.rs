@@ -9,7 +9,8 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{
     bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
 };
-use half::{bf16, f16};
+
+use crate::kernels::nvrtc::{load_module, with_half};
 
 const SOURCE: &str = include_str!("kernel.cu");
 /// Rows each backward block sums its columns' bias gradient over.
@@ -30,10 +31,7 @@ pub struct GeluKernels {
 
 impl GeluKernels {
     pub fn load(dev: &CudaDevice) -> Result<Self> {
-        let ptx = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| {
-            candle_core::Error::Msg(format!("compiling vlmrun's GELU kernels with NVRTC: {e}"))
-        })?;
-        let module = dev.cuda_stream().context().load_module(ptx).w()?;
+        let module = load_module(dev, SOURCE, "GELU", None)?;
         let typed = |suffix: &str| -> Result<Typed> {
             Ok(Typed {
                 fwd: module
@@ -58,22 +56,6 @@ impl GeluKernels {
             other => bail!("fused GELU runs in bf16/f16, got {other:?}"),
         }
     }
-}
-
-macro_rules! with_half {
-    ($dtype:expr, $t:ident, $body:block) => {
-        match $dtype {
-            DType::F16 => {
-                type $t = f16;
-                $body
-            }
-            DType::BF16 => {
-                type $t = bf16;
-                $body
-            }
-            other => bail!("fused GELU runs in bf16/f16, got {other:?}"),
-        }
-    };
 }
 
 fn linear(n: usize) -> LaunchConfig {
@@ -135,7 +117,7 @@ impl candle_core::CustomOp2 for BiasGelu {
         let typed = self.kernels.typed(x.dtype())?;
         let (xs, bs) = (start(xl, "input")?, start(bl, "bias")?);
         let (n_arg, d_arg) = (n as i64, d as i32);
-        with_half!(x.dtype(), T, {
+        with_half!("fused GELU", x.dtype(), T, {
             let xv = x.as_cuda_slice::<T>()?.slice(xs..xs + n);
             let bv = b.as_cuda_slice::<T>()?.slice(bs..bs + d);
             // SAFETY: every element is written.
@@ -220,7 +202,7 @@ impl candle_core::CustomOp3 for BiasGeluBackward {
             start(gl, "gradient")?,
         );
         let (rows_arg, d_arg, per_block) = (rows as i64, d as i32, ROWS_PER_BLOCK as i32);
-        with_half!(x.dtype(), T, {
+        with_half!("fused GELU", x.dtype(), T, {
             let xv = x.as_cuda_slice::<T>()?.slice(xs..xs + n);
             let bv = b.as_cuda_slice::<T>()?.slice(bs..bs + d);
             let gv = g.as_cuda_slice::<T>()?.slice(gs..gs + n);
