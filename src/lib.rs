@@ -14,7 +14,8 @@
 //! models/        BLIP, shared layers (linear, norm, projections), weight formats (GGUF,
 //!                quantization), the KV cache
 //! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
-//!                the f32-accumulating softmax
+//!                the f32-accumulating softmax; training kernels with a backward pass, one folder
+//!                per op (attention, gelu, adamw: kernel.cu, cuda.rs, the entry point)
 //! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
 //!                metrics and caption scoring; decode, Pillow-exact resize, normalize, prompt tokens;
 //!                atomic reports, the GPU memory monitor, charts, the output directory, progress
