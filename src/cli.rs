@@ -286,6 +286,10 @@ pub struct TrainArgs {
     /// Write the loss curve (SVG) here.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Save every parameter's gradient of the first step (f32, before unscaling and clipping,
+    /// checkpoint names) to this safetensors file: for comparing with another implementation.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub dump_grads: Option<PathBuf>,
     /// Model directory or hub id to start from (model.source).
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,

@@ -20,6 +20,7 @@ pub fn run(context: &Context, args: &TrainArgs) -> Result<Exit, Error> {
         interrupted,
         quiet: context.quiet,
         plot: args.plot.clone(),
+        dump_grads: args.dump_grads.clone(),
     };
     run::run(&context.config, &facts, &context.cuda, &options)
 }

@@ -384,6 +384,21 @@ pub struct TrainConfig {
     /// backward without stored probabilities); false = the composed candle ops everywhere (the
     /// reference path they are checked against).
     pub fused_kernels: bool,
+    /// How gradients are computed: `explicit` (each layer's hand-written backward beside its
+    /// forward, no autograd graph; the default) or `autograd` (candle's autograd through the
+    /// model's differentiable forward: the reference the explicit pass is tested against).
+    pub backward: BackwardPass,
+    /// Visit the pairs in a new seeded order every epoch (false: dataset order, as a PyTorch loop
+    /// without a shuffling sampler; for side-by-side comparisons).
+    pub shuffle: bool,
+}
+
+/// `train.backward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackwardPass {
+    Explicit,
+    Autograd,
 }
 
 impl Default for TrainConfig {
@@ -410,6 +425,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_last: 2,
             fused_kernels: true,
+            backward: BackwardPass::Explicit,
+            shuffle: true,
         }
     }
 }

@@ -44,3 +44,48 @@ macro_rules! with_half {
     };
 }
 pub(crate) use with_half;
+
+/// The contiguous CUDA storage of `t` (a read guard) and the element offset its data starts at;
+/// `what` names the tensor in the error.
+pub fn cuda_storage<'a>(
+    t: &'a candle_core::Tensor,
+    what: &str,
+) -> Result<(
+    impl std::ops::Deref<Target = candle_core::Storage> + 'a,
+    usize,
+)> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} must be contiguous")
+    };
+    if !matches!(&*storage, candle_core::Storage::Cuda(_)) {
+        candle_core::bail!("{what} must be on a CUDA device");
+    }
+    Ok((storage, start))
+}
+
+/// The typed device view of `t`'s elements from `start` on, in a guard from [`cuda_storage`].
+pub fn typed_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    storage: &'a candle_core::Storage,
+    start: usize,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    match storage {
+        candle_core::Storage::Cuda(s) => Ok(s.as_cuda_slice::<T>()?.slice(start..)),
+        _ => candle_core::bail!("expected a CUDA tensor"),
+    }
+}
+
+/// A tensor of `shape` (contiguous) owning `slice`.
+pub fn tensor_from_slice<T: candle_core::cuda_backend::CudaDType, S: Into<candle_core::Shape>>(
+    slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: S,
+) -> candle_core::Tensor {
+    let storage = candle_core::CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    candle_core::Tensor::from_storage(
+        candle_core::Storage::Cuda(storage),
+        shape,
+        candle_core::op::BackpropOp::none(),
+        false,
+    )
+}

@@ -2,6 +2,7 @@
 
 pub mod blip;
 pub mod gguf;
+pub mod gradients;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;

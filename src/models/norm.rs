@@ -40,6 +40,10 @@ impl LayerNorm {
         &self.bias
     }
 
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// `(..., D) -> (..., D)` in the input dtype.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (weight, bias) = (self.weight.detach(), self.bias.detach());

@@ -85,7 +85,8 @@ impl TrainData {
 #[derive(Debug, Clone)]
 pub struct SampleOrder {
     len: usize,
-    seed: u64,
+    /// `None`: every epoch visits the pairs in dataset order (`train.shuffle: false`).
+    seed: Option<u64>,
     /// The permutation of `cached_epoch`.
     permutation: Vec<usize>,
     cached_epoch: Option<u64>,
@@ -95,7 +96,17 @@ impl SampleOrder {
     pub fn new(len: usize, seed: u64) -> Self {
         Self {
             len,
-            seed,
+            seed: Some(seed),
+            permutation: Vec::new(),
+            cached_epoch: None,
+        }
+    }
+
+    /// Every epoch in dataset order (as a PyTorch loop without a shuffling sampler).
+    pub fn sequential(len: usize) -> Self {
+        Self {
+            len,
+            seed: None,
             permutation: Vec::new(),
             cached_epoch: None,
         }
@@ -117,7 +128,10 @@ impl SampleOrder {
         let len = self.len.max(1) as u64;
         let epoch = position / len;
         if self.cached_epoch != Some(epoch) {
-            self.permutation = epoch_permutation(self.len, self.seed, epoch);
+            self.permutation = match self.seed {
+                Some(seed) => epoch_permutation(self.len, seed, epoch),
+                None => (0..self.len).collect(),
+            };
             self.cached_epoch = Some(epoch);
         }
         let offset = (position % len) as usize;
@@ -184,6 +198,8 @@ mod tests {
         assert_eq!(resumed.take(17, 13), stream[17..30]);
         // Another seed gives another order.
         assert_ne!(SampleOrder::new(10, 7).take(0, 10), stream[0..10]);
+        let sequential: Vec<usize> = SampleOrder::sequential(4).take(2, 5);
+        assert_eq!(sequential, vec![2, 3, 0, 1, 2]);
         assert_eq!(order.epoch_of(25), 2);
     }
 }

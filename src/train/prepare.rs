@@ -27,6 +27,7 @@ use crate::device::{self, ActiveDevice, CudaAvailability, SystemFacts};
 use crate::engine::{self, generation_config, image_processor};
 use crate::error::Error;
 use crate::kernels::adamw::FusedAdamW;
+use crate::kernels::backprop::TrainOps;
 use crate::kernels::fused::FusedOps;
 use crate::models::blip::BlipWeights;
 use crate::preprocess::prompt::PromptTokenizer;
@@ -43,6 +44,8 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Write the loss curve here (SVG).
     pub plot: Option<PathBuf>,
+    /// Save the first step's gradients here (safetensors).
+    pub dump_grads: Option<PathBuf>,
 }
 
 /// A training run set up and ready for its next step: what [`prepare`] built, and where the run
@@ -74,6 +77,8 @@ pub struct Session<'a> {
     pub last_checkpoint: Option<PathBuf>,
     /// Kernels with a backward pass for the model builds (compiled once for the run).
     pub train_ops: FusedOps,
+    /// The explicit backward pass's kernels (CUDA with `train.fused_kernels`, else composed).
+    pub backprop_ops: TrainOps,
     /// One-kernel AdamW and gradient norm (CUDA, `train.fused_kernels`).
     pub fused_adamw: FusedAdamW,
     /// Where the set-up time went, phase by phase.
@@ -251,13 +256,18 @@ pub fn prepare<'a>(
     startup.mark("output directory and resume");
     // One-kernel AdamW and gradient norm on CUDA (the composed tensor ops on CPU, or with
     // train.fused_kernels: false); the kernels with a backward pass for every model build.
-    let (fused_adamw, train_ops) = if train.fused_kernels {
+    let (fused_adamw, train_ops, backprop_ops) = if train.fused_kernels {
         (
             FusedAdamW::for_device(&dev).map_err(internal)?,
             FusedOps::for_training(&dev).map_err(internal)?,
+            TrainOps::for_device(&dev).map_err(internal)?,
         )
     } else {
-        (FusedAdamW::disabled(), FusedOps::disabled())
+        (
+            FusedAdamW::disabled(),
+            FusedOps::disabled(),
+            TrainOps::composed(),
+        )
     };
     let optimizer = optimizer.with_kernels(fused_adamw.clone());
     startup.mark("fused kernels (NVRTC)");
@@ -293,6 +303,7 @@ pub fn prepare<'a>(
         metrics_path,
         log,
         train_ops,
+        backprop_ops,
         fused_adamw,
         startup,
     })

@@ -70,7 +70,11 @@ pub fn run(
         Target::Cuda { index, .. } => Some(GpuMemoryMonitor::start(*index)),
         Target::Cpu => None,
     };
-    let mut order = SampleOrder::new(session.inputs.len(), session.state.shuffle_seed);
+    let mut order = if session.train.shuffle {
+        SampleOrder::new(session.inputs.len(), session.state.shuffle_seed)
+    } else {
+        SampleOrder::sequential(session.inputs.len())
+    };
     let mut losses = Losses::default();
     let mut interrupted = false;
     let bar = StepProgress::new(
@@ -93,6 +97,7 @@ pub fn run(
             interrupted = true;
             break;
         }
+        let first_step = session.state.step == 0;
         let Stepped {
             loss,
             lr,
@@ -100,7 +105,12 @@ pub fn run(
             loss_scale,
             skipped,
             seconds,
-        } = step(&mut session, &mut order).inspect_err(|err| {
+        } = step(
+            &mut session,
+            &mut order,
+            options.dump_grads.as_deref().filter(|_| first_step),
+        )
+        .inspect_err(|err| {
             if matches!(err, Error::Diverged(_)) {
                 bar.finish();
             }

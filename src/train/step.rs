@@ -16,10 +16,13 @@ use super::optim::grad_norm_and_clip;
 use super::params::TrainParams;
 use super::prepare::Session;
 use super::scaler::LossScaler;
-use crate::config::TrainConfig;
+use crate::config::{BackwardPass, TrainConfig};
 use crate::error::Error;
 use crate::kernels::fused::FusedOps;
+use crate::models::blip::backprop::CaptionTargets;
+use crate::models::blip::config::Activation;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
+use crate::models::gradients::NamedGrads;
 
 /// What one step did.
 pub struct Stepped {
@@ -37,7 +40,12 @@ pub struct Stepped {
 }
 
 /// Runs step `session.state.step + 1` on the next samples of `order` and advances the state.
-pub fn step(session: &mut Session, order: &mut SampleOrder) -> Result<Stepped, Error> {
+/// With `dump_grads`, the step's gradients (before unscaling and clipping) are saved there too.
+pub fn step(
+    session: &mut Session,
+    order: &mut SampleOrder,
+    dump_grads: Option<&std::path::Path>,
+) -> Result<Stepped, Error> {
     let Session {
         train,
         dev,
@@ -51,6 +59,7 @@ pub fn step(session: &mut Session, order: &mut SampleOrder) -> Result<Stepped, E
         state,
         last_checkpoint,
         train_ops,
+        backprop_ops,
         fused_adamw,
         ..
     } = session;
@@ -58,7 +67,36 @@ pub fn step(session: &mut Session, order: &mut SampleOrder) -> Result<Stepped, E
     let step_started = Instant::now();
     let mut loss = 0.0;
     let mut grads: Option<ParamGrads> = None;
+    if explicit_backward(train, &weights.config) {
+        // One model build per step (not per micro-batch), from the updated master weights.
+        let model = compute_model(params, &weights.config, dtype, dev, FusedOps::disabled())?;
+        let mut named = NamedGrads::new(params.trainable().map(|p| p.name.clone()));
+        let grad_factor = scaler.scale() / train.grad_accumulation as f64;
+        for _ in 0..train.grad_accumulation {
+            let indices = order.take(state.samples_seen, train.batch_size);
+            state.samples_seen += train.batch_size as u64;
+            let (pixels, batch) = inputs
+                .batch(&indices, dtype, dev)
+                .map_err(|err| Error::Input(err.to_string()))?;
+            let targets = CaptionTargets {
+                input_ids: &batch.input_ids,
+                targets: &batch.targets,
+                weights: &batch.weights,
+                counted: batch.target_tokens,
+                label_smoothing: train.label_smoothing,
+            };
+            let micro = model
+                .train_caption_step(&pixels, targets, grad_factor, backprop_ops, &mut named)
+                .map_err(|err| Error::Internal(format!("training step: {err}")))?;
+            loss += micro / train.grad_accumulation as f64;
+        }
+        drop(model);
+        grads = Some(ParamGrads::from_named(named.into_map(), params).map_err(internal)?);
+    }
     for _ in 0..train.grad_accumulation {
+        if grads.is_some() {
+            break;
+        }
         let indices = order.take(state.samples_seen, train.batch_size);
         state.samples_seen += train.batch_size as u64;
         let (pixels, batch) = inputs
@@ -82,6 +120,9 @@ pub fn step(session: &mut Session, order: &mut SampleOrder) -> Result<Stepped, E
         }
     }
     let mut grads = grads.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?;
+    if let Some(path) = dump_grads {
+        save_grads(&grads, loss, path)?;
+    }
     let lr = schedule.lr_at(state.step);
     let loss_scale = scaler.scale();
     let max_norm = train.max_grad_norm.max(0.0);
@@ -177,6 +218,51 @@ fn forward_backward(
     let store = scaled.backward().map_err(compute("backward"))?;
     let grads = ParamGrads::from_store(store, params).map_err(internal)?;
     Ok(MicroBatch { loss: value, grads })
+}
+
+/// Writes `grads` (f32, by parameter name) and the loss as safetensors metadata-free tensors:
+/// the loss is stored as the scalar tensor `__loss__`.
+fn save_grads(grads: &ParamGrads, loss: f64, path: &std::path::Path) -> Result<(), Error> {
+    let mut tensors = std::collections::HashMap::new();
+    for (name, grad) in grads.iter() {
+        if let Some(grad) = grad {
+            let host = grad.to_device(&Device::Cpu).map_err(internal)?;
+            tensors.insert(name.to_string(), host);
+        }
+    }
+    let loss = Tensor::new(&[loss as f32], &Device::Cpu).map_err(internal)?;
+    tensors.insert("__loss__".to_string(), loss);
+    candle_core::safetensors::save(&tensors, path).map_err(|err| Error::Output {
+        what: "the gradient dump",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(err.to_string()),
+    })
+}
+
+/// Whether the step runs the explicit backward pass: `train.backward: explicit` and a model whose
+/// layers it covers (exact-GELU activations, as every BLIP checkpoint has); otherwise autograd.
+pub fn explicit_backward(train: &TrainConfig, config: &BlipConfig) -> bool {
+    train.backward == BackwardPass::Explicit
+        && config.vision_config.hidden_act == Activation::GeluErf
+        && config.text_config.hidden_act == Activation::GeluErf
+}
+
+/// The model in the compute dtype from the master weights, detached: no autograd graph.
+fn compute_model(
+    params: &TrainParams,
+    config: &BlipConfig,
+    dtype: DType,
+    dev: &Device,
+    ops: FusedOps,
+) -> Result<BlipForConditionalGeneration, Error> {
+    let tensors = params
+        .model_tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, dtype, dev);
+    BlipForConditionalGeneration::new_trainable(config, vb, ops)
+        .map_err(|err| Error::Internal(format!("training step, building the model: {err}")))
 }
 
 fn internal(err: impl std::fmt::Display) -> Error {

@@ -13,7 +13,7 @@ use candle_core::{
     bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
 };
 
-use crate::kernels::nvrtc::{load_module, with_half};
+use crate::kernels::nvrtc::{cuda_storage, load_module, tensor_from_slice, typed_view, with_half};
 
 /// Head width the kernels are written for.
 pub const HEAD_DIM: usize = 64;
@@ -381,4 +381,236 @@ impl candle_core::CustomOp3 for SelfAttentionBackward {
             ))
         })
     }
+}
+
+/// Where the queries, keys and values of one attention call sit: queries in a `(B, nq, q_row)`
+/// tensor from column `q_col`, keys and values in a `(B, nk, kv_row)` tensor from columns
+/// `k_col` and `v_col` (`heads * 64` columns each). Self-attention reads all three from one
+/// packed `(B, N, 3D)` tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub batch: usize,
+    pub nq: usize,
+    pub nk: usize,
+    pub heads: usize,
+    pub q_row: usize,
+    pub q_col: usize,
+    pub kv_row: usize,
+    pub k_col: usize,
+    pub v_col: usize,
+    /// Queries, keys and values are one tensor (`q` and `kv` are the same): the backward writes
+    /// one gradient tensor.
+    pub packed: bool,
+}
+
+impl Placement {
+    fn check(&self, q: &Tensor, kv: &Tensor) -> Result<()> {
+        let d = self.heads * HEAD_DIM;
+        let fits = q.dims() == [self.batch, self.nq, self.q_row]
+            && kv.dims() == [self.batch, self.nk, self.kv_row]
+            && self.q_col + d <= self.q_row
+            && self.k_col + d <= self.kv_row
+            && self.v_col + d <= self.kv_row
+            && [self.q_row, self.q_col, self.kv_row, self.k_col, self.v_col]
+                .iter()
+                .all(|v| v % 2 == 0)
+            && self.batch > 0
+            && self.batch <= 65_535
+            && self.heads > 0
+            && self.heads <= 65_535
+            && self.nq > 0
+            && self.nk > 0;
+        if !fits {
+            bail!(
+                "fused attention: queries {:?} / keys-values {:?} do not fit {self:?}",
+                q.shape(),
+                kv.shape()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `softmax(scale * q k^T) v` per head -> `(B, nq, heads * 64)` and the per-row log-sum-exp
+/// (base 2) the backward needs.
+pub fn forward(
+    kernels: &AttentionKernels,
+    dev: &CudaDevice,
+    q: &Tensor,
+    kv: &Tensor,
+    at: Placement,
+    causal: bool,
+    scale: f32,
+) -> Result<(Tensor, Arc<CudaSlice<f32>>)> {
+    at.check(q, kv)?;
+    if causal && at.nq != at.nk {
+        bail!("fused attention: a causal mask needs as many queries as keys");
+    }
+    let d = at.heads * HEAD_DIM;
+    let (qs, q0) = cuda_storage(q, "attention queries")?;
+    let (ks, k0) = cuda_storage(kv, "attention keys/values")?;
+    let typed = kernels.typed(q.dtype())?;
+    let (nq, nk, heads) = (at.nq as i32, at.nk as i32, at.heads as i32);
+    let (q_row, kv_row, o_row) = (at.q_row as i64, at.kv_row as i64, d as i64);
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
+    let causal = causal as i32;
+    with_half!("fused attention", q.dtype(), T, {
+        let qv = typed_view::<T>(&qs, q0 + at.q_col)?;
+        let kvv = typed_view::<T>(&ks, k0 + at.k_col)?;
+        let vv = typed_view::<T>(&ks, k0 + at.v_col)?;
+        // SAFETY: the kernel writes every row < nq of every head, and every lse entry.
+        let out = unsafe { dev.alloc::<T>(at.batch * at.nq * d)? };
+        let lse = unsafe { dev.alloc::<f32>(at.batch * at.heads * at.nq)? };
+        launch!(
+            dev,
+            &typed.fwd,
+            grid(at.nq, at.heads, at.batch, 0),
+            &qv,
+            &kvv,
+            &vv,
+            &out,
+            &lse,
+            &nq,
+            &nk,
+            &heads,
+            &q_row,
+            &kv_row,
+            &o_row,
+            &scale_log2,
+            &causal,
+        );
+        Ok((
+            tensor_from_slice(out, dev, (at.batch, at.nq, d)),
+            Arc::new(lse),
+        ))
+    })
+}
+
+/// Gradients of [`forward`] for `dout` `(B, nq, D)`: `(dq, dkv)` shaped like `q` and `kv`
+/// (only the placed columns are written: self-attention's packed tensor gets all of its columns;
+/// with `q` and `kv` the same tensor `dq` and `dkv` are the same tensor too).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    kernels: &AttentionKernels,
+    dev: &CudaDevice,
+    q: &Tensor,
+    kv: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+    lse: &CudaSlice<f32>,
+    at: Placement,
+    causal: bool,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    at.check(q, kv)?;
+    let d = at.heads * HEAD_DIM;
+    if out.dims() != [at.batch, at.nq, d] || dout.dims() != [at.batch, at.nq, d] {
+        bail!(
+            "fused attention backward: output {:?} / gradient {:?} for {at:?}",
+            out.shape(),
+            dout.shape()
+        );
+    }
+    if lse.len() != at.batch * at.heads * at.nq {
+        bail!("fused attention backward: the saved statistics belong to another shape");
+    }
+    let packed = at.packed;
+    let (qs, q0) = cuda_storage(q, "attention queries")?;
+    let (ks, k0) = cuda_storage(kv, "attention keys/values")?;
+    let (os, o0) = cuda_storage(out, "attention output")?;
+    let (gs, g0) = cuda_storage(dout, "attention output gradient")?;
+    let typed = kernels.typed(q.dtype())?;
+    let (nq, nk, heads) = (at.nq as i32, at.nk as i32, at.heads as i32);
+    let (q_row, kv_row, o_row) = (at.q_row as i64, at.kv_row as i64, d as i64);
+    let rows_total = (at.batch * at.nq * at.heads) as i64;
+    let pairs = (at.batch * at.nq * d / 2) as i64;
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
+    let causal = causal as i32;
+    with_half!("fused attention", q.dtype(), T, {
+        let qv = typed_view::<T>(&qs, q0 + at.q_col)?;
+        let kvv = typed_view::<T>(&ks, k0 + at.k_col)?;
+        let vv = typed_view::<T>(&ks, k0 + at.v_col)?;
+        let ov = typed_view::<T>(&os, o0)?;
+        let gv = typed_view::<T>(&gs, g0)?;
+        // SAFETY: delta gets every (row, head); the placed columns of every row of dq and dkv
+        // are written below, and the rest is zeroed where the tensors are not fully placed.
+        let delta = unsafe { dev.alloc::<f32>(at.batch * at.heads * at.nq)? };
+        let dq_acc = dev.alloc_zeros::<f32>(at.batch * at.nq * d)?;
+        let kv_len = at.batch * at.nk * at.kv_row;
+        let dkv = if packed || at.kv_row == 2 * d {
+            unsafe { dev.alloc::<T>(kv_len)? }
+        } else {
+            dev.alloc_zeros::<T>(kv_len)?
+        };
+        let dq_separate = if packed {
+            None
+        } else if at.q_row == d {
+            Some(unsafe { dev.alloc::<T>(at.batch * at.nq * at.q_row)? })
+        } else {
+            Some(dev.alloc_zeros::<T>(at.batch * at.nq * at.q_row)?)
+        };
+        launch!(
+            dev,
+            &typed.delta,
+            linear(at.batch * at.nq * at.heads * 32),
+            &ov,
+            &gv,
+            &delta,
+            &nq,
+            &heads,
+            &o_row,
+            &rows_total,
+        );
+        let dkv_row = kv_row;
+        {
+            let (dk, dv) = (from(&dkv, at.k_col), from(&dkv, at.v_col));
+            launch!(
+                dev,
+                &typed.bwd,
+                grid(at.nk, at.heads, at.batch, BWD_SHARED_BYTES),
+                &qv,
+                &kvv,
+                &vv,
+                &gv,
+                lse,
+                &delta,
+                &dq_acc,
+                &dk,
+                &dv,
+                &nq,
+                &nk,
+                &heads,
+                &q_row,
+                &kv_row,
+                &o_row,
+                &dkv_row,
+                &scale_log2,
+                &scale,
+                &causal,
+            );
+        }
+        {
+            let dq_view = match &dq_separate {
+                Some(dq) => from(dq, at.q_col),
+                None => from(&dkv, at.q_col),
+            };
+            launch!(
+                dev,
+                &typed.dq,
+                linear(at.batch * at.nq * d / 2),
+                &dq_acc,
+                &dq_view,
+                &nq,
+                &heads,
+                &q_row,
+                &pairs,
+            );
+        }
+        let dkv = tensor_from_slice(dkv, dev, (at.batch, at.nk, at.kv_row));
+        let dq = match dq_separate {
+            Some(dq) => tensor_from_slice(dq, dev, (at.batch, at.nq, at.q_row)),
+            None => dkv.clone(),
+        };
+        Ok((dq, dkv))
+    })
 }

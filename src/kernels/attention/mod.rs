@@ -113,6 +113,230 @@ impl FusedAttention {
     }
 }
 
+/// What a fused forward keeps for its backward: the per-row log-sum-exp (f32, on the GPU).
+#[derive(Debug, Clone)]
+pub struct AttentionStats {
+    #[cfg(feature = "cuda")]
+    lse: Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>>,
+}
+
+/// The explicit forward/backward entry points (training without candle's autograd): the
+/// forward returns the statistics its backward takes.
+impl FusedAttention {
+    /// As [`Self::self_attention`] (not differentiable through candle), keeping the statistics.
+    pub fn self_attention_saved(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Option<(Tensor, AttentionStats)>> {
+        let (_, _, three_d) = qkv.dims3()?;
+        if heads == 0 || three_d % (3 * heads) != 0 {
+            candle_core::bail!("attention: qkv width {three_d} is not 3 x {heads} heads");
+        }
+        if !self.applies(qkv.device(), qkv.dtype(), three_d / (3 * heads)) {
+            return Ok(None);
+        }
+        let qkv = qkv.contiguous()?;
+        self.run_forward(&qkv, &qkv, self_placement(&qkv, heads)?, causal, scale)
+            .map(Some)
+    }
+
+    /// Gradient `(B, N, 3D)` of [`Self::self_attention_saved`] with respect to `qkv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn self_attention_grad(
+        &self,
+        qkv: &Tensor,
+        out: &Tensor,
+        dout: &Tensor,
+        stats: &AttentionStats,
+        heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let qkv = qkv.contiguous()?;
+        let at = self_placement(&qkv, heads)?;
+        let (dq, _) = self.run_backward(&qkv, &qkv, out, dout, stats, at, causal, scale)?;
+        Ok(dq)
+    }
+
+    /// Cross-attention of queries `q` `(B, T, D)` over keys and values packed in `kv`
+    /// `(B, M, 2D)` (keys first) -> `(B, T, D)` and the statistics; `None` where the kernel
+    /// does not apply.
+    pub fn cross_attention_saved(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Option<(Tensor, AttentionStats)>> {
+        let (_, _, d) = q.dims3()?;
+        if heads == 0 || d % heads != 0 {
+            candle_core::bail!("attention: query width {d} is not {heads} heads");
+        }
+        if !self.applies(q.device(), q.dtype(), d / heads) {
+            return Ok(None);
+        }
+        let (q, kv) = (q.contiguous()?, kv.contiguous()?);
+        self.run_forward(&q, &kv, cross_placement(&q, &kv, heads)?, false, scale)
+            .map(Some)
+    }
+
+    /// Gradients `(dq (B, T, D), dkv (B, M, 2D))` of [`Self::cross_attention_saved`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_attention_grad(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        out: &Tensor,
+        dout: &Tensor,
+        stats: &AttentionStats,
+        heads: usize,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (q, kv) = (q.contiguous()?, kv.contiguous()?);
+        let at = cross_placement(&q, &kv, heads)?;
+        self.run_backward(&q, &kv, out, dout, stats, at, false, scale)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_forward(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        at: cuda::Placement,
+        causal: bool,
+        scale: f64,
+    ) -> Result<(Tensor, AttentionStats)> {
+        let (Some(kernels), Device::Cuda(dev)) = (&self.kernels, q.device()) else {
+            candle_core::bail!("fused attention kernels are not loaded")
+        };
+        let (out, lse) = cuda::forward(kernels, dev, q, kv, at, causal, scale as f32)?;
+        Ok((out, AttentionStats { lse }))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_forward(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: Placement,
+        _: bool,
+        _: f64,
+    ) -> Result<(Tensor, AttentionStats)> {
+        candle_core::bail!("fused attention needs a build with --features cuda")
+    }
+
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_backward(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        out: &Tensor,
+        dout: &Tensor,
+        stats: &AttentionStats,
+        at: cuda::Placement,
+        causal: bool,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (Some(kernels), Device::Cuda(dev)) = (&self.kernels, q.device()) else {
+            candle_core::bail!("fused attention kernels are not loaded")
+        };
+        let dout = dout.to_dtype(out.dtype())?.contiguous()?;
+        cuda::backward(
+            kernels,
+            dev,
+            q,
+            kv,
+            &out.contiguous()?,
+            &dout,
+            &stats.lse,
+            at,
+            causal,
+            scale as f32,
+        )
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[allow(clippy::too_many_arguments)]
+    fn run_backward(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &AttentionStats,
+        _: Placement,
+        _: bool,
+        _: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        candle_core::bail!("fused attention needs a build with --features cuda")
+    }
+}
+
+#[cfg(feature = "cuda")]
+use cuda::Placement;
+
+/// Stand-in for the CUDA placement in a build without `cuda` (never constructed).
+#[cfg(not(feature = "cuda"))]
+#[derive(Debug, Clone, Copy)]
+struct Placement;
+
+#[cfg(feature = "cuda")]
+fn self_placement(qkv: &Tensor, heads: usize) -> Result<Placement> {
+    let (b, n, three_d) = qkv.dims3()?;
+    let d = three_d / 3;
+    Ok(Placement {
+        batch: b,
+        nq: n,
+        nk: n,
+        heads,
+        q_row: three_d,
+        q_col: 0,
+        kv_row: three_d,
+        k_col: d,
+        v_col: 2 * d,
+        packed: true,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn self_placement(_: &Tensor, _: usize) -> Result<Placement> {
+    Ok(Placement)
+}
+
+#[cfg(feature = "cuda")]
+fn cross_placement(q: &Tensor, kv: &Tensor, heads: usize) -> Result<Placement> {
+    let (b, t, d) = q.dims3()?;
+    let (bk, m, two_d) = kv.dims3()?;
+    if bk != b || two_d != 2 * d {
+        candle_core::bail!(
+            "cross-attention: queries {:?} and keys/values {:?} do not match",
+            q.shape(),
+            kv.shape()
+        );
+    }
+    Ok(Placement {
+        batch: b,
+        nq: t,
+        nk: m,
+        heads,
+        q_row: d,
+        q_col: 0,
+        kv_row: two_d,
+        k_col: 0,
+        v_col: d,
+        packed: false,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cross_placement(_: &Tensor, _: &Tensor, _: usize) -> Result<Placement> {
+    Ok(Placement)
+}
+
 /// The composed reference of [`FusedAttention::self_attention`] (what the model runs without
 /// the kernel): packed `qkv` `(B, N, 3D)` -> `(B, N, D)`, with `softmax` supplied by the caller
 /// (the model's, which carries a backward pass).

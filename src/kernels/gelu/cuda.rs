@@ -154,8 +154,8 @@ impl candle_core::CustomOp2 for BiasGelu {
 }
 
 /// `(x, bias, dy)` -> `[dx (all of x's elements); dbias (d)]`, flat.
-struct BiasGeluBackward {
-    kernels: Arc<GeluKernels>,
+pub struct BiasGeluBackward {
+    pub kernels: Arc<GeluKernels>,
 }
 
 impl candle_core::CustomOp3 for BiasGeluBackward {

@@ -58,6 +58,50 @@ impl FusedGelu {
         self.run(xs, bias).map(Some)
     }
 
+    /// Gradients `(dx, dbias)` (both in `xs`' dtype) of `gelu_erf(xs + bias)` for the output
+    /// gradient `dy`, without candle's autograd; `None` when the kernel does not apply.
+    pub fn bias_gelu_grad(
+        &self,
+        xs: &Tensor,
+        bias: &Tensor,
+        dy: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let applies = self.enabled()
+            && xs.device().is_cuda()
+            && matches!(xs.dtype(), DType::BF16 | DType::F16)
+            && bias.dtype() == xs.dtype()
+            && bias.rank() == 1
+            && xs.dims().last() == Some(&bias.elem_count());
+        if !applies {
+            return Ok(None);
+        }
+        self.run_grad(xs, bias, dy).map(Some)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_grad(&self, xs: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let Some(kernels) = &self.kernels else {
+            candle_core::bail!("fused GELU kernels are not loaded")
+        };
+        let dy = dy.to_dtype(xs.dtype())?.contiguous()?;
+        let packed = xs.contiguous()?.apply_op3_no_bwd(
+            &bias.contiguous()?,
+            &dy,
+            &cuda::BiasGeluBackward {
+                kernels: kernels.clone(),
+            },
+        )?;
+        let (n, d) = (xs.elem_count(), bias.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(xs.shape())?;
+        let db = packed.narrow(0, n, d)?;
+        Ok((dx, db))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_grad(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> {
+        candle_core::bail!("fused GELU needs a build with --features cuda")
+    }
+
     #[cfg(feature = "cuda")]
     fn run(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let Some(kernels) = &self.kernels else {

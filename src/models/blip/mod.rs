@@ -1,6 +1,7 @@
 //! BLIP image captioning (HF `BlipForConditionalGeneration`): the ViT vision tower and the BERT
 //! text decoder with cross-attention, loaded from Hugging Face weights.
 
+pub mod backprop;
 pub mod config;
 pub mod gguf;
 pub mod load;

@@ -19,14 +19,14 @@ use crate::models::projections::ProjectionLoader;
 #[derive(Debug, Clone)]
 pub struct BlipTextEmbeddings {
     /// `word_embeddings.weight`: `(V, D)`.
-    word_embeddings: Embedding,
+    pub(super) word_embeddings: Embedding,
     /// `position_embeddings.weight`: `(P, D)`.
-    position_embeddings: Tensor,
+    pub(super) position_embeddings: Tensor,
     /// HF `LayerNorm`.
-    layer_norm: LayerNorm,
+    pub(super) layer_norm: LayerNorm,
     /// `[position_embeddings; LayerNorm.weight; LayerNorm.bias]` `(P + 2, D)` for the fused kernel.
-    fused_table: Tensor,
-    eps: f64,
+    pub(super) fused_table: Tensor,
+    pub(super) eps: f64,
 }
 
 impl BlipTextEmbeddings {
@@ -86,15 +86,15 @@ impl BlipTextEmbeddings {
 #[derive(Debug, Clone)]
 pub struct BlipTextFeedForward {
     /// `intermediate.dense`: `(I, D)`.
-    intermediate: Linear,
+    pub(super) intermediate: Linear,
     /// `output.dense`: `(D, I)`.
-    output: Linear,
+    pub(super) output: Linear,
     /// `output.LayerNorm`.
-    output_norm: LayerNorm,
-    act: Activation,
+    pub(super) output_norm: LayerNorm,
+    pub(super) act: Activation,
     /// `[output.dense.bias; output.LayerNorm.weight; output.LayerNorm.bias]` for the fused kernel.
-    fused_params: Tensor,
-    eps: f64,
+    pub(super) fused_params: Tensor,
+    pub(super) eps: f64,
 }
 
 impl BlipTextFeedForward {
@@ -139,9 +139,9 @@ impl BlipTextFeedForward {
 /// `bert.encoder.layer.N`.
 #[derive(Debug, Clone)]
 pub struct BlipTextLayer {
-    attention: BlipTextSelfAttention,
-    crossattention: BlipTextCrossAttention,
-    feed_forward: BlipTextFeedForward,
+    pub(super) attention: BlipTextSelfAttention,
+    pub(super) crossattention: BlipTextCrossAttention,
+    pub(super) feed_forward: BlipTextFeedForward,
 }
 
 impl BlipTextLayer {
@@ -183,15 +183,17 @@ impl BlipTextLayer {
 #[derive(Debug, Clone)]
 pub struct BlipTextLMPredictionHead {
     /// `transform.dense`: `(D, D)`.
-    transform_dense: Linear,
+    pub(super) transform_dense: Linear,
     /// `transform.LayerNorm`.
-    transform_norm: LayerNorm,
-    act: Activation,
+    pub(super) transform_norm: LayerNorm,
+    pub(super) act: Activation,
     /// `decoder.weight` (or the tied word embeddings) `(V, D)` with bias `(V,)`.
-    decoder: Linear,
+    pub(super) decoder: Linear,
     /// `[transform.LayerNorm.weight; bias]` for the fused kernel.
-    norm_params: Tensor,
-    eps: f64,
+    pub(super) norm_params: Tensor,
+    /// Whether `decoder`'s weight is the word embedding matrix (no `decoder.weight` in the file).
+    pub(super) tied: bool,
+    pub(super) eps: f64,
 }
 
 impl BlipTextLMPredictionHead {
@@ -204,7 +206,8 @@ impl BlipTextLMPredictionHead {
     ) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let transform = vb.pp("transform");
-        let weight = if vb.contains_tensor("decoder.weight") {
+        let tied = !vb.contains_tensor("decoder.weight");
+        let weight = if !tied {
             vb.pp("decoder").get((v, d), "weight")?
         } else {
             word_embeddings.clone()
@@ -219,6 +222,7 @@ impl BlipTextLMPredictionHead {
             act: cfg.hidden_act,
             decoder: Linear::from_parts(weight, Some(bias)),
             norm_params,
+            tied,
             eps: cfg.layer_norm_eps,
         })
     }
@@ -243,10 +247,10 @@ impl BlipTextLMPredictionHead {
 /// `text_decoder`: `bert.{embeddings, encoder.layer.*}` and `cls.predictions`.
 #[derive(Debug, Clone)]
 pub struct BlipTextLMHeadModel {
-    embeddings: BlipTextEmbeddings,
-    layers: Vec<BlipTextLayer>,
-    predictions: BlipTextLMPredictionHead,
-    ops: FusedOps,
+    pub(super) embeddings: BlipTextEmbeddings,
+    pub(super) layers: Vec<BlipTextLayer>,
+    pub(super) predictions: BlipTextLMPredictionHead,
+    pub(super) ops: FusedOps,
 }
 
 impl BlipTextLMHeadModel {

@@ -23,12 +23,12 @@ pub(crate) fn residual_norm_params(bias: &Tensor, norm: &LayerNorm) -> Result<Te
 #[derive(Debug, Clone)]
 pub struct BlipTextSelfOutput {
     /// `dense`: `(D, D)`.
-    dense: Linear,
+    pub(super) dense: Linear,
     /// HF `LayerNorm`.
-    layer_norm: LayerNorm,
+    pub(super) layer_norm: LayerNorm,
     /// `[dense.bias; LayerNorm.weight; LayerNorm.bias]` for the fused kernel.
-    fused_params: Tensor,
-    eps: f64,
+    pub(super) fused_params: Tensor,
+    pub(super) eps: f64,
 }
 
 impl BlipTextSelfOutput {
@@ -95,11 +95,11 @@ fn causal_mask(past: usize, t: usize, like: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct BlipTextSelfAttention {
     /// `self.query|key|value` stacked: `(3D, D)`; query rows pre-scaled by `1/sqrt(head_dim)`.
-    qkv: Linear,
-    output: BlipTextSelfOutput,
-    layer_idx: usize,
-    num_heads: usize,
-    head_dim: usize,
+    pub(super) qkv: Linear,
+    pub(super) output: BlipTextSelfOutput,
+    pub(super) layer_idx: usize,
+    pub(super) num_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 impl BlipTextSelfAttention {
@@ -191,9 +191,9 @@ impl BlipTextSelfAttention {
 #[derive(Debug, Clone)]
 pub struct CrossAttentionKv {
     /// `(layers, 2, images, heads, padded_tokens, head_dim)`; tokens past `tokens` are zero.
-    all: Tensor,
+    pub(super) all: Tensor,
     /// Image tokens that are real (the rest is alignment padding).
-    tokens: usize,
+    pub(super) tokens: usize,
 }
 
 impl CrossAttentionKv {
@@ -235,13 +235,13 @@ impl CrossAttentionKv {
 #[derive(Debug, Clone)]
 pub struct BlipTextCrossAttention {
     /// `self.query`: `(D, D)`, pre-scaled by `1/sqrt(head_dim)`.
-    query: Linear,
+    pub(super) query: Linear,
     /// `self.key|value` stacked: `(2D, D_v)`.
-    key_value: Linear,
-    output: BlipTextSelfOutput,
-    layer_idx: usize,
-    num_heads: usize,
-    head_dim: usize,
+    pub(super) key_value: Linear,
+    pub(super) output: BlipTextSelfOutput,
+    pub(super) layer_idx: usize,
+    pub(super) num_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 impl BlipTextCrossAttention {

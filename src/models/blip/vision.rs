@@ -17,16 +17,16 @@ use crate::models::projections::ProjectionLoader;
 pub struct BlipVisionEmbeddings {
     /// `patch_embedding`: the Conv2d(3, D, p, stride p) as a matmul over flattened patches,
     /// weight `(D, 3*p*p)` in (channel, row, column) order.
-    patch_embedding: Linear,
+    pub(super) patch_embedding: Linear,
     /// `class_embedding`: `(1, 1, D)`.
-    class_embedding: Tensor,
+    pub(super) class_embedding: Tensor,
     /// `position_embedding`: `(1, 1 + grid^2, D)`.
-    position_embedding: Tensor,
+    pub(super) position_embedding: Tensor,
     /// `[patch bias; class; positions]` `(3 + grid^2, D)` for the fused kernel.
-    fused_table: Tensor,
-    patch_size: usize,
-    grid_size: usize,
-    hidden_size: usize,
+    pub(super) fused_table: Tensor,
+    pub(super) patch_size: usize,
+    pub(super) grid_size: usize,
+    pub(super) hidden_size: usize,
 }
 
 impl BlipVisionEmbeddings {
@@ -98,11 +98,11 @@ impl BlipVisionEmbeddings {
 #[derive(Debug, Clone)]
 pub struct BlipAttention {
     /// `qkv`: `(3D, D)`; the query rows are pre-multiplied by `head_dim^-0.5` at load.
-    qkv: Linear,
+    pub(super) qkv: Linear,
     /// `projection`: `(D, D)`.
-    projection: Linear,
-    num_heads: usize,
-    head_dim: usize,
+    pub(super) projection: Linear,
+    pub(super) num_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 impl BlipAttention {
@@ -209,10 +209,10 @@ pub(crate) fn dense_activation(
 #[derive(Debug, Clone)]
 pub struct BlipMlp {
     /// `fc1`: `(I, D)`.
-    fc1: Linear,
+    pub(super) fc1: Linear,
     /// `fc2`: `(D, I)`.
-    fc2: Linear,
-    act: Activation,
+    pub(super) fc2: Linear,
+    pub(super) act: Activation,
 }
 
 impl BlipMlp {
@@ -249,13 +249,13 @@ impl BlipMlp {
 /// `encoder.layers.N`: `x + attn(LN1(x))`, then `x + mlp(LN2(x))`.
 #[derive(Debug, Clone)]
 pub struct BlipEncoderLayer {
-    self_attn: BlipAttention,
-    layer_norm1: LayerNorm,
-    mlp: BlipMlp,
-    layer_norm2: LayerNorm,
+    pub(super) self_attn: BlipAttention,
+    pub(super) layer_norm1: LayerNorm,
+    pub(super) mlp: BlipMlp,
+    pub(super) layer_norm2: LayerNorm,
     /// `[projection.bias; layer_norm2.weight; layer_norm2.bias]` for the fused kernel.
-    attn_exit_params: Tensor,
-    eps: f64,
+    pub(super) attn_exit_params: Tensor,
+    pub(super) eps: f64,
 }
 
 impl BlipEncoderLayer {
@@ -312,13 +312,13 @@ impl BlipEncoderLayer {
 /// `vision_model`: embeddings, `encoder.layers.*`, `post_layernorm`.
 #[derive(Debug, Clone)]
 pub struct BlipVisionModel {
-    embeddings: BlipVisionEmbeddings,
-    layers: Vec<BlipEncoderLayer>,
-    post_layernorm: LayerNorm,
+    pub(super) embeddings: BlipVisionEmbeddings,
+    pub(super) layers: Vec<BlipEncoderLayer>,
+    pub(super) post_layernorm: LayerNorm,
     /// Per layer `[fc2.bias; next LayerNorm weight; bias]` (the next layer's `layer_norm1`, or
     /// `post_layernorm`) for the fused kernels.
-    exit_params: Vec<Tensor>,
-    ops: FusedOps,
+    pub(super) exit_params: Vec<Tensor>,
+    pub(super) ops: FusedOps,
 }
 
 impl BlipVisionModel {
