@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
 use crate::report::memory;
-use crate::report::output::{output_error, prepare_output_dir};
+use crate::report::output::{lock_output_dir, output_error, prepare_output_dir};
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
 use report::{BaselineReport, Counts, Memory, Timings};
@@ -77,6 +77,9 @@ fn run_single(
     let items = load_dataset(config)?;
     let active = device::activate(config.device, config.precision, facts, cuda)?;
 
+    // Held until this function returns: no other run writes here meanwhile, and `--fresh` below never
+    // deletes a file another live run appends to.
+    let _lock = lock_output_dir(&config.output.dir)?;
     let out_dir = prepare_output_dir(
         &config.output.dir,
         options.fresh,
