@@ -125,3 +125,132 @@ fn a_second_run_on_a_live_output_directory_is_refused_and_fresh_deletes_nothing(
     );
     assert_eq!(report(&out)["counts"]["done"], done);
 }
+
+/// A manifest of `count` items over copies of the sample images in `dir/img` (so a test may change
+/// one), and the copies' paths.
+fn copied_manifest(dir: &Path, count: usize) -> (PathBuf, Vec<PathBuf>) {
+    let copies = dir.join("img");
+    std::fs::create_dir_all(&copies).unwrap();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("tests/fixtures/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let mut text = String::new();
+    let mut paths = Vec::new();
+    for (i, image) in images.iter().take(count).enumerate() {
+        let copy = copies.join(image.file_name().unwrap());
+        std::fs::copy(image, &copy).unwrap();
+        text.push_str(&format!(
+            "{{\"id\": \"i{i}\", \"image\": \"{}\", \"references\": [\"a picture\"]}}\n",
+            copy.display()
+        ));
+        paths.push(copy);
+    }
+    let path = dir.join("copies.jsonl");
+    std::fs::write(&path, text).unwrap();
+    (path, paths)
+}
+
+#[test]
+fn resuming_with_other_settings_is_refused_naming_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (data, _) = copied_manifest(dir.path(), 3);
+    let data_set = format!("data.path={}", data.display());
+    let first = vlmrun(&out, std::slice::from_ref(&data_set))
+        .arg("baseline")
+        .output()
+        .unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let predictions = out.join("predictions.jsonl");
+    let before = std::fs::read(&predictions).unwrap();
+
+    for (change, key) in [
+        ("generation.num_beams=2", "generation.num_beams: 1 -> 2"),
+        ("generation.prompt=a picture of ", "generation.prompt"),
+        (
+            "generation.max_length=12",
+            "generation.max_length: 20 -> 12",
+        ),
+    ] {
+        let rerun = vlmrun(&out, &[data_set.clone(), change.to_string()])
+            .arg("baseline")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&rerun.stderr);
+        assert_eq!(rerun.status.code(), Some(2), "{change}: {stderr}");
+        assert!(stderr.contains(key), "{key} in {stderr}");
+        assert!(stderr.contains("--fresh"), "{stderr}");
+        assert_eq!(std::fs::read(&predictions).unwrap(), before, "untouched");
+    }
+    // Another model directory (same bytes, other files) is another model.
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(
+            Path::new(ROOT).join("models/tiny-blip").join(file),
+            model.join(file),
+        )
+        .unwrap();
+    }
+    let rerun = vlmrun(
+        &out,
+        &[
+            data_set.clone(),
+            format!("model.source={}", model.display()),
+        ],
+    )
+    .arg("baseline")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert_eq!(rerun.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("model.source"), "{stderr}");
+
+    // What does not change a caption resumes, and --fresh starts over with the new settings.
+    let same = vlmrun(&out, &[data_set.clone(), "generation.batch_size=1".into()])
+        .arg("baseline")
+        .output()
+        .unwrap();
+    assert_eq!(same.status.code(), Some(0));
+    assert_eq!(report(&out)["counts"]["skipped"], 3);
+    let fresh = vlmrun(&out, &[data_set, "generation.num_beams=2".into()])
+        .args(["baseline", "--fresh"])
+        .output()
+        .unwrap();
+    assert_eq!(fresh.status.code(), Some(0));
+    assert_eq!(report(&out)["counts"]["done"], 3);
+}
+
+#[test]
+fn an_image_that_changed_since_it_was_captioned_is_captioned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (data, images) = copied_manifest(dir.path(), 3);
+    let sets = [format!("data.path={}", data.display())];
+    let first = vlmrun(&out, &sets).arg("baseline").output().unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    let predictions = out.join("predictions.jsonl");
+    let stamp_before = lines(&predictions)[1]["image_stamp"].clone();
+    assert!(stamp_before.is_string(), "each line has its image's stamp");
+
+    // Same path, same id, other bytes.
+    std::fs::copy(&images[0], &images[1]).unwrap();
+    let rerun = vlmrun(&out, &sets).arg("baseline").output().unwrap();
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert_eq!(rerun.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("1 image(s) changed"), "{stderr}");
+    assert_eq!(report(&out)["counts"]["skipped"], 2);
+    assert_eq!(report(&out)["counts"]["done"], 1);
+    let now = lines(&predictions);
+    assert_eq!(now.len(), 3, "one line per id");
+    let redone: Vec<&Value> = now.iter().filter(|l| l["id"] == "i1").collect();
+    assert_eq!(redone.len(), 1);
+    assert_ne!(redone[0]["image_stamp"], stamp_before);
+}

@@ -12,6 +12,7 @@
 
 pub mod pipeline;
 pub mod report;
+pub mod resume;
 pub mod shards;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ use report::{BaselineReport, Counts, Memory, Timings};
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const ERRORS_FILE: &str = "errors.jsonl";
 pub const REPORT_FILE: &str = "report.json";
+/// The settings that made `predictions.jsonl` (`resume`).
+pub const SETTINGS_FILE: &str = "settings.json";
 
 /// Options that are not configuration (they do not change what a run computes).
 pub struct RunOptions {
@@ -83,7 +86,7 @@ fn run_single(
     let out_dir = prepare_output_dir(
         &config.output.dir,
         options.fresh,
-        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE],
+        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE],
     )?;
     if options.fresh {
         // Leftovers of a data-parallel run in the same directory go too.
@@ -98,6 +101,7 @@ fn run_single(
     let files = OutputFiles {
         predictions: out_dir.join(PREDICTIONS_FILE),
         errors: out_dir.join(ERRORS_FILE),
+        settings: out_dir.join(SETTINGS_FILE),
     };
     let captioned = caption_items(&active, config, &items, &files, options, None)?;
     let Captioned {
@@ -153,6 +157,8 @@ fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
 pub struct OutputFiles {
     pub predictions: PathBuf,
     pub errors: PathBuf,
+    /// The settings that made the predictions (`resume`).
+    pub settings: PathBuf,
 }
 
 /// What captioning a list of items left: the report's counts, timings and memory (total_s not set),
@@ -166,8 +172,9 @@ struct Captioned {
     predictions: Vec<Prediction>,
 }
 
-/// Captions the items not yet in `files.predictions` (resuming an earlier run): model load, warm-up,
-/// batches. `label` prefixes progress lines (a rank's name when several processes share a terminal).
+/// Captions the items not yet in `files.predictions` (resuming an earlier run made with the same
+/// settings, redoing images that changed since: `resume`): model load, warm-up, batches. `label`
+/// prefixes progress lines (a rank's name when several processes share a terminal).
 fn caption_items(
     active: &ActiveDevice,
     config: &Config,
@@ -177,7 +184,7 @@ fn caption_items(
     label: Option<&str>,
 ) -> Result<Captioned, Error> {
     let predictions_path = &files.predictions;
-    let resumed = predictions::recover(predictions_path).map_err(|err| Error::Output {
+    let mut resumed = predictions::recover(predictions_path).map_err(|err| Error::Output {
         what: "predictions",
         path: predictions_path.clone(),
         source: std::io::Error::other(err.to_string()),
@@ -186,6 +193,15 @@ fn caption_items(
         tracing::warn!(
             "dropped a torn last line ({} bytes) from {}: that image is captioned again",
             resumed.dropped_torn_bytes,
+            predictions_path.display()
+        );
+    }
+    let settings = resume::current_settings(config, active)?;
+    resume::check_settings(&files.settings, predictions_path, &resumed, &settings)?;
+    let changed = resume::drop_changed_images(items, &mut resumed, predictions_path)?;
+    if changed > 0 {
+        tracing::warn!(
+            "{changed} image(s) changed (size or modification time) since they were captioned in {}: captioned again",
             predictions_path.display()
         );
     }
@@ -368,14 +384,16 @@ fn caption_all(
             let records: Vec<Prediction> = batch
                 .items
                 .iter()
+                .zip(&batch.stamps)
                 .zip(captions)
-                .map(|(item, caption)| Prediction {
+                .map(|((item, stamp), caption)| Prediction {
                     id: item.id.clone(),
                     image: item.image_as_given.clone(),
                     caption: caption.text,
                     token_ids: caption.token_ids,
                     batch: batch.index,
                     latency_ms,
+                    image_stamp: stamp.clone(),
                 })
                 .collect();
             predictions_log

@@ -16,7 +16,7 @@ use super::done::{self, RankDone, RankStatus};
 use super::wait::{self, Expected, WaitOptions};
 use crate::baseline::{
     caption_items, load_dataset, Captioned, OutputFiles, RunOptions, ERRORS_FILE, PREDICTIONS_FILE,
-    REPORT_FILE,
+    REPORT_FILE, SETTINGS_FILE,
 };
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::data::dataset::Item;
@@ -214,6 +214,7 @@ fn join_run(
         &rank_files.done,
         &rank_files.predictions,
         &rank_files.errors,
+        &rank_files.settings,
     ] {
         files::remove_if_present(path)?;
     }
@@ -228,7 +229,7 @@ fn join_run(
                 info.world_size
             )));
         }
-        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
+        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE] {
             files::remove_if_present(&out_dir.join(name))?;
         }
         files::remove_ranks_from(&out_dir, info.world_size)?;
@@ -321,6 +322,7 @@ fn caption_shard(
     let output = OutputFiles {
         predictions: job.files.predictions.clone(),
         errors: job.files.errors.clone(),
+        settings: job.files.settings.clone(),
     };
     let captioned = caption_items(
         &active,
