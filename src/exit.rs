@@ -22,7 +22,7 @@ pub enum Exit {
     Diverged = 7,
     /// The output directory is in use by another live run (its lock is held); nothing was touched.
     Busy = 8,
-    /// Interrupted (Ctrl-C); completed results were kept.
+    /// Interrupted (Ctrl-C, SIGTERM or SIGHUP); completed results were kept.
     Interrupted = 130,
 }
 

@@ -254,3 +254,84 @@ fn an_image_that_changed_since_it_was_captioned_is_captioned_again() {
     assert_eq!(redone.len(), 1);
     assert_ne!(redone[0]["image_stamp"], stamp_before);
 }
+
+/// Waits until `pid` catches SIGINT (its handler is installed: bit 2 of SigCgt in /proc/PID/status).
+#[cfg(target_os = "linux")]
+fn wait_for_sigint_handler(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << 1) != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("no SIGINT handler after 60 s");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupt_before_the_first_batch_is_interrupted_not_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // The interrupt comes as soon as the handler is installed, while the 100000-line manifest is
+    // being read: the run must stop before the model load, as "interrupted" with every item left.
+    let data = manifest(dir.path(), 100_000);
+    let mut child = vlmrun(&out, &[format!("data.path={}", data.display())])
+        .args(["baseline", "--fresh"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_sigint_handler(child.id());
+    signal(&child, "-INT");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let written = report(&out);
+    assert_eq!(written["status"], "interrupted", "{stderr}");
+    let counts = &written["counts"];
+    assert_eq!(
+        counts["done"].as_u64().unwrap() + counts["remaining"].as_u64().unwrap(),
+        100_000,
+        "{counts}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_is_handled_like_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = manifest(dir.path(), 400);
+    let child = vlmrun(
+        &out,
+        &[
+            format!("data.path={}", data.display()),
+            "generation.batch_size=2".to_string(),
+        ],
+    )
+    .args(["baseline", "--fresh"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let predictions = out.join("predictions.jsonl");
+    wait_for_lines(&predictions, 2);
+    signal(&child, "-TERM");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupt"), "{stderr}");
+    let written = report(&out);
+    assert_eq!(written["status"], "interrupted");
+    let done = lines(&predictions).len() as u64;
+    assert_eq!(written["counts"]["done"], done);
+    assert_eq!(written["counts"]["remaining"].as_u64().unwrap() + done, 400);
+}

@@ -114,7 +114,7 @@ fn run_single(
     } = captioned;
     let scores = score(&items, &all_predictions, &config.generation.prompt)?;
     timings.total_s = started.elapsed().as_secs_f64();
-    let status = if interrupted {
+    let status = if interrupted || counts.remaining > 0 {
         "interrupted"
     } else if counts.failed > 0 {
         "complete_with_failures"
@@ -234,20 +234,44 @@ fn caption_items(
         predictions: Vec::new(),
     };
     let mut new_predictions = Vec::new();
-    if !pending.is_empty() {
-        let counts = &mut captioned.counts;
-        let timings = &mut captioned.timings;
+    // An interrupt (Ctrl-C, SIGTERM) during the dataset check, the model load or the warm-up stops
+    // before the next phase: the run is "interrupted" with every pending item remaining.
+    let stop = || options.interrupted.load(Ordering::Relaxed);
+    let interrupted_before_batches = |captioned: &mut Captioned| {
+        captioned.interrupted = true;
+        captioned.counts.remaining = pending.len();
+        if !options.quiet {
+            eprintln!(
+                "{}interrupted before the first batch: {} images remaining; rerun the same command to resume",
+                label.map(|l| format!("{l}: ")).unwrap_or_default(),
+                pending.len()
+            );
+        }
+    };
+    if !pending.is_empty() && stop() {
+        interrupted_before_batches(&mut captioned);
+    } else if !pending.is_empty() {
         let gpu_monitor = match &active.plan.target {
             Target::Cuda { index, .. } => Some(memory::GpuMemoryMonitor::start(*index)),
             Target::Cpu => None,
         };
         let captioner = Captioner::load(config, active)?;
-        timings.model_load_s = Some(captioner.load_seconds);
+        captioned.timings.model_load_s = Some(captioner.load_seconds);
         captioned.model_dir = Some(captioner.model_dir().display().to_string());
-        timings.warmup_s = Some(warm_up(
-            &captioner,
-            config.generation.batch_size.min(pending.len()),
-        )?);
+        if !stop() {
+            captioned.timings.warmup_s = Some(warm_up(
+                &captioner,
+                config.generation.batch_size.min(pending.len()),
+            )?);
+        }
+        if stop() {
+            interrupted_before_batches(&mut captioned);
+            captioned.memory.peak_gpu_bytes =
+                gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
+            return Ok(finish(captioned, resumed.predictions, Vec::new()));
+        }
+        let counts = &mut captioned.counts;
+        let timings = &mut captioned.timings;
         let outcome = caption_all(&captioner, pending, files, config, options, label)?;
         counts.done = outcome.predictions.len();
         counts.failed = outcome.failed;
@@ -280,13 +304,14 @@ fn caption_items(
         captioned.memory.peak_gpu_bytes = gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
         new_predictions = outcome.predictions;
     }
+    Ok(finish(captioned, resumed.predictions, new_predictions))
+}
+
+/// `captioned` with the host memory and every prediction (earlier runs' first).
+fn finish(mut captioned: Captioned, earlier: Vec<Prediction>, new: Vec<Prediction>) -> Captioned {
     captioned.memory.peak_host_rss_bytes = memory::peak_rss_bytes();
-    captioned.predictions = resumed
-        .predictions
-        .into_iter()
-        .chain(new_predictions)
-        .collect();
-    Ok(captioned)
+    captioned.predictions = earlier.into_iter().chain(new).collect();
+    captioned
 }
 
 /// Runs one batch of a flat gray image so kernel compilation, cuBLAS handles and allocator growth stay
@@ -415,6 +440,11 @@ fn caption_all(
     let _ = producer.join();
     progress.finish();
     outcome.remaining = total - handled;
+    // The preprocessing thread also stops on the flag: batches it never sent are remaining, and the
+    // run is interrupted, never "complete" with items left.
+    if outcome.remaining > 0 {
+        outcome.interrupted = true;
+    }
     outcome.run_s = started.elapsed().as_secs_f64();
     if outcome.interrupted && !options.quiet {
         eprintln!(
