@@ -335,3 +335,37 @@ fn sigterm_is_handled_like_ctrl_c() {
     assert_eq!(written["counts"]["done"], done);
     assert_eq!(written["counts"]["remaining"].as_u64().unwrap() + done, 400);
 }
+
+#[test]
+fn settings_past_their_bounds_are_configuration_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = manifest(dir.path(), 2);
+    let data_set = format!("data.path={}", data.display());
+    let cases: [(&[&str], &str); 5] = [
+        (&["preprocess.workers=100000"], "preprocess.workers"),
+        (&["generation.num_beams=100000"], "generation.num_beams"),
+        (&["generation.max_length=100000"], "generation.max_length"),
+        (&["generation.max_length=600"], "512 positions"),
+        (
+            &[
+                "generation.max_length=6",
+                "generation.prompt=a picture of a long and winding road",
+            ],
+            "generation.prompt",
+        ),
+    ];
+    for (sets, needle) in cases {
+        let mut all = vec![data_set.clone()];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let output = vlmrun(&out, &all)
+            .args(["baseline", "--fresh"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{sets:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle} in {stderr}");
+        assert!(!stderr.contains("internal error"), "{stderr}");
+        assert!(lines(&out.join("predictions.jsonl")).is_empty());
+    }
+}
