@@ -369,3 +369,101 @@ fn settings_past_their_bounds_are_configuration_errors_naming_the_key() {
         assert!(lines(&out.join("predictions.jsonl")).is_empty());
     }
 }
+
+/// A copy of the tiny model in `dir` whose model.safetensors `damage` rewrote (given the file's bytes,
+/// the header length and the header); returns the directory and the first F32 tensor's name.
+fn damaged_model(
+    dir: &Path,
+    name: &str,
+    damage: fn(&mut Vec<u8>, usize, &mut serde_json::Map<String, Value>, &str),
+) -> (PathBuf, String) {
+    let model = dir.join(name);
+    std::fs::create_dir_all(&model).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(
+            Path::new(ROOT).join("models/tiny-blip").join(file),
+            model.join(file),
+        )
+        .unwrap();
+    }
+    let mut bytes =
+        std::fs::read(Path::new(ROOT).join("models/tiny-blip/model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut names: Vec<String> = header
+        .iter()
+        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .map(|(k, _)| k.clone())
+        .collect();
+    names.sort();
+    let tensor = names[0].clone();
+    damage(&mut bytes, header_len, &mut header, &tensor);
+    std::fs::write(model.join("model.safetensors"), bytes).unwrap();
+    (model, tensor)
+}
+
+#[test]
+fn damaged_weights_are_model_errors_naming_the_tensor_and_doctor_fails_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(
+        &str,
+        fn(&mut Vec<u8>, usize, &mut serde_json::Map<String, Value>, &str),
+        &str,
+    ); 3] = [
+        (
+            "nan",
+            |bytes, header_len, header, tensor| {
+                let start =
+                    8 + header_len + header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+                bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+            },
+            "NaN",
+        ),
+        (
+            "i32",
+            |bytes, header_len, header, tensor| {
+                header[tensor]["dtype"] = "I32".into();
+                let mut text = serde_json::to_vec(header).unwrap();
+                assert!(text.len() <= header_len);
+                text.resize(header_len, b' ');
+                bytes[8..8 + header_len].copy_from_slice(&text);
+            },
+            "I32",
+        ),
+        (
+            "truncated",
+            |bytes, _, _, _| bytes.truncate(bytes.len() - 100),
+            "truncated",
+        ),
+    ];
+    let image = Path::new(ROOT).join("tests/fixtures/images/chelsea.png");
+    for (name, damage, needle) in cases {
+        let (model, tensor) = damaged_model(dir.path(), name, damage);
+        let model_set = format!("model.source={}", model.display());
+        let output = vlmrun(&dir.path().join("out"), std::slice::from_ref(&model_set))
+            .arg("caption")
+            .arg(&image)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{needle} in {stderr}");
+        if name != "truncated" {
+            assert!(stderr.contains(&tensor), "{tensor} in {stderr}");
+        }
+        let doctor = vlmrun(&dir.path().join("out"), &[model_set])
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "model")
+            .unwrap();
+        assert_eq!(check["status"], "fail", "{name}: {check}");
+        assert!(report["model"]["invalid"].is_string());
+    }
+}
