@@ -45,6 +45,10 @@ pub enum Error {
 
     #[error("training diverged: {0}")]
     Diverged(String),
+
+    /// Another live run holds the output directory's lock (`report::lock`).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Error {
@@ -57,6 +61,7 @@ impl Error {
             Error::Output { .. } | Error::Stdout(_) | Error::Unpack(_) => Exit::Output,
             Error::Internal(_) => Exit::Failure,
             Error::Diverged(_) => Exit::Diverged,
+            Error::Busy(_) => Exit::Busy,
         }
     }
 }

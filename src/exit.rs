@@ -20,7 +20,9 @@ pub enum Exit {
     /// Training stopped: the loss or its gradients became non-finite (the last good checkpoint is
     /// kept and named).
     Diverged = 7,
-    /// Interrupted (Ctrl-C); completed results were kept.
+    /// The output directory is in use by another live run (its lock is held); nothing was touched.
+    Busy = 8,
+    /// Interrupted (Ctrl-C, SIGTERM or SIGHUP); completed results were kept.
     Interrupted = 130,
 }
 

@@ -12,6 +12,7 @@
 
 pub mod pipeline;
 pub mod report;
+pub mod resume;
 pub mod shards;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
 use crate::report::memory;
-use crate::report::output::{output_error, prepare_output_dir};
+use crate::report::output::{lock_output_dir, output_error, prepare_output_dir};
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
 use report::{BaselineReport, Counts, Memory, Timings};
@@ -37,6 +38,8 @@ use report::{BaselineReport, Counts, Memory, Timings};
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const ERRORS_FILE: &str = "errors.jsonl";
 pub const REPORT_FILE: &str = "report.json";
+/// The settings that made `predictions.jsonl` (`resume`).
+pub const SETTINGS_FILE: &str = "settings.json";
 
 /// Options that are not configuration (they do not change what a run computes).
 pub struct RunOptions {
@@ -77,10 +80,13 @@ fn run_single(
     let items = load_dataset(config)?;
     let active = device::activate(config.device, config.precision, facts, cuda)?;
 
+    // Held until this function returns: no other run writes here meanwhile, and `--fresh` below never
+    // deletes a file another live run appends to.
+    let _lock = lock_output_dir(&config.output.dir)?;
     let out_dir = prepare_output_dir(
         &config.output.dir,
         options.fresh,
-        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE],
+        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE],
     )?;
     if options.fresh {
         // Leftovers of a data-parallel run in the same directory go too.
@@ -95,6 +101,7 @@ fn run_single(
     let files = OutputFiles {
         predictions: out_dir.join(PREDICTIONS_FILE),
         errors: out_dir.join(ERRORS_FILE),
+        settings: out_dir.join(SETTINGS_FILE),
     };
     let captioned = caption_items(&active, config, &items, &files, options, None)?;
     let Captioned {
@@ -107,7 +114,7 @@ fn run_single(
     } = captioned;
     let scores = score(&items, &all_predictions, &config.generation.prompt)?;
     timings.total_s = started.elapsed().as_secs_f64();
-    let status = if interrupted {
+    let status = if interrupted || counts.remaining > 0 {
         "interrupted"
     } else if counts.failed > 0 {
         "complete_with_failures"
@@ -150,6 +157,8 @@ fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
 pub struct OutputFiles {
     pub predictions: PathBuf,
     pub errors: PathBuf,
+    /// The settings that made the predictions (`resume`).
+    pub settings: PathBuf,
 }
 
 /// What captioning a list of items left: the report's counts, timings and memory (total_s not set),
@@ -163,8 +172,9 @@ struct Captioned {
     predictions: Vec<Prediction>,
 }
 
-/// Captions the items not yet in `files.predictions` (resuming an earlier run): model load, warm-up,
-/// batches. `label` prefixes progress lines (a rank's name when several processes share a terminal).
+/// Captions the items not yet in `files.predictions` (resuming an earlier run made with the same
+/// settings, redoing images that changed since: `resume`): model load, warm-up, batches. `label`
+/// prefixes progress lines (a rank's name when several processes share a terminal).
 fn caption_items(
     active: &ActiveDevice,
     config: &Config,
@@ -174,7 +184,7 @@ fn caption_items(
     label: Option<&str>,
 ) -> Result<Captioned, Error> {
     let predictions_path = &files.predictions;
-    let resumed = predictions::recover(predictions_path).map_err(|err| Error::Output {
+    let mut resumed = predictions::recover(predictions_path).map_err(|err| Error::Output {
         what: "predictions",
         path: predictions_path.clone(),
         source: std::io::Error::other(err.to_string()),
@@ -183,6 +193,15 @@ fn caption_items(
         tracing::warn!(
             "dropped a torn last line ({} bytes) from {}: that image is captioned again",
             resumed.dropped_torn_bytes,
+            predictions_path.display()
+        );
+    }
+    let settings = resume::current_settings(config, active)?;
+    resume::check_settings(&files.settings, predictions_path, &resumed, &settings)?;
+    let changed = resume::drop_changed_images(items, &mut resumed, predictions_path)?;
+    if changed > 0 {
+        tracing::warn!(
+            "{changed} image(s) changed (size or modification time) since they were captioned in {}: captioned again",
             predictions_path.display()
         );
     }
@@ -215,20 +234,44 @@ fn caption_items(
         predictions: Vec::new(),
     };
     let mut new_predictions = Vec::new();
-    if !pending.is_empty() {
-        let counts = &mut captioned.counts;
-        let timings = &mut captioned.timings;
+    // An interrupt (Ctrl-C, SIGTERM) during the dataset check, the model load or the warm-up stops
+    // before the next phase: the run is "interrupted" with every pending item remaining.
+    let stop = || options.interrupted.load(Ordering::Relaxed);
+    let interrupted_before_batches = |captioned: &mut Captioned| {
+        captioned.interrupted = true;
+        captioned.counts.remaining = pending.len();
+        if !options.quiet {
+            eprintln!(
+                "{}interrupted before the first batch: {} images remaining; rerun the same command to resume",
+                label.map(|l| format!("{l}: ")).unwrap_or_default(),
+                pending.len()
+            );
+        }
+    };
+    if !pending.is_empty() && stop() {
+        interrupted_before_batches(&mut captioned);
+    } else if !pending.is_empty() {
         let gpu_monitor = match &active.plan.target {
             Target::Cuda { index, .. } => Some(memory::GpuMemoryMonitor::start(*index)),
             Target::Cpu => None,
         };
         let captioner = Captioner::load(config, active)?;
-        timings.model_load_s = Some(captioner.load_seconds);
+        captioned.timings.model_load_s = Some(captioner.load_seconds);
         captioned.model_dir = Some(captioner.model_dir().display().to_string());
-        timings.warmup_s = Some(warm_up(
-            &captioner,
-            config.generation.batch_size.min(pending.len()),
-        )?);
+        if !stop() {
+            captioned.timings.warmup_s = Some(warm_up(
+                &captioner,
+                config.generation.batch_size.min(pending.len()),
+            )?);
+        }
+        if stop() {
+            interrupted_before_batches(&mut captioned);
+            captioned.memory.peak_gpu_bytes =
+                gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
+            return Ok(finish(captioned, resumed.predictions, Vec::new()));
+        }
+        let counts = &mut captioned.counts;
+        let timings = &mut captioned.timings;
         let outcome = caption_all(&captioner, pending, files, config, options, label)?;
         counts.done = outcome.predictions.len();
         counts.failed = outcome.failed;
@@ -261,13 +304,14 @@ fn caption_items(
         captioned.memory.peak_gpu_bytes = gpu_monitor.and_then(memory::GpuMemoryMonitor::finish);
         new_predictions = outcome.predictions;
     }
+    Ok(finish(captioned, resumed.predictions, new_predictions))
+}
+
+/// `captioned` with the host memory and every prediction (earlier runs' first).
+fn finish(mut captioned: Captioned, earlier: Vec<Prediction>, new: Vec<Prediction>) -> Captioned {
     captioned.memory.peak_host_rss_bytes = memory::peak_rss_bytes();
-    captioned.predictions = resumed
-        .predictions
-        .into_iter()
-        .chain(new_predictions)
-        .collect();
-    Ok(captioned)
+    captioned.predictions = earlier.into_iter().chain(new).collect();
+    captioned
 }
 
 /// Runs one batch of a flat gray image so kernel compilation, cuBLAS handles and allocator growth stay
@@ -365,14 +409,16 @@ fn caption_all(
             let records: Vec<Prediction> = batch
                 .items
                 .iter()
+                .zip(&batch.stamps)
                 .zip(captions)
-                .map(|(item, caption)| Prediction {
+                .map(|((item, stamp), caption)| Prediction {
                     id: item.id.clone(),
                     image: item.image_as_given.clone(),
                     caption: caption.text,
                     token_ids: caption.token_ids,
                     batch: batch.index,
                     latency_ms,
+                    image_stamp: stamp.clone(),
                 })
                 .collect();
             predictions_log
@@ -394,6 +440,11 @@ fn caption_all(
     let _ = producer.join();
     progress.finish();
     outcome.remaining = total - handled;
+    // The preprocessing thread also stops on the flag: batches it never sent are remaining, and the
+    // run is interrupted, never "complete" with items left.
+    if outcome.remaining > 0 {
+        outcome.interrupted = true;
+    }
     outcome.run_s = started.elapsed().as_secs_f64();
     if outcome.interrupted && !options.quiet {
         eprintln!(

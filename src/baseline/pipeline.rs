@@ -10,7 +10,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::data::dataset::Item;
-use crate::data::predictions::Failure;
+use crate::data::predictions::{image_stamp, Failure};
 use crate::preprocess::ImageProcessor;
 
 /// Batches prepared ahead of the device.
@@ -20,6 +20,8 @@ const PREFETCH_BATCHES: usize = 2;
 pub struct PreparedBatch {
     pub index: usize,
     pub items: Vec<Item>,
+    /// Each item's image stamp (`predictions::image_stamp`), taken just before the file was read.
+    pub stamps: Vec<Option<String>>,
     pub pixels: Vec<Vec<f32>>,
     pub failures: Vec<Failure>,
     /// Wall time the workers spent on this batch.
@@ -51,20 +53,25 @@ pub fn spawn(
                 let results: Vec<_> = pool.install(|| {
                     chunk
                         .par_iter()
-                        .map(|item| processor.process_file(&item.image))
+                        .map(|item| {
+                            let stamp = image_stamp(&item.image);
+                            (stamp, processor.process_file(&item.image))
+                        })
                         .collect()
                 });
                 let mut batch = PreparedBatch {
                     index,
                     items: Vec::with_capacity(chunk.len()),
+                    stamps: Vec::with_capacity(chunk.len()),
                     pixels: Vec::with_capacity(chunk.len()),
                     failures: Vec::new(),
                     preprocess_ms: 0.0,
                 };
-                for (item, result) in chunk.iter().zip(results) {
+                for (item, (stamp, result)) in chunk.iter().zip(results) {
                     match result {
                         Ok(pixels) => {
                             batch.items.push(item.clone());
+                            batch.stamps.push(stamp);
                             batch.pixels.push(pixels);
                         }
                         Err(err) => batch.failures.push(Failure {

@@ -78,7 +78,9 @@ impl From<crate::engine::EngineError> for BenchError {
             EngineError::Hub(err) => BenchError::Hub(err),
             EngineError::Load(err) => BenchError::Model(format!("{err:#}")),
             EngineError::Tokenizer(err) => BenchError::Model(err.to_string()),
-            EngineError::Prompt(_) => BenchError::Settings(err.to_string()),
+            EngineError::Prompt(_) | EngineError::Setting { .. } => {
+                BenchError::Settings(err.to_string())
+            }
             EngineError::Synchronize(source) => BenchError::Compute {
                 what: "synchronising after the model load",
                 source,

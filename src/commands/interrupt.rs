@@ -1,5 +1,7 @@
-//! Ctrl-C for long-running commands: the first press sets a flag the command checks between units
-//! of work (it then saves and exits 130); a second press exits at once.
+//! Ctrl-C, SIGTERM and SIGHUP for long-running commands (the three are one: a scheduler's preemption
+//! or `docker stop` gets what Ctrl-C gets): the first sets a flag the command checks between units
+//! of work and phases (it then saves, writes its partial report and exits 130); a second exits at
+//! once (130).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,12 +18,12 @@ pub fn install(quiet: bool, finishing: &'static str) -> Arc<AtomicBool> {
             std::process::exit(i32::from(Exit::Interrupted.code()));
         }
         if !quiet {
-            eprintln!("\ninterrupt: {finishing} (Ctrl-C again to quit now)");
+            eprintln!("\ninterrupt (Ctrl-C or SIGTERM): {finishing} (interrupt again to quit now)");
         }
     });
     if let Err(err) = installed {
         tracing::warn!(
-            "Ctrl-C handling unavailable ({err}); an interrupt loses the work in flight"
+            "Ctrl-C/SIGTERM handling unavailable ({err}); an interrupt loses the work in flight"
         );
     }
     interrupted

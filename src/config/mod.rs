@@ -3,6 +3,7 @@
 //! `--device`/`--precision` flags, last one wins. This is the one place where they are merged; the
 //! result remembers where each value came from so `vlmrun config` can say it.
 
+pub mod bounds;
 pub mod builtin;
 mod error;
 mod load;
@@ -286,11 +287,15 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     } else {
         None
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let problem = problem
+        .map(|(key, message)| (key, message.to_string()))
+        .or_else(|| bounds::problem(config, cores));
     match problem {
         Some((key, message)) => Err(ConfigError::Flag {
             flag: "config key".to_string(),
             value: key.to_string(),
-            message: message.to_string(),
+            message,
         }),
         None => Ok(()),
     }

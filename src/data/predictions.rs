@@ -20,6 +20,52 @@ pub struct Prediction {
     pub batch: usize,
     /// Wall time of that batch's generation, milliseconds.
     pub latency_ms: f64,
+    /// The image file as it was read ([`image_stamp`]: size and modification time): a resumed run
+    /// captions the image again when it differs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_stamp: Option<String>,
+}
+
+/// A cheap identity of an image file: `SIZE:MTIME_NS` (no byte is read, so a resumed run checks
+/// every done image in one `stat` each). `None` when the file cannot be read.
+pub fn image_stamp(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("{}:{mtime}", meta.len()))
+}
+
+/// Replaces `path` with exactly `records`, one line each (written to a temporary file beside it,
+/// synced, then renamed over it, so a crash leaves the old file or the new one).
+pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<(), PredictionsError> {
+    let io = |source| PredictionsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut buffer = Vec::new();
+    for record in records {
+        serde_json::to_writer(&mut buffer, record).map_err(|err| io(std::io::Error::other(err)))?;
+        buffer.push(b'\n');
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.rewrite-{}", std::process::id()));
+    let result = File::create(&temp)
+        .and_then(|mut file| {
+            file.write_all(&buffer)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(io)
 }
 
 /// One failed image (`errors.jsonl`).
@@ -195,7 +241,27 @@ mod tests {
             token_ids: vec![30522, 1037, 4937, 102],
             batch: 0,
             latency_ms: 1.5,
+            image_stamp: Some("4:1".into()),
         }
+    }
+
+    #[test]
+    fn rewrite_keeps_exactly_the_records_and_stamps_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("predictions.jsonl");
+        let mut log = JsonlAppender::open(&path).unwrap();
+        log.append(&[prediction("a"), prediction("b")]).unwrap();
+        drop(log);
+        rewrite(&path, &[prediction("b")]).unwrap();
+        assert_eq!(recover(&path).unwrap().predictions, [prediction("b")]);
+
+        let image = dir.path().join("x.png");
+        assert_eq!(image_stamp(&image), None);
+        std::fs::write(&image, b"1234").unwrap();
+        let stamp = image_stamp(&image).unwrap();
+        assert!(stamp.starts_with("4:"), "{stamp}");
+        std::fs::write(&image, b"12345").unwrap();
+        assert_ne!(image_stamp(&image).unwrap(), stamp);
     }
 
     #[test]

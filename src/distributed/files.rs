@@ -1,5 +1,6 @@
 //! The per-rank files in the shared output directory: `predictions.rank-K.jsonl`, `errors.rank-K.jsonl`,
-//! `rank-K.done.json` and `resolved-config.rank-K.yaml`. Each rank writes only its own, so ranks never
+//! `rank-K.done.json`, `resolved-config.rank-K.yaml` and `settings.rank-K.json` (the settings that made
+//! its predictions: `baseline::resume`). Each rank writes only its own, so ranks never
 //! write the same file (the one shared file, `world.json`, is created atomically: see `world`).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ pub struct RankFiles {
     pub errors: PathBuf,
     pub done: PathBuf,
     pub resolved_config: PathBuf,
+    pub settings: PathBuf,
 }
 
 impl RankFiles {
@@ -22,6 +24,7 @@ impl RankFiles {
             errors: dir.join(format!("errors.rank-{rank}.jsonl")),
             done: dir.join(format!("rank-{rank}.done.json")),
             resolved_config: dir.join(format!("resolved-config.rank-{rank}.yaml")),
+            settings: dir.join(format!("settings.rank-{rank}.json")),
         }
     }
 }
@@ -42,6 +45,10 @@ pub fn rank_of(name: &str) -> Option<usize> {
         .or_else(|| {
             name.strip_prefix("resolved-config.rank-")
                 .and_then(|rest| rest.strip_suffix(".yaml"))
+        })
+        .or_else(|| {
+            name.strip_prefix("settings.rank-")
+                .and_then(|rest| rest.strip_suffix(".json"))
         })?;
     if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit()) {
         return None;
@@ -99,6 +106,7 @@ mod tests {
             &files.errors,
             &files.done,
             &files.resolved_config,
+            &files.settings,
         ] {
             let name = path.file_name().unwrap().to_str().unwrap();
             assert_eq!(rank_of(name), Some(12), "{name}");

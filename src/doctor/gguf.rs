@@ -74,6 +74,7 @@ pub fn inspect(config: &Config) -> (ModelEntry, Vec<Check>) {
         dir: None,
         missing: Vec::new(),
         error: None,
+        invalid: None,
         gguf: None,
     };
     let opened = if path.is_file() {

@@ -18,6 +18,7 @@ use crate::device::{
 };
 use crate::hub;
 use crate::models::blip::gguf::is_gguf_path;
+use crate::models::blip::BlipWeights;
 
 /// Version of the JSON document's layout; bumped on any incompatible change.
 pub const SCHEMA: &str = "vlmrun.doctor/1";
@@ -79,6 +80,9 @@ pub struct ModelEntry {
     pub dir: Option<String>,
     pub missing: Vec<String>,
     pub error: Option<String>,
+    /// Why loading would refuse the files that are there (truncated weights, a tensor that is not
+    /// a float, a NaN or infinite value), naming the file and tensor; null when they pass.
+    pub invalid: Option<String>,
     /// What the header of a `.gguf` source says (null for a directory or hub id, and when the
     /// file's metadata could not be read).
     pub gguf: Option<gguf::GgufEntry>,
@@ -431,6 +435,7 @@ fn model_entry(config: &Config) -> ModelEntry {
         dir: None,
         missing: Vec::new(),
         error: None,
+        invalid: None,
         gguf: None,
     };
     match hub::resolve_model_dir(&config.model.source, &config.model.revision) {
@@ -440,6 +445,14 @@ fn model_entry(config: &Config) -> ModelEntry {
                 .map(str::to_string)
                 .collect();
             entry.dir = Some(dir.display().to_string());
+            if entry.missing.is_empty() {
+                // The files as loading checks them: config, complete weights, float dtypes,
+                // finite values.
+                let checked = BlipWeights::locate(&dir).and_then(|weights| weights.verify());
+                if let Err(err) = checked {
+                    entry.invalid = Some(err.to_string());
+                }
+            }
         }
         Err(err) => entry.error = Some(err.to_string()),
     }
@@ -447,6 +460,15 @@ fn model_entry(config: &Config) -> ModelEntry {
 }
 
 fn model_check(model: &ModelEntry) -> Check {
+    if let Some(invalid) = &model.invalid {
+        let (message, remedy) = split_fix(invalid);
+        return Check {
+            name: "model".into(),
+            status: Status::Fail,
+            message: format!("{}: {message}", model.source),
+            remedy,
+        };
+    }
     match (&model.dir, &model.error) {
         (Some(dir), None) if model.missing.is_empty() => Check {
             name: "model".into(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 
-use super::settings::{generation_config, image_processor, quantization_format};
+use super::settings::{check_lengths, generation_config, image_processor, quantization_format};
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::generate::GenerationConfig;
@@ -33,6 +33,10 @@ pub enum EngineError {
     #[error("generation.prompt: {0}")]
     Prompt(#[source] PromptError),
 
+    /// A generation setting the model or the prompt does not allow (`settings::check_lengths`).
+    #[error("config key {key}: {message}")]
+    Setting { key: &'static str, message: String },
+
     #[error("device synchronise after load: {0}")]
     Synchronize(#[source] candle_core::Error),
 }
@@ -53,7 +57,7 @@ impl From<EngineError> for crate::error::Error {
             EngineError::Hub(err) => Error::Hub(err),
             EngineError::Load(err) => Error::Model(format!("{err:#}")),
             EngineError::Tokenizer(_) => Error::Model(err.to_string()),
-            EngineError::Prompt(_) => Error::Usage(err.to_string()),
+            EngineError::Prompt(_) | EngineError::Setting { .. } => Error::Usage(err.to_string()),
             EngineError::Synchronize(_) => Error::Internal(err.to_string()),
         }
     }
@@ -111,6 +115,8 @@ pub fn assemble(config: &Config, active: &ActiveDevice) -> Result<Assembled, Eng
     let prompt_ids = tokenizer
         .prompt_ids(&config.generation.prompt)
         .map_err(EngineError::Prompt)?;
+    check_lengths(config, model.config(), prompt_ids.len())
+        .map_err(|(key, message)| EngineError::Setting { key, message })?;
     let generation = generation_config(config, model.config());
     Ok(Assembled {
         model,

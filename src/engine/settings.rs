@@ -38,6 +38,34 @@ pub fn generation_config(config: &Config, model: &BlipConfig) -> GenerationConfi
     }
 }
 
+/// The lengths the model and the prompt allow: `generation.max_length` within the text decoder's
+/// positions, and room under it for at least one generated token after bos and the prompt. Returns
+/// the key at fault and what it must be (a configuration error, exit 2).
+pub fn check_lengths(
+    config: &Config,
+    model: &BlipConfig,
+    prompt_tokens: usize,
+) -> Result<(), (&'static str, String)> {
+    let max_length = config.generation.max_length;
+    let positions = model.text_config.max_position_embeddings;
+    if max_length > positions {
+        return Err((
+            "generation.max_length",
+            format!("is {max_length}; this model's text decoder has {positions} positions, so it must be 2 to {positions}"),
+        ));
+    }
+    if 1 + prompt_tokens >= max_length {
+        return Err((
+            "generation.prompt",
+            format!(
+                "is {prompt_tokens} tokens; with bos that leaves no room to generate under generation.max_length={max_length} (shorten the prompt, or raise generation.max_length above {})",
+                1 + prompt_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The GGML format a `quantization` setting asks for, `None` for dense weights.
 pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
     match quantization {

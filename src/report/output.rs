@@ -1,5 +1,5 @@
-//! The output directory of a job: created, proved writable, and with `fresh` cleared of the job's
-//! earlier results; [`output_error`] names what could not be written where.
+//! The output directory of a job: created, locked, proved writable, and with `fresh` cleared of the
+//! job's earlier results; [`output_error`] names what could not be written where.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +14,16 @@ pub fn output_error(what: &'static str, path: &Path, source: std::io::Error) -> 
     }
 }
 
+/// Creates the output directory and takes its lock exclusively (`super::lock`): the one writer there
+/// until the returned lock drops. Another live run holding it is an `Error::Busy` naming it.
+pub fn lock_output_dir(dir: &Path) -> Result<super::lock::DirLock, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| output_error("the output directory", dir, source))?;
+    Ok(super::lock::exclusive(dir)?)
+}
+
 /// Creates the output directory, proves it is writable, and with `fresh` deletes the named earlier
-/// results in it.
+/// results in it (the caller holds the directory's lock first, so no live run loses a file).
 pub fn prepare_output_dir(dir: &Path, fresh: bool, results: &[&str]) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|source| output_error("the output directory", dir, source))?;

@@ -154,6 +154,7 @@ mod tests {
             token_ids: vec![30522, 102],
             batch: 0,
             latency_ms: 1.0,
+            image_stamp: None,
         }
     }
 

@@ -16,7 +16,7 @@ use super::done::{self, RankDone, RankStatus};
 use super::wait::{self, Expected, WaitOptions};
 use crate::baseline::{
     caption_items, load_dataset, Captioned, OutputFiles, RunOptions, ERRORS_FILE, PREDICTIONS_FILE,
-    REPORT_FILE,
+    REPORT_FILE, SETTINGS_FILE,
 };
 use crate::config::{Config, DeviceSpec, ResolvedConfig};
 use crate::data::dataset::Item;
@@ -26,6 +26,7 @@ use crate::distributed::world::{self, DatasetIdentity, WorldRecord};
 use crate::distributed::{fingerprint, shard, RankInfo};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::report::lock;
 use crate::report::output::prepare_output_dir;
 use crate::report::Environment;
 
@@ -85,7 +86,7 @@ pub fn run(
         command: setup.command.clone(),
         config: config_json.clone(),
     };
-    let out_dir = join_run(&config.output.dir, info, &record, options.fresh)?;
+    let (out_dir, _lock) = join_run(&config.output.dir, info, &record, options.fresh)?;
     let rank_files = RankFiles::in_dir(&out_dir, info.rank);
 
     let label = format!("rank {}/{}", info.rank, info.world_size);
@@ -189,38 +190,52 @@ pub fn run(
     })
 }
 
-/// Creates the output directory and joins the run recorded there (`world.json`), or, with `fresh`,
-/// deletes this rank's earlier files (rank 0: also the merged outputs and ranks beyond the world) and
-/// starts a new one. Returns the directory.
+/// Creates the output directory, takes this rank's lock (`report::lock::rank`: the directory shared
+/// with the other ranks, the rank exclusively) and joins the run recorded there (`world.json`), or,
+/// with `fresh`, deletes this rank's earlier files (rank 0: also the merged outputs and ranks beyond
+/// the world, unless a live process holds one of them) and starts a new one. Returns the directory and
+/// the lock, held until the rank ends.
 fn join_run(
     dir: &Path,
     info: &RankInfo,
     record: &WorldRecord,
     fresh: bool,
-) -> Result<PathBuf, Error> {
+) -> Result<(PathBuf, lock::DirLock), Error> {
     let out_dir = prepare_output_dir(dir, false, &[])?;
+    let held = lock::rank(&out_dir, info.rank)?;
     let rank_files = RankFiles::in_dir(&out_dir, info.rank);
     if !fresh {
         world::claim(&out_dir, record, info.rank, false)?;
         files::remove_if_present(&rank_files.done)?;
-        return Ok(out_dir);
+        return Ok((out_dir, held));
     }
     // The done file goes first: rank 0 must never pair an old done file with a half-deleted shard.
     for path in [
         &rank_files.done,
         &rank_files.predictions,
         &rank_files.errors,
+        &rank_files.settings,
     ] {
         files::remove_if_present(path)?;
     }
     if info.rank == 0 {
-        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE] {
+        if let Some(&live) = lock::held_ranks(&out_dir)
+            .iter()
+            .find(|&&rank| rank >= info.world_size)
+        {
+            return Err(Error::Busy(format!(
+                "{} holds rank {live} of another live data-parallel run (this run has world size {}), so --fresh cannot delete its files\n  fix: wait until that run ends, or give this run another output.dir",
+                out_dir.display(),
+                info.world_size
+            )));
+        }
+        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE] {
             files::remove_if_present(&out_dir.join(name))?;
         }
         files::remove_ranks_from(&out_dir, info.world_size)?;
     }
     world::claim(&out_dir, record, info.rank, true)?;
-    Ok(out_dir)
+    Ok((out_dir, held))
 }
 
 /// Rank 0 after its own shard.
@@ -307,6 +322,7 @@ fn caption_shard(
     let output = OutputFiles {
         predictions: job.files.predictions.clone(),
         errors: job.files.errors.clone(),
+        settings: job.files.settings.clone(),
     };
     let captioned = caption_items(
         &active,

@@ -93,6 +93,7 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
         });
     }
     let weights = BlipWeights::locate(&request.model_dir)?;
+    weights.verify()?;
     let config_json = weights.config_text()?;
     let open = || {
         // SAFETY: read-only maps; the files must not be truncated while this runs.

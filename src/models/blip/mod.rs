@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod load;
 pub mod text;
 pub mod text_attention;
+pub mod verify;
 pub mod vision;
 pub mod weights;
 

@@ -59,6 +59,27 @@ pub enum LoadError {
         dir: PathBuf,
         source: candle_core::Error,
     },
+    #[error("{path}: truncated: its header needs {needed} bytes, the file has {found}\n  fix: the download or copy was cut short; fetch the file again (vlmrun fetch ID, or copy it again)", path = .path.display())]
+    Truncated {
+        path: PathBuf,
+        needed: u64,
+        found: u64,
+    },
+    #[error("{path}: not a usable safetensors file: {reason}\n  fix: replace it with the model's original file", path = .path.display())]
+    BadWeights { path: PathBuf, reason: String },
+    #[error("tensor {name} in {path} is stored as {dtype}; the model needs floats (F32, F16, BF16 or F64)\n  fix: this file was converted wrongly or is not a BLIP checkpoint; use the model's original weights", path = .path.display())]
+    WrongDtype {
+        name: String,
+        dtype: String,
+        path: PathBuf,
+    },
+    #[error("tensor {name} in {path} has {count} NaN or infinite value(s) (the first at element {first})\n  fix: the weights are damaged (a diverged training run or a bad conversion); use an earlier checkpoint or the original weights", path = .path.display())]
+    NonFinite {
+        name: String,
+        path: PathBuf,
+        count: u64,
+        first: u64,
+    },
     #[error(transparent)]
     GgufFile(Box<GgufError>),
     #[error("{path}: {problem}\n  fix: {fix}", path = .path.display())]
@@ -112,6 +133,15 @@ impl BlipWeights {
         })
     }
 
+    /// Checks every weight file as loading needs it ([`super::verify::check_file`]): complete,
+    /// float tensors only, every value finite.
+    pub fn verify(&self) -> Result<(), LoadError> {
+        for file in &self.weight_files {
+            super::verify::check_file(file)?;
+        }
+        Ok(())
+    }
+
     /// The text of `config.json`.
     pub fn config_text(&self) -> Result<String, LoadError> {
         let path = self.dir.join("config.json");
@@ -149,6 +179,7 @@ impl BlipWeights {
         device: &Device,
         quantization: Option<GgmlDType>,
     ) -> Result<BlipForConditionalGeneration, LoadError> {
+        self.verify()?;
         // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
         // truncating them while the model is being built (tensors are copied out during `new`).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
