@@ -111,7 +111,7 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(format: GgmlDType, bytes: &'a [u8], n: usize, k: usize) -> Result<Self> {
-        if k % format.block_size() != 0 {
+        if !k.is_multiple_of(format.block_size()) {
             candle_core::bail!(
                 "quantized gemv: {k} features are not a multiple of {format:?}'s block size"
             );
@@ -141,7 +141,9 @@ impl<'a> Rows<'a> {
 /// `bytes` viewed as the GGML blocks `T` they hold (the storage candle allocated as `Vec<T>`).
 fn blocks<T: GgmlType>(bytes: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+    {
         candle_core::bail!("quantized gemv: the {:?} blocks are not aligned", T::DTYPE);
     }
     // SAFETY: the bytes are a `Vec<T>`'s storage (QTensor::data of a CPU tensor), whose length
