@@ -3,6 +3,7 @@
 //! `ok | warn | fail` with a one-line remedy, as text or as a stable JSON document (docs/doctor.md).
 //! A `.gguf` model source is inspected by [`gguf`].
 
+mod cpu;
 pub mod gguf;
 
 use std::path::Path;
@@ -121,6 +122,7 @@ pub fn run(config: &Config, facts: &SystemFacts, cuda: &CudaAvailability) -> Doc
         _ => None,
     };
     checks.push(binary_check(cuda));
+    checks.push(cpu::cpu_check());
     checks.extend(driver_checks(facts, built.as_ref()));
 
     let built_cc = built

@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::{cpu_dense, cpu_qgemv};
 use crate::kernels::fused::FusedOps;
 
 /// What follows the product `x W^T` in [`Linear::forward_fused`].
@@ -40,6 +41,8 @@ pub struct QuantizedMatmul {
     /// quantized blocks directly (a GEMV that decodes q8_0, q4_0, q4k and q6k weights in registers)
     /// instead of first writing the whole weight out dense. The activations stay exact either
     /// way; the decoded weight is f32 in registers rather than rounded to the activation dtype.
+    /// On the CPU the same choice takes [`cpu_qgemv::quantized_gemv`] for up to
+    /// [`cpu_qgemv::MAX_GEMV_ROWS`] rows (each weight row decoded once into an L1 buffer).
     pub direct_gemv: bool,
 }
 
@@ -291,6 +294,9 @@ impl Linear {
     /// `(..., in_features) -> (..., out_features)`. The leading dimensions are flattened so that
     /// one GEMM runs whatever the rank.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(out) = self.forward_cpu_dense(xs, false)? {
+            return Ok(out);
+        }
         let out = self.forward_no_bias(xs)?;
         match self.bias() {
             Some(b) => out.broadcast_add(b),
@@ -298,9 +304,49 @@ impl Linear {
         }
     }
 
+    /// `gelu_erf(x W^T + b)`: on the CPU (f32, outside autograd) the GEMM accumulates onto the
+    /// bias and GELU runs on every thread ([`cpu_dense::linear`]); elsewhere the composed ops.
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(out) = self.forward_cpu_dense(xs, true)? {
+            return Ok(out);
+        }
+        self.forward(xs)?.gelu_erf()
+    }
+
+    /// `x W^T + b` (then GELU when `gelu`) through [`cpu_dense::linear`] when it applies: a CPU
+    /// call multiplying by a dense f32 weight (a dense projection, or a quantized one whose
+    /// weight this call dequantizes), with a bias. `None`: take the composed path.
+    fn forward_cpu_dense(&self, xs: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
+        let Some(bias) = self.bias() else {
+            return Ok(None);
+        };
+        let rows = leading_rows(xs);
+        if !xs.device().is_cpu()
+            || xs.dtype() != DType::F32
+            || xs.track_op()
+            || self.cpu_gemv_weight(rows, xs.device()).is_some()
+        {
+            return Ok(None);
+        }
+        let Some(weight) = self.matmul_weight(rows, xs.device())? else {
+            return Ok(None);
+        };
+        let flat = xs.reshape((rows, xs.dim(D::Minus1)?))?;
+        if !xs.is_contiguous() || !cpu_dense::applies(&flat, &weight) {
+            return Ok(None);
+        }
+        over_rows(xs, |flat| {
+            cpu_dense::linear(flat, &weight, Some(bias), gelu)
+        })
+        .map(Some)
+    }
+
     /// `x W^T` without the bias, for callers that fuse the bias into the next kernel.
     pub fn forward_no_bias(&self, xs: &Tensor) -> Result<Tensor> {
         let rows = leading_rows(xs);
+        if let Some(qtensor) = self.cpu_gemv_weight(rows, xs.device()) {
+            return over_rows(xs, |flat| cpu_qgemv::quantized_gemv(flat, qtensor));
+        }
         match (self, self.matmul_weight(rows, xs.device())?) {
             (Self::Dense { .. }, Some(weight)) => over_rows(xs, |flat| flat.matmul(&weight.t()?)),
             (Self::Quantized { .. }, Some(weight)) => over_rows(xs, |flat| {
@@ -317,6 +363,26 @@ impl Linear {
         }
     }
 
+    /// The quantized weight when a call with `rows` input rows on `device` takes the CPU's
+    /// weight-only GEMV (a quantized projection on the CPU, weight-only with the direct GEMV, a
+    /// handful of rows, a format it reads): the counterpart of the fused CUDA GEMV.
+    fn cpu_gemv_weight(&self, rows: usize, device: &candle_core::Device) -> Option<&QTensor> {
+        match self {
+            Self::Quantized {
+                qtensor, matmul, ..
+            } if device.is_cpu()
+                && qtensor.device().is_cpu()
+                && matmul.direct_gemv
+                && matmul.dequantizes(rows)
+                && rows <= cpu_qgemv::MAX_GEMV_ROWS
+                && cpu_qgemv::supports(qtensor.dtype()) =>
+            {
+                Some(qtensor)
+            }
+            _ => None,
+        }
+    }
+
     /// The dense weight a call with `rows` input rows multiplies by: the weight itself, or the
     /// quantized weight dequantized into the activation dtype (weight-only); `None` when the
     /// call takes candle's quantized kernel instead.
@@ -329,6 +395,13 @@ impl Linear {
                 matmul,
                 ..
             } if matmul.dequantizes(rows) => Ok(Some(match dtype {
+                // On the CPU on all threads (candle's dequantization runs on one), same values.
+                _ if device.is_cpu()
+                    && qtensor.device().is_cpu()
+                    && cpu_qgemv::supports(qtensor.dtype()) =>
+                {
+                    cpu_qgemv::dequantize(qtensor)?.to_dtype(*dtype)?
+                }
                 DType::F16 => qtensor.dequantize_f16(device)?,
                 _ => qtensor.dequantize(device)?.to_dtype(*dtype)?,
             })),
@@ -366,7 +439,7 @@ impl Linear {
             return match epilogue {
                 Epilogue::None => self.forward_no_bias(xs),
                 Epilogue::Bias => self.forward(xs),
-                Epilogue::BiasGelu => self.forward(xs)?.gelu_erf(),
+                Epilogue::BiasGelu => self.forward_gelu(xs),
                 Epilogue::BiasF32 => self.forward(xs)?.to_dtype(DType::F32),
             };
         };

@@ -1,6 +1,8 @@
 //! Model definitions (candle): shared layers and one module per model family.
 
 pub mod blip;
+pub mod cpu_dense;
+pub mod cpu_qgemv;
 pub mod gguf;
 pub mod gradients;
 pub mod kv_cache;

@@ -43,7 +43,7 @@ impl Quantizer {
 
     /// The format a projection with `in_features` inputs gets, `None` to keep it dense.
     pub fn format_for(target: GgmlDType, in_features: usize) -> Option<GgmlDType> {
-        let fits = |format: GgmlDType| in_features % format.block_size() == 0;
+        let fits = |format: GgmlDType| in_features.is_multiple_of(format.block_size());
         if fits(target) {
             Some(target)
         } else if target.block_size() > GgmlDType::Q8_0.block_size() && fits(GgmlDType::Q8_0) {

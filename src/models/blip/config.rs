@@ -206,7 +206,7 @@ fn activation(
 }
 
 fn check_heads(section: &'static str, hidden: usize, heads: usize) -> Result<(), ConfigError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(ConfigError::Inconsistent {
             section,
             what: format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
@@ -240,7 +240,10 @@ impl BlipConfig {
             vision_config.hidden_size,
             vision_config.num_attention_heads,
         )?;
-        if vision_config.patch_size == 0 || vision_config.image_size % vision_config.patch_size != 0
+        if vision_config.patch_size == 0
+            || !vision_config
+                .image_size
+                .is_multiple_of(vision_config.patch_size)
         {
             return Err(ConfigError::Inconsistent {
                 section: "vision_config",

@@ -202,6 +202,9 @@ pub(crate) fn dense_activation(
             }
         }
     }
+    if act == Activation::GeluErf {
+        return linear.forward_gelu(xs);
+    }
     act.forward(&linear.forward(xs)?)
 }
 
