@@ -78,6 +78,8 @@ pub enum Command {
     },
     /// Caption images (one caption per line; --json: one object per line).
     Caption(CaptionArgs),
+    /// Answer a question about images with a BLIP VQA model (one answer per line; --json: one object per line).
+    Vqa(VqaArgs),
     /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable);
     /// several ranks split it (docs/scaling.md).
     Baseline(BaselineArgs),
@@ -203,6 +205,52 @@ impl CaptionArgs {
         let pairs: [(&'static str, &'static str, &Option<String>); 6] = [
             ("--model", "model.source", &self.model),
             ("--prompt", "generation.prompt", &self.prompt),
+            ("--beams", "generation.num_beams", &self.beams),
+            ("--max-length", "generation.max_length", &self.max_length),
+            ("--min-length", "generation.min_length", &self.min_length),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun vqa`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct VqaArgs {
+    /// BlipForQuestionAnswering model directory or hub id (model.source), e.g. Salesforce/blip-vqa-base.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// The question asked about every image.
+    #[arg(long, value_name = "TEXT")]
+    pub question: String,
+    /// Beams; 1 = greedy (generation.num_beams).
+    #[arg(long, value_name = "N")]
+    pub beams: Option<String>,
+    /// Whole-sequence length limit, [DEC] included (generation.max_length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<String>,
+    /// Minimum whole-sequence length (generation.min_length).
+    #[arg(long, value_name = "N")]
+    pub min_length: Option<String>,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Answer for at most the first N images given.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line: {"image", "question", "answer", "token_ids"}, or {"image", "question", "error"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG, JPEG, WebP). One output line per image, in order.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl VqaArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 5] = [
+            ("--model", "model.source", &self.model),
             ("--beams", "generation.num_beams", &self.beams),
             ("--max-length", "generation.max_length", &self.max_length),
             ("--min-length", "generation.min_length", &self.min_length),

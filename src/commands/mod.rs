@@ -12,6 +12,7 @@ mod merge_cmd;
 mod quantize_cmd;
 mod score_cmd;
 mod train_cmd;
+mod vqa;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, ConfigRequest};
@@ -35,6 +36,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     }
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
+        Command::Vqa(args) => args.overrides(),
         Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
@@ -60,6 +62,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let runs_a_model = matches!(
         cli.command,
         Command::Caption(_)
+            | Command::Vqa(_)
             | Command::Baseline(_)
             | Command::Bench(_)
             | Command::Train(_)
@@ -81,6 +84,13 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
                 None => &args.images[..],
             };
             caption_cmd::run(&context, images, args.json)
+        }
+        Command::Vqa(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            vqa::run(&context, images, &args.question, args.json)
         }
         Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),

@@ -1,12 +1,14 @@
 //! Model definitions (candle): shared layers and one module per model family.
 
 pub mod blip;
+pub mod family;
 pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod projections;
 pub mod quantize;
+pub mod registry;
 
 /// `kernels::softmax` under its old path, for the attention code that still names it there.
 pub use crate::kernels::softmax;
