@@ -221,8 +221,24 @@ pub struct VqaArgs {
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,
     /// The question asked about every image.
-    #[arg(long, value_name = "TEXT")]
-    pub question: String,
+    #[arg(long, value_name = "TEXT", required_unless_present = "questions")]
+    pub question: Option<String>,
+    /// A VQAv2 questions file (v2_OpenEnded_mscoco_*_questions.json): answer all its questions
+    /// (images from --images) and write the submission to --out, instead of IMAGE arguments.
+    #[arg(long, value_name = "FILE", requires_all = ["images_dir", "out"], conflicts_with = "question")]
+    pub questions: Option<PathBuf>,
+    /// The VQAv2 annotations of the same split (v2_mscoco_*_annotations.json): print the VQA accuracy.
+    #[arg(long, value_name = "FILE", requires = "questions")]
+    pub annotations: Option<PathBuf>,
+    /// The COCO images folder of the questions file (COCO_<split>_<image_id:012>.jpg).
+    #[arg(long = "images", value_name = "DIR", requires = "questions")]
+    pub images_dir: Option<PathBuf>,
+    /// Where the submission [{"question_id", "answer"}] is written.
+    #[arg(long, value_name = "FILE", requires = "questions")]
+    pub out: Option<PathBuf>,
+    /// Ground-truth normalisation of the accuracy: official (the VQA evaluation, LAVIS) or full (lmms-eval).
+    #[arg(long, value_name = "MODE", default_value = "official")]
+    pub ground_truth: String,
     /// Beams; 1 = greedy (generation.num_beams).
     #[arg(long, value_name = "N")]
     pub beams: Option<String>,

@@ -234,3 +234,75 @@ fn answers_match_transformers_in_one_padded_batch() {
         }
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct RankCase {
+    image: String,
+    question: usize,
+    top_k: Vec<usize>,
+    top_k_probs: Vec<f32>,
+    scores: Vec<f32>,
+    answer: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RankExpected {
+    answer_list: Vec<String>,
+    answer_ids: Vec<Vec<u32>>,
+    rank_k: usize,
+    label_smoothing: f64,
+    rank_cases: Vec<RankCase>,
+}
+
+/// LAVIS's rank mode against the reference in make_vqa_fixtures.py (LAVIS `_rank_answers` with
+/// med.py's label-smoothed loss, on transformers' modules): the same top-k candidates in the same
+/// order, first-token probabilities and scores within 1e-4 relative, the same chosen answer.
+#[test]
+fn rank_mode_matches_the_lavis_formula() {
+    let fx = fixture();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/vqa/expected.json")).unwrap();
+    let rank: RankExpected = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Vec<u32>> = rank
+        .answer_list
+        .iter()
+        .zip(&rank.answer_ids)
+        .map(|(answer, want)| {
+            let mut ids = fx.tokenizer.text_ids(answer).unwrap();
+            assert_eq!(&ids, want, "{answer}");
+            ids[0] = fx.expected.bos; // LAVIS: answer_ids[:, 0] = bos_token_id
+            ids
+        })
+        .collect();
+    for case in &rank.rank_cases {
+        let ids = &fx.expected.question_ids[case.question];
+        let ids_t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let kv = fx
+            .model
+            .question_kv(&pixels(&fx, &[&case.image]), &ids_t, None)
+            .unwrap();
+        let ranked = fx
+            .model
+            .rank_answers(&kv, &answers, rank.rank_k, rank.label_smoothing)
+            .unwrap();
+        let got: Vec<usize> = ranked.iter().map(|r| r.index).collect();
+        assert_eq!(got, case.top_k, "{} {}", case.image, case.question);
+        for (r, (&p, &s)) in ranked.iter().zip(case.top_k_probs.iter().zip(&case.scores)) {
+            assert!(
+                (r.first_token_prob - p).abs() <= 1e-4 * p.abs().max(1e-3),
+                "prob {r:?} vs {p}"
+            );
+            assert!(
+                (r.score - s).abs() <= 1e-4 * s.abs().max(1.0),
+                "score {r:?} vs {s}"
+            );
+        }
+        let best = ranked
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .unwrap();
+        assert_eq!(rank.answer_list[best.index], case.answer);
+    }
+}

@@ -149,3 +149,133 @@ fn a_question_longer_than_the_positions_is_a_usage_error() {
     assert!(stdout.is_empty());
     assert!(stderr.contains("max_position_embeddings"), "{stderr}");
 }
+
+#[test]
+fn a_vqa_checkpoint_is_refused_by_caption_with_exit_4() {
+    let output = Command::cargo_bin("vlmrun")
+        .unwrap()
+        .current_dir(ROOT)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args([
+            "--device",
+            "cpu",
+            "caption",
+            "--model",
+            MODEL,
+            &image("coffee"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("BlipForQuestionAnswering") && stderr.contains("vlmrun vqa"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_vqav2_questions_file_gives_the_submission_and_the_official_accuracy() {
+    let expected = expected();
+    let question = expected["questions"][0].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("val2014");
+    std::fs::create_dir(&images).unwrap();
+    for (id, stem) in [(1, "astronaut"), (2, "coffee")] {
+        // The decoder reads the format from the bytes, so a PNG under COCO's .jpg name is fine.
+        std::fs::copy(
+            Path::new(ROOT).join(image(stem)),
+            images.join(format!("COCO_val2014_{id:012}.jpg")),
+        )
+        .unwrap();
+    }
+    let questions = serde_json::json!({"data_subtype": "val2014", "questions": [
+        {"image_id": 1, "question": question, "question_id": 10},
+        {"image_id": 2, "question": question, "question_id": 20},
+        {"image_id": 3, "question": question, "question_id": 30},
+    ]});
+    let answer = |stem| {
+        let text = case(&expected, stem, question, "greedy")["answer"]
+            .as_str()
+            .unwrap();
+        vlmrun::metrics::vqa::normalize_prediction(text)
+    };
+    // q10: 4 of 10 humans gave the model's answer (accuracy 1); q20: 1 of 10 (accuracy 0.3).
+    let humans = |right: String, n: usize| -> Vec<Value> {
+        (0..10)
+            .map(|i| serde_json::json!({"answer": if i < n { right.clone() } else { "no".to_string() }, "answer_id": i + 1}))
+            .collect()
+    };
+    let annotations = serde_json::json!({"annotations": [
+        {"question_id": 10, "image_id": 1, "answer_type": "other", "question_type": "what is", "answers": humans(answer("astronaut"), 4)},
+        {"question_id": 20, "image_id": 2, "answer_type": "other", "question_type": "what is", "answers": humans(answer("coffee"), 1)},
+        {"question_id": 30, "image_id": 3, "answer_type": "yes/no", "question_type": "is", "answers": humans("yes".into(), 10)},
+    ]});
+    let qfile = dir.path().join("questions.json");
+    let afile = dir.path().join("annotations.json");
+    std::fs::write(&qfile, questions.to_string()).unwrap();
+    std::fs::write(&afile, annotations.to_string()).unwrap();
+    let out = dir.path().join("submission.json");
+    let (code, stdout, stderr) = vqa(&[
+        "--model",
+        MODEL,
+        "--beams",
+        "1",
+        "--max-length",
+        "20",
+        "--min-length",
+        "0",
+        "--questions",
+        qfile.to_str().unwrap(),
+        "--annotations",
+        afile.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // Image 3 does not exist: its question is named and left out, the others are answered.
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("question 30"), "{stderr}");
+    let submission: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let rows = submission.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["question_id"], 10);
+    assert_eq!(
+        rows[1]["answer"],
+        case(&expected, "coffee", question, "greedy")["answer"]
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let overall = summary["accuracy"]["overall"].as_f64().unwrap();
+    assert!((overall - 65.0).abs() < 1e-9, "{summary}");
+    assert_eq!(summary["answered"], 2);
+}
+
+#[test]
+fn annotations_of_another_split_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let qfile = dir.path().join("q.json");
+    let afile = dir.path().join("a.json");
+    std::fs::write(
+        &qfile,
+        r#"{"questions": [{"image_id": 1, "question": "why?", "question_id": 5}]}"#,
+    )
+    .unwrap();
+    std::fs::write(&afile, r#"{"annotations": []}"#).unwrap();
+    let out = dir.path().join("s.json");
+    let (code, _, stderr) = vqa(&[
+        "--model",
+        MODEL,
+        "--questions",
+        qfile.to_str().unwrap(),
+        "--annotations",
+        afile.to_str().unwrap(),
+        "--images",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("question_id 5"), "{stderr}");
+    assert!(!out.exists());
+}

@@ -13,6 +13,7 @@ mod quantize_cmd;
 mod score_cmd;
 mod train_cmd;
 mod vqa;
+mod vqa_dataset;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, ConfigRequest};
@@ -90,7 +91,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
                 Some(limit) => &args.images[..limit.min(args.images.len())],
                 None => &args.images[..],
             };
-            vqa::run(&context, images, &args.question, args.json)
+            vqa_command(&context, &args, images)
         }
         Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),
@@ -105,6 +106,46 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             references,
             json,
         } => score_cmd::run(&context, &predictions, &references, json),
+    }
+}
+
+/// `vlmrun vqa`: questions about images given on the command line, or a VQAv2 questions file.
+fn vqa_command(
+    context: &Context,
+    args: &crate::cli::VqaArgs,
+    images: &[String],
+) -> Result<Exit, Error> {
+    let ground_truth = match args.ground_truth.as_str() {
+        "official" => crate::metrics::vqa::GroundTruth::Official,
+        "full" => crate::metrics::vqa::GroundTruth::Full,
+        other => {
+            return Err(Error::Usage(format!(
+                "--ground-truth {other:?} is not a mode\n  fix: use official (the VQA evaluation) or full (lmms-eval)"
+            )))
+        }
+    };
+    match (&args.questions, &args.images_dir, &args.out, &args.question) {
+        (Some(questions), Some(images_dir), Some(out), _) => {
+            if !images.is_empty() {
+                return Err(Error::Usage(
+                    "IMAGE arguments and --questions exclude each other\n  fix: drop the images (they come from --images) or --questions".to_string(),
+                ));
+            }
+            let files = vqa_dataset::DatasetRun {
+                questions,
+                annotations: args.annotations.as_deref(),
+                images: images_dir,
+                out,
+                ground_truth,
+                limit: args.limit,
+            };
+            vqa_dataset::run(context, &files)
+        }
+        (_, _, _, Some(question)) => vqa::run(context, images, question, args.json),
+        _ => Err(Error::Usage(
+            "vqa needs --question TEXT IMAGE..., or --questions FILE --images DIR --out FILE"
+                .to_string(),
+        )),
     }
 }
 

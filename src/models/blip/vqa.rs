@@ -11,7 +11,8 @@
 //!    transformers and LAVIS), so a padded question can answer differently than alone.
 //!
 //! As a [`Decoder`] the context is the question's cross-attention keys/values, one group per
-//! question ([`BlipForQuestionAnswering::question_kv`]).
+//! question ([`BlipForQuestionAnswering::question_kv`]). LAVIS's `rank` answer mode (scoring a
+//! fixed answer list instead of generating) is [`BlipForQuestionAnswering::rank_answers`].
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -131,6 +132,90 @@ impl BlipForQuestionAnswering {
             .text_decoder
             .forward_hidden_uncached(answer_ids, question_kv)?;
         self.text_decoder.logits(&hidden)
+    }
+}
+
+/// One candidate of LAVIS's `rank` answer mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedAnswer {
+    /// Index into the answer list.
+    pub index: usize,
+    /// Softmax probability of the answer's first token after `[DEC]`.
+    pub first_token_prob: f32,
+    /// Minus the summed label-smoothed cross-entropy of the answer's tokens.
+    pub score: f32,
+}
+
+impl BlipForQuestionAnswering {
+    /// LAVIS `blip_vqa._rank_answers` for ONE question (`question_kv` with one group, so the
+    /// question needs no padding mask): one decoder step from `[DEC]`, the softmax probability of
+    /// every answer's first token (`answers[i][1]`; each answer is `[DEC] tokens... [SEP]`), the
+    /// `k` most probable (ties: the lower index first), then each teacher-forced and scored by minus
+    /// its summed cross-entropy with label smoothing `label_smoothing` (LAVIS 0.1, `med.py`),
+    /// padding ignored. Returns the candidates in top-k order; the best is the one of highest
+    /// score.
+    pub fn rank_answers(
+        &self,
+        question_kv: &CrossAttentionKv,
+        answers: &[Vec<u32>],
+        k: usize,
+        label_smoothing: f64,
+    ) -> Result<Vec<RankedAnswer>> {
+        if question_kv.images()? != 1 {
+            candle_core::bail!("rank_answers takes one question at a time");
+        }
+        if answers.iter().any(|a| a.len() < 2) {
+            candle_core::bail!("every answer needs [DEC] and at least one token");
+        }
+        let bos = self.config.text_config.bos_token_id;
+        let pad = self.config.text_config.pad_token_id;
+        let start = Tensor::new(&[[bos]], &self.device)?;
+        let first = self.answer_logits(question_kv, &start)?.flatten_all()?;
+        let probs = candle_nn::ops::softmax_last_dim(&first)?.to_vec1::<f32>()?;
+        let mut order: Vec<(usize, f32)> = answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i, probs.get(a[1] as usize).copied().unwrap_or(0.0)))
+            .collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        order.truncate(k.min(answers.len()));
+
+        let longest = order
+            .iter()
+            .map(|&(i, _)| answers[i].len())
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::with_capacity(order.len() * longest);
+        for &(i, _) in &order {
+            ids.extend(answers[i].iter().copied());
+            ids.extend(std::iter::repeat_n(pad, longest - answers[i].len()));
+        }
+        let rows = order.len();
+        let ids = Tensor::from_vec(ids, (rows, longest), &self.device)?;
+        // Right padding needs no mask in the causal decoder; the pads' targets are ignored below.
+        let logits = self.answer_logits(question_kv, &ids)?;
+        let log_probs = candle_nn::ops::log_softmax(
+            &logits.narrow(1, 0, longest - 1)?,
+            candle_core::D::Minus1,
+        )?;
+        let targets = ids.narrow(1, 1, longest - 1)?.contiguous()?;
+        let nll = log_probs
+            .gather(&targets.unsqueeze(2)?, 2)?
+            .squeeze(2)?
+            .neg()?;
+        let smooth = log_probs.mean(2)?.neg()?;
+        let per_token = ((nll * (1.0 - label_smoothing))? + (smooth * label_smoothing)?)?;
+        let keep = targets.ne(pad)?.to_dtype(per_token.dtype())?;
+        let scores = (per_token * keep)?.sum(1)?.neg()?.to_vec1::<f32>()?;
+        Ok(order
+            .into_iter()
+            .zip(scores)
+            .map(|((index, first_token_prob), score)| RankedAnswer {
+                index,
+                first_token_prob,
+                score,
+            })
+            .collect())
     }
 }
 
