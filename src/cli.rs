@@ -80,6 +80,8 @@ pub enum Command {
     Caption(CaptionArgs),
     /// Answer a question about images with a BLIP VQA model (one answer per line; --json: one object per line).
     Vqa(VqaArgs),
+    /// How well a text matches images, with a BLIP ITM model (ITM probability and logit, ITC similarity).
+    Match(MatchArgs),
     /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable);
     /// several ranks split it (docs/scaling.md).
     Baseline(BaselineArgs),
@@ -270,6 +272,43 @@ impl VqaArgs {
             ("--beams", "generation.num_beams", &self.beams),
             ("--max-length", "generation.max_length", &self.max_length),
             ("--min-length", "generation.min_length", &self.min_length),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun match`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct MatchArgs {
+    /// BlipForImageTextRetrieval model directory or hub id (model.source), e.g. Salesforce/blip-itm-base-coco.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// The text matched against every image.
+    #[arg(long, value_name = "TEXT")]
+    pub text: String,
+    /// LAVIS's ITM input: [ENC] instead of [CLS] as the first token (ITC keeps [CLS]).
+    #[arg(long)]
+    pub enc: bool,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Score at most the first N images given.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line: {"image", "text", "itm_score", "itm_logit", "itc_score"}, or {"image", "text", "error"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG, JPEG, WebP). One output line per image, in order.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl MatchArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 2] = [
+            ("--model", "model.source", &self.model),
             ("--batch-size", "generation.batch_size", &self.batch_size),
         ];
         crate::config::FlagOverride::from_flags(&pairs)

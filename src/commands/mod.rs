@@ -8,6 +8,7 @@ mod doctor_cmd;
 mod fetch_cmd;
 mod fidelity_cmd;
 mod interrupt;
+mod matching;
 mod merge_cmd;
 mod quantize_cmd;
 mod score_cmd;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
         Command::Vqa(args) => args.overrides(),
+        Command::Match(args) => args.overrides(),
         Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
@@ -64,6 +66,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         cli.command,
         Command::Caption(_)
             | Command::Vqa(_)
+            | Command::Match(_)
             | Command::Baseline(_)
             | Command::Bench(_)
             | Command::Train(_)
@@ -92,6 +95,13 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
                 None => &args.images[..],
             };
             vqa_command(&context, &args, images)
+        }
+        Command::Match(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            matching::run(&context, images, &args.text, args.enc, args.json)
         }
         Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),

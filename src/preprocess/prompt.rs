@@ -120,6 +120,11 @@ impl PromptTokenizer {
         }
     }
 
+    /// The id of `token` in the vocabulary (e.g. `[ENC]`), if present.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     /// Encoder input ids for `text` as the BLIP processor tokenizes a question or a caption:
     /// `[CLS] tokens... [SEP]`.
     pub fn text_ids(&self, text: &str) -> Result<Vec<u32>, PromptError> {

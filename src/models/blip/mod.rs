@@ -6,6 +6,7 @@
 pub mod config;
 pub mod decoder;
 pub mod gguf;
+pub mod itm;
 pub mod load;
 pub mod text;
 pub mod text_attention;
@@ -19,6 +20,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{BlipConfig, BlipTextConfig, BlipVisionConfig};
+pub use itm::BlipForImageTextRetrieval;
 pub use load::{load_model, load_model_with};
 pub use text::BlipTextLMHeadModel;
 pub use text_attention::CrossAttentionKv;
