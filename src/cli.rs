@@ -78,6 +78,10 @@ pub enum Command {
     },
     /// Caption images (one caption per line; --json: one object per line).
     Caption(CaptionArgs),
+    /// Answer a question about images with a BLIP VQA model (one answer per line; --json: one object per line).
+    Vqa(VqaArgs),
+    /// How well a text matches images, with a BLIP ITM model (ITM probability and logit, ITC similarity).
+    Match(MatchArgs),
     /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable);
     /// several ranks split it (docs/scaling.md).
     Baseline(BaselineArgs),
@@ -206,6 +210,105 @@ impl CaptionArgs {
             ("--beams", "generation.num_beams", &self.beams),
             ("--max-length", "generation.max_length", &self.max_length),
             ("--min-length", "generation.min_length", &self.min_length),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun vqa`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct VqaArgs {
+    /// BlipForQuestionAnswering model directory or hub id (model.source), e.g. Salesforce/blip-vqa-base.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// The question asked about every image.
+    #[arg(long, value_name = "TEXT", required_unless_present = "questions")]
+    pub question: Option<String>,
+    /// A VQAv2 questions file (v2_OpenEnded_mscoco_*_questions.json): answer all its questions
+    /// (images from --images) and write the submission to --out, instead of IMAGE arguments.
+    #[arg(long, value_name = "FILE", requires_all = ["images_dir", "out"], conflicts_with = "question")]
+    pub questions: Option<PathBuf>,
+    /// The VQAv2 annotations of the same split (v2_mscoco_*_annotations.json): print the VQA accuracy.
+    #[arg(long, value_name = "FILE", requires = "questions")]
+    pub annotations: Option<PathBuf>,
+    /// The COCO images folder of the questions file (COCO_<split>_<image_id:012>.jpg).
+    #[arg(long = "images", value_name = "DIR", requires = "questions")]
+    pub images_dir: Option<PathBuf>,
+    /// Where the submission [{"question_id", "answer"}] is written.
+    #[arg(long, value_name = "FILE", requires = "questions")]
+    pub out: Option<PathBuf>,
+    /// Ground-truth normalisation of the accuracy: official (the VQA evaluation, LAVIS) or full (lmms-eval).
+    #[arg(long, value_name = "MODE", default_value = "official")]
+    pub ground_truth: String,
+    /// Beams; 1 = greedy (generation.num_beams).
+    #[arg(long, value_name = "N")]
+    pub beams: Option<String>,
+    /// Whole-sequence length limit, [DEC] included (generation.max_length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<String>,
+    /// Minimum whole-sequence length (generation.min_length).
+    #[arg(long, value_name = "N")]
+    pub min_length: Option<String>,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Answer for at most the first N images given.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line: {"image", "question", "answer", "token_ids"}, or {"image", "question", "error"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG, JPEG, WebP). One output line per image, in order.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl VqaArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 5] = [
+            ("--model", "model.source", &self.model),
+            ("--beams", "generation.num_beams", &self.beams),
+            ("--max-length", "generation.max_length", &self.max_length),
+            ("--min-length", "generation.min_length", &self.min_length),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun match`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct MatchArgs {
+    /// BlipForImageTextRetrieval model directory or hub id (model.source), e.g. Salesforce/blip-itm-base-coco.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// The text matched against every image.
+    #[arg(long, value_name = "TEXT")]
+    pub text: String,
+    /// LAVIS's ITM input: [ENC] instead of [CLS] as the first token (ITC keeps [CLS]).
+    #[arg(long)]
+    pub enc: bool,
+    /// Images per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Score at most the first N images given.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line: {"image", "text", "itm_score", "itm_logit", "itc_score"}, or {"image", "text", "error"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files (PNG, JPEG, WebP). One output line per image, in order.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl MatchArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 2] = [
+            ("--model", "model.source", &self.model),
             ("--batch-size", "generation.batch_size", &self.batch_size),
         ];
         crate::config::FlagOverride::from_flags(&pairs)

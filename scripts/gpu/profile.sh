@@ -22,9 +22,9 @@ ncu=("$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page r
 if [ "$WHAT" = train ]; then
   [ -f /tmp/train-data/data.jsonl ] || python3 scripts/gpu/make_train_data.py /tmp/train-data
   # Two optimizer steps (the first includes one-time setup).
-  timeout 400 "${ncu[@]}" $bin/vlmrun-cuda --device cuda --precision "$PRECISION" --set model.source="$MODEL_DIR" \
+  timeout "${NCU_TIMEOUT:-400}" "${ncu[@]}" $bin/vlmrun-cuda --device cuda --precision "$PRECISION" --set model.source="$MODEL_DIR" \
     --set data.path=/tmp/train-data/data.jsonl --set output.dir=/tmp/ptrain --set train.batch_size="$BATCH" \
-    train --steps 2 --fresh > /tmp/ncu.csv 2> "$OUT/ncu_$WHAT.log"
+    train --steps "${TRAIN_STEPS:-2}" --fresh > /tmp/ncu.csv 2> "$OUT/ncu_$WHAT.log"
 else
   # One bench record: a warm-up-free end-to-end generate, the vision encoder, prefill + steps, generate again.
   timeout 400 "${ncu[@]}" $bin/vlmrun-cuda --device cuda --precision "$PRECISION" bench --model "$MODEL_DIR" \

@@ -15,7 +15,7 @@ set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-PARTS="${PARTS:-grads speed curve memory profile}"
+PARTS="${PARTS:-kernels grads speed curve memory profile}"
 LOSS_STEPS="${LOSS_STEPS:-300}"; BATCHES="${BATCHES:-8 16 24 48 64}"
 MODEL_DIR=/tmp/bench-base; DATA=/tmp/train-data
 bin=/tmp/vlmrun-bin; mkdir -p $bin
@@ -28,6 +28,13 @@ mkdir -p .device-bin && ln -sf "$PWD/carry/vlmrun-cuda.xz" .device-bin/vlmrun-cu
 common=(--device cuda --set model.source="$MODEL_DIR" --set data.path="$DATA/data.jsonl"
         --set train.shuffle=false --set train.lr=1e-5)
 has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if has kernels; then
+  echo "== 0. kernel tests against the composed ops"
+  t=$(ls carry/gpu_kernels* 2>/dev/null | head -1)
+  if [ -n "$t" ]; then xz -dc "$t" > /tmp/gpu_kernels && chmod +x /tmp/gpu_kernels && /tmp/gpu_kernels --nocapture 2>&1 | tail -40
+  else echo "no carry/gpu_kernels*.xz"; fi
+fi
 
 if has grads; then
   echo "== 1. step-1 gradients"
@@ -92,7 +99,7 @@ fi
 if has curve; then
   echo "== 3. $LOSS_STEPS-step loss curves, same data and order"
   $bin/vlmrun-cuda "${common[@]}" --precision bf16 --set output.dir=/tmp/t_curve --set train.batch_size=32 \
-    --set train.max_grad_norm=1.0 train --steps "$LOSS_STEPS" --fresh > "$OUT/curve_vlmrun.log" 2>&1 \
+    --set train.max_grad_norm=1.0 --set train.min_lr=1e-5 train --steps "$LOSS_STEPS" --fresh > "$OUT/curve_vlmrun.log" 2>&1 \
     || tail -20 "$OUT/curve_vlmrun.log"
   cp /tmp/t_curve/metrics.jsonl "$OUT/curve_vlmrun_metrics.jsonl" 2>/dev/null
   python3 scripts/gpu/pytorch_train.py --mode gpu --model-dir "$MODEL_DIR" --manifest "$DATA/data.jsonl" \
@@ -126,5 +133,6 @@ fi
 
 if has profile; then
   echo "== 5. kernel profile, two training steps at batch 32"
-  WHAT=train BATCH=32 bash scripts/gpu/profile.sh 2>&1 | tail -40
+  WHAT=train BATCH=32 TRAIN_STEPS="${TRAIN_STEPS:-1}" NCU_TIMEOUT="${NCU_TIMEOUT:-300}" \
+    bash scripts/gpu/profile.sh 2>&1 | tail -40
 fi

@@ -8,10 +8,13 @@ mod doctor_cmd;
 mod fetch_cmd;
 mod fidelity_cmd;
 mod interrupt;
+mod matching;
 mod merge_cmd;
 mod quantize_cmd;
 mod score_cmd;
 mod train_cmd;
+mod vqa;
+mod vqa_dataset;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, ConfigRequest};
@@ -35,6 +38,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     }
     let flags = match &cli.command {
         Command::Caption(args) => args.overrides(),
+        Command::Vqa(args) => args.overrides(),
+        Command::Match(args) => args.overrides(),
         Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
@@ -60,6 +65,8 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
     let runs_a_model = matches!(
         cli.command,
         Command::Caption(_)
+            | Command::Vqa(_)
+            | Command::Match(_)
             | Command::Baseline(_)
             | Command::Bench(_)
             | Command::Train(_)
@@ -82,6 +89,20 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             };
             caption_cmd::run(&context, images, args.json)
         }
+        Command::Vqa(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            vqa_command(&context, &args, images)
+        }
+        Command::Match(args) => {
+            let images = match args.limit {
+                Some(limit) => &args.images[..limit.min(args.images.len())],
+                None => &args.images[..],
+            };
+            matching::run(&context, images, &args.text, args.enc, args.json)
+        }
         Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),
         Command::Merge { output } => merge_cmd::run(&context, output.as_deref()),
@@ -95,6 +116,46 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
             references,
             json,
         } => score_cmd::run(&context, &predictions, &references, json),
+    }
+}
+
+/// `vlmrun vqa`: questions about images given on the command line, or a VQAv2 questions file.
+fn vqa_command(
+    context: &Context,
+    args: &crate::cli::VqaArgs,
+    images: &[String],
+) -> Result<Exit, Error> {
+    let ground_truth = match args.ground_truth.as_str() {
+        "official" => crate::metrics::vqa::GroundTruth::Official,
+        "full" => crate::metrics::vqa::GroundTruth::Full,
+        other => {
+            return Err(Error::Usage(format!(
+                "--ground-truth {other:?} is not a mode\n  fix: use official (the VQA evaluation) or full (lmms-eval)"
+            )))
+        }
+    };
+    match (&args.questions, &args.images_dir, &args.out, &args.question) {
+        (Some(questions), Some(images_dir), Some(out), _) => {
+            if !images.is_empty() {
+                return Err(Error::Usage(
+                    "IMAGE arguments and --questions exclude each other\n  fix: drop the images (they come from --images) or --questions".to_string(),
+                ));
+            }
+            let files = vqa_dataset::DatasetRun {
+                questions,
+                annotations: args.annotations.as_deref(),
+                images: images_dir,
+                out,
+                ground_truth,
+                limit: args.limit,
+            };
+            vqa_dataset::run(context, &files)
+        }
+        (_, _, _, Some(question)) => vqa::run(context, images, question, args.json),
+        _ => Err(Error::Usage(
+            "vqa needs --question TEXT IMAGE..., or --questions FILE --images DIR --out FILE"
+                .to_string(),
+        )),
     }
 }
 

@@ -99,6 +99,7 @@ pub fn assemble(config: &Config, active: &ActiveDevice) -> Result<Assembled, Eng
     let started = Instant::now();
     let Resolved { files, tokenizer } = resolve(config)?;
     let model_dir = files.weights;
+    check_captioning(&config.model.source, &model_dir)?;
     let quantization = quantization_format(config.quantization);
     let model = load_model_with(
         &model_dir,
@@ -128,4 +129,24 @@ pub fn assemble(config: &Config, active: &ActiveDevice) -> Result<Assembled, Eng
         quantization,
         load_seconds,
     })
+}
+
+/// Refuses a model directory whose `config.json` declares another head than captioning (a VQA or
+/// matching checkpoint has the same vision tower and decoder names, so it would load and caption
+/// nonsense). GGUF files and unreadable configs are left to the loader.
+fn check_captioning(source: &str, model_dir: &std::path::Path) -> Result<(), EngineError> {
+    use crate::models::registry::{architecture, Architecture};
+    let Ok(text) = std::fs::read_to_string(model_dir.join("config.json")) else {
+        return Ok(());
+    };
+    match architecture(&text) {
+        Ok(Architecture::Captioning) | Err(_) => Ok(()),
+        Ok(found) => {
+            let (command, _) = found.command_and_example();
+            Err(EngineError::Load(LoadError::WrongArchitecture(format!(
+                "{source} is a {} checkpoint (config.json architectures), not a BlipForConditionalGeneration\n  fix: use `vlmrun {command}` for it, or pass a captioning model (e.g. Salesforce/blip-image-captioning-base)",
+                found.class_name()
+            ))))
+        }
+    }
 }

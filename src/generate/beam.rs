@@ -7,24 +7,22 @@ use candle_core::{Tensor, D};
 
 use super::beam_state::{merge_beam_candidates, BeamState};
 use super::logits::{eos_suppression, top_k_rows, RepetitionPenalty, RowCandidates};
-use super::{
-    ensure_finite, index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig,
-};
+use super::{ensure_finite, index_tensor, prompt_tensor, GenerateError, GenerationConfig};
 use crate::kernels::fused::FusedOps;
-use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use crate::models::family::Decoder;
 
 /// Beam search for every image in `image_kv` from the decoder start sequence `prompt`.
-pub fn beam_search(
-    model: &BlipForConditionalGeneration,
-    mut image_kv: CrossAttentionKv,
+pub fn beam_search<M: Decoder>(
+    model: &M,
+    mut image_kv: M::Context,
     prompt: &[u32],
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
     let device = model.device().clone();
-    let batch = image_kv.images()?;
-    let vocab = model.config().text_config.vocab_size;
+    let batch = model.context_groups(&image_kv)?;
+    let vocab = model.vocab_size();
     let k = cfg.num_beams;
-    let ops = model.text_decoder().fused_ops();
+    let ops = model.fused_ops();
     let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
 
     let mut states: Vec<BeamState> = (0..batch)
@@ -38,8 +36,7 @@ pub fn beam_search(
     let mut cache = model.new_cache(batch, cfg.max_length)?;
     let mut penalty =
         RepetitionPenalty::if_enabled(cfg.repetition_penalty, prompt, batch, vocab, &device)?;
-    let logits = next_token_logits(
-        model,
+    let logits = model.next_token_logits(
         &prompt_tensor(prompt, batch, &device)?,
         &image_kv,
         &mut cache,
@@ -103,7 +100,7 @@ pub fn beam_search(
             break;
         }
         if kept_images.len() < active.len() {
-            image_kv = image_kv.select_images(&index_tensor(&kept_images, &device)?)?;
+            image_kv = model.select_groups(&image_kv, &index_tensor(&kept_images, &device)?)?;
         }
         let reorder = index_tensor(&reorder, &device)?;
         cache.select_rows(&reorder)?;
@@ -119,7 +116,7 @@ pub fn beam_search(
             p.select_rows(&reorder)?;
             p.record(&next)?;
         }
-        logits = next_token_logits(model, &next.unsqueeze(1)?, &image_kv, &mut cache)?;
+        logits = model.next_token_logits(&next.unsqueeze(1)?, &image_kv, &mut cache)?;
         ensure_finite(&logits, cur_len - prompt.len())?;
     }
     Ok(results)

@@ -5,26 +5,24 @@
 use candle_core::D;
 
 use super::logits::{eos_suppression, RepetitionPenalty};
-use super::{
-    ensure_finite, index_tensor, next_token_logits, prompt_tensor, GenerateError, GenerationConfig,
-};
-use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use super::{ensure_finite, index_tensor, prompt_tensor, GenerateError, GenerationConfig};
+use crate::models::family::Decoder;
 
 /// Greedy decoding of every image in `image_kv` from the decoder start sequence `prompt`.
-pub fn greedy_search(
-    model: &BlipForConditionalGeneration,
-    mut image_kv: CrossAttentionKv,
+pub fn greedy_search<M: Decoder>(
+    model: &M,
+    mut image_kv: M::Context,
     prompt: &[u32],
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
     let device = model.device().clone();
-    let batch = image_kv.images()?;
-    let vocab = model.config().text_config.vocab_size;
+    let batch = model.context_groups(&image_kv)?;
+    let vocab = model.vocab_size();
     let mut cache = model.new_cache(batch, cfg.max_length)?;
     let mut penalty =
         RepetitionPenalty::if_enabled(cfg.repetition_penalty, prompt, batch, vocab, &device)?;
     let eos_block = eos_suppression(cfg.eos, vocab, &device)?;
-    let ops = model.text_decoder().fused_ops();
+    let ops = model.fused_ops();
 
     let mut sequences: Vec<Vec<u32>> = vec![prompt.to_vec(); batch];
     // Original image index of each row still decoding.
@@ -32,7 +30,7 @@ pub fn greedy_search(
     let mut input = prompt_tensor(prompt, batch, &device)?;
     let mut cur_len = prompt.len();
     loop {
-        let mut scores = next_token_logits(model, &input, &image_kv, &mut cache)?;
+        let mut scores = model.next_token_logits(&input, &image_kv, &mut cache)?;
         ensure_finite(&scores, cur_len - prompt.len())?;
         if let Some(p) = &penalty {
             scores = p.apply(&scores)?;
@@ -68,7 +66,7 @@ pub fn greedy_search(
         if keep.len() < active.len() {
             let rows = index_tensor(&keep, &device)?;
             cache.select_rows(&rows)?;
-            image_kv = image_kv.select_images(&rows)?;
+            image_kv = model.select_groups(&image_kv, &rows)?;
             if let Some(p) = &mut penalty {
                 p.select_rows(&rows)?;
             }

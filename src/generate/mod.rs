@@ -1,5 +1,6 @@
 //! Caption generation with Hugging Face `generate` semantics (transformers 5.17): greedy search
-//! and beam search over the BLIP text decoder, batched over images, with an explicit KV cache.
+//! and beam search over a [`Decoder`] (BLIP captioning, BLIP question answering), batched, with an
+//! explicit KV cache.
 //!
 //! Sequences count from bos: `max_length`/`min_length` bound the whole sequence (bos and prompt
 //! included), as in `BlipForConditionalGeneration.generate`.
@@ -11,7 +12,8 @@ pub mod logits;
 
 use candle_core::Tensor;
 
-use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use crate::models::blip::BlipForConditionalGeneration;
+use crate::models::family::Decoder;
 
 /// Decoding parameters (HF `GenerationConfig` fields that BLIP captioning uses).
 #[derive(Debug, Clone, PartialEq)]
@@ -71,23 +73,24 @@ pub enum GenerateError {
 }
 
 impl GenerationConfig {
-    fn validate(&self, model: &BlipForConditionalGeneration) -> Result<(), GenerateError> {
-        let text = &model.config().text_config;
+    fn validate<M: Decoder>(&self, model: &M) -> Result<(), GenerateError> {
+        let vocab_size = model.vocab_size();
         let bad = |what: String| Err(GenerateError::InvalidConfig(what));
         if self.num_beams == 0 {
             return bad("num_beams must be at least 1".into());
         }
-        if 2 * self.num_beams > text.vocab_size {
+        if 2 * self.num_beams > vocab_size {
             return bad(format!(
                 "num_beams {} needs a vocabulary of at least {} tokens",
                 self.num_beams,
                 2 * self.num_beams
             ));
         }
-        if self.max_length > text.max_position_embeddings {
+        if self.max_length > model.max_positions() {
             return bad(format!(
                 "max_length {} exceeds the decoder's max_position_embeddings {}",
-                self.max_length, text.max_position_embeddings
+                self.max_length,
+                model.max_positions()
             ));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
@@ -103,10 +106,9 @@ impl GenerationConfig {
             ));
         }
         for (name, id) in [("bos", self.bos), ("eos", self.eos)] {
-            if id as usize >= text.vocab_size {
+            if id as usize >= vocab_size {
                 return bad(format!(
-                    "{name} id {id} is outside the vocabulary ({} tokens)",
-                    text.vocab_size
+                    "{name} id {id} is outside the vocabulary ({vocab_size} tokens)"
                 ));
             }
         }
@@ -136,10 +138,37 @@ pub fn generate(
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
     cfg.validate(model)?;
     let dims = pixel_values.dims().to_vec();
-    let batch = match dims.as_slice() {
-        [b, 3, _, _] => *b,
-        _ => return Err(GenerateError::BadPixelValues(dims)),
-    };
+    if !matches!(dims.as_slice(), [_, 3, _, _]) {
+        return Err(GenerateError::BadPixelValues(dims));
+    }
+    let prompt = checked_prompt(prompt_ids, cfg)?;
+    if dims.first() == Some(&0) {
+        return Ok(Vec::new());
+    }
+    let image_kv = model
+        .text_decoder()
+        .image_kv(&model.image_embeds(pixel_values)?)?;
+    search(model, image_kv, &prompt, cfg)
+}
+
+/// Generates from the decoder start `prompt_ids` for every group of `context` (e.g. one image's
+/// or one question's cross-attention keys/values): the sequences as [`generate`] returns them.
+pub fn generate_from<M: Decoder>(
+    model: &M,
+    context: M::Context,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    cfg.validate(model)?;
+    let prompt = checked_prompt(prompt_ids, cfg)?;
+    if model.context_groups(&context)? == 0 {
+        return Ok(Vec::new());
+    }
+    search(model, context, &prompt, cfg)
+}
+
+/// The decoder start sequence for `prompt_ids`, checked to leave room for one token.
+fn checked_prompt(prompt_ids: &[u32], cfg: &GenerationConfig) -> Result<Vec<u32>, GenerateError> {
     let prompt = decoder_start(prompt_ids, cfg.bos);
     if prompt.len() >= cfg.max_length {
         return Err(GenerateError::PromptTooLong {
@@ -147,32 +176,21 @@ pub fn generate(
             max_length: cfg.max_length,
         });
     }
-    if batch == 0 {
-        return Ok(Vec::new());
-    }
-    let image_kv = model
-        .text_decoder()
-        .image_kv(&model.image_embeds(pixel_values)?)?;
-    if cfg.num_beams == 1 {
-        greedy::greedy_search(model, image_kv, &prompt, cfg)
-    } else {
-        beam::beam_search(model, image_kv, &prompt, cfg)
-    }
+    Ok(prompt)
 }
 
-/// Runs the decoder on `input_ids` `(R, T)` and returns f32 logits of the last position, `(R, V)`.
-fn next_token_logits(
-    model: &BlipForConditionalGeneration,
-    input_ids: &Tensor,
-    image_kv: &CrossAttentionKv,
-    cache: &mut crate::models::kv_cache::KvCache,
-) -> candle_core::Result<Tensor> {
-    let t = input_ids.dim(1)?;
-    let hidden = model
-        .text_decoder()
-        .forward_hidden(input_ids, image_kv, cache)?;
-    let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-    model.text_decoder().logits(&last)
+/// Greedy or beam search, as `cfg.num_beams` says.
+fn search<M: Decoder>(
+    model: &M,
+    context: M::Context,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    if cfg.num_beams == 1 {
+        greedy::greedy_search(model, context, prompt, cfg)
+    } else {
+        beam::beam_search(model, context, prompt, cfg)
+    }
 }
 
 /// Errors with [`GenerateError::NonFiniteLogits`] when the f32 `logits` hold a NaN or an

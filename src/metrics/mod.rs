@@ -11,6 +11,7 @@ pub mod cider;
 mod ngrams;
 pub mod ptb;
 pub mod rouge;
+pub mod vqa;
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 pub mod blip;
 pub mod cpu_dense;
 pub mod cpu_qgemv;
+pub mod family;
 pub mod gguf;
 pub mod gradients;
 pub mod kv_cache;
@@ -10,6 +11,7 @@ pub mod linear;
 pub mod norm;
 pub mod projections;
 pub mod quantize;
+pub mod registry;
 
 /// `kernels::softmax` under its old path, for the attention code that still names it there.
 pub use crate::kernels::softmax;

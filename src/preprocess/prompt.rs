@@ -120,6 +120,33 @@ impl PromptTokenizer {
         }
     }
 
+    /// The id of `token` in the vocabulary (e.g. `[ENC]`), if present.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Encoder input ids for `text` as the BLIP processor tokenizes a question or a caption:
+    /// `[CLS] tokens... [SEP]`.
+    pub fn text_ids(&self, text: &str) -> Result<Vec<u32>, PromptError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|err| PromptError::Encode {
+                path: self.path.clone(),
+                prompt: text.to_string(),
+                detail: err.to_string(),
+            })?;
+        let ids = encoding.get_ids();
+        match ids {
+            [first, .., last] if *first == self.cls_id && *last == self.sep_id => Ok(ids.to_vec()),
+            _ => Err(PromptError::MissingSpecialTokens {
+                path: self.path.clone(),
+                prompt: text.to_string(),
+                ids: ids.to_vec(),
+            }),
+        }
+    }
+
     /// Training sequence for `prompt` + `caption` as LAVIS builds it: `[30522, tokens..., [SEP]]`,
     /// truncated to `max_tokens` ids (the `[SEP]` kept), and the number of leading ids that belong
     /// to the prompt (`[DEC]` included), which the loss ignores.

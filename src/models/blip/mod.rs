@@ -1,14 +1,20 @@
 //! BLIP image captioning (HF `BlipForConditionalGeneration`): the ViT vision tower and the BERT
-//! text decoder with cross-attention, loaded from Hugging Face weights.
+//! text decoder with cross-attention, loaded from Hugging Face weights; and BLIP visual question
+//! answering ([`vqa`]) from the same blocks plus the bidirectional question encoder
+//! ([`text_encoder`]).
 
 pub mod backprop;
 pub mod config;
+pub mod decoder;
 pub mod gguf;
+pub mod itm;
 pub mod load;
 pub mod text;
 pub mod text_attention;
+pub mod text_encoder;
 pub mod verify;
 pub mod vision;
+pub mod vqa;
 pub mod weights;
 
 use candle_core::quantized::GgmlDType;
@@ -16,10 +22,12 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{BlipConfig, BlipTextConfig, BlipVisionConfig};
+pub use itm::BlipForImageTextRetrieval;
 pub use load::{load_model, load_model_with};
 pub use text::BlipTextLMHeadModel;
 pub use text_attention::CrossAttentionKv;
 pub use vision::BlipVisionModel;
+pub use vqa::BlipForQuestionAnswering;
 pub use weights::{BlipWeights, LoadError};
 
 use crate::kernels::fused::FusedOps;

@@ -82,6 +82,9 @@ pub enum LoadError {
     },
     #[error(transparent)]
     GgufFile(Box<GgufError>),
+    /// `config.json` declares another BLIP head than the one asked for (the message names both).
+    #[error("{0}")]
+    WrongArchitecture(String),
     #[error("{path}: {problem}\n  fix: {fix}", path = .path.display())]
     Gguf {
         path: PathBuf,

@@ -1,0 +1,190 @@
+//! The question-answering engine of `vlmrun vqa`: a `BlipForQuestionAnswering` from
+//! `model.source` (checked to be one, by `config.json`'s `architectures`), its tokenizer, the
+//! image processor and the generation settings, bound to one device and dtype.
+//!
+//! Order of work per batch: tokenize the questions (`[CLS] question [SEP]`, right-padded with
+//! `[PAD]` and masked in the question encoder) -> vision + question encoder -> answer decoder from
+//! `[DEC]` through `generate` (greedy or beam, transformers semantics) -> decode.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use super::assemble::resolve;
+use super::settings::{generation_config, image_processor};
+use crate::config::Config;
+use crate::device::ActiveDevice;
+use crate::error::Error;
+use crate::generate::{generate_from, GenerationConfig};
+use crate::models::blip::weights::classify_build_error;
+use crate::models::blip::{BlipForQuestionAnswering, BlipWeights};
+use crate::models::registry::{architecture, Architecture};
+use crate::preprocess::prompt::PromptTokenizer;
+use crate::preprocess::upload::BatchUploader;
+use crate::preprocess::ImageProcessor;
+
+/// One generated answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// `[DEC]`, the generated ids and the final `[SEP]` when one was generated.
+    pub token_ids: Vec<u32>,
+    /// Decoded with special tokens skipped.
+    pub text: String,
+}
+
+pub struct Answerer {
+    model: BlipForQuestionAnswering,
+    tokenizer: PromptTokenizer,
+    processor: ImageProcessor,
+    uploader: BatchUploader,
+    generation: GenerationConfig,
+    active: ActiveDevice,
+}
+
+/// The error for a checkpoint of another family passed where `wanted` is needed.
+pub fn wrong_architecture(source: &str, found: Architecture, wanted: Architecture) -> Error {
+    let (command, _) = found.command_and_example();
+    let (_, example) = wanted.command_and_example();
+    Error::Model(format!(
+        "{source} is a {} checkpoint (config.json architectures), not a {}\n  fix: pass a {} model with --model (e.g. {example}), or use `vlmrun {command}` for this one",
+        found.class_name(),
+        wanted.class_name(),
+        wanted.class_name(),
+    ))
+}
+
+impl Answerer {
+    /// Resolves `model.source`, checks that it is a question-answering checkpoint and loads it in
+    /// the active precision (dense; GGUF files and quantization are captioning-only for now).
+    pub fn load(config: &Config, active: &ActiveDevice) -> Result<Answerer, Error> {
+        let resolved = resolve(config)?;
+        let dir = resolved.files.weights;
+        let source = &config.model.source;
+        if crate::models::blip::gguf::is_gguf_path(&dir) {
+            return Err(Error::Model(format!(
+                "{source}: GGUF files hold captioning models only\n  fix: point --model at a BlipForQuestionAnswering directory or hub id"
+            )));
+        }
+        let weights = BlipWeights::locate(&dir).map_err(|e| Error::Model(format!("{e:#}")))?;
+        let text = weights
+            .config_text()
+            .map_err(|e| Error::Model(format!("{e:#}")))?;
+        let found =
+            architecture(&text).map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
+        if found != Architecture::QuestionAnswering {
+            return Err(wrong_architecture(
+                source,
+                found,
+                Architecture::QuestionAnswering,
+            ));
+        }
+        let dtype = active.precision.dtype;
+        // SAFETY: read-only mapping; tensors are copied out while the model is built.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&weights.weight_files, dtype, &active.device)
+        }
+        .map_err(|e| Error::Model(format!("{:#}", weights.open_error(e))))?;
+        let model = BlipForQuestionAnswering::new(&weights.config, vb)
+            .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
+        let processor = image_processor(config, weights.config.vision_config.image_size);
+        let generation = generation_config(config, &weights.config);
+        Ok(Answerer {
+            model,
+            tokenizer: resolved.tokenizer,
+            processor,
+            uploader: BatchUploader::new(),
+            generation,
+            active: active.clone(),
+        })
+    }
+
+    /// The image processor (cheap to clone into preprocessing workers).
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// `[CLS] question [SEP]`, checked against the encoder's positions.
+    pub fn question_ids(&self, question: &str) -> Result<Vec<u32>, Error> {
+        let ids = self
+            .tokenizer
+            .text_ids(question)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let max = self.model.config().text_config.max_position_embeddings;
+        if ids.len() > max {
+            return Err(Error::Usage(format!(
+                "the question is {} tokens but the model takes at most {max} (max_position_embeddings)\n  fix: shorten the question",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Answers `questions[i]` about image `pixels[i]` (CHW f32 each, preprocessed).
+    pub fn answer_pixels(
+        &self,
+        pixels: &[Vec<f32>],
+        questions: &[Vec<u32>],
+    ) -> Result<Vec<Answer>, Error> {
+        if pixels.len() != questions.len() {
+            return Err(Error::Internal(format!(
+                "{} images but {} questions",
+                pixels.len(),
+                questions.len()
+            )));
+        }
+        if pixels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let internal = |what: &str, e: candle_core::Error| Error::Internal(format!("{what}: {e}"));
+        let device = &self.active.device;
+        let batch = self
+            .uploader
+            .upload(pixels, self.processor.size, device, self.model.dtype())
+            .map_err(|e| Error::Internal(format!("uploading the image batch: {e}")))?;
+        let (ids, mask) = padded_questions(questions, self.generation.pad, device)
+            .map_err(|e| internal("question batch", e))?;
+        let context = self
+            .model
+            .question_kv(&batch, &ids, mask.as_ref())
+            .map_err(|e| internal("encoding the questions", e))?;
+        let sequences = generate_from(&self.model, context, &[], &self.generation)
+            .map_err(|e| Error::Internal(format!("answer generation failed: {e}")))?;
+        sequences
+            .into_iter()
+            .map(|token_ids| {
+                let text = self
+                    .tokenizer
+                    .decode(&token_ids)
+                    .map_err(|e| Error::Internal(format!("decoding tokens: {e}")))?;
+                Ok(Answer { token_ids, text })
+            })
+            .collect()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.model.dtype()
+    }
+}
+
+/// Right-pads `questions` with `pad` into `(B, T)` u32 ids and, when any is padded, the 1/0
+/// attention mask.
+pub fn padded_questions(
+    questions: &[Vec<u32>],
+    pad: u32,
+    device: &candle_core::Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let longest = questions.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(questions.len() * longest);
+    let mut mask = Vec::with_capacity(questions.len() * longest);
+    for q in questions {
+        ids.extend(q.iter().copied());
+        ids.extend(std::iter::repeat_n(pad, longest - q.len()));
+        mask.extend(std::iter::repeat_n(1u32, q.len()));
+        mask.extend(std::iter::repeat_n(0u32, longest - q.len()));
+    }
+    let ids = Tensor::from_vec(ids, (questions.len(), longest), device)?;
+    let padded = questions.iter().any(|q| q.len() < longest);
+    let mask = padded
+        .then(|| Tensor::from_vec(mask, (questions.len(), longest), device))
+        .transpose()?;
+    Ok((ids, mask))
+}
