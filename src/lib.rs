@@ -9,13 +9,18 @@
 //! commands/      one file per subcommand: parsed arguments -> a job's options -> the job's run
 //! baseline/ bench/ doctor/ fidelity/ train/   the jobs, siblings (baseline/shards/: the ranks of a
 //!                data-parallel baseline, their done files, the merge);  cli.rs  the command line
-//! engine/        the one assembly of a runnable model from the configuration; the captioner
-//! generate/      greedy and beam search over the model's decoder and KV cache
-//! models/        BLIP, shared layers (linear, norm, projections), weight formats (GGUF,
-//!                quantization), the KV cache
+//! engine/        the one assembly of a runnable model from the configuration; the captioner, the
+//!                VQA answerer, the image-text matcher
+//! generate/      greedy and beam search over the model seam (`models::family::Decoder`)
+//! models/        the seam (family.rs) and the family registry (registry.rs); BLIP captioning, VQA
+//!                and retrieval, each layer's training forward/backward (blip/backprop/); shared
+//!                layers (linear, norm, projections, CPU GEMV), parameter gradients by name,
+//!                weight formats (GGUF, quantization), the KV cache
 //! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
 //!                the f32-accumulating softmax; training kernels with a backward pass, one folder
-//!                per op (attention, gelu, adamw: kernel.cu, cuda.rs, the entry point)
+//!                per op (attention, gelu, layer_norm, cross_entropy, adamw: kernel.cu, cuda.rs,
+//!                the entry point); backprop.rs: each training op's forward and backward, kernel or
+//!                composed
 //! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
 //!                metrics and caption scoring; decode, Pillow-exact resize, normalize, prompt tokens;
 //!                atomic reports, the GPU memory monitor, charts, the output directory, progress
