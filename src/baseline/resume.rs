@@ -9,7 +9,7 @@
 //! dropped from the file and the image captioned again, with a warning.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,7 @@ fn read(path: &Path) -> Result<Option<SettingsRecord>, Error> {
 pub fn drop_changed_images(
     items: &[Item],
     resumed: &mut Resumed,
-    predictions_path: &PathBuf,
+    predictions_path: &Path,
 ) -> Result<usize, Error> {
     let by_id: HashMap<&str, &Item> = items.iter().map(|item| (item.id.as_str(), item)).collect();
     let unchanged = |prediction: &Prediction| match by_id.get(prediction.id.as_str()) {
@@ -148,7 +148,7 @@ pub fn drop_changed_images(
         predictions::rewrite(predictions_path, &resumed.predictions).map_err(|err| {
             Error::Output {
                 what: "predictions",
-                path: predictions_path.clone(),
+                path: predictions_path.to_path_buf(),
                 source: std::io::Error::other(err.to_string()),
             }
         })?;

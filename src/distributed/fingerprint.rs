@@ -100,12 +100,12 @@ pub fn settings(
     };
     add(
         "quantization",
-        serde_json::to_value(&config.quantization),
+        serde_json::to_value(config.quantization),
         &[],
     );
     add(
         "precision_fallback",
-        serde_json::to_value(&config.precision_fallback),
+        serde_json::to_value(config.precision_fallback),
         &[],
     );
     add("model", serde_json::to_value(&config.model), &["offline"]);

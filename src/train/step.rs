@@ -100,17 +100,17 @@ pub fn step(
         let indices = order.take(state.samples_seen, train.batch_size);
         state.samples_seen += train.batch_size as u64;
         let (pixels, batch) = inputs
-            .batch(&indices, dtype, &dev)
+            .batch(&indices, dtype, dev)
             .map_err(|err| Error::Input(err.to_string()))?;
         let micro = forward_backward(
-            &params,
+            params,
             &weights.config,
             dtype,
-            &dev,
+            dev,
             &pixels,
             &batch,
             train,
-            &scaler,
+            scaler,
             train_ops,
         )?;
         loss += micro.loss / train.grad_accumulation as f64;
