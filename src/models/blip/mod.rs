@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod gguf;
 pub mod itm;
 pub mod load;
+pub mod load_error;
 pub mod text;
 pub mod text_attention;
 pub mod text_encoder;

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::weights::LoadError;
+use super::load_error::LoadError;
 
 /// The largest header a safetensors file may have (the format's own limit: 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
