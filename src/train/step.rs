@@ -65,19 +65,22 @@ pub fn step(
     } = session;
     let (train, dtype) = (*train, *dtype);
     let step_started = Instant::now();
+    let micro_batches = train.grad_accumulation;
     let mut loss = 0.0;
-    let mut grads: Option<ParamGrads> = None;
-    if explicit_backward(train, &weights.config) {
+    let mut next_batch = || {
+        let indices = order.take(state.samples_seen, train.batch_size);
+        state.samples_seen += train.batch_size as u64;
+        inputs
+            .batch(&indices, dtype, dev)
+            .map_err(|err| Error::Input(err.to_string()))
+    };
+    let mut grads = if explicit_backward(train, &weights.config) {
         // One model build per step (not per micro-batch), from the updated master weights.
         let model = compute_model(params, &weights.config, dtype, dev, FusedOps::disabled())?;
         let mut named = NamedGrads::new(params.trainable().map(|p| p.name.clone()));
-        let grad_factor = scaler.scale() / train.grad_accumulation as f64;
-        for _ in 0..train.grad_accumulation {
-            let indices = order.take(state.samples_seen, train.batch_size);
-            state.samples_seen += train.batch_size as u64;
-            let (pixels, batch) = inputs
-                .batch(&indices, dtype, dev)
-                .map_err(|err| Error::Input(err.to_string()))?;
+        let grad_factor = scaler.scale() / micro_batches as f64;
+        for _ in 0..micro_batches {
+            let (pixels, batch) = next_batch()?;
             let targets = CaptionTargets {
                 input_ids: &batch.input_ids,
                 targets: &batch.targets,
@@ -88,38 +91,33 @@ pub fn step(
             let micro = model
                 .train_caption_step(&pixels, targets, grad_factor, backprop_ops, &mut named)
                 .map_err(|err| Error::Internal(format!("training step: {err}")))?;
-            loss += micro / train.grad_accumulation as f64;
+            loss += micro / micro_batches as f64;
         }
         drop(model);
-        grads = Some(ParamGrads::from_named(named.into_map(), params).map_err(internal)?);
-    }
-    for _ in 0..train.grad_accumulation {
-        if grads.is_some() {
-            break;
+        ParamGrads::from_named(named.into_map(), params).map_err(internal)?
+    } else {
+        let mut sum: Option<ParamGrads> = None;
+        for _ in 0..micro_batches {
+            let (pixels, batch) = next_batch()?;
+            let micro = forward_backward(
+                params,
+                &weights.config,
+                dtype,
+                dev,
+                &pixels,
+                &batch,
+                train,
+                scaler,
+                train_ops,
+            )?;
+            loss += micro.loss / micro_batches as f64;
+            match sum.as_mut() {
+                None => sum = Some(micro.grads),
+                Some(sum) => sum.accumulate(micro.grads).map_err(internal)?,
+            }
         }
-        let indices = order.take(state.samples_seen, train.batch_size);
-        state.samples_seen += train.batch_size as u64;
-        let (pixels, batch) = inputs
-            .batch(&indices, dtype, dev)
-            .map_err(|err| Error::Input(err.to_string()))?;
-        let micro = forward_backward(
-            params,
-            &weights.config,
-            dtype,
-            dev,
-            &pixels,
-            &batch,
-            train,
-            scaler,
-            train_ops,
-        )?;
-        loss += micro.loss / train.grad_accumulation as f64;
-        match grads.as_mut() {
-            None => grads = Some(micro.grads),
-            Some(sum) => sum.accumulate(micro.grads).map_err(internal)?,
-        }
-    }
-    let mut grads = grads.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?;
+        sum.ok_or_else(|| Error::Internal("no micro-batch ran".into()))?
+    };
     if let Some(path) = dump_grads {
         save_grads(&grads, loss, path)?;
     }

@@ -84,7 +84,7 @@ impl BlipVisionEmbeddings {
         grads: &mut NamedGrads,
         path: &ParamPath,
     ) -> Result<()> {
-        let (b, n, d) = d_embeddings.dims3()?;
+        let (_, n, d) = d_embeddings.dims3()?;
         let p = self.patch_size;
         let d_f32 = d_embeddings.to_dtype(DType::F32)?;
         grads.add_shaped(path.name("position_embedding"), &d_f32.sum(0)?, &[1, n, d])?;
@@ -101,7 +101,6 @@ impl BlipVisionEmbeddings {
         if let Some(db) = &g.db {
             grads.add(conv.name("bias"), db)?;
         }
-        let _ = b;
         Ok(())
     }
 }
