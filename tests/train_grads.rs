@@ -74,6 +74,53 @@ fn relative_max_error(a: &Tensor, b: &Tensor, floor: f32) -> f32 {
     diff.to_scalar::<f32>().unwrap() / max_abs(b).max(floor).max(f32::MIN_POSITIVE)
 }
 
+/// The worst relative error over `names` of `gradient(name)` against the fixture's PyTorch
+/// gradients (the word embeddings by their norm and the rows the batch used), printing each.
+fn worst_gradient_error(
+    fx: &Fixture,
+    names: &[String],
+    gradient: impl Fn(&str) -> Tensor,
+) -> (String, f32) {
+    let dev = Device::Cpu;
+    let largest = fx
+        .tensors
+        .iter()
+        .filter(|(name, _)| name.starts_with("grad"))
+        .map(|(_, t)| max_abs(t))
+        .fold(0f32, f32::max);
+    let floor = SCALE_FLOOR * largest;
+    let mut worst = (String::new(), 0f32);
+    for name in names {
+        let grad = gradient(name);
+        let error = if name == WORD_EMBEDDINGS {
+            let rows: Vec<u32> = fx.meta["word_embedding_rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap() as u32)
+                .collect();
+            let rows = Tensor::new(rows.as_slice(), &dev).unwrap();
+            let norm = grad.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+            let expected_norm = &fx.tensors[&format!("grad_norm.{name}")];
+            let norm_error = relative_max_error(&norm.reshape(1).unwrap(), expected_norm, floor);
+            let row_error = relative_max_error(
+                &grad.index_select(&rows, 0).unwrap(),
+                &fx.tensors[&format!("grad_rows.{name}")],
+                floor,
+            );
+            norm_error.max(row_error)
+        } else {
+            let expected = &fx.tensors[&format!("grad.{name}")];
+            relative_max_error(&grad.reshape(expected.shape()).unwrap(), expected, floor)
+        };
+        println!("{name}: relative max error {error:.2e}");
+        if error > worst.1 {
+            worst = (name.clone(), error);
+        }
+    }
+    worst
+}
+
 fn caption_batch(fx: &Fixture, dev: &Device) -> CaptionBatch {
     let tokenizer = PromptTokenizer::from_file("models/tiny-blip/tokenizer.json").unwrap();
     let prompt = fx.meta["prompt"].as_str().unwrap();
@@ -139,44 +186,12 @@ fn loss_and_every_gradient_match_pytorch() {
         vars.len(),
         "every parameter has a gradient in PyTorch"
     );
-    let largest = fx
-        .tensors
-        .iter()
-        .filter(|(name, _)| name.starts_with("grad"))
-        .map(|(_, t)| max_abs(t))
-        .fold(0f32, f32::max);
-    let floor = SCALE_FLOOR * largest;
-    let mut worst = (String::new(), 0f32);
-    for name in &names {
-        let var = &vars[name];
-        let grad = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient reached {name}"));
-        let error = if name == WORD_EMBEDDINGS {
-            let rows: Vec<u32> = fx.meta["word_embedding_rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_u64().unwrap() as u32)
-                .collect();
-            let rows = Tensor::new(rows.as_slice(), &dev).unwrap();
-            let norm = grad.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-            let expected_norm = &fx.tensors[&format!("grad_norm.{name}")];
-            let norm_error = relative_max_error(&norm.reshape(1).unwrap(), expected_norm, floor);
-            let row_error = relative_max_error(
-                &grad.index_select(&rows, 0).unwrap(),
-                &fx.tensors[&format!("grad_rows.{name}")],
-                floor,
-            );
-            norm_error.max(row_error)
-        } else {
-            relative_max_error(grad, &fx.tensors[&format!("grad.{name}")], floor)
-        };
-        println!("{name}: relative max error {error:.2e}");
-        if error > worst.1 {
-            worst = (name.clone(), error);
-        }
-    }
+    let worst = worst_gradient_error(&fx, &names, |name| {
+        grads
+            .get(vars[name].as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reached {name}"))
+            .clone()
+    });
     println!("worst: {} {:.2e}", worst.0, worst.1);
     assert!(
         worst.1 < GRAD_TOLERANCE,
@@ -231,44 +246,12 @@ fn explicit_backward_matches_pytorch_for_every_parameter() {
     println!("loss: explicit {loss:.6} pytorch {theirs:.6}");
     assert!(((loss - theirs) / theirs).abs() < 1e-5);
     let grads = grads.into_map();
-    let largest = fx
-        .tensors
-        .iter()
-        .filter(|(name, _)| name.starts_with("grad"))
-        .map(|(_, t)| max_abs(t))
-        .fold(0f32, f32::max);
-    let floor = SCALE_FLOOR * largest;
-    let mut worst = (String::new(), 0f32);
-    for name in &names {
-        let grad = grads
+    let worst = worst_gradient_error(&fx, &names, |name| {
+        grads
             .get(name)
-            .unwrap_or_else(|| panic!("the explicit backward gave {name} no gradient"));
-        let error = if name == WORD_EMBEDDINGS {
-            let rows: Vec<u32> = fx.meta["word_embedding_rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_u64().unwrap() as u32)
-                .collect();
-            let rows = Tensor::new(rows.as_slice(), &dev).unwrap();
-            let norm = grad.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-            let expected_norm = &fx.tensors[&format!("grad_norm.{name}")];
-            relative_max_error(&norm.reshape(1).unwrap(), expected_norm, floor).max(
-                relative_max_error(
-                    &grad.index_select(&rows, 0).unwrap(),
-                    &fx.tensors[&format!("grad_rows.{name}")],
-                    floor,
-                ),
-            )
-        } else {
-            let expected = &fx.tensors[&format!("grad.{name}")];
-            relative_max_error(&grad.reshape(expected.shape()).unwrap(), expected, floor)
-        };
-        println!("{name}: relative max error {error:.2e}");
-        if error > worst.1 {
-            worst = (name.clone(), error);
-        }
-    }
+            .unwrap_or_else(|| panic!("the explicit backward gave {name} no gradient"))
+            .clone()
+    });
     assert_eq!(
         grads.len(),
         names.len(),
