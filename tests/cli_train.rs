@@ -241,6 +241,52 @@ fn bad_inputs_stop_before_training_with_their_exit_codes() {
     let output = train(&out, &sets, &[]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("train.label_smoothing"));
+
+    // A gradient dump into a folder that does not exist: usage error (2) before any step.
+    let missing = dir.path().join("no-such-folder").join("grads.safetensors");
+    let output = train(
+        &out,
+        &SMALL,
+        &["--steps", "1", "--dump-grads", missing.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--dump-grads"));
+    assert!(!out.join("checkpoints").exists());
+}
+
+/// `--dump-grads` writes the first step's gradient of every trainable parameter (and the loss)
+/// and training goes on; `train.freeze_vision` leaves the vision tower out of the dump.
+#[test]
+fn the_gradient_dump_holds_every_trainable_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("train");
+    let dump = dir.path().join("grads.safetensors");
+    let mut sets = SMALL.to_vec();
+    sets.push("train.freeze_vision=true");
+    let output = train(
+        &out,
+        &sets,
+        &["--steps", "2", "--dump-grads", dump.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let grads = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    let weights = candle_core::safetensors::load(
+        Path::new(ROOT).join("models/tiny-blip/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let loss = grads["__loss__"].to_vec1::<f32>().unwrap()[0];
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    for (name, weight) in &weights {
+        match grads.get(name) {
+            Some(grad) => {
+                assert!(!name.starts_with("vision_model."), "{name} is frozen");
+                assert_eq!(grad.dims(), weight.dims(), "{name}");
+            }
+            None => assert!(name.starts_with("vision_model."), "no gradient for {name}"),
+        }
+    }
+    assert_eq!(summary(&out)["steps"].as_u64(), Some(2));
 }
 
 #[test]

@@ -134,6 +134,19 @@ pub fn prepare<'a>(
             config.quantization
         )));
     }
+    if let Some(path) = &options.dump_grads {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "--dump-grads {}: the folder {} does not exist\n  fix: create it, or give a file in an existing folder",
+                path.display(),
+                parent.display()
+            )));
+        }
+    }
     let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
     let data =
         TrainData::split(items, train.eval_images).map_err(|err| Error::Input(err.to_string()))?;
