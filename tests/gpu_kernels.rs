@@ -382,4 +382,45 @@ fn explicit_train_ops_match_the_composed_ops() {
         println!("causal self-attention {what}: {e:.2e}");
         assert!(e < tol, "self-attention {what} {e}");
     }
+
+    // Bias + residual adds: 16-byte path (width 768), any-width path (the vocabulary, 30524),
+    // an unaligned start (a narrowed residual), and each operand alone. One bf16 rounding of an
+    // f32 sum: within 2^-8 of the largest entry.
+    for (rows, width) in [(1155, 768), (37, 30524)] {
+        let x = bf16(Tensor::randn(0f32, 1.0, (rows, width), &dev).unwrap());
+        let bias = bf16(Tensor::randn(0f32, 1.0, width, &dev).unwrap());
+        let wide = bf16(Tensor::randn(0f32, 1.0, (rows, width + 3), &dev).unwrap());
+        let residual = wide.narrow(1, 3, width).unwrap().contiguous().unwrap();
+        let shifted = wide
+            .flatten_all()
+            .unwrap()
+            .narrow(0, 3, rows * width)
+            .unwrap();
+        let shifted = shifted.reshape((rows, width)).unwrap();
+        for (what, b, r) in [
+            ("bias + residual", Some(&bias), Some(&residual)),
+            ("bias", Some(&bias), None),
+            ("residual", None, Some(&residual)),
+            ("unaligned residual", Some(&bias), Some(&shifted)),
+        ] {
+            let ours = fused.add(&x, b, r).unwrap();
+            let reference = composed
+                .add(&f32(&x), b.map(f32).as_ref(), r.map(f32).as_ref())
+                .unwrap();
+            let e = rel_max_error(&ours, &reference);
+            println!("add {what} ({rows} x {width}): {e:.2e}");
+            assert!(e < 1e-2, "add {what} {e}");
+        }
+    }
+    let x = bf16(Tensor::randn(0f32, 1.0, (64, 768), &dev).unwrap());
+    let w = bf16(Tensor::randn(0f32, 0.05, (256, 768), &dev).unwrap());
+    let b = bf16(Tensor::randn(0f32, 1.0, 256, &dev).unwrap());
+    let r = bf16(Tensor::randn(0f32, 1.0, (64, 256), &dev).unwrap());
+    let ours = fused.linear(&x, &w, Some(&b), Some(&r)).unwrap();
+    let reference = composed
+        .linear(&f32(&x), &f32(&w), Some(&f32(&b)), Some(&f32(&r)))
+        .unwrap();
+    let e = rel_max_error(&ours, &reference);
+    println!("linear + bias + residual: {e:.2e}");
+    assert!(e < 1e-2, "linear {e}");
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::add::{composed_add, FusedAdd};
 use super::attention::{AttentionStats, FusedAttention};
 use super::cross_entropy::{composed_forward_backward, FusedCrossEntropy};
 use super::gelu::FusedGelu;
@@ -18,6 +19,7 @@ pub struct TrainOps {
     gelu: FusedGelu,
     layer_norm: FusedLayerNorm,
     cross_entropy: FusedCrossEntropy,
+    add: FusedAdd,
 }
 
 /// What an attention forward keeps for its backward.
@@ -48,12 +50,42 @@ impl TrainOps {
             gelu: FusedGelu::for_device(device)?,
             layer_norm: FusedLayerNorm::for_device(device)?,
             cross_entropy: FusedCrossEntropy::for_device(device)?,
+            add: FusedAdd::for_device(device)?,
         })
     }
 
     /// Every op composed (the reference).
     pub fn composed() -> Self {
         Self::default()
+    }
+
+    /// `x W^T + b (+ residual)` for `x` `(..., K)`, `w` `(N, K)`: the matmul, then the bias and
+    /// residual in one pass (see [`Self::add`]).
+    pub fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.add(&linear(x, w, None)?, b, residual)
+    }
+
+    /// `x + bias + residual` (`bias` `(d)` broadcast over the rows of `x` `(..., d)`, `residual`
+    /// shaped like `x`; either may be absent).
+    pub fn add(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if bias.is_none() && residual.is_none() {
+            return Ok(x.clone());
+        }
+        match self.add.add(x, bias, residual)? {
+            Some(y) => Ok(y),
+            None => composed_add(x, bias, residual),
+        }
     }
 
     /// `LayerNorm(x)` over the last dimension (the inference kernel).

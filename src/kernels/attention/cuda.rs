@@ -21,9 +21,12 @@ pub const HEAD_DIM: usize = 64;
 const TILE: usize = 64;
 /// Shared-memory row stride of the backward kernel's tiles (elements), as `ATT_LD`.
 const SMEM_LD: usize = 72;
-/// Dynamic shared memory of the backward kernel: six 64-row tiles of 16-bit values and the
-/// log-sum-exp and delta of 64 rows.
-const BWD_SHARED_BYTES: usize = 6 * TILE * SMEM_LD * 2 + 2 * TILE * 4;
+/// Dynamic shared memory of the backward kernel (`ATT_BWD_SHARED`): seven 64-row tiles of 16-bit
+/// values (K, V, dS^T, two Q, two dO) and two sets of the log-sum-exp and delta of 64 rows.
+const BWD_SHARED_BYTES: usize = 7 * TILE * SMEM_LD * 2 + 4 * TILE * 4;
+/// The kernels copy tiles 16 bytes at a time: row strides and starts are multiples of this many
+/// elements.
+const ALIGN: usize = 8;
 
 const SOURCE: &str = include_str!("kernel.cu");
 
@@ -54,8 +57,14 @@ pub struct AttentionKernels {
 impl AttentionKernels {
     /// Compiles `kernel.cu` with NVRTC and loads it into `dev`'s context.
     pub fn load(dev: &CudaDevice) -> Result<Self> {
-        // mma.sync with bf16 operands and cvt.rn.bf16x2 need sm_80 (Ampere) or newer.
-        let module = load_module(dev, SOURCE, "fused attention", Some("compute_80"))?;
+        // mma.sync with bf16 operands, cp.async, ldmatrix and cvt.rn.bf16x2 need sm_80 (Ampere)
+        // or newer; Hopper's vector reductions (the backward's dQ) need sm_90 code.
+        let arch = if compute_capability(dev)? >= (9, 0) {
+            "compute_90"
+        } else {
+            "compute_80"
+        };
+        let module = load_module(dev, SOURCE, "fused attention", Some(arch))?;
         let typed = |suffix: &str| -> Result<Typed> {
             let bwd = module
                 .load_function(&format!("attention_bwd_{suffix}"))
@@ -112,10 +121,20 @@ fn from<T: DeviceRepr>(slice: &CudaSlice<T>, start: usize) -> CudaView<'_, T> {
 
 fn contiguous_start(layout: &Layout, what: &str) -> Result<usize> {
     match layout.contiguous_offsets() {
-        Some((start, _)) if start % 2 == 0 => Ok(start),
-        Some(_) => bail!("fused attention: {what} must start at an even element offset"),
+        Some((start, _)) if start % ALIGN == 0 => Ok(start),
+        Some(_) => bail!("fused attention: {what} must start at a multiple of {ALIGN} elements"),
         None => bail!("fused attention: {what} must be contiguous"),
     }
+}
+
+/// Storage offsets the kernels can copy from 16 bytes at a time.
+fn aligned(starts: &[usize], what: &str) -> Result<()> {
+    if starts.iter().any(|s| s % ALIGN != 0) {
+        bail!(
+            "fused attention: {what} must start at a multiple of {ALIGN} elements, got {starts:?}"
+        );
+    }
+    Ok(())
 }
 
 /// The shape of a packed `(B, N, 3 * heads * 64)` query/key/value tensor.
@@ -413,7 +432,7 @@ impl Placement {
             && self.v_col + d <= self.kv_row
             && [self.q_row, self.q_col, self.kv_row, self.k_col, self.v_col]
                 .iter()
-                .all(|v| v % 2 == 0)
+                .all(|v| v % ALIGN == 0)
             && self.batch > 0
             && self.batch <= 65_535
             && self.heads > 0
@@ -449,6 +468,7 @@ pub fn forward(
     let d = at.heads * HEAD_DIM;
     let (qs, q0) = cuda_storage(q, "attention queries")?;
     let (ks, k0) = cuda_storage(kv, "attention keys/values")?;
+    aligned(&[q0, k0], "queries / keys-values")?;
     let typed = kernels.typed(q.dtype())?;
     let (nq, nk, heads) = (at.nq as i32, at.nk as i32, at.heads as i32);
     let (q_row, kv_row, o_row) = (at.q_row as i64, at.kv_row as i64, d as i64);
@@ -519,6 +539,10 @@ pub fn backward(
     let (ks, k0) = cuda_storage(kv, "attention keys/values")?;
     let (os, o0) = cuda_storage(out, "attention output")?;
     let (gs, g0) = cuda_storage(dout, "attention output gradient")?;
+    aligned(
+        &[q0, k0, o0, g0],
+        "queries / keys-values / output / output gradient",
+    )?;
     let typed = kernels.typed(q.dtype())?;
     let (nq, nk, heads) = (at.nq as i32, at.nk as i32, at.heads as i32);
     let (q_row, kv_row, o_row) = (at.q_row as i64, at.kv_row as i64, d as i64);

@@ -83,7 +83,7 @@ impl BlipTextSelfOutput {
         ops: &TrainOps,
     ) -> Result<(Tensor, Tensor)> {
         let (w, b) = dense(&self.dense, "output.dense")?;
-        let sum = (linear(context, &w, b.as_ref())? + residual)?;
+        let sum = ops.linear(context, &w, b.as_ref(), Some(residual))?;
         let out = norm(ops, &sum, &self.layer_norm)?;
         Ok((sum, out))
     }
@@ -137,14 +137,14 @@ impl BlipTextLayer {
     ) -> Result<(Tensor, LayerTape)> {
         let sa = &self.attention;
         let (w, b) = dense(&sa.qkv, "attention.self.qkv")?;
-        let qkv = linear(x, &w, b.as_ref())?;
+        let qkv = ops.linear(x, &w, b.as_ref(), None)?;
         let (self_context, self_saved) = ops.self_attention(&qkv, sa.num_heads, 1.0, true)?;
         let (self_sum, after_self) = sa.output.train_forward(&self_context, x, ops)?;
         let ca = &self.crossattention;
         let (wq, bq) = dense(&ca.query, "crossattention.self.query")?;
-        let query = linear(&after_self, &wq, bq.as_ref())?;
+        let query = ops.linear(&after_self, &wq, bq.as_ref(), None)?;
         let (wkv, bkv) = dense(&ca.key_value, "crossattention.self.key_value")?;
-        let kv = linear(image_embeds, &wkv, bkv.as_ref())?;
+        let kv = ops.linear(image_embeds, &wkv, bkv.as_ref(), None)?;
         let (cross_context, cross_saved) = ops.cross_attention(&query, &kv, ca.num_heads, 1.0)?;
         let (cross_sum, after_cross) = ca.output.train_forward(&cross_context, &after_self, ops)?;
         let ff = &self.feed_forward;
@@ -155,7 +155,7 @@ impl BlipTextLayer {
         };
         let activated = ops.bias_gelu(&intermediate, &b1)?;
         let (w2, b2) = dense(&ff.output, "output.dense")?;
-        let ffn_sum = (linear(&activated, &w2, b2.as_ref())? + &after_cross)?;
+        let ffn_sum = ops.linear(&activated, &w2, b2.as_ref(), Some(&after_cross))?;
         let out = norm(ops, &ffn_sum, &ff.output_norm)?;
         let tape = LayerTape {
             x: x.clone(),
@@ -216,7 +216,8 @@ impl BlipTextLayer {
             &g1.dw,
             Some(&db1),
         )?;
-        let d_after_cross = (d_sum + g1.dx.ok_or_else(|| no_dx("intermediate.dense"))?)?;
+        let d_inter_x = g1.dx.ok_or_else(|| no_dx("intermediate.dense"))?;
+        let d_after_cross = ops.add(&d_sum, None, Some(&d_inter_x))?;
         // Cross-attention: c = LN(dense(cross(query(a), kv(image))) + a).
         let ca = &self.crossattention;
         let cross_path = path.pp("crossattention");
@@ -248,7 +249,8 @@ impl BlipTextLayer {
             gq.db.as_ref(),
             scale,
         )?;
-        d_after_self = (d_after_self + gq.dx.ok_or_else(|| no_dx("crossattention query"))?)?;
+        let d_query_x = gq.dx.ok_or_else(|| no_dx("crossattention query"))?;
+        d_after_self = ops.add(&d_after_self, None, Some(&d_query_x))?;
         let (wkv, bkv) = dense(&ca.key_value, "crossattention.self.key_value")?;
         let gkv = linear_backward(image_embeds, &wkv, bkv.is_some(), &d_kv, d_image.is_some())?;
         add_stacked(
@@ -259,7 +261,7 @@ impl BlipTextLayer {
             1.0,
         )?;
         if let (Some(sum), Some(dx)) = (d_image.as_mut(), gkv.dx) {
-            *sum = (&*sum + dx)?;
+            *sum = ops.add(sum, None, Some(&dx))?;
         }
         // Self-attention: a = LN(dense(causal(qkv(x))) + x).
         let sa = &self.attention;
@@ -292,7 +294,11 @@ impl BlipTextLayer {
             g.db.as_ref(),
             scale,
         )?;
-        d_x + g.dx.ok_or_else(|| no_dx("attention qkv"))?
+        ops.add(
+            &d_x,
+            None,
+            Some(&g.dx.ok_or_else(|| no_dx("attention qkv"))?),
+        )
     }
 }
 
@@ -370,7 +376,7 @@ impl BlipTextLMPredictionHead {
         let activated = ops.bias_gelu(&transform, &bt)?;
         let normed = norm(ops, &activated, &self.transform_norm)?;
         let (wd, bd) = dense(&self.decoder, "the LM head decoder")?;
-        let logits = linear(&normed, &wd, bd.as_ref())?;
+        let logits = ops.linear(&normed, &wd, bd.as_ref(), None)?;
         let tape = HeadTape {
             hidden: hidden.clone(),
             transform,

@@ -57,7 +57,7 @@ pub struct VisionTape {
 }
 
 impl BlipVisionEmbeddings {
-    fn train_forward(&self, pixel_values: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn train_forward(&self, pixel_values: &Tensor, ops: &TrainOps) -> Result<(Tensor, Tensor)> {
         let (b, _, _, _) = pixel_values.dims4()?;
         let (p, g) = (self.patch_size, self.grid_size);
         let dtype = self.class_embedding.dtype();
@@ -68,7 +68,7 @@ impl BlipVisionEmbeddings {
             .contiguous()?
             .reshape((b, g * g, 3 * p * p))?;
         let (w, bias) = dense(&self.patch_embedding, "the patch embedding")?;
-        let projected = linear(&patches, &w, bias.as_ref())?;
+        let projected = ops.linear(&patches, &w, bias.as_ref(), None)?;
         let class = self
             .class_embedding
             .broadcast_as((b, 1, self.hidden_size))?;
@@ -115,11 +115,11 @@ impl BlipEncoderLayer {
             self.eps,
         )?;
         let (w_qkv, b_qkv) = dense(&attn.qkv, "self_attn.qkv")?;
-        let qkv = linear(&ln1, &w_qkv, b_qkv.as_ref())?;
+        let qkv = ops.linear(&ln1, &w_qkv, b_qkv.as_ref(), None)?;
         // The query rows already carry head_dim^-0.5 (see `BlipAttention::new`).
         let (context, attention) = ops.self_attention(&qkv, attn.num_heads, 1.0, false)?;
         let (w_proj, b_proj) = dense(&attn.projection, "self_attn.projection")?;
-        let hidden = (x + linear(&context, &w_proj, b_proj.as_ref())?)?;
+        let hidden = ops.linear(&context, &w_proj, b_proj.as_ref(), Some(x))?;
         let ln2 = ops.layer_norm(
             &hidden,
             self.layer_norm2.weight(),
@@ -133,7 +133,7 @@ impl BlipEncoderLayer {
             None => fc1.gelu_erf()?,
         };
         let (w2, b2) = dense(&self.mlp.fc2, "mlp.fc2")?;
-        let out = (&hidden + linear(&activated, &w2, b2.as_ref())?)?;
+        let out = ops.linear(&activated, &w2, b2.as_ref(), Some(&hidden))?;
         let tape = LayerTape {
             x: x.clone(),
             ln1,
@@ -180,7 +180,7 @@ impl BlipEncoderLayer {
         let (d_hidden_ln, dw, db) =
             ops.layer_norm_backward(&tape.hidden, self.layer_norm2.weight(), &d_ln2, self.eps)?;
         add_layer_norm(grads, &path.pp("layer_norm2"), &dw, &db)?;
-        let d_hidden = (dy + d_hidden_ln)?;
+        let d_hidden = ops.add(dy, None, Some(&d_hidden_ln))?;
         // hidden = x + projection(attention(qkv(LN1(x)))).
         let (w_proj, b_proj) = dense(&attn.projection, "self_attn.projection")?;
         let gp = linear_backward(&tape.context, &w_proj, b_proj.is_some(), &d_hidden, true)?;
@@ -222,7 +222,7 @@ impl BlipEncoderLayer {
         let (d_x_ln, dw, db) =
             ops.layer_norm_backward(&tape.x, self.layer_norm1.weight(), &d_ln1, self.eps)?;
         add_layer_norm(grads, &path.pp("layer_norm1"), &dw, &db)?;
-        d_hidden + d_x_ln
+        ops.add(&d_hidden, None, Some(&d_x_ln))
     }
 }
 
@@ -260,7 +260,7 @@ impl BlipVisionModel {
         pixel_values: &Tensor,
         ops: &TrainOps,
     ) -> Result<(Tensor, VisionTape)> {
-        let (mut xs, patches) = self.embeddings.train_forward(pixel_values)?;
+        let (mut xs, patches) = self.embeddings.train_forward(pixel_values, ops)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let (out, tape) = layer.train_forward(&xs, ops)?;
