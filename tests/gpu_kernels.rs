@@ -231,17 +231,23 @@ fn fused_bias_gelu_matches_the_composed_ops() {
     use vlmrun::kernels::gelu::FusedGelu;
     let Some(dev) = gpu() else { return };
     let gelu = FusedGelu::for_device(&dev).unwrap();
-    for dtype in [DType::BF16, DType::F16] {
+    // Width 96: the 16-byte kernels; 100: the one-element ones.
+    for (dtype, width) in [
+        (DType::BF16, 96),
+        (DType::F16, 96),
+        (DType::BF16, 100),
+        (DType::F16, 100),
+    ] {
         let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-3 };
-        let x = (Tensor::randn(0f32, 1.0, (4, 500, 96), &dev).unwrap() * 2.0)
+        let x = (Tensor::randn(0f32, 1.0, (4, 500, width), &dev).unwrap() * 2.0)
             .unwrap()
             .to_dtype(dtype)
             .unwrap();
-        let b = Tensor::randn(0f32, 1.0, 96, &dev)
+        let b = Tensor::randn(0f32, 1.0, width, &dev)
             .unwrap()
             .to_dtype(dtype)
             .unwrap();
-        let upstream = Tensor::randn(0f32, 1.0, (4, 500, 96), &dev).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (4, 500, width), &dev).unwrap();
         let (xv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&b).unwrap());
         let fused = gelu
             .bias_gelu(xv.as_tensor(), bv.as_tensor())
@@ -272,7 +278,7 @@ fn fused_bias_gelu_matches_the_composed_ops() {
         let out = rel_max_error(&fused, &reference);
         let dx = rel_max_error(grads.get(&xv).unwrap(), ref_grads.get(&xr).unwrap());
         let db = rel_max_error(grads.get(&bv).unwrap(), ref_grads.get(&br).unwrap());
-        println!("bias+GELU {dtype:?}: out {out:.2e}, dx {dx:.2e}, dbias {db:.2e}");
+        println!("bias+GELU {dtype:?} width {width}: out {out:.2e}, dx {dx:.2e}, dbias {db:.2e}");
         assert!(
             out < tol && dx < tol && db < tol,
             "{dtype:?}: {out} {dx} {db}"
@@ -423,4 +429,33 @@ fn explicit_train_ops_match_the_composed_ops() {
     let e = rel_max_error(&ours, &reference);
     println!("linear + bias + residual: {e:.2e}");
     assert!(e < 1e-2, "linear {e}");
+}
+
+/// The global gradient norm (one launch over every tensor) against the f64 sum on the host, on
+/// tensors of very different sizes, one of them a view that starts inside its storage.
+#[test]
+fn fused_global_norm_matches_the_host_sum() {
+    use vlmrun::kernels::adamw::FusedAdamW;
+    let Some(dev) = gpu() else { return };
+    let fused = FusedAdamW::for_device(&dev).unwrap();
+    let big = Tensor::randn(0f32, 1.0, (3000, 769), &dev).unwrap();
+    let tensors = vec![
+        Tensor::randn(0f32, 2.0, 7, &dev).unwrap(),
+        big.clone(),
+        big.flatten_all().unwrap().narrow(0, 5, 1000).unwrap(),
+        Tensor::randn(0f32, 0.01, (768, 3), &dev).unwrap(),
+    ];
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let norm = fused
+        .global_norm(&refs)
+        .unwrap()
+        .expect("the kernel applies to f32");
+    let host: f64 = tensors
+        .iter()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    println!("global norm {norm} vs host {host}");
+    assert!((norm - host).abs() / host < 1e-9, "{norm} vs {host}");
 }

@@ -450,7 +450,7 @@ impl Linear {
         let out = over_rows(xs, |flat| flat.matmul(&weight.t()?))?;
         match (epilogue, bias) {
             (Epilogue::None, _) => Ok(out),
-            (Epilogue::Bias, Some(b)) => out.broadcast_add(b),
+            (Epilogue::Bias, Some(b)) => ops.add_bias(&out, b),
             (Epilogue::BiasGelu, Some(b)) => ops.bias_gelu(&out, b),
             (Epilogue::BiasF32, Some(b)) => ops.bias_to_f32(&out, b),
             (_, None) => candle_core::bail!("linear epilogue {epilogue:?} needs a bias"),

@@ -1,7 +1,9 @@
 //! Launchers of `kernel.cu`: AdamW in place on a parameter and its moments, and the global
 //! gradient norm.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Storage, Tensor};
 
@@ -13,7 +15,7 @@ const SOURCE: &str = include_str!("kernel.cu");
 #[derive(Debug)]
 pub struct AdamWKernels {
     adamw: CudaFunction,
-    sum_squares: CudaFunction,
+    sum_squares_multi: CudaFunction,
 }
 
 impl AdamWKernels {
@@ -21,7 +23,7 @@ impl AdamWKernels {
         let module = load_module(dev, SOURCE, "optimizer", None)?;
         Ok(Self {
             adamw: module.load_function("adamw_f32").w()?,
-            sum_squares: module.load_function("sum_squares_f32").w()?,
+            sum_squares_multi: module.load_function("sum_squares_multi_f32").w()?,
         })
     }
 }
@@ -142,23 +144,58 @@ pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f
     let candle_core::Device::Cuda(dev) = first.device() else {
         return Ok(None);
     };
-    let total = dev.alloc_zeros::<f64>(1)?;
+    if grads.len() > 65_535 {
+        return Ok(None);
+    }
+    let stream = dev.cuda_stream();
+    // One launch over a table of (start, length): the storages stay borrowed until it is queued.
+    let mut held = Vec::with_capacity(grads.len());
+    let (mut ptrs, mut lens) = (
+        Vec::with_capacity(grads.len()),
+        Vec::with_capacity(grads.len()),
+    );
     for grad in grads {
         let Some((storage, start)) = f32_cuda(grad) else {
             return Ok(None);
         };
-        let Storage::Cuda(s) = &*storage else {
-            return Ok(None);
-        };
         let n = grad.elem_count();
-        let g = s.as_cuda_slice::<f32>()?.slice(start..start + n);
-        let n_arg = n as i64;
-        let stream = dev.cuda_stream();
-        let mut builder = stream.launch_builder(&kernels.sum_squares);
-        builder.arg(&g).arg(&n_arg).arg(&total);
-        // SAFETY: g holds n contiguous f32 values; total is one f64.
-        unsafe { builder.launch(cfg(n)) }.w()?;
+        let ptr = {
+            let Storage::Cuda(s) = &*storage else {
+                return Ok(None);
+            };
+            let view = s.as_cuda_slice::<f32>()?.slice(start..start + n);
+            let (ptr, _record) = view.device_ptr(&stream);
+            ptr
+        };
+        ptrs.push(ptr);
+        lens.push(n as i64);
+        held.push(storage);
     }
-    let host = dev.cuda_stream().clone_dtoh(&total).w()?;
+    let total = dev.alloc_zeros::<f64>(1)?;
+    let ptrs = stream.clone_htod(&ptrs).w()?;
+    let lens = stream.clone_htod(&lens).w()?;
+    let largest = lens_max(grads);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            largest.div_ceil(256).clamp(1, 64) as u32,
+            grads.len() as u32,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut builder = stream.launch_builder(&kernels.sum_squares_multi);
+    builder.arg(&ptrs).arg(&lens).arg(&total);
+    // SAFETY: ptrs[i] points at lens[i] contiguous f32 values of a storage borrowed in `held`
+    // until the launch is queued (and kept alive by the tensors in `grads` until it runs); total
+    // is one f64.
+    unsafe { builder.launch(cfg) }.w()?;
+    drop(held);
+    let host = stream.clone_dtoh(&total).w()?;
     Ok(host.first().map(|s| s.sqrt()))
+}
+
+/// The most elements of one tensor of `grads`.
+fn lens_max(grads: &[&Tensor]) -> usize {
+    grads.iter().map(|g| g.elem_count()).max().unwrap_or(0)
 }

@@ -18,7 +18,8 @@ extern "C" __global__ void adamw_f32(float* p, float* m, float* v, const float* 
     }
 }
 
-extern "C" __global__ void sum_squares_f32(const float* g, long n, double* out) {
+// Adds sum(g[i]^2) over this block's grid-stride share of g (blockIdx.x of gridDim.x) to *out.
+__device__ void sum_squares_block(const float* g, long n, double* out) {
     __shared__ double partial[32];
     double acc = 0.0;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -35,4 +36,15 @@ extern "C" __global__ void sum_squares_f32(const float* g, long n, double* out) 
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (lane == 0) atomicAdd(out, acc);
     }
+}
+
+extern "C" __global__ void sum_squares_f32(const float* g, long n, double* out) {
+    sum_squares_block(g, n, out);
+}
+
+// Every tensor of a list at once (one launch instead of one per parameter): tensor blockIdx.y
+// starts at ptrs[blockIdx.y] and holds lens[blockIdx.y] floats.
+extern "C" __global__ void sum_squares_multi_f32(const unsigned long long* ptrs, const long* lens,
+                                                 double* out) {
+    sum_squares_block((const float*)ptrs[blockIdx.y], lens[blockIdx.y], out);
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::kernels::add::FusedAdd;
 use crate::kernels::attention::FusedAttention;
 use crate::kernels::gelu::FusedGelu;
 
@@ -51,6 +52,8 @@ pub struct FusedOps {
     /// Kernels with a backward pass (training); the composed layers call them where they apply.
     attention: FusedAttention,
     gelu: FusedGelu,
+    /// Bias adds in one vectorized pass (the projections whose bias no later kernel takes).
+    add: FusedAdd,
 }
 
 impl FusedOps {
@@ -60,8 +63,10 @@ impl FusedOps {
         if let Device::Cuda(dev) = device {
             return Ok(Self {
                 kernels: Some(Arc::new(cuda::Kernels::load(dev)?)),
-                attention: FusedAttention::disabled(),
+                // The vision encoder's attention (no cache) runs on the training kernel's forward.
+                attention: FusedAttention::for_device(device)?,
                 gelu: FusedGelu::disabled(),
+                add: FusedAdd::for_device(device)?,
             });
         }
         let _ = device;
@@ -83,7 +88,7 @@ impl FusedOps {
         })
     }
 
-    /// The attention kernels with a backward pass (disabled unless [`Self::for_training`]).
+    /// The FlashAttention kernels (forward and backward; disabled on CPU and in [`Self::disabled`]).
     pub fn attention(&self) -> &FusedAttention {
         &self.attention
     }
@@ -91,6 +96,14 @@ impl FusedOps {
     /// The bias + GELU kernels with a backward pass (disabled unless [`Self::for_training`]).
     pub fn gelu(&self) -> &FusedGelu {
         &self.gelu
+    }
+
+    /// `x + bias` broadcast over the rows: the add kernel where it applies, else candle's.
+    pub fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        match self.add.add(x, Some(bias), None)? {
+            Some(y) => Ok(y),
+            None => x.broadcast_add(bias),
+        }
     }
 
     /// Whether the fused kernels are in use.

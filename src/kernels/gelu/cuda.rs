@@ -20,6 +20,9 @@ const ROWS_PER_BLOCK: usize = 64;
 struct Typed {
     fwd: CudaFunction,
     bwd: CudaFunction,
+    /// 16-byte variants (`d % 8 == 0`, aligned starts).
+    fwd_vec: CudaFunction,
+    bwd_vec: CudaFunction,
     to_half: CudaFunction,
 }
 
@@ -39,6 +42,12 @@ impl GeluKernels {
                     .w()?,
                 bwd: module
                     .load_function(&format!("bias_gelu_bwd_{suffix}"))
+                    .w()?,
+                fwd_vec: module
+                    .load_function(&format!("bias_gelu_fwd_vec_{suffix}"))
+                    .w()?,
+                bwd_vec: module
+                    .load_function(&format!("bias_gelu_bwd_vec_{suffix}"))
                     .w()?,
                 to_half: module.load_function(&format!("f32_to_{suffix}")).w()?,
             })
@@ -116,17 +125,24 @@ impl candle_core::CustomOp2 for BiasGelu {
         let n = xl.shape().elem_count();
         let typed = self.kernels.typed(x.dtype())?;
         let (xs, bs) = (start(xl, "input")?, start(bl, "bias")?);
-        let (n_arg, d_arg) = (n as i64, d as i32);
+        let vec = d % 8 == 0 && xs % 8 == 0 && bs % 8 == 0;
+        let (func, items) = if vec {
+            (&typed.fwd_vec, n / 8)
+        } else {
+            (&typed.fwd, n)
+        };
+        let (n_arg, d_arg) = (items as i64, d as i32);
         with_half!("fused GELU", x.dtype(), T, {
             let xv = x.as_cuda_slice::<T>()?.slice(xs..xs + n);
             let bv = b.as_cuda_slice::<T>()?.slice(bs..bs + d);
             // SAFETY: every element is written.
             let y = unsafe { dev.alloc::<T>(n)? };
             let stream = dev.cuda_stream();
-            let mut builder = stream.launch_builder(&typed.fwd);
+            let mut builder = stream.launch_builder(func);
             builder.arg(&xv).arg(&bv).arg(&y).arg(&n_arg).arg(&d_arg);
-            // SAFETY: matches bias_gelu_fwd's signature; x and y hold n elements, bias d.
-            unsafe { builder.launch(linear(n)) }.w()?;
+            // SAFETY: matches bias_gelu_fwd(_vec)'s signature; x and y hold n elements (n / 8
+            // chunks for the vector kernel), bias d.
+            unsafe { builder.launch(linear(items)) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
         })
     }
@@ -212,7 +228,13 @@ impl candle_core::CustomOp3 for BiasGeluBackward {
             let stream = dev.cuda_stream();
             {
                 let dx = out.slice(0..n);
-                let mut builder = stream.launch_builder(&typed.bwd);
+                let vec = d % 8 == 0 && xs % 8 == 0 && bs % 8 == 0 && gs % 8 == 0;
+                let (func, threads, cols_per_thread) = if vec {
+                    (&typed.bwd_vec, 128, 8)
+                } else {
+                    (&typed.bwd, 256, 1)
+                };
+                let mut builder = stream.launch_builder(func);
                 builder
                     .arg(&xv)
                     .arg(&bv)
@@ -224,17 +246,17 @@ impl candle_core::CustomOp3 for BiasGeluBackward {
                     .arg(&per_block);
                 let cfg = LaunchConfig {
                     grid_dim: (
-                        d.div_ceil(256) as u32,
+                        d.div_ceil(threads * cols_per_thread) as u32,
                         rows.div_ceil(ROWS_PER_BLOCK).clamp(1, 65_535) as u32,
                         1,
                     ),
-                    block_dim: (256, 1, 1),
+                    block_dim: (threads as u32, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 if rows.div_ceil(ROWS_PER_BLOCK) > 65_535 {
                     bail!("fused GELU backward: {rows} rows exceed the kernel's grid");
                 }
-                // SAFETY: matches bias_gelu_bwd's signature; the grid covers rows x d.
+                // SAFETY: matches bias_gelu_bwd(_vec)'s signature; the grid covers rows x d.
                 unsafe { builder.launch(cfg) }.w()?;
             }
             {

@@ -157,6 +157,18 @@ impl BlipAttention {
     /// its bias (the caller adds it together with the residual), `(B, N, D)`.
     pub fn forward_fused(&self, xs: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
+        // The FlashAttention kernel (the training forward's) where it applies: Q/K/V read straight
+        // from the packed projection, the (B, heads, N, N) scores never stored.
+        if ops.attention().enabled() {
+            let qkv = self.qkv.forward_fused(xs, ops, Epilogue::Bias)?;
+            // The query rows already carry head_dim^-0.5 (see `BlipAttention::new`).
+            if let Some(context) =
+                ops.attention()
+                    .self_attention(&qkv, self.num_heads, 1.0, false)?
+            {
+                return self.projection.forward_fused(&context, ops, Epilogue::None);
+            }
+        }
         // Keys/values padded with zero rows to a multiple of 8 tokens, so that the attention
         // GEMMs get 16-byte aligned leading dimensions (577 would force slow unaligned kernels);
         // the softmax gives the padded columns probability 0.
