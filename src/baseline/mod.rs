@@ -10,6 +10,7 @@
 //! data-parallel run: `shards::ranked` captions its shard into per-rank files, `shards::merged` puts
 //! the shards together (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
+pub mod outputs;
 pub mod pipeline;
 pub mod report;
 pub mod resume;
@@ -86,7 +87,13 @@ fn run_single(
     let out_dir = prepare_output_dir(
         &config.output.dir,
         options.fresh,
-        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE],
+        &[
+            PREDICTIONS_FILE,
+            ERRORS_FILE,
+            REPORT_FILE,
+            SETTINGS_FILE,
+            outputs::RESULTS_FILE,
+        ],
     )?;
     if options.fresh {
         // Leftovers of a data-parallel run in the same directory go too.
@@ -132,6 +139,7 @@ fn run_single(
         config: serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?,
         distributed: None,
     };
+    outputs::write_results(&out_dir, &all_predictions, &config.generation.prompt)?;
     let report_path = out_dir.join(REPORT_FILE);
     write_json_atomic(&report_path, &report)
         .map_err(|source| output_error("the report", &report_path, source))?;
@@ -419,6 +427,7 @@ fn caption_all(
                     batch: batch.index,
                     latency_ms,
                     image_stamp: stamp.clone(),
+                    prompt: Some(config.generation.prompt.clone()),
                 })
                 .collect();
             predictions_log

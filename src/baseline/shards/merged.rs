@@ -16,7 +16,7 @@ use crate::baseline::report::{
     self, BaselineReport, Counts, DistributedSummary, Memory, MissingShard, RankEntry, RankTimings,
     Timings,
 };
-use crate::baseline::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
+use crate::baseline::{load_dataset, outputs, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
 use crate::data::dataset::Item;
 use crate::distributed::command::rerun_line;
@@ -168,6 +168,11 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
             &job.dir.join(ERRORS_FILE),
             &collected.failures,
             "the merged errors",
+        )?;
+        outputs::write_results(
+            job.dir,
+            &collected.predictions,
+            &job.config.generation.prompt,
         )?;
         score(
             job.items,
