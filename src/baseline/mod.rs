@@ -93,6 +93,7 @@ fn run_single(
             REPORT_FILE,
             SETTINGS_FILE,
             outputs::RESULTS_FILE,
+            outputs::HTML_FILE,
         ],
     )?;
     if options.fresh {
@@ -143,6 +144,21 @@ fn run_single(
     let report_path = out_dir.join(REPORT_FILE);
     write_json_atomic(&report_path, &report)
         .map_err(|source| output_error("the report", &report_path, source))?;
+    // errors.jsonl holds this run's failures (it was started over by caption_all).
+    let failures = predictions::read_jsonl::<predictions::Failure>(&files.errors)
+        .map(|read| read.records)
+        .unwrap_or_default();
+    outputs::write_html(
+        &report,
+        &outputs::HtmlInputs {
+            dir: &out_dir,
+            items: &items,
+            predictions: &all_predictions,
+            failures: &failures,
+            prompt: &config.generation.prompt,
+            max_pixels: config.preprocess.max_pixels,
+        },
+    )?;
     if !options.quiet {
         eprint!("{}", report.summary());
         eprintln!("  results in {}", out_dir.display());

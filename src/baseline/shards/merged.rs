@@ -211,6 +211,17 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
         path: report_path.clone(),
         source,
     })?;
+    outputs::write_html(
+        &report,
+        &outputs::HtmlInputs {
+            dir: job.dir,
+            items: job.items,
+            predictions: &collected.predictions,
+            failures: &collected.failures,
+            prompt: &job.config.generation.prompt,
+            max_pixels: job.config.preprocess.max_pixels,
+        },
+    )?;
     if !job.quiet {
         eprint!("{}", report.summary());
         eprintln!("  results in {}", job.dir.display());

@@ -235,6 +235,7 @@ fn join_run(
             REPORT_FILE,
             SETTINGS_FILE,
             crate::baseline::outputs::RESULTS_FILE,
+            crate::baseline::outputs::HTML_FILE,
         ] {
             files::remove_if_present(&out_dir.join(name))?;
         }
