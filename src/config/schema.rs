@@ -84,6 +84,9 @@ pub enum DataSource {
     /// A LAVIS annotation file: a JSON list of `{"image", "caption" (string or list), "image_id"?}`
     /// with `image_root`.
     Lavis,
+    /// Hugging Face datasets' parquet files (one, or a folder of them): an `image` column of
+    /// `{bytes, path}` and a caption column.
+    Parquet,
 }
 
 /// The dataset to run over.

@@ -1,6 +1,7 @@
 //! Dataset readers for every job (`baseline`, `train`, `fidelity`, `score`): a folder of images
 //! (`folder`), a JSONL manifest (`manifest`), a COCO captions annotation file optionally filtered by a
-//! Karpathy-style split file (`coco`), or a LAVIS annotation file (`lavis`). Every problem is found
+//! Karpathy-style split file (`coco`), a LAVIS annotation file (`lavis`), or Hugging Face datasets'
+//! parquet files (`parquet`). Every problem is found
 //! here, before a model is loaded, and named with its file (and line or entry); a JSON file of the
 //! other kind is recognised (`sniff`) and the error names the `data.source` that reads it.
 
@@ -8,6 +9,8 @@ mod coco;
 mod folder;
 mod lavis;
 mod manifest;
+#[cfg(feature = "parquet")]
+mod parquet;
 pub mod sniff;
 
 use std::collections::BTreeMap;
@@ -54,6 +57,9 @@ pub enum DatasetError {
     #[error("{}: {message}\n  fix: a LAVIS annotation file is a JSON list of {{\"image\": \"dir/x.jpg\", \"caption\": \"a caption\" or [\"a caption\", ...], \"image_id\"?: ...}}", path.display())]
     Lavis { path: PathBuf, message: String },
 
+    #[error("{}: {message}", path.display())]
+    Parquet { path: PathBuf, message: String },
+
     /// The file is valid JSON of another dataset kind, or of none (`sniff`).
     #[error("{}: {message}", path.display())]
     WrongKind { path: PathBuf, message: String },
@@ -89,6 +95,15 @@ pub fn load(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
         DataSource::Manifest => manifest::read(&config.path)?,
         DataSource::Coco => coco::read(config)?,
         DataSource::Lavis => lavis::read(config)?,
+        #[cfg(feature = "parquet")]
+        DataSource::Parquet => parquet::read(&config.path)?,
+        #[cfg(not(feature = "parquet"))]
+        DataSource::Parquet => {
+            return Err(DatasetError::Parquet {
+                path: config.path.clone(),
+                message: "this build has no parquet reader\n  fix: build with `cargo install --path . --features parquet`, or convert the dataset to a JSONL manifest".to_string(),
+            })
+        }
     };
     let total = items.len();
     let selected: Vec<Item> = items
