@@ -23,8 +23,9 @@
 //!                composed
 //! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
 //!                metrics and caption scoring; decode, Pillow-exact resize, normalize, prompt tokens;
-//!                atomic reports, the GPU memory monitor, charts, the output directory, progress
-//! data/ error.rs dataset readers and the predictions file; the error every command returns
+//!                atomic reports, report.html, the GPU memory monitor, charts, the output directory,
+//!                progress
+//! data/ error.rs dataset readers, the predictions and COCO results files; the error every command returns
 //! device/ exit.rs hub/   probe, launcher, device policy and smoke test; exit codes; model files and
 //!                the Hugging Face cache
 //! config/        the run configuration

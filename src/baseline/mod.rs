@@ -10,6 +10,7 @@
 //! data-parallel run: `shards::ranked` captions its shard into per-rank files, `shards::merged` puts
 //! the shards together (docs/scaling.md). World size 1 is the single-process run above, unchanged.
 
+pub mod outputs;
 pub mod pipeline;
 pub mod report;
 pub mod resume;
@@ -86,7 +87,14 @@ fn run_single(
     let out_dir = prepare_output_dir(
         &config.output.dir,
         options.fresh,
-        &[PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE],
+        &[
+            PREDICTIONS_FILE,
+            ERRORS_FILE,
+            REPORT_FILE,
+            SETTINGS_FILE,
+            outputs::RESULTS_FILE,
+            outputs::HTML_FILE,
+        ],
     )?;
     if options.fresh {
         // Leftovers of a data-parallel run in the same directory go too.
@@ -132,9 +140,25 @@ fn run_single(
         config: serde_json::to_value(config).map_err(|e| Error::Internal(e.to_string()))?,
         distributed: None,
     };
+    outputs::write_results(&out_dir, &all_predictions, &config.generation.prompt)?;
     let report_path = out_dir.join(REPORT_FILE);
     write_json_atomic(&report_path, &report)
         .map_err(|source| output_error("the report", &report_path, source))?;
+    // errors.jsonl holds this run's failures (it was started over by caption_all).
+    let failures = predictions::read_jsonl::<predictions::Failure>(&files.errors)
+        .map(|read| read.records)
+        .unwrap_or_default();
+    outputs::write_html(
+        &report,
+        &outputs::HtmlInputs {
+            dir: &out_dir,
+            items: &items,
+            predictions: &all_predictions,
+            failures: &failures,
+            prompt: &config.generation.prompt,
+            max_pixels: config.preprocess.max_pixels,
+        },
+    )?;
     if !options.quiet {
         eprint!("{}", report.summary());
         eprintln!("  results in {}", out_dir.display());
@@ -419,6 +443,7 @@ fn caption_all(
                     batch: batch.index,
                     latency_ms,
                     image_stamp: stamp.clone(),
+                    prompt: Some(config.generation.prompt.clone()),
                 })
                 .collect();
             predictions_log

@@ -195,6 +195,17 @@ pub struct MissingShard {
 impl BaselineReport {
     /// The human summary (stderr).
     pub fn summary(&self) -> String {
+        let rows = self.summary_rows();
+        let width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
+        let mut out = String::from("baseline summary\n");
+        for (key, value) in rows {
+            out.push_str(&format!("  {key:<width$}  {value}\n"));
+        }
+        out
+    }
+
+    /// The summary's (label, value) rows (stderr and report.html).
+    pub fn summary_rows(&self) -> Vec<(String, String)> {
         let mut rows: Vec<(String, String)> = vec![
             ("status".into(), self.status.clone()),
             ("device".into(), self.environment.device.clone()),
@@ -265,11 +276,6 @@ impl BaselineReport {
         if let Some(distributed) = &self.distributed {
             rows.extend(distributed.summary_rows());
         }
-        let width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
-        let mut out = String::from("baseline summary\n");
-        for (key, value) in rows {
-            out.push_str(&format!("  {key:<width$}  {value}\n"));
-        }
-        out
+        rows
     }
 }

@@ -1,5 +1,7 @@
 //! `--plot FILE.svg`: end-to-end images/s against batch size (both axes logarithmic), one line per
-//! beam count, and the reference's lines (dashed colours of the same beams) when one is given.
+//! beam count, and the reference's lines (dashed colours of the same beams) when one is given. The
+//! x labels are the measured batch sizes; the y axis ends on labelled ticks below the slowest and
+//! above the fastest point (`report::chart::log_axis`), both of which are labelled with their value.
 //! The chart style is `report::chart`'s (shared with `train`'s loss curve).
 
 use std::path::Path;
@@ -8,7 +10,9 @@ use plotters::prelude::*;
 
 use super::document::BenchDocument;
 use super::BenchError;
-use crate::report::chart::{draw_line, finish_chart, svg_chart, Series, PALETTE};
+use crate::report::chart::{
+    draw_line, finish_chart, label_extremes, log_axis, svg_chart, tick_label, Series, PALETTE,
+};
 
 fn series_of(doc: &BenchDocument, dashed: bool) -> Vec<Series> {
     let mut beams: Vec<usize> = doc.records.iter().map(|r| r.num_beams).collect();
@@ -63,8 +67,17 @@ pub fn render_svg(
         y_min = y_min.min(y);
         y_max = y_max.max(y);
     }
-    let x_range = (0.8f64..x_max * 1.25).log_scale();
-    let y_range = (y_min / 1.5..y_max * 1.5).log_scale();
+    // Labels at the measured batch sizes; the y range ends on labelled ticks around every point.
+    let mut batch_sizes: Vec<f64> = all.iter().map(|&(x, _)| x).collect();
+    batch_sizes.sort_by(f64::total_cmp);
+    batch_sizes.dedup();
+    let x_range = (0.8f64..x_max * 1.25)
+        .log_scale()
+        .with_key_points(batch_sizes);
+    let y_axis = log_axis(y_min, y_max).ok_or("images/s must be positive")?;
+    let y_range = (y_axis.low..y_axis.high)
+        .log_scale()
+        .with_key_points(y_axis.ticks.clone());
     let title = format!(
         "images/s vs batch size: {}, {}",
         current.environment.device_name, current.environment.precision
@@ -82,21 +95,14 @@ pub fn render_svg(
             .configure_mesh()
             .x_desc("batch size (images per forward pass)")
             .y_desc("images/s (end to end)")
-            .x_labels(12)
-            .y_labels(12)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| {
-                if *y >= 10.0 {
-                    format!("{y:.0}")
-                } else {
-                    format!("{y:.2}")
-                }
-            })
+            .y_label_formatter(&|y| tick_label(*y))
             .draw()
             .map_err(|e| e.to_string())?;
         for line in &lines {
             draw_line(&mut chart, line)?;
         }
+        label_extremes(&mut chart, &lines, "images/s")?;
         finish_chart(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
@@ -113,4 +119,49 @@ pub fn write_svg(
     };
     let svg = render_svg(current, reference).map_err(plot_error)?;
     crate::report::write_atomic(path, svg.as_bytes()).map_err(|err| plot_error(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::chart::svg_probe::{point_ys, y_labels};
+
+    #[test]
+    fn every_point_lies_between_the_lowest_and_highest_label_and_extremes_are_written() {
+        let doc: BenchDocument =
+            serde_json::from_str(include_str!("../../benches/baselines/h100-base-bf16.json"))
+                .unwrap();
+        let rates: Vec<f64> = doc
+            .records
+            .iter()
+            .map(|r| r.images_per_s)
+            .filter(|&v| v > 0.0)
+            .collect();
+        let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = rates.iter().copied().fold(0.0, f64::max);
+        let svg = render_svg(&doc, Some(&doc)).unwrap();
+        let labels = y_labels(&svg);
+        let (top, bottom) = (labels[0], labels[labels.len() - 1]);
+        assert!(
+            bottom.1 <= min && top.1 >= max,
+            "labels {labels:?} around {min}..{max}"
+        );
+        let ys = point_ys(&svg);
+        assert!(ys.len() >= rates.len(), "{} points", ys.len());
+        for y in ys {
+            assert!(
+                y >= top.0 - 0.5 && y <= bottom.0 + 0.5,
+                "point at {y} outside {top:?}..{bottom:?}"
+            );
+        }
+        use crate::report::chart::value_label;
+        assert!(
+            svg.contains(&format!("min {} images/s", value_label(min))),
+            "min labelled"
+        );
+        assert!(
+            svg.contains(&format!("max {} images/s", value_label(max))),
+            "max labelled"
+        );
+    }
 }

@@ -1,12 +1,16 @@
-//! `vlmrun score --predictions P --references R`: COCO caption metrics for an existing predictions file.
-//! References: a JSONL manifest with `id` + `references`, or a COCO captions annotation file.
+//! `vlmrun score --predictions P --references R`: COCO caption metrics for existing captions.
+//! Predictions: a `predictions.jsonl` (each line's recorded prompt is stripped, as the run that wrote
+//! it did, so the numbers equal its report.json) or a COCO results file (`[{"image_id", "caption"}]`,
+//! captions used as they are). References: a JSONL manifest, a COCO captions annotation file or a
+//! LAVIS annotation file, recognised from the content.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{print_stdout, Context};
 use crate::config::{DataConfig, DataSource};
-use crate::data::dataset;
+use crate::data::dataset::{self, sniff};
+use crate::data::results;
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::metrics;
@@ -17,52 +21,18 @@ pub fn run(
     references: &Path,
     json: bool,
 ) -> Result<Exit, Error> {
-    let source = if looks_like_coco(references) {
-        DataSource::Coco
-    } else {
-        DataSource::Manifest
-    };
     let data = DataConfig {
-        source,
+        source: reference_source(references)?,
         path: references.to_path_buf(),
-        image_root: references.parent().map(Path::to_path_buf),
+        image_root: references
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map(Path::to_path_buf),
         ..DataConfig::default()
     };
     let items = dataset::load(&data).map_err(|err| Error::Input(err.to_string()))?;
     let refs = dataset::references(&items);
-    let text = std::fs::read_to_string(predictions).map_err(|err| {
-        Error::Input(format!(
-            "cannot read predictions {}: {err}",
-            predictions.display()
-        ))
-    })?;
-    let prompt = &context.config.config.generation.prompt;
-    let mut captions: BTreeMap<String, String> = BTreeMap::new();
-    for (index, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let value: serde_json::Value = serde_json::from_str(line).map_err(|err| {
-            Error::Input(format!(
-                "{}:{}: not valid JSON: {err}",
-                predictions.display(),
-                index + 1
-            ))
-        })?;
-        let (Some(id), Some(caption)) = (value.get("id"), value["caption"].as_str()) else {
-            return Err(Error::Input(format!(
-                "{}:{}: needs \"id\" and \"caption\"",
-                predictions.display(),
-                index + 1
-            )));
-        };
-        let id = match id {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        captions.insert(id, caption.to_string());
-    }
+    let captions = read_captions(predictions, &context.config.config.generation.prompt)?;
     let missing: Vec<&String> = captions
         .keys()
         .filter(|id| !refs.contains_key(*id))
@@ -78,7 +48,8 @@ pub fn run(
     let captions = captions
         .iter()
         .map(|(id, caption)| (id.as_str(), caption.as_str()));
-    let scores = metrics::score_captions(captions, &refs, prompt)
+    // The prompts are already stripped (`read_captions`).
+    let scores = metrics::score_captions(captions, &refs, "")
         .map_err(|err| Error::Input(err.to_string()))?;
     let out = if json {
         let mut s =
@@ -95,6 +66,64 @@ pub fn run(
     Ok(Exit::Success)
 }
 
-fn looks_like_coco(path: &Path) -> bool {
-    path.extension().is_some_and(|ext| ext == "json")
+/// The reader for a references file, from its content: a COCO or LAVIS annotation file (one JSON
+/// document), else a JSONL manifest. A results file or any other JSON document is refused by name.
+fn reference_source(path: &Path) -> Result<DataSource, Error> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        // Missing or unreadable: the manifest reader names it.
+        return Ok(DataSource::Manifest);
+    };
+    let trimmed = text.trim_start();
+    let document = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(document) if trimmed.starts_with('[') || document.get("images").is_some() => document,
+        _ => return Ok(DataSource::Manifest),
+    };
+    match sniff::kind(&document) {
+        Ok(sniff::JsonKind::CocoAnnotations) => Ok(DataSource::Coco),
+        Ok(sniff::JsonKind::Lavis) => Ok(DataSource::Lavis),
+        Ok(sniff::JsonKind::CocoResults) => Err(Error::Input(format!(
+            "{}: this is a COCO results file (generated captions), not references\n  fix: pass it as --predictions, and the dataset's annotations as --references",
+            path.display()
+        ))),
+        Err(what) => Err(Error::Input(format!(
+            "{}: not a references file: {what}\n  fix: --references takes a JSONL manifest, a COCO captions annotation file or a LAVIS annotation file",
+            path.display()
+        ))),
+    }
+}
+
+/// The captions to score by id, prompt stripped: a COCO results file (a JSON list) as it is, or a
+/// predictions JSONL whose lines' recorded prompt (else `fallback_prompt`, for files from before the
+/// prompt was recorded) is stripped. A later line for an id replaces an earlier one.
+fn read_captions(path: &Path, fallback_prompt: &str) -> Result<BTreeMap<String, String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        Error::Input(format!("cannot read predictions {}: {err}", path.display()))
+    })?;
+    if text.trim_start().starts_with('[') {
+        let entries = results::parse(path, &text).map_err(|err| Error::Input(err.to_string()))?;
+        return Ok(entries.into_iter().collect());
+    }
+    let mut captions = BTreeMap::new();
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at =
+            |message: String| Error::Input(format!("{}:{}: {message}", path.display(), index + 1));
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|err| at(format!("not valid JSON: {err}")))?;
+        let (Some(id), Some(caption)) = (value.get("id"), value["caption"].as_str()) else {
+            return Err(at(
+                "needs \"id\" and \"caption\" (a predictions.jsonl line), or give a COCO results file ([{\"image_id\", \"caption\"}])".to_string(),
+            ));
+        };
+        let id = match id {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let prompt = value["prompt"].as_str().unwrap_or(fallback_prompt);
+        captions.insert(id, metrics::strip_prompt(caption, prompt));
+    }
+    Ok(captions)
 }

@@ -81,6 +81,12 @@ pub enum DataSource {
     Manifest,
     /// A COCO captions annotation file (`images` + `annotations`) with `image_root`.
     Coco,
+    /// A LAVIS annotation file: a JSON list of `{"image", "caption" (string or list), "image_id"?}`
+    /// with `image_root`.
+    Lavis,
+    /// Hugging Face datasets' parquet files (one, or a folder of them): an `image` column of
+    /// `{bytes, path}` and a caption column.
+    Parquet,
 }
 
 /// The dataset to run over.
@@ -90,7 +96,8 @@ pub struct DataConfig {
     pub source: DataSource,
     /// The folder, manifest or annotation file.
     pub path: PathBuf,
-    /// COCO: the folder holding the images named in the annotation file.
+    /// COCO and LAVIS: the folder holding the images named in the annotation file (default: the
+    /// file's folder).
     pub image_root: Option<PathBuf>,
     /// COCO: optional Karpathy-style split file (`dataset_coco.json`).
     pub split_file: Option<PathBuf>,

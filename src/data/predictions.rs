@@ -24,6 +24,10 @@ pub struct Prediction {
     /// captions the image again when it differs now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_stamp: Option<String>,
+    /// `generation.prompt` of the run that wrote it (the caption starts with it): `score` strips it
+    /// as the run did. Absent in files from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// A cheap identity of an image file: `SIZE:MTIME_NS` (no byte is read, so a resumed run checks
@@ -242,6 +246,7 @@ mod tests {
             batch: 0,
             latency_ms: 1.5,
             image_stamp: Some("4:1".into()),
+            prompt: Some("a picture of ".into()),
         }
     }
 

@@ -1,10 +1,11 @@
 //! What jobs report and how: the shared environment block, atomic JSON writes (temp file + fsync +
 //! rename, so a reader or a crash never sees half a report) and the latency statistics they carry;
-//! `lock` (one writer per output directory), `memory` (peak GPU and host memory), `chart` (the SVG plot style), `output` (the output directory)
+//! `html` (report.html), `lock` (one writer per output directory), `memory` (peak GPU and host memory), `chart` (the SVG plot style), `output` (the output directory)
 //! and `progress` (the progress bar or lines).
 
 pub mod chart;
 mod environment;
+pub mod html;
 pub mod lock;
 pub mod memory;
 pub mod output;

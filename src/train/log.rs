@@ -14,7 +14,9 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::predictions::{JsonlAppender, PredictionsError};
-use crate::report::chart::{draw_line, finish_chart, svg_chart, Series, PALETTE};
+use crate::report::chart::{
+    draw_line, finish_chart, label_extremes, log_axis, svg_chart, tick_label, Series, PALETTE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -159,13 +161,15 @@ pub fn read_records(path: &Path) -> Result<Vec<MetricsRecord>, LogError> {
     Ok(records)
 }
 
-/// Renders the loss curve: the training loss per step, its moving average, and the eval `loss`
-/// points when there are any. Skipped and non-finite steps are left out.
+/// Renders the loss curve on a logarithmic loss axis that ends on labelled ticks around the data
+/// (`report::chart::log_axis`): the training loss per step, its moving average, and the eval `loss`
+/// points when there are any, with the lowest and highest value labelled. Skipped, non-finite and
+/// non-positive losses are left out (a log axis has no zero).
 pub fn render_loss_svg(records: &[MetricsRecord], title: &str) -> Result<String, String> {
     let train: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|record| match record {
-            MetricsRecord::Step(s) if !s.skipped && s.loss.is_finite() => {
+            MetricsRecord::Step(s) if !s.skipped && s.loss.is_finite() && s.loss > 0.0 => {
                 Some((s.step as f64, s.loss))
             }
             _ => None,
@@ -177,7 +181,7 @@ pub fn render_loss_svg(records: &[MetricsRecord], title: &str) -> Result<String,
             MetricsRecord::Eval(e) => e
                 .metrics
                 .get("loss")
-                .filter(|loss| loss.is_finite())
+                .filter(|loss| loss.is_finite() && **loss > 0.0)
                 .map(|&loss| (e.step as f64, loss)),
             _ => None,
         })
@@ -218,8 +222,11 @@ pub fn render_loss_svg(records: &[MetricsRecord], title: &str) -> Result<String,
         y_min = y_min.min(y);
         y_max = y_max.max(y);
     }
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let y_range = (y_min - pad).max(0.0f64.min(y_min))..y_max + pad;
+    // Logarithmic: a loss falling from 10 to 0.01 stays readable all the way down.
+    let y_axis = log_axis(y_min, y_max).ok_or("no positive loss to draw")?;
+    let y_range = (y_axis.low..y_axis.high)
+        .log_scale()
+        .with_key_points(y_axis.ticks.clone());
     svg_chart((900, 560), |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -233,14 +240,14 @@ pub fn render_loss_svg(records: &[MetricsRecord], title: &str) -> Result<String,
             .x_desc("step")
             .y_desc("loss")
             .x_labels(12)
-            .y_labels(12)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.3}"))
+            .y_label_formatter(&|y| tick_label(*y))
             .draw()
             .map_err(|e| e.to_string())?;
         for line in &lines {
             draw_line(&mut chart, line)?;
         }
+        label_extremes(&mut chart, &lines, "")?;
         finish_chart(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
@@ -402,5 +409,53 @@ mod tests {
         let points = [(1.0, 1.0), (2.0, 3.0), (3.0, 5.0), (4.0, 7.0)];
         let averaged = moving_average(&points, 2);
         assert_eq!(averaged, [(1.0, 1.0), (2.0, 2.0), (3.0, 4.0), (4.0, 6.0)]);
+    }
+
+    #[test]
+    fn loss_axis_is_logarithmic_and_ends_on_labels_around_the_data() {
+        use crate::report::chart::svg_probe::{point_ys, y_labels};
+        // A loss that falls by three decades and then flattens (the case a linear axis shows as 0.000).
+        let records: Vec<MetricsRecord> = (1..=300)
+            .map(|s| step(s, 8.0 * (-(s as f64) / 20.0).exp() + 0.004))
+            .collect();
+        let svg = render_loss_svg(&records, "decay").unwrap();
+        let labels = y_labels(&svg);
+        assert!(labels.len() >= 4, "{labels:?}");
+        let (top, bottom) = (labels[0], labels[labels.len() - 1]);
+        let losses: Vec<f64> = records
+            .iter()
+            .map(|r| match r {
+                MetricsRecord::Step(s) => s.loss,
+                MetricsRecord::Eval(_) => unreachable!(),
+            })
+            .collect();
+        let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = losses.iter().copied().fold(0.0, f64::max);
+        assert!(
+            bottom.1 <= min && top.1 >= max,
+            "labels {labels:?} around {min}..{max}"
+        );
+        // Every point between the lowest and the highest label (pixel y grows downwards).
+        for y in point_ys(&svg) {
+            assert!(
+                y >= top.0 - 0.5 && y <= bottom.0 + 0.5,
+                "point at {y} outside {top:?}..{bottom:?}"
+            );
+        }
+        // Logarithmic: pixel height is linear in log10(label) across all labels.
+        let per_decade = (bottom.0 - top.0) / (top.1.log10() - bottom.1.log10());
+        for (y, value) in &labels {
+            let expected = top.0 + (top.1.log10() - value.log10()) * per_decade;
+            assert!(
+                (y - expected).abs() < 1.5,
+                "label {value} at {y}, a log axis puts it at {expected}"
+            );
+        }
+        // The flat tail is readable: labels below 0.01 exist and are not all "0.000".
+        assert!(labels.iter().any(|(_, v)| *v < 0.01), "{labels:?}");
+        assert!(
+            svg.contains("min 0.00") && svg.contains("max 7."),
+            "extremes labelled"
+        );
     }
 }

@@ -155,6 +155,7 @@ mod tests {
             batch: 0,
             latency_ms: 1.0,
             image_stamp: None,
+            prompt: None,
         }
     }
 

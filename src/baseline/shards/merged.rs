@@ -16,7 +16,7 @@ use crate::baseline::report::{
     self, BaselineReport, Counts, DistributedSummary, Memory, MissingShard, RankEntry, RankTimings,
     Timings,
 };
-use crate::baseline::{load_dataset, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
+use crate::baseline::{load_dataset, outputs, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
 use crate::data::dataset::Item;
 use crate::distributed::command::rerun_line;
@@ -169,6 +169,11 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
             &collected.failures,
             "the merged errors",
         )?;
+        outputs::write_results(
+            job.dir,
+            &collected.predictions,
+            &job.config.generation.prompt,
+        )?;
         score(
             job.items,
             &collected.predictions,
@@ -206,6 +211,17 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
         path: report_path.clone(),
         source,
     })?;
+    outputs::write_html(
+        &report,
+        &outputs::HtmlInputs {
+            dir: job.dir,
+            items: job.items,
+            predictions: &collected.predictions,
+            failures: &collected.failures,
+            prompt: &job.config.generation.prompt,
+            max_pixels: job.config.preprocess.max_pixels,
+        },
+    )?;
     if !job.quiet {
         eprint!("{}", report.summary());
         eprintln!("  results in {}", job.dir.display());

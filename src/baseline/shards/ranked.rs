@@ -229,7 +229,14 @@ fn join_run(
                 info.world_size
             )));
         }
-        for name in [PREDICTIONS_FILE, ERRORS_FILE, REPORT_FILE, SETTINGS_FILE] {
+        for name in [
+            PREDICTIONS_FILE,
+            ERRORS_FILE,
+            REPORT_FILE,
+            SETTINGS_FILE,
+            crate::baseline::outputs::RESULTS_FILE,
+            crate::baseline::outputs::HTML_FILE,
+        ] {
             files::remove_if_present(&out_dir.join(name))?;
         }
         files::remove_ranks_from(&out_dir, info.world_size)?;

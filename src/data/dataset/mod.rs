@@ -1,0 +1,175 @@
+//! Dataset readers for every job (`baseline`, `train`, `fidelity`, `score`): a folder of images
+//! (`folder`), a JSONL manifest (`manifest`), a COCO captions annotation file optionally filtered by a
+//! Karpathy-style split file (`coco`), a LAVIS annotation file (`lavis`), or Hugging Face datasets'
+//! parquet files (`parquet`). Every problem is found
+//! here, before a model is loaded, and named with its file (and line or entry); a JSON file of the
+//! other kind is recognised (`sniff`) and the error names the `data.source` that reads it.
+
+mod coco;
+mod folder;
+mod lavis;
+mod manifest;
+#[cfg(feature = "parquet")]
+mod parquet;
+pub mod sniff;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::{DataConfig, DataSource};
+
+pub use folder::DECODED_EXTENSIONS;
+
+/// One image to caption, with its reference captions when the dataset has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// Unique key in predictions.jsonl.
+    pub id: String,
+    /// The path to open.
+    pub image: PathBuf,
+    /// The path as the dataset wrote it (reported back in outputs).
+    pub image_as_given: String,
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("dataset {what} {} not found\n  fix: check data.path / data.image_root in the config (relative paths are relative to the working directory)", path.display())]
+    NotFound { what: &'static str, path: PathBuf },
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}:{line}: {message}\n  fix: each manifest line is a JSON object like {{\"id\": \"x\", \"image\": \"img.png\", \"references\": [\"a caption\"]}} (or \"caption\": \"a caption\")", path.display())]
+    ManifestLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("{}: {message}", path.display())]
+    Coco { path: PathBuf, message: String },
+
+    #[error("{}: {message}\n  fix: a LAVIS annotation file is a JSON list of {{\"image\": \"dir/x.jpg\", \"caption\": \"a caption\" or [\"a caption\", ...], \"image_id\"?: ...}}", path.display())]
+    Lavis { path: PathBuf, message: String },
+
+    #[error("{}: {message}", path.display())]
+    Parquet { path: PathBuf, message: String },
+
+    /// The file is valid JSON of another dataset kind, or of none (`sniff`).
+    #[error("{}: {message}", path.display())]
+    WrongKind { path: PathBuf, message: String },
+
+    #[error("{}: id {id:?} appears twice (lines {first} and {second})\n  fix: give each manifest line a unique \"id\"", path.display())]
+    DuplicateId {
+        path: PathBuf,
+        id: String,
+        first: usize,
+        second: usize,
+    },
+
+    #[error("data.split_file is set but data.split is not\n  fix: set data.split to the split to run (e.g. test)")]
+    SplitNameMissing,
+
+    #[error("the dataset {} has no images{detail}\n  fix: check data.path, data.split, data.offset and data.limit", path.display())]
+    Empty { path: PathBuf, detail: String },
+}
+
+/// The reference captions by image id, for the items that have any.
+pub fn references(items: &[Item]) -> BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .filter(|item| !item.references.is_empty())
+        .map(|item| (item.id.clone(), item.references.clone()))
+        .collect()
+}
+
+/// Reads the configured dataset, applies offset and limit, and refuses an empty result.
+pub fn load(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
+    let items = match config.source {
+        DataSource::Folder => folder::read(&config.path)?,
+        DataSource::Manifest => manifest::read(&config.path)?,
+        DataSource::Coco => coco::read(config)?,
+        DataSource::Lavis => lavis::read(config)?,
+        #[cfg(feature = "parquet")]
+        DataSource::Parquet => parquet::read(&config.path)?,
+        #[cfg(not(feature = "parquet"))]
+        DataSource::Parquet => {
+            return Err(DatasetError::Parquet {
+                path: config.path.clone(),
+                message: "this build has no parquet reader\n  fix: build with `cargo install --path . --features parquet`, or convert the dataset to a JSONL manifest".to_string(),
+            })
+        }
+    };
+    let total = items.len();
+    let selected: Vec<Item> = items
+        .into_iter()
+        .skip(config.offset)
+        .take(config.limit.unwrap_or(usize::MAX))
+        .collect();
+    if selected.is_empty() {
+        let detail = if total == 0 {
+            String::new()
+        } else {
+            format!(
+                " after offset {} / limit {:?} ({total} before)",
+                config.offset, config.limit
+            )
+        };
+        return Err(DatasetError::Empty {
+            path: config.path.clone(),
+            detail,
+        });
+    }
+    Ok(selected)
+}
+
+/// The text of a dataset file (`what` names it in the error when it is missing).
+fn read_text(path: &Path, what: &'static str) -> Result<String, DatasetError> {
+    if !path.is_file() {
+        return Err(DatasetError::NotFound {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|source| DatasetError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The folder image paths are relative to: `data.image_root`, else the annotation file's folder.
+fn image_root(config: &DataConfig) -> Result<PathBuf, DatasetError> {
+    let root = match &config.image_root {
+        Some(root) => root.clone(),
+        None => folder_of(&config.path),
+    };
+    if !root.is_dir() {
+        return Err(DatasetError::NotFound {
+            what: "image root",
+            path: root,
+        });
+    }
+    Ok(root)
+}
+
+/// The folder a file is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// An id as datasets write it: a string, or a number (kept as its decimal text).
+fn id_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(id) => Some(id.clone()),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
