@@ -3,7 +3,7 @@
 #   kernel tests, the same-call speed table (PyTorch eager and compiled beside vlmrun), a 300-step
 #   loss curve beside PyTorch eager, peak memory per batch size, startup to the first step, and
 #   PyTorch's own bf16 fidelity on the images inference_check.sh's `vlmrun fidelity` uses.
-# Expects carry/vlmrun-cuda.xz and carry/gpu_kernels.xz. Writes under $OUT (tar it: many files).
+# Expects carry/vlmrun-cuda.xz and carry/gpu_kernels.xz. Leaves $OUT/session_check.tgz (everything).
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
@@ -25,3 +25,5 @@ echo "== vlmrun bench bf16 (inference, batch 1 and 64, greedy)"
 $bin/vlmrun-cuda --device cuda --precision bf16 bench --model "$MODEL_DIR" --batch-sizes 1,64 --beams 1 \
   --tokens 20 --warmup 2 --iterations 5 --out "$OUT/vlmrun_bench_bf16.json" > "$OUT/vlmrun_bench_bf16.md" 2>&1
 cat "$OUT/vlmrun_bench_bf16.md" | grep "^|"
+# The device returns a few files per call: everything as one archive.
+tar czf /tmp/session_check.tgz --exclude='*.safetensors' -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/session_check.tgz "$OUT/"
