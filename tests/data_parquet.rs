@@ -2,6 +2,7 @@
 //! tests/fixtures/make_parquet_fixtures.py (pyarrow 18.1.0, the Hugging Face datasets layout) as a
 //! folder dataset of two files, captioned by the tiny model; without the feature, a clear error.
 
+#[cfg(feature = "parquet")]
 use serde_json::Value;
 use std::path::Path;
 

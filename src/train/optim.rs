@@ -23,8 +23,8 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::grads::{GradsError, ParamGrads};
-use super::params::TrainParams;
-use crate::kernels::adamw::{AdamWScalars, FusedAdamW};
+use super::params::{TrainParam, TrainParams};
+use crate::kernels::adamw::{AdamWItem, AdamWScalars, FusedAdamW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -169,6 +169,9 @@ impl AdamW {
             });
         }
         let config = self.config;
+        if self.fused.enabled() && self.step_all_fused(&trainable, grads, lr, grad_scale)? {
+            return Ok(());
+        }
         for ((param, (_, grad)), slot) in trainable
             .iter()
             .zip(grads.iter())
@@ -221,6 +224,73 @@ impl AdamW {
             var.set(&updated).map_err(tensor_error)?;
         }
         Ok(())
+    }
+
+    /// Every parameter with a gradient in one multi-tensor launch of the fused kernel; `false`
+    /// (nothing stepped, moments created at most) when the kernel does not apply to some tensor.
+    fn step_all_fused(
+        &mut self,
+        trainable: &[&TrainParam],
+        grads: &ParamGrads,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<bool, OptimError> {
+        let mut stepped = Vec::with_capacity(trainable.len());
+        for (i, (param, (_, grad))) in trainable.iter().zip(grads.iter()).enumerate() {
+            let (Some(_), Some(var)) = (grad, param.var()) else {
+                continue;
+            };
+            if self.moments[i].is_none() {
+                let tensor_error = |source| OptimError::Tensor {
+                    name: param.name.clone(),
+                    source,
+                };
+                self.moments[i] = Some(Moments {
+                    step: 0,
+                    exp_avg: var.zeros_like().map_err(tensor_error)?,
+                    exp_avg_sq: var.zeros_like().map_err(tensor_error)?,
+                });
+            }
+            stepped.push(i);
+        }
+        let config = self.config;
+        let grad_list: Vec<Option<&Tensor>> = grads.iter().map(|(_, g)| g).collect();
+        let mut items = Vec::with_capacity(stepped.len());
+        for &i in &stepped {
+            let (param, moments) = (trainable[i], &self.moments[i]);
+            let (Some(Some(grad)), Some(var), Some(moments)) =
+                (grad_list.get(i), param.var(), moments)
+            else {
+                return Ok(false);
+            };
+            let weight_decay = if param.decay {
+                config.weight_decay
+            } else {
+                0.0
+            };
+            items.push(AdamWItem {
+                param: var.as_tensor(),
+                grad,
+                exp_avg: &moments.exp_avg,
+                exp_avg_sq: &moments.exp_avg_sq,
+                scalars: step_scalars(moments.step + 1, &config, weight_decay, lr, grad_scale),
+            });
+        }
+        let applied = self
+            .fused
+            .update_many(&items)
+            .map_err(|source| OptimError::Tensor {
+                name: "every trainable parameter (multi-tensor update)".into(),
+                source,
+            })?;
+        if applied {
+            for i in stepped {
+                if let Some(moments) = self.moments[i].as_mut() {
+                    moments.step += 1;
+                }
+            }
+        }
+        Ok(applied)
     }
 
     /// The state as a name -> tensor map: `<param>.step` (i64 scalar) for every trainable parameter,

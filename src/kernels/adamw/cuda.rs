@@ -7,7 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Storage, Tensor};
 
-use super::AdamWScalars;
+use super::{AdamWItem, AdamWScalars};
 use crate::kernels::nvrtc::load_module;
 
 const SOURCE: &str = include_str!("kernel.cu");
@@ -15,6 +15,7 @@ const SOURCE: &str = include_str!("kernel.cu");
 #[derive(Debug)]
 pub struct AdamWKernels {
     adamw: CudaFunction,
+    adamw_multi: CudaFunction,
     sum_squares_multi: CudaFunction,
 }
 
@@ -23,6 +24,7 @@ impl AdamWKernels {
         let module = load_module(dev, SOURCE, "optimizer", None)?;
         Ok(Self {
             adamw: module.load_function("adamw_f32").w()?,
+            adamw_multi: module.load_function("adamw_multi_f32").w()?,
             sum_squares_multi: module.load_function("sum_squares_multi_f32").w()?,
         })
     }
@@ -77,16 +79,7 @@ impl candle_core::InplaceOp1 for AdamWOp<'_> {
         let m = self.m.as_cuda_slice::<f32>()?.slice(m0..);
         let v = self.v.as_cuda_slice::<f32>()?.slice(v0..);
         let n = self.n as i64;
-        let args = [
-            s.grad_scale as f32,
-            s.decay_factor as f32,
-            (1.0 - s.beta1) as f32,
-            s.beta2 as f32,
-            (1.0 - s.beta2) as f32,
-            s.inv_bias_correction2_sqrt as f32,
-            s.eps as f32,
-            s.step_size as f32,
-        ];
+        let args = scalar_args(s);
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&self.kernels.adamw);
         builder.arg(&p).arg(&m).arg(&v).arg(&g).arg(&n);
@@ -137,6 +130,102 @@ pub fn update(
     Ok(true)
 }
 
+/// The eight scalars of `adamw_f32`, in its argument order.
+fn scalar_args(s: &AdamWScalars) -> [f32; 8] {
+    [
+        s.grad_scale as f32,
+        s.decay_factor as f32,
+        (1.0 - s.beta1) as f32,
+        s.beta2 as f32,
+        (1.0 - s.beta2) as f32,
+        s.inv_bias_correction2_sqrt as f32,
+        s.eps as f32,
+        s.step_size as f32,
+    ]
+}
+
+/// The device address of `t`'s first element (f32, contiguous, on CUDA), with the storage guard
+/// that keeps it borrowed; `None` when `t` is not such a tensor.
+fn f32_address<'a>(
+    t: &'a Tensor,
+    stream: &candle_core::cuda_backend::cudarc::driver::CudaStream,
+) -> Result<Option<(u64, impl std::ops::Deref<Target = Storage> + 'a)>> {
+    let Some((storage, start)) = f32_cuda(t) else {
+        return Ok(None);
+    };
+    let n = t.elem_count();
+    let ptr = {
+        let Storage::Cuda(s) = &*storage else {
+            return Ok(None);
+        };
+        let view = s.as_cuda_slice::<f32>()?.slice(start..start + n);
+        let (ptr, _record) = view.device_ptr(stream);
+        ptr
+    };
+    Ok(Some((ptr, storage)))
+}
+
+/// [`update`] for every item in one launch; `false` (nothing changed) when the kernel does not
+/// apply to some item.
+pub fn update_many(kernels: &AdamWKernels, items: &[AdamWItem<'_>]) -> Result<bool> {
+    let Some(first) = items.first() else {
+        return Ok(true);
+    };
+    let candle_core::Device::Cuda(dev) = first.param.device() else {
+        return Ok(false);
+    };
+    if items.len() > 65_535 {
+        return Ok(false);
+    }
+    let stream = dev.cuda_stream();
+    let mut held = Vec::with_capacity(4 * items.len());
+    let mut ptrs = Vec::with_capacity(4 * items.len());
+    let mut lens = Vec::with_capacity(items.len());
+    let mut scalars = Vec::with_capacity(8 * items.len());
+    for item in items {
+        let n = item.param.elem_count();
+        let tensors = [item.param, item.exp_avg, item.exp_avg_sq, item.grad];
+        if tensors.iter().any(|t| t.elem_count() != n) {
+            return Ok(false);
+        }
+        for t in tensors {
+            let Some((ptr, storage)) = f32_address(t, &stream)? else {
+                return Ok(false);
+            };
+            ptrs.push(ptr);
+            held.push(storage);
+        }
+        lens.push(n as i64);
+        scalars.extend(scalar_args(&item.scalars));
+    }
+    let largest = items
+        .iter()
+        .map(|i| i.param.elem_count())
+        .max()
+        .unwrap_or(0);
+    let ptrs = stream.clone_htod(&ptrs).w()?;
+    let lens = stream.clone_htod(&lens).w()?;
+    let scalars = stream.clone_htod(&scalars).w()?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            largest.div_ceil(256).clamp(1, 128) as u32,
+            items.len() as u32,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut builder = stream.launch_builder(&kernels.adamw_multi);
+    builder.arg(&ptrs).arg(&lens).arg(&scalars);
+    // SAFETY: ptrs holds, per item, the addresses of its parameter, moments and gradient (each
+    // lens[i] contiguous f32 values, borrowed in `held` until the launch is queued and owned by
+    // the caller's tensors until it runs); the kernel writes the parameter and the moments in
+    // place, as `update`'s InplaceOp does, on the one stream every other op of the step uses.
+    unsafe { builder.launch(cfg) }.w()?;
+    drop(held);
+    Ok(true)
+}
+
 pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f64>> {
     let Some(first) = grads.first() else {
         return Ok(Some(0.0));
@@ -155,26 +244,17 @@ pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f
         Vec::with_capacity(grads.len()),
     );
     for grad in grads {
-        let Some((storage, start)) = f32_cuda(grad) else {
+        let Some((ptr, storage)) = f32_address(grad, &stream)? else {
             return Ok(None);
         };
-        let n = grad.elem_count();
-        let ptr = {
-            let Storage::Cuda(s) = &*storage else {
-                return Ok(None);
-            };
-            let view = s.as_cuda_slice::<f32>()?.slice(start..start + n);
-            let (ptr, _record) = view.device_ptr(&stream);
-            ptr
-        };
         ptrs.push(ptr);
-        lens.push(n as i64);
+        lens.push(grad.elem_count() as i64);
         held.push(storage);
     }
     let total = dev.alloc_zeros::<f64>(1)?;
     let ptrs = stream.clone_htod(&ptrs).w()?;
     let lens = stream.clone_htod(&lens).w()?;
-    let largest = lens_max(grads);
+    let largest = grads.iter().map(|g| g.elem_count()).max().unwrap_or(0);
     let cfg = LaunchConfig {
         grid_dim: (
             largest.div_ceil(256).clamp(1, 64) as u32,
@@ -193,9 +273,4 @@ pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f
     drop(held);
     let host = stream.clone_dtoh(&total).w()?;
     Ok(host.first().map(|s| s.sqrt()))
-}
-
-/// The most elements of one tensor of `grads`.
-fn lens_max(grads: &[&Tensor]) -> usize {
-    grads.iter().map(|g| g.elem_count()).max().unwrap_or(0)
 }

@@ -30,6 +30,16 @@ pub struct AdamWScalars {
     pub step_size: f64,
 }
 
+/// One parameter of a multi-tensor update ([`FusedAdamW::update_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWItem<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub exp_avg: &'a Tensor,
+    pub exp_avg_sq: &'a Tensor,
+    pub scalars: AdamWScalars,
+}
+
 /// Handle to the compiled optimizer kernels (none on CPU).
 #[derive(Debug, Clone, Default)]
 pub struct FusedAdamW {
@@ -76,6 +86,17 @@ impl FusedAdamW {
             return cuda::update(kernels, param, grad, exp_avg, exp_avg_sq, scalars);
         }
         let _ = (param, grad, exp_avg, exp_avg_sq, scalars);
+        Ok(false)
+    }
+
+    /// [`Self::update`] for every item in one launch; `false` (nothing changed) when the kernel
+    /// does not apply to some item.
+    pub fn update_many(&self, items: &[AdamWItem<'_>]) -> Result<bool> {
+        #[cfg(feature = "cuda")]
+        if let Some(kernels) = &self.kernels {
+            return cuda::update_many(kernels, items);
+        }
+        let _ = items;
         Ok(false)
     }
 
