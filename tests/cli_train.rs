@@ -242,6 +242,16 @@ fn bad_inputs_stop_before_training_with_their_exit_codes() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("train.label_smoothing"));
 
+    // Activation recomputation is a feature of the explicit backward only.
+    let mut sets = SMALL.to_vec();
+    sets.extend([
+        "train.gradient_checkpointing=true",
+        "train.backward=autograd",
+    ]);
+    let output = train(&out, &sets, &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("train.gradient_checkpointing"));
+
     // A gradient dump into a folder that does not exist: usage error (2) before any step.
     let missing = dir.path().join("no-such-folder").join("grads.safetensors");
     let output = train(

@@ -215,6 +215,123 @@ fn fused_adamw_matches_the_composed_update() {
     }
 }
 
+/// The multi-tensor cast equals candle's `to_dtype` bit for bit (both round to nearest even), both
+/// ways and for odd sizes; the compute copy the fused AdamW writes equals the updated f32 weight
+/// converted by `to_dtype`, and an update without the copy leaves it as it was.
+#[test]
+fn multi_tensor_cast_and_the_adamw_copy_match_to_dtype() {
+    use std::collections::HashMap;
+    use vlmrun::kernels::adamw::FusedAdamW;
+    use vlmrun::train::grads::ParamGrads;
+    use vlmrun::train::optim::{AdamW, AdamWConfig};
+    use vlmrun::train::params::{FreezeRule, TrainParams};
+
+    let Some(dev) = gpu() else { return };
+    let kernels = FusedAdamW::for_device(&dev).unwrap();
+    // Odd sizes; values wide enough to round in every bit position, past f16's range in the last.
+    let sources: Vec<Tensor> = [
+        (vec![1usize], 1.0),
+        (vec![7], 3.0),
+        (vec![64, 300], 300.0),
+        (vec![3, 5, 11], 1e5),
+    ]
+    .into_iter()
+    .map(|(shape, scale)| (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * scale).unwrap())
+    .collect();
+    let refs: Vec<&Tensor> = sources.iter().collect();
+    for dtype in [DType::BF16, DType::F16] {
+        let cast = kernels
+            .cast_many(&refs, dtype)
+            .unwrap()
+            .expect("the cast applies");
+        let back = kernels
+            .cast_many(&cast.iter().collect::<Vec<_>>(), DType::F32)
+            .unwrap()
+            .expect("the cast applies");
+        for ((src, c), b) in sources.iter().zip(&cast).zip(&back) {
+            assert_eq!(c.dims(), src.dims());
+            let want = src.to_dtype(dtype).unwrap();
+            let same = |a: &Tensor, b: &Tensor| {
+                let a: Vec<f32> = a
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let b: Vec<f32> = b
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                a.iter()
+                    .zip(&b)
+                    .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+            };
+            assert!(
+                same(c, &want),
+                "{dtype:?} cast of {:?} differs from to_dtype",
+                src.dims()
+            );
+            assert!(
+                same(b, &want.to_dtype(DType::F32).unwrap()),
+                "{dtype:?} -> f32 differs"
+            );
+        }
+    }
+    let weight = Tensor::randn(0f32, 1.0, (64, 300), &dev).unwrap();
+    let params = TrainParams::from_named(
+        vec![("l.weight".to_string(), Var::from_tensor(&weight).unwrap())],
+        &FreezeRule::none(),
+    )
+    .unwrap();
+    let mut adamw = AdamW::new(&params, AdamWConfig::default()).with_kernels(kernels.clone());
+    let copy: HashMap<String, Tensor> = HashMap::from([(
+        "l.weight".to_string(),
+        kernels
+            .cast_many(&[&weight], DType::BF16)
+            .unwrap()
+            .unwrap()
+            .remove(0),
+    )]);
+    let before = copy["l.weight"].to_dtype(DType::F32).unwrap();
+    for _ in 0..2 {
+        let grads = HashMap::from([(
+            "l.weight".to_string(),
+            Tensor::randn(0f32, 1.0, (64, 300), &dev).unwrap(),
+        )]);
+        let grads = ParamGrads::from_named(grads, &params).unwrap();
+        let written = adamw
+            .step_scaled_with_copy(&params, &grads, 1e-2, 1.0, Some(&copy))
+            .unwrap();
+        assert!(written, "the fused update did not write the copy");
+    }
+    let updated = params
+        .get("l.weight")
+        .unwrap()
+        .tensor()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let diff = (copy["l.weight"].to_dtype(DType::F32).unwrap()
+        - updated.to_dtype(DType::F32).unwrap())
+    .unwrap()
+    .abs()
+    .unwrap()
+    .max_all()
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    let moved = rel_max_error(&copy["l.weight"].to_dtype(DType::F32).unwrap(), &before);
+    println!("AdamW compute copy: max |copy - to_dtype(weight)| = {diff:e} (moved {moved:.2e})");
+    assert_eq!(
+        diff, 0.0,
+        "the copy differs from the updated weight's bf16 rounding"
+    );
+    assert!(moved > 1e-3, "the copy did not move");
+}
+
 fn weight_or_bias<'a>(name: &str, weight: &'a Tensor, bias: &'a Tensor) -> Tensor {
     if name.ends_with("weight") {
         weight.clone()

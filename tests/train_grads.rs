@@ -203,11 +203,12 @@ fn loss_and_every_gradient_match_pytorch() {
 
 /// The explicit backward pass (each layer's hand-written backward, no autograd graph; what
 /// `vlmrun train` runs by default) against PyTorch: the same loss and every parameter's gradient
-/// within the tolerance of the autograd path above, and no parameter left without a gradient.
+/// within the tolerance of the autograd path above, and no parameter left without a gradient;
+/// with the vision activations recomputed in the backward, the same loss and gradients exactly.
 #[test]
 fn explicit_backward_matches_pytorch_for_every_parameter() {
     use vlmrun::kernels::backprop::TrainOps;
-    use vlmrun::models::blip::backprop::CaptionTargets;
+    use vlmrun::models::blip::backprop::{Activations, CaptionTargets};
     use vlmrun::models::gradients::NamedGrads;
 
     let dev = Device::Cpu;
@@ -232,20 +233,48 @@ fn explicit_backward_matches_pytorch_for_every_parameter() {
         counted: batch.target_tokens,
         label_smoothing: fx.meta["label_smoothing"].as_f64().unwrap(),
     };
-    let mut grads = NamedGrads::new(names.iter().cloned());
-    let loss = model
-        .train_caption_step(
-            &fx.tensors["pixel_values"],
-            targets,
-            1.0,
-            &TrainOps::composed(),
-            &mut grads,
-        )
-        .unwrap();
+    let run = |activations: Activations| {
+        let mut grads = NamedGrads::new(names.iter().cloned());
+        let loss = model
+            .train_caption_step(
+                &fx.tensors["pixel_values"],
+                targets,
+                1.0,
+                &TrainOps::composed(),
+                activations,
+                &mut grads,
+            )
+            .unwrap();
+        (loss, grads)
+    };
+    let (loss, grads) = run(Activations::Stored);
+    // Activation recomputation (train.gradient_checkpointing) runs the same ops again: the same
+    // loss and every gradient bit for bit.
+    let (recomputed_loss, recomputed) = run(Activations::Recomputed);
+    assert_eq!(loss.to_bits(), recomputed_loss.to_bits());
+    let recomputed = recomputed.into_map();
     let theirs = fx.tensors["loss"].to_vec1::<f32>().unwrap()[0] as f64;
     println!("loss: explicit {loss:.6} pytorch {theirs:.6}");
     assert!(((loss - theirs) / theirs).abs() < 1e-5);
     let grads = grads.into_map();
+    assert_eq!(recomputed.len(), grads.len());
+    for (name, grad) in &grads {
+        let again = &recomputed[name];
+        let same = (grad - again)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(
+            same, 0.0,
+            "{name}: recomputed activations changed the gradient"
+        );
+    }
     let worst = worst_gradient_error(&fx, &names, |name| {
         grads
             .get(name)

@@ -3,11 +3,14 @@
 # batch 32, train.shuffle=false: run A trains STEPS steps in one go; run B trains STEPS/2, stops,
 # and `--resume`s to STEPS from its checkpoint (a constant learning rate, so that the first half's
 # schedule does not depend on the step count it was started with). Prints both loss columns for the second half and the
-# worst relative difference. Tolerance: 1e-3 relative. The two runs do not have to agree bit for bit
+# worst relative difference. Tolerance: 1e-3 relative, or twice the difference between two
+# uninterrupted runs where that is larger. The two runs do not have to agree bit for bit
 # on the GPU: the attention backward's dQ, the LayerNorm and GELU backward's parameter sums and the
 # gradient norm add with atomics in a varying order (f32), so the same step differs in the last bits
-# between any two runs, resumed or not; 1e-3 is ~100x what that gives over a few steps and far below
-# what a lost optimizer state or a wrong data position gives (the loss jumps by 1e-1 or more).
+# between any two runs, resumed or not, and the difference grows with the steps (two
+# uninterrupted runs differ by up to 7.5e-4 at step 12 on the H200, 2026-12-03); a lost optimizer
+# state or a wrong data position moves the loss by 1e-1 or more. A second uninterrupted run
+# measures that noise in the same call.
 # Expects carry/vlmrun-cuda.xz; the weights and data of session_check.sh (written if missing).
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -25,10 +28,11 @@ run() {  # output dir, then train options
     --set output.dir="$dir" train "$@" > "$dir.log" 2>&1 || { echo "vlmrun train $* failed:"; tail -5 "$dir.log"; }
 }
 run /tmp/r_a --steps "$STEPS" --fresh
+run /tmp/r_a2 --steps "$STEPS" --fresh
 run /tmp/r_b --steps "$half" --fresh
 run /tmp/r_b --steps "$STEPS" --resume
 cp /tmp/r_a/metrics.jsonl "$OUT/resume_uninterrupted.jsonl"; cp /tmp/r_b/metrics.jsonl "$OUT/resume_resumed.jsonl"
-python3 - /tmp/r_a/metrics.jsonl /tmp/r_b/metrics.jsonl "$half" <<'PY' | tee "$OUT/resume_check.md"
+python3 - /tmp/r_a/metrics.jsonl /tmp/r_b/metrics.jsonl "$half" /tmp/r_a2/metrics.jsonl <<'PY' | tee "$OUT/resume_check.md"
 import json, sys
 def losses(path):
     out = {}
@@ -46,5 +50,9 @@ for step in sorted(s for s in a if s > half):
     rel = abs(a[step] - b[step]) / abs(a[step])
     worst = max(worst, rel)
     print(f"| {step} | {a[step]:.6f} | {b[step]:.6f} | {rel:.2e} |")
-print(f"\nworst relative difference after the resume: {worst:.2e} (tolerance 1e-3): {'ok' if worst <= 1e-3 else 'FAILED'}")
+again = losses(sys.argv[4])
+noise = max((abs(a[s] - again[s]) / abs(a[s]) for s in a if s > half and s in again), default=float("nan"))
+print(f"\ntwo uninterrupted runs, same steps: worst relative difference {noise:.2e} (the run-to-run noise of the atomics)")
+tol = max(1e-3, 2 * noise) if noise == noise else 1e-3
+print(f"worst relative difference after the resume: {worst:.2e} (tolerance max(1e-3, 2x the noise) = {tol:.2e}): {'ok' if worst <= tol else 'FAILED'}")
 PY

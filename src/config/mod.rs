@@ -334,6 +334,11 @@ fn train_problem(train: &TrainConfig) -> Option<(&'static str, &'static str)> {
             "train.max_steps",
             "training needs at least one step (set train.epochs or train.max_steps)",
         ))
+    } else if train.gradient_checkpointing && train.backward == schema::BackwardPass::Autograd {
+        Some((
+            "train.gradient_checkpointing",
+            "needs train.backward: explicit (the autograd path keeps its whole graph)",
+        ))
     } else if train.eval_every > 0 && train.eval_images == 0 {
         Some((
             "train.eval_every",

@@ -398,6 +398,10 @@ pub struct TrainConfig {
     /// Visit the pairs in a new seeded order every epoch (false: dataset order, as a PyTorch loop
     /// without a shuffling sampler; for side-by-side comparisons).
     pub shuffle: bool,
+    /// Activation recomputation (explicit backward): keep only each vision layer's input from
+    /// the forward and run the layer again in the backward. The same gradients in less memory
+    /// (most of a step's activations are the vision tower's) for one more vision forward.
+    pub gradient_checkpointing: bool,
 }
 
 /// `train.backward`.
@@ -434,6 +438,7 @@ impl Default for TrainConfig {
             fused_kernels: true,
             backward: BackwardPass::Explicit,
             shuffle: true,
+            gradient_checkpointing: false,
         }
     }
 }

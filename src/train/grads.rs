@@ -8,6 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
 use super::params::TrainParams;
+use crate::kernels::adamw::FusedAdamW;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GradsError {
@@ -67,6 +68,37 @@ impl ParamGrads {
             ));
         }
         Ok(Self { entries })
+    }
+
+    /// [`Self::from_named`] with the 16-bit gradients converted to f32 in one launch of the
+    /// multi-tensor cast where `kernels` has it (one `to_dtype` launch per tensor otherwise).
+    pub fn from_named_cast(
+        mut grads: HashMap<String, Tensor>,
+        params: &TrainParams,
+        kernels: &FusedAdamW,
+    ) -> Result<Self, GradsError> {
+        for dtype in [DType::BF16, DType::F16] {
+            let names: Vec<String> = params
+                .trainable()
+                .filter(|p| grads.get(&p.name).is_some_and(|g| g.dtype() == dtype))
+                .map(|p| p.name.clone())
+                .collect();
+            let sources: Vec<&Tensor> = names.iter().filter_map(|n| grads.get(n)).collect();
+            if sources.is_empty() {
+                continue;
+            }
+            let cast =
+                kernels
+                    .cast_many(&sources, DType::F32)
+                    .map_err(|source| GradsError::Tensor {
+                        name: format!("{} {dtype:?} gradients (one cast)", sources.len()),
+                        source,
+                    })?;
+            if let Some(cast) = cast {
+                grads.extend(names.into_iter().zip(cast));
+            }
+        }
+        Self::from_named(grads, params)
     }
 
     /// Adds another micro-batch's gradients (gradient accumulation); `other` must come from the same

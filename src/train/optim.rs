@@ -146,6 +146,22 @@ impl AdamW {
         lr: f64,
         grad_scale: f64,
     ) -> Result<(), OptimError> {
+        self.step_scaled_with_copy(params, grads, lr, grad_scale, None)
+            .map(|_| ())
+    }
+
+    /// [`AdamW::step_scaled`] that also rewrites `copy` (the compute-dtype copy of the weights,
+    /// by parameter name) from the updated weights in the fused kernel's pass. `true` when it did;
+    /// `false` when the copy no longer matches the weights (the update ran another way) and must
+    /// be made again.
+    pub fn step_scaled_with_copy(
+        &mut self,
+        params: &TrainParams,
+        grads: &ParamGrads,
+        lr: f64,
+        grad_scale: f64,
+        copy: Option<&HashMap<String, Tensor>>,
+    ) -> Result<bool, OptimError> {
         let trainable: Vec<_> = params.trainable().collect();
         let aligned = trainable.len() == self.names.len()
             && grads.len() == self.names.len()
@@ -169,8 +185,16 @@ impl AdamW {
             });
         }
         let config = self.config;
-        if self.fused.enabled() && self.step_all_fused(&trainable, grads, lr, grad_scale)? {
-            return Ok(());
+        if self.fused.enabled() {
+            // With a copy, every stepped parameter must have its entry; else the copy goes stale.
+            if let Some(copy) = copy {
+                if self.step_all_fused(&trainable, grads, lr, grad_scale, Some(copy))? {
+                    return Ok(true);
+                }
+            }
+            if self.step_all_fused(&trainable, grads, lr, grad_scale, None)? {
+                return Ok(false);
+            }
         }
         for ((param, (_, grad)), slot) in trainable
             .iter()
@@ -223,17 +247,19 @@ impl AdamW {
                 .map_err(tensor_error)?;
             var.set(&updated).map_err(tensor_error)?;
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// Every parameter with a gradient in one multi-tensor launch of the fused kernel; `false`
-    /// (nothing stepped, moments created at most) when the kernel does not apply to some tensor.
+    /// Every parameter with a gradient in one multi-tensor launch of the fused kernel, writing
+    /// each one's entry of `copy` too when given; `false` (nothing stepped, moments created at
+    /// most) when the kernel does not apply to some tensor or `copy` lacks a stepped parameter.
     fn step_all_fused(
         &mut self,
         trainable: &[&TrainParam],
         grads: &ParamGrads,
         lr: f64,
         grad_scale: f64,
+        copy: Option<&HashMap<String, Tensor>>,
     ) -> Result<bool, OptimError> {
         let mut stepped = Vec::with_capacity(trainable.len());
         for (i, (param, (_, grad))) in trainable.iter().zip(grads.iter()).enumerate() {
@@ -268,11 +294,19 @@ impl AdamW {
             } else {
                 0.0
             };
+            let copy = match copy {
+                None => None,
+                Some(copy) => match copy.get(&param.name) {
+                    Some(entry) => Some(entry),
+                    None => return Ok(false),
+                },
+            };
             items.push(AdamWItem {
                 param: var.as_tensor(),
                 grad,
                 exp_avg: &moments.exp_avg,
                 exp_avg_sq: &moments.exp_avg_sq,
+                copy,
                 scalars: step_scalars(moments.step + 1, &config, weight_decay, lr, grad_scale),
             });
         }

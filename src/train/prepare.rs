@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Var};
 
 use super::checkpoint::{CheckpointDir, LoadedCheckpoint, MetricGoal, Retention};
+use super::compute_copy::ComputeCopy;
 use super::data::TrainData;
 use super::eval::Evaluator;
 use super::inputs::InputBuilder;
@@ -81,6 +82,9 @@ pub struct Session<'a> {
     pub backprop_ops: TrainOps,
     /// One-kernel AdamW and gradient norm (CUDA, `train.fused_kernels`).
     pub fused_adamw: FusedAdamW,
+    /// The weights in the compute dtype, kept current by the fused AdamW (`None`: made again at
+    /// the next step, or not used).
+    pub compute_copy: Option<ComputeCopy>,
     /// Where the set-up time went, phase by phase.
     pub startup: StartupPhases,
 }
@@ -318,6 +322,7 @@ pub fn prepare<'a>(
         train_ops,
         backprop_ops,
         fused_adamw,
+        compute_copy: None,
         startup,
     })
 }

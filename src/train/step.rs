@@ -9,6 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::compute_copy::ComputeCopy;
 use super::data::SampleOrder;
 use super::grads::ParamGrads;
 use super::loss::caption_loss;
@@ -19,7 +20,7 @@ use super::scaler::LossScaler;
 use crate::config::{BackwardPass, TrainConfig};
 use crate::error::Error;
 use crate::kernels::fused::FusedOps;
-use crate::models::blip::backprop::CaptionTargets;
+use crate::models::blip::backprop::{Activations, CaptionTargets};
 use crate::models::blip::config::Activation;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration};
 use crate::models::gradients::NamedGrads;
@@ -61,6 +62,7 @@ pub fn step(
         train_ops,
         backprop_ops,
         fused_adamw,
+        compute_copy,
         ..
     } = session;
     let (train, dtype) = (*train, *dtype);
@@ -75,10 +77,23 @@ pub fn step(
             .map_err(|err| Error::Input(err.to_string()))
     };
     let mut grads = if explicit_backward(train, &weights.config) {
-        // One model build per step (not per micro-batch), from the updated master weights.
-        let model = compute_model(params, &weights.config, dtype, dev, FusedOps::disabled())?;
+        // One model build per step (not per micro-batch), from the updated master weights: from
+        // their compute-dtype copy where the fused AdamW keeps one.
+        if compute_copy.is_none() {
+            *compute_copy = ComputeCopy::make(params, dtype, fused_adamw).map_err(internal)?;
+        }
+        let tensors = match compute_copy.as_ref() {
+            Some(copy) => copy.tensors().clone(),
+            None => params.model_tensors(),
+        };
+        let model = compute_model(tensors, &weights.config, dtype, dev, FusedOps::disabled())?;
         let mut named = NamedGrads::new(params.trainable().map(|p| p.name.clone()));
         let grad_factor = scaler.scale() / micro_batches as f64;
+        let activations = if train.gradient_checkpointing {
+            Activations::Recomputed
+        } else {
+            Activations::Stored
+        };
         for _ in 0..micro_batches {
             let (pixels, batch) = next_batch()?;
             let targets = CaptionTargets {
@@ -89,12 +104,19 @@ pub fn step(
                 label_smoothing: train.label_smoothing,
             };
             let micro = model
-                .train_caption_step(&pixels, targets, grad_factor, backprop_ops, &mut named)
+                .train_caption_step(
+                    &pixels,
+                    targets,
+                    grad_factor,
+                    backprop_ops,
+                    activations,
+                    &mut named,
+                )
                 .map_err(|err| Error::Internal(format!("training step: {err}")))?;
             loss += micro / micro_batches as f64;
         }
         drop(model);
-        ParamGrads::from_named(named.into_map(), params).map_err(internal)?
+        ParamGrads::from_named_cast(named.into_map(), params, fused_adamw).map_err(internal)?
     } else {
         let mut sum: Option<ParamGrads> = None;
         for _ in 0..micro_batches {
@@ -154,9 +176,13 @@ pub fn step(
         None => grad_norm_and_clip(&grads, max_norm, fused_adamw).map_err(internal)?,
     };
     if !found_non_finite {
-        optimizer
-            .step_scaled(params, &grads, lr, grad_scale)
+        let copy = compute_copy.as_ref().map(ComputeCopy::tensors);
+        let copy_current = optimizer
+            .step_scaled_with_copy(params, &grads, lr, grad_scale, copy)
             .map_err(internal)?;
+        if !copy_current {
+            *compute_copy = None;
+        }
     }
     drop(grads);
     dev.synchronize().map_err(internal)?;
@@ -245,16 +271,16 @@ pub fn explicit_backward(train: &TrainConfig, config: &BlipConfig) -> bool {
         && config.text_config.hidden_act == Activation::GeluErf
 }
 
-/// The model in the compute dtype from the master weights, detached: no autograd graph.
+/// The model in the compute dtype from `tensors` (the master weights or their compute copy, by
+/// name), detached: no autograd graph.
 fn compute_model(
-    params: &TrainParams,
+    tensors: std::collections::HashMap<String, Tensor>,
     config: &BlipConfig,
     dtype: DType,
     dev: &Device,
     ops: FusedOps,
 ) -> Result<BlipForConditionalGeneration, Error> {
-    let tensors = params
-        .model_tensors()
+    let tensors = tensors
         .into_iter()
         .map(|(name, t)| (name, t.detach()))
         .collect();

@@ -1,21 +1,51 @@
 // AdamW on f32 master weights in one pass per tensor (torch.optim.AdamW's formula, the order of
-// operations of vlmrun's composed update in src/train/optim.rs), and the sum of squares of a
-// gradient accumulated into one f64 (the global gradient norm). Compiled with NVRTC, no headers.
+// operations of vlmrun's composed update in src/train/optim.rs), optionally writing the updated
+// weight's compute-dtype copy in the same pass; the sum of squares of a gradient accumulated into
+// one f64 (the global gradient norm); multi-tensor casts between f32 and bf16/f16 (the master
+// weights' first compute copy, 16-bit gradients to f32). Compiled with NVRTC, no headers.
 
-// One tensor's update over this block's grid-stride share (blockIdx.x of gridDim.x).
+typedef unsigned short u16;
+
+__device__ __forceinline__ float o_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ u16 o_st_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+__device__ __forceinline__ float o_ld_f16(u16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+    return f;
+}
+__device__ __forceinline__ u16 o_st_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// The 16-bit copy kinds of the multi-tensor kernels' `kind` argument.
+#define COPY_BF16 1
+#define COPY_F16 2
+
+// One tensor's update over this block's grid-stride share (blockIdx.x of gridDim.x); with a
+// non-null `copy`, the updated weight is also written there in bf16 (kind COPY_BF16) or f16
+// (COPY_F16): the compute-dtype copy the next step's model is built from.
 __device__ void adamw_body(float* p, float* m, float* v, const float* g, long n, float grad_scale,
                            float decay_factor, float one_minus_beta1, float beta2,
                            float one_minus_beta2, float inv_bias2_sqrt, float eps,
-                           float step_size) {
+                           float step_size, u16* copy, int kind) {
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x) {
         float gi = g[i] * grad_scale;
         float mi = m[i] + (gi - m[i]) * one_minus_beta1;
         float vi = v[i] * beta2 + (gi * gi) * one_minus_beta2;
         float denom = sqrtf(vi) * inv_bias2_sqrt + eps;
-        p[i] = p[i] * decay_factor - (mi / denom) * step_size;
+        float pi = p[i] * decay_factor - (mi / denom) * step_size;
+        p[i] = pi;
         m[i] = mi;
         v[i] = vi;
+        if (copy) copy[i] = kind == COPY_F16 ? o_st_f16(pi) : o_st_bf16(pi);
     }
 }
 
@@ -24,19 +54,45 @@ extern "C" __global__ void adamw_f32(float* p, float* m, float* v, const float* 
                                      float beta2, float one_minus_beta2, float inv_bias2_sqrt,
                                      float eps, float step_size) {
     adamw_body(p, m, v, g, n, grad_scale, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
-               inv_bias2_sqrt, eps, step_size);
+               inv_bias2_sqrt, eps, step_size, 0, 0);
 }
 
 // Every parameter at once (one launch instead of one per tensor): tensor blockIdx.y has its
-// parameter, exp_avg, exp_avg_sq and gradient at ptrs[4y..4y+3], lens[y] elements, and the eight
-// scalars of adamw_f32 (grad_scale .. step_size) at scalars[8y..8y+7].
+// parameter, exp_avg, exp_avg_sq, gradient and compute-dtype copy (0: none) at ptrs[5y..5y+4],
+// lens[y] elements, and the eight scalars of adamw_f32 (grad_scale .. step_size) at
+// scalars[8y..8y+7]; `kind` is the copies' dtype.
 extern "C" __global__ void adamw_multi_f32(const unsigned long long* ptrs, const long* lens,
-                                           const float* scalars) {
+                                           const float* scalars, int kind) {
     const int t = blockIdx.y;
     const float* s = scalars + 8 * t;
-    adamw_body((float*)ptrs[4 * t], (float*)ptrs[4 * t + 1], (float*)ptrs[4 * t + 2],
-               (const float*)ptrs[4 * t + 3], lens[t], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-               s[7]);
+    adamw_body((float*)ptrs[5 * t], (float*)ptrs[5 * t + 1], (float*)ptrs[5 * t + 2],
+               (const float*)ptrs[5 * t + 3], lens[t], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+               s[7], (u16*)ptrs[5 * t + 4], kind);
+}
+
+// Casts between f32 and a 16-bit dtype for every tensor of a list in one launch: tensor
+// blockIdx.y is read from ptrs[2y] and written to ptrs[2y+1], lens[y] elements; `kind` is the
+// 16-bit side's dtype. Rounding to nearest even, as candle's to_dtype.
+extern "C" __global__ void cast_multi_from_f32(const unsigned long long* ptrs, const long* lens,
+                                               int kind) {
+    const int t = blockIdx.y;
+    const float* src = (const float*)ptrs[2 * t];
+    u16* dst = (u16*)ptrs[2 * t + 1];
+    const long n = lens[t];
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x)
+        dst[i] = kind == COPY_F16 ? o_st_f16(src[i]) : o_st_bf16(src[i]);
+}
+
+extern "C" __global__ void cast_multi_to_f32(const unsigned long long* ptrs, const long* lens,
+                                             int kind) {
+    const int t = blockIdx.y;
+    const u16* src = (const u16*)ptrs[2 * t];
+    float* dst = (float*)ptrs[2 * t + 1];
+    const long n = lens[t];
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x)
+        dst[i] = kind == COPY_F16 ? o_ld_f16(src[i]) : o_ld_bf16(src[i]);
 }
 
 // Adds sum(g[i]^2) over this block's grid-stride share of g (blockIdx.x of gridDim.x) to *out.

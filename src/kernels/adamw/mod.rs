@@ -1,7 +1,10 @@
 //! AdamW in one kernel per parameter tensor on CUDA: reads the f32 gradient, updates the f32
 //! master weight and both moments in place (the composed update in `train/optim.rs` runs ~10
 //! tensor ops per parameter, each a full pass with a fresh allocation), and the global gradient
-//! norm as one f64 accumulator on the device read back once.
+//! norm as one f64 accumulator on the device read back once. The multi-tensor forms update every
+//! parameter in one launch and write each updated weight's compute-dtype copy in the same pass;
+//! [`FusedAdamW::cast_many`] makes the first copy and turns 16-bit gradients into f32 in one
+//! launch each (candle's `to_dtype` is one launch per tensor).
 //!
 //! [`FusedAdamW::update`] returns `false` where the kernel does not apply (CPU, a build without
 //! `cuda`, non-f32 or non-contiguous tensors): the caller runs the composed update, which is the
@@ -12,7 +15,7 @@ mod cuda;
 
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// One step's scalars, as the composed update computes them.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,9 @@ pub struct AdamWItem<'a> {
     pub grad: &'a Tensor,
     pub exp_avg: &'a Tensor,
     pub exp_avg_sq: &'a Tensor,
+    /// The parameter's compute-dtype copy (bf16/f16, contiguous), rewritten from the updated
+    /// weight in the same pass.
+    pub copy: Option<&'a Tensor>,
     pub scalars: AdamWScalars,
 }
 
@@ -98,6 +104,18 @@ impl FusedAdamW {
         }
         let _ = items;
         Ok(false)
+    }
+
+    /// Every tensor of `tensors` (one dtype) converted to `dtype` in one launch, f32 <-> bf16/f16
+    /// with candle's rounding: views of one new allocation. `None` when the kernel does not
+    /// apply (the caller converts each tensor with `to_dtype`).
+    pub fn cast_many(&self, tensors: &[&Tensor], dtype: DType) -> Result<Option<Vec<Tensor>>> {
+        #[cfg(feature = "cuda")]
+        if let Some(kernels) = &self.kernels {
+            return cuda::cast_many(kernels, tensors, dtype);
+        }
+        let _ = (tensors, dtype);
+        Ok(None)
     }
 
     /// `sqrt(sum of squares)` of every tensor of `grads` (f32, on the GPU), accumulated in f64

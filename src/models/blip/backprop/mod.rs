@@ -17,6 +17,17 @@ use super::BlipForConditionalGeneration;
 use crate::kernels::backprop::TrainOps;
 use crate::models::gradients::{NamedGrads, ParamPath};
 
+/// What the vision tower keeps for its backward pass (`train.gradient_checkpointing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Every layer's activations, from the forward to the backward (the fastest).
+    #[default]
+    Stored,
+    /// Each layer's input only; the backward runs the layer's forward again first (activation
+    /// recomputation: one more vision forward per step for most of the activation memory).
+    Recomputed,
+}
+
 /// Decoder inputs and the loss targets of one captioning batch.
 #[derive(Debug, Clone, Copy)]
 pub struct CaptionTargets<'a> {
@@ -35,18 +46,22 @@ impl BlipForConditionalGeneration {
     /// One forward and backward of the mean label-smoothed caption loss (HF/LAVIS masking):
     /// returns the loss and adds the gradients of `loss * grad_factor` (loss scale / gradient
     /// accumulation) to `grads` under the checkpoint names. Only the parameters `grads` asks
-    /// for get gradients; a frozen vision tower gets no backward pass at all.
+    /// for get gradients; a frozen vision tower gets no backward pass at all. `activations`: what
+    /// the vision tower keeps between its forward and backward (the gradients are the same).
     pub fn train_caption_step(
         &self,
         pixel_values: &Tensor,
         batch: CaptionTargets<'_>,
         grad_factor: f64,
         ops: &TrainOps,
+        activations: Activations,
         grads: &mut NamedGrads,
     ) -> Result<f64> {
         let vision_path = ParamPath::root("vision_model");
         let text_path = ParamPath::root("text_decoder");
-        let (image_embeds, vision_tape) = self.vision_model.train_forward(pixel_values, ops)?;
+        let (image_embeds, vision_tape) =
+            self.vision_model
+                .train_forward(pixel_values, ops, activations)?;
         let (hidden, text_tape) =
             self.text_decoder
                 .train_forward(batch.input_ids, &image_embeds, ops)?;

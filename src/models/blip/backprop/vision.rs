@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::Activations;
 use crate::kernels::backprop::{linear, linear_backward, AttentionSaved, TrainOps};
 use crate::models::blip::vision::{BlipEncoderLayer, BlipVisionEmbeddings, BlipVisionModel};
 use crate::models::gradients::{NamedGrads, ParamPath};
@@ -47,11 +48,18 @@ struct LayerTape {
     activated: Tensor,
 }
 
+/// What one layer keeps until its backward: its whole tape, or only its input, from which the
+/// backward runs the layer's forward again ([`Activations::Recomputed`]).
+enum LayerSaved {
+    Tape(LayerTape),
+    Input(Tensor),
+}
+
 /// What the tower's backward reads.
 pub struct VisionTape {
     /// Flattened patches `(B, grid^2, 3 p^2)`.
     patches: Tensor,
-    layers: Vec<LayerTape>,
+    layers: Vec<LayerSaved>,
     /// Input of `post_layernorm`.
     last: Tensor,
 }
@@ -254,17 +262,23 @@ pub(super) fn add_layer_norm(
 
 impl BlipVisionModel {
     /// Training forward: `(B, 3, H, W)` pixels -> image embeds `(B, 1 + grid^2, D)` and what the
-    /// backward reads.
+    /// backward reads: every layer's tape, or with [`Activations::Recomputed`] each layer's
+    /// input only (the tapes are ~16 activations of `(B, 1 + grid^2, D)` per layer, the bulk of
+    /// a training step's memory).
     pub fn train_forward(
         &self,
         pixel_values: &Tensor,
         ops: &TrainOps,
+        activations: Activations,
     ) -> Result<(Tensor, VisionTape)> {
         let (mut xs, patches) = self.embeddings.train_forward(pixel_values, ops)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let (out, tape) = layer.train_forward(&xs, ops)?;
-            layers.push(tape);
+            layers.push(match activations {
+                Activations::Stored => LayerSaved::Tape(tape),
+                Activations::Recomputed => LayerSaved::Input(xs),
+            });
             xs = out;
         }
         let norm = &self.post_layernorm;
@@ -294,7 +308,12 @@ impl BlipVisionModel {
             ops.layer_norm_backward(&tape.last, norm.weight(), d_embeds, norm.eps())?;
         add_layer_norm(grads, &path.pp("post_layernorm"), &dw, &db)?;
         let layers_path = path.pp("encoder").pp("layers");
-        for (i, (layer, layer_tape)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
+        for (i, (layer, saved)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
+            let layer_tape = match saved {
+                LayerSaved::Tape(tape) => tape,
+                // The same kernels on the same input: the tape the forward dropped, bit for bit.
+                LayerSaved::Input(x) => layer.train_forward(&x, ops)?.1,
+            };
             dx = layer.train_backward(layer_tape, &dx, ops, grads, &layers_path.pp(i))?;
         }
         self.embeddings

@@ -1,0 +1,76 @@
+//! The model's weights in the compute dtype (bf16/f16), kept from one step to the next on CUDA.
+//! Made once from the master weights (one multi-tensor cast launch), then rewritten by the fused
+//! AdamW in the same pass as each update (`AdamW::step_scaled_with_copy`), so a step builds its
+//! model without converting every weight again: candle's `to_dtype` is a launch per tensor, ~480
+//! launches and ~1.6 ms of GPU time per BLIP-base step (docs/training.md's profile).
+//!
+//! Where the kernels do not apply (CPU, f32 compute, `train.fused_kernels: false`) there is no
+//! copy and the step converts the master weights as before.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+
+use super::params::TrainParams;
+use crate::kernels::adamw::FusedAdamW;
+
+/// Every model tensor by name in the compute dtype; the trainable ones equal the f32 master
+/// weights rounded to that dtype as long as the optimizer keeps it current.
+#[derive(Debug)]
+pub struct ComputeCopy {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl ComputeCopy {
+    /// The copy of `params` in `dtype`; `None` when `dtype` is f32 (the model reads the master
+    /// weights themselves) or the cast kernel does not apply.
+    pub fn make(
+        params: &TrainParams,
+        dtype: DType,
+        kernels: &FusedAdamW,
+    ) -> candle_core::Result<Option<Self>> {
+        if dtype == DType::F32 || !kernels.enabled() {
+            return Ok(None);
+        }
+        let mut tensors = params.model_tensors();
+        for from in [DType::F32, DType::BF16, DType::F16] {
+            if from == dtype {
+                continue;
+            }
+            let names: Vec<String> = tensors
+                .iter()
+                .filter(|(_, t)| t.dtype() == from)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let sources: Vec<&Tensor> = names.iter().filter_map(|n| tensors.get(n)).collect();
+            if sources.is_empty() {
+                continue;
+            }
+            let cast = if from == DType::F32 {
+                kernels.cast_many(&sources, dtype)?
+            } else {
+                // 16-bit to the other 16-bit dtype: not a kernel of the table (no BLIP weights
+                // are stored that way next to master weights); convert one by one.
+                Some(
+                    sources
+                        .iter()
+                        .map(|t| t.to_dtype(dtype))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                )
+            };
+            let Some(cast) = cast else {
+                return Ok(None);
+            };
+            tensors.extend(names.into_iter().zip(cast));
+        }
+        if tensors.values().any(|t| t.dtype() != dtype) {
+            return Ok(None);
+        }
+        Ok(Some(Self { tensors }))
+    }
+
+    /// The tensors to build the model from (shared storage, no copy).
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+}
