@@ -363,6 +363,14 @@ pub struct BenchArgs {
     /// Allowed regression for --compare, e.g. 5%.
     #[arg(long, value_name = "PERCENT", default_value = "5%")]
     pub threshold: String,
+    /// Measure training instead of captioning: --train-steps optimizer steps of `vlmrun train` on
+    /// the configured data (the train.* keys apply; no checkpoints are written), recorded in the
+    /// document for --compare.
+    #[arg(long)]
+    pub train: bool,
+    /// Optimizer steps of --train; the first (one-time set-up) is not in the rate.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub train_steps: usize,
 }
 
 impl BenchArgs {

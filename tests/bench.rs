@@ -382,3 +382,64 @@ fn compare_matches_documents_from_disk() {
         .next()
         .is_none());
 }
+
+/// `bench --train`: a document with one training record from `vlmrun train`'s own steps (no
+/// checkpoint written); `--compare` against a baseline that trained far faster exits 3 naming
+/// `train: samples_per_s`, and one taken with another batch size is refused (exit 2).
+#[test]
+fn train_record_is_measured_and_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("train.json");
+    let out_dir = dir.path().join("out");
+    let sets = [
+        "--set",
+        &format!("output.dir={}", out_dir.display()),
+        "--set",
+        "train.batch_size=4",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = sets.to_vec();
+        args.extend(["bench", "--train", "--train-steps", "3"]);
+        args.extend(extra);
+        vlmrun(&args)
+    };
+    let (code, stdout, stderr) = run(&["--out", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains("| batch | accumulation | steps | samples/s"),
+        "{stdout}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let train = &doc["train"];
+    assert_eq!(train["steps"], 3);
+    assert_eq!(train["batch_size"], 4);
+    assert!(train["samples_per_s"].as_f64().unwrap() > 0.0);
+    let step_ms = train["step_ms"].as_f64().unwrap();
+    let from_rate = 1e3 * 4.0 / train["samples_per_s"].as_f64().unwrap();
+    assert!((step_ms - from_rate).abs() < 1e-6 * from_rate);
+    assert_eq!(doc["records"].as_array().unwrap().len(), 0);
+    assert!(
+        !out_dir.join("bench-train").join("checkpoints").exists(),
+        "a measurement run writes no checkpoint"
+    );
+
+    let mut faster = doc.clone();
+    faster["train"]["samples_per_s"] = 1e12.into();
+    let baseline = dir.path().join("faster.json");
+    std::fs::write(&baseline, serde_json::to_string(&faster).unwrap()).unwrap();
+    let (code, _, stderr) = run(&[
+        "--compare",
+        baseline.to_str().unwrap(),
+        "--threshold",
+        "50%",
+    ]);
+    assert_eq!(code, Some(3), "stderr: {stderr}");
+    assert!(stderr.contains("train: samples_per_s"), "{stderr}");
+
+    let mut other_batch = doc.clone();
+    other_batch["train"]["batch_size"] = 8.into();
+    std::fs::write(&baseline, serde_json::to_string(&other_batch).unwrap()).unwrap();
+    let (code, _, stderr) = run(&["--compare", baseline.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("training settings"), "{stderr}");
+}

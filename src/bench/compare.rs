@@ -4,14 +4,16 @@
 //! by more than the threshold (throughput lower, times or memory higher).
 //!
 //! Checked: per record `images_per_s`, `vision_images_per_s`, `prefill_ms`, `decode_step_ms`,
-//! `latency_p95_ms`, `peak_gpu_bytes`; per run `preprocess_ms`. Not checked: the model load time
+//! `latency_p95_ms`, `peak_gpu_bytes`; per run `preprocess_ms`; of a training record (same
+//! batch, accumulation, backward, kernels and checkpointing only) `samples_per_s`, `startup_s`
+//! and `peak_gpu_bytes`. Not checked: the model load time
 //! (mostly the page cache's), and any metric null on either side.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::document::{BenchDocument, Record, SCHEMA};
+use super::document::{BenchDocument, Record, TrainRecord, SCHEMA};
 use super::BenchError;
 
 /// Whether a larger value is an improvement.
@@ -158,6 +160,24 @@ pub fn compare(
         current.settings.prompt_tokens.to_string(),
     )?;
 
+    let train = match (&baseline.train, &current.train) {
+        (Some(b), Some(c)) => {
+            let settings = |r: &TrainRecord| {
+                format!(
+                    "batch {} x {} accumulated, backward {}, fused kernels {}, gradient checkpointing {}",
+                    r.batch_size,
+                    r.grad_accumulation,
+                    r.backward,
+                    r.fused_kernels,
+                    r.gradient_checkpointing
+                )
+            };
+            mismatch("training settings", settings(b), settings(c))?;
+            Some((b, c))
+        }
+        _ => None,
+    };
+
     let key = |r: &Record| (r.batch_size, r.num_beams);
     let only_current: Vec<_> = current
         .records
@@ -176,11 +196,16 @@ pub fn compare(
         .iter()
         .filter_map(|c| baseline.record(c.batch_size, c.num_beams).map(|b| (b, c)))
         .collect();
-    if pairs.is_empty() {
+    if pairs.is_empty() && train.is_none() {
         let keys = |d: &BenchDocument| {
             d.records
                 .iter()
                 .map(|r| format!("batch {} beams {}", r.batch_size, r.num_beams))
+                .chain(
+                    d.train
+                        .as_ref()
+                        .map(|t| format!("training batch {}", t.batch_size)),
+                )
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -205,6 +230,27 @@ pub fn compare(
         preprocess_ms(baseline),
         preprocess_ms(current),
     );
+    if let Some((b, c)) = train {
+        let bytes = |r: &TrainRecord| r.peak_gpu_bytes.map(|v| v as f64);
+        check(
+            "train: samples_per_s".to_string(),
+            Better::Higher,
+            Some(b.samples_per_s),
+            Some(c.samples_per_s),
+        );
+        check(
+            "train: startup_s".to_string(),
+            Better::Lower,
+            Some(b.startup_s),
+            Some(c.startup_s),
+        );
+        check(
+            "train: peak_gpu_bytes".to_string(),
+            Better::Lower,
+            bytes(b),
+            bytes(c),
+        );
+    }
     for (b, c) in pairs {
         let name =
             |metric: &str| format!("batch {}, beams {}: {metric}", c.batch_size, c.num_beams);
@@ -368,6 +414,7 @@ mod tests {
                 images_per_s_one_thread: 200.0,
             }),
             records: vec![record(1), record(8)],
+            train: None,
             config: serde_json::Value::Null,
         }
     }

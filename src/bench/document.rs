@@ -27,6 +27,9 @@ pub struct BenchDocument {
     pub preprocess: Option<PreprocessTiming>,
     /// One record per (batch size, beams), in the order they ran.
     pub records: Vec<Record>,
+    /// Training throughput (`vlmrun bench --train`); absent in inference documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainRecord>,
     /// The resolved configuration the run used (generation lengths forced), as JSON; the reference
     /// script writes its own settings here.
     pub config: serde_json::Value,
@@ -114,6 +117,29 @@ pub struct Record {
     pub peak_gpu_bytes: Option<u64>,
 }
 
+/// Training steps on the configured data (`vlmrun bench --train`): the optimizer steps of
+/// `vlmrun train` itself, nothing written but the document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    pub batch_size: usize,
+    pub grad_accumulation: usize,
+    /// `train.backward` (`explicit` or `autograd`).
+    pub backward: String,
+    pub fused_kernels: bool,
+    pub gradient_checkpointing: bool,
+    /// Optimizer steps run; the first (one-time set-up inside it) is not in the rates.
+    pub steps: u64,
+    /// Median over the steps after the first, pairs per second.
+    pub samples_per_s: f64,
+    /// Pairs per step / `samples_per_s`, milliseconds.
+    pub step_ms: f64,
+    /// From the start of the training run to its first step, seconds.
+    pub startup_s: f64,
+    /// Peak GPU memory of the process over the run (NVML); null on the CPU.
+    pub peak_gpu_bytes: Option<u64>,
+    pub training_pairs: usize,
+}
+
 /// Summary statistics of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -140,6 +166,21 @@ impl Summary {
     /// Statistics of `values` (numpy-style percentiles); `None` for an empty sample.
     pub fn of(values: &[f64]) -> Option<Summary> {
         Percentiles::of(values).map(Summary::from)
+    }
+}
+
+impl ModelShape {
+    /// The shapes of a BLIP captioning configuration.
+    pub fn of(config: &crate::models::blip::BlipConfig) -> Self {
+        ModelShape {
+            image_size: config.vision_config.image_size,
+            patch_size: config.vision_config.patch_size,
+            vision_hidden_size: config.vision_config.hidden_size,
+            vision_layers: config.vision_config.num_hidden_layers,
+            text_hidden_size: config.text_config.hidden_size,
+            text_layers: config.text_config.num_hidden_layers,
+            vocab_size: config.text_config.vocab_size,
+        }
     }
 }
 

@@ -132,16 +132,7 @@ impl BenchModel {
 
     /// The model's shapes.
     pub fn shape(&self) -> ModelShape {
-        let config = self.model.config();
-        ModelShape {
-            image_size: config.vision_config.image_size,
-            patch_size: config.vision_config.patch_size,
-            vision_hidden_size: config.vision_config.hidden_size,
-            vision_layers: config.vision_config.num_hidden_layers,
-            text_hidden_size: config.text_config.hidden_size,
-            text_layers: config.text_config.num_hidden_layers,
-            vocab_size: config.text_config.vocab_size,
-        }
+        ModelShape::of(self.model.config())
     }
 
     /// Waits for the device to finish queued work (a no-op on the CPU).

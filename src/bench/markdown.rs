@@ -18,14 +18,17 @@ fn gib(bytes: Option<u64>) -> String {
 pub fn results(doc: &BenchDocument) -> String {
     let env = &doc.environment;
     let settings = &doc.settings;
+    let what = if doc.records.is_empty() && doc.train.is_some() {
+        "training".to_string()
+    } else {
+        format!(
+            "{} tokens forced, prompt {:?}",
+            settings.generated_tokens, settings.prompt
+        )
+    };
     let mut out = format!(
-        "## {} bench: {} ({}), {}, {} tokens forced, prompt {:?}\n\n",
-        doc.tool,
-        env.device_name,
-        env.device,
-        env.precision,
-        settings.generated_tokens,
-        settings.prompt
+        "## {} bench: {} ({}), {}, {what}\n\n",
+        doc.tool, env.device_name, env.device, env.precision,
     );
     out.push_str(&format!(
         "model: vision {} layers of width {}, text {} layers of width {}, image {} px; warm-up {}, iterations {}\n",
@@ -47,6 +50,30 @@ pub fn results(doc: &BenchDocument) -> String {
         ));
     }
     out.push('\n');
+    if let Some(t) = &doc.train {
+        out.push_str(&format!(
+            "training ({} pairs; backward {}, fused kernels {}, gradient checkpointing {}):\n\n",
+            t.training_pairs, t.backward, t.fused_kernels, t.gradient_checkpointing
+        ));
+        out.push_str(
+            "| batch | accumulation | steps | samples/s | step ms | startup s | peak GPU GiB |\n",
+        );
+        out.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} |\n",
+            t.batch_size,
+            t.grad_accumulation,
+            t.steps,
+            t.samples_per_s,
+            t.step_ms,
+            t.startup_s,
+            gib(t.peak_gpu_bytes)
+        ));
+        if doc.records.is_empty() {
+            return out;
+        }
+        out.push('\n');
+    }
     out.push_str(
         "| batch | beams | images/s | latency p50 ms | p95 ms | upload ms | vision ms | vision images/s | prefill ms | decode step ms | step in generate ms | peak GPU GiB |\n",
     );

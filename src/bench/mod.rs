@@ -140,6 +140,7 @@ pub fn run(
         model_load_s: Some(bench.load_seconds),
         preprocess: Some(preprocess),
         records,
+        train: None,
         config: serde_json::to_value(&config)
             .map_err(|err| BenchError::Internal(format!("serialising the config: {err}")))?,
     })

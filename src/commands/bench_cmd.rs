@@ -1,18 +1,25 @@
-//! `vlmrun bench`: measures (see `crate::bench`), writes the JSON document atomically, prints the
+//! `vlmrun bench`: measures (see `crate::bench`; with `--train`, steps of the training job), writes the JSON document atomically, prints the
 //! markdown tables on stdout, optionally draws the SVG plot, and with `--compare` exits 3 naming every
 //! metric that regressed beyond `--threshold` (2 when the baseline was taken on another device or
 //! with other settings, 5 when it cannot be read).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use super::{print_stdout, Context};
+use crate::bench::document::{BenchDocument, ModelShape, Settings, TrainRecord, SCHEMA};
 use crate::bench::{self, compare, markdown, plot, BenchError, BenchPlan};
 use crate::cli::BenchArgs;
-use crate::device::{self, probe_system};
+use crate::config::BackwardPass;
+use crate::device::{self, probe_system, ActiveDevice, SystemFacts, Target};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::models::blip::BlipConfig;
 use crate::models::linear::QuantizedMatmul;
+use crate::report::output::lock_output_dir;
 use crate::report::write_json_atomic;
+use crate::train::{self, prepare::TrainOptions};
 
 /// Default file name of the document in `output.dir`.
 pub const DEFAULT_OUT_FILE: &str = "bench.json";
@@ -73,15 +80,19 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         ensure_parent(plot_path)?;
     }
 
-    let document = bench::run(
-        &context.config,
-        &active,
-        &facts,
-        &context.cuda,
-        &plan,
-        !context.quiet,
-    )
-    .map_err(to_error)?;
+    let document = if args.train {
+        train_document(context, &active, &facts, args.train_steps)?
+    } else {
+        bench::run(
+            &context.config,
+            &active,
+            &facts,
+            &context.cuda,
+            &plan,
+            !context.quiet,
+        )
+        .map_err(to_error)?
+    };
     write_json_atomic(&out_path, &document).map_err(|source| Error::Output {
         what: "the bench document",
         path: out_path.clone(),
@@ -125,6 +136,99 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         }
         _ => Ok(Exit::Success),
     }
+}
+
+/// `vlmrun bench --train`: `steps` optimizer steps of the training job in OUTPUT_DIR/bench-train
+/// (fresh, no checkpoints, no evaluation), as a document holding one training record.
+fn train_document(
+    context: &Context,
+    active: &ActiveDevice,
+    facts: &SystemFacts,
+    steps: usize,
+) -> Result<BenchDocument, Error> {
+    if steps < 2 {
+        return Err(Error::Usage(format!(
+            "--train-steps {steps}: needs at least 2 (the first step is not timed)"
+        )));
+    }
+    let mut resolved = context.config.clone();
+    let config = &mut resolved.config;
+    let dir = config.output.dir.join("bench-train");
+    config.output.dir = dir.clone();
+    config.train.max_steps = Some(steps);
+    config.train.eval_images = 0;
+    config.train.eval_every = 0;
+    let _lock = lock_output_dir(&dir)?;
+    let options = TrainOptions {
+        resume: false,
+        fresh: true,
+        interrupted: Arc::new(AtomicBool::new(false)),
+        quiet: context.quiet,
+        plot: None,
+        dump_grads: None,
+        checkpoints: false,
+    };
+    let (_, summary) = train::run::run_measured(&resolved, facts, &context.cuda, &options)?;
+    let config = &resolved.config;
+    let samples_per_s = summary
+        .samples_per_s
+        .ok_or_else(|| Error::Internal("the training bench ran no step".into()))?;
+    let model_config = summary.model_dir.join("config.json");
+    let text = std::fs::read_to_string(&model_config)
+        .map_err(|err| Error::Model(format!("reading {}: {err}", model_config.display())))?;
+    let shape = BlipConfig::from_json_str(&text)
+        .map(|c| ModelShape::of(&c))
+        .map_err(|err| Error::Model(format!("{}: {err}", model_config.display())))?;
+    let train = &config.train;
+    Ok(BenchDocument {
+        schema: SCHEMA.to_string(),
+        tool: "vlmrun".to_string(),
+        environment: crate::report::describe_environment(
+            active,
+            facts,
+            &context.cuda,
+            config,
+            Some(summary.model_dir.display().to_string()),
+        ),
+        model: shape,
+        settings: Settings {
+            batch_sizes: vec![train.batch_size],
+            beams: Vec::new(),
+            prompt: train.prompt.clone(),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            forced_length: 0,
+            warmup: 1,
+            iterations: summary.steps.saturating_sub(1) as usize,
+            peak_gpu_measure: match active.plan.target {
+                Target::Cuda { .. } => Some("nvml-process".to_string()),
+                Target::Cpu => None,
+            },
+            quantized_matmul: None,
+        },
+        model_load_s: None,
+        preprocess: None,
+        records: Vec::new(),
+        train: Some(TrainRecord {
+            batch_size: train.batch_size,
+            grad_accumulation: train.grad_accumulation,
+            backward: match train.backward {
+                BackwardPass::Explicit => "explicit",
+                BackwardPass::Autograd => "autograd",
+            }
+            .to_string(),
+            fused_kernels: train.fused_kernels,
+            gradient_checkpointing: train.gradient_checkpointing,
+            steps: summary.steps,
+            samples_per_s,
+            step_ms: 1e3 * summary.samples_per_step as f64 / samples_per_s.max(1e-9),
+            startup_s: summary.startup_s,
+            peak_gpu_bytes: summary.peak_gpu_bytes,
+            training_pairs: summary.training_pairs,
+        }),
+        config: serde_json::to_value(config)
+            .map_err(|err| Error::Internal(format!("serialising the config: {err}")))?,
+    })
 }
 
 fn non_empty_or(values: &[usize], default: usize) -> Vec<usize> {

@@ -24,6 +24,7 @@ pub fn run(context: &Context, args: &TrainArgs) -> Result<Exit, Error> {
         quiet: context.quiet,
         plot: args.plot.clone(),
         dump_grads: args.dump_grads.clone(),
+        checkpoints: true,
     };
     run::run(&context.config, &facts, &context.cuda, &options)
 }

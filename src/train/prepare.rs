@@ -47,6 +47,8 @@ pub struct TrainOptions {
     pub plot: Option<PathBuf>,
     /// Save the first step's gradients here (safetensors).
     pub dump_grads: Option<PathBuf>,
+    /// Write checkpoints (false: a measurement run, `vlmrun bench --train`, keeps none).
+    pub checkpoints: bool,
 }
 
 /// A training run set up and ready for its next step: what [`prepare`] built, and where the run

@@ -44,6 +44,8 @@ pub struct TrainSummary {
     /// Median over this invocation's steps (the first, with one-time setup, excluded when there
     /// are others).
     pub samples_per_s: Option<f64>,
+    /// Pairs per optimizer step (batch size x gradient accumulation).
+    pub samples_per_step: u64,
     pub seconds: f64,
     /// From the start of `train` to the first step.
     pub startup_s: f64,
@@ -55,6 +57,8 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     pub best_checkpoint: Option<PathBuf>,
     pub interrupted: bool,
+    /// The model the run started from.
+    pub model_dir: PathBuf,
 }
 
 /// Runs the training; returns 0, or 130 when interrupted (after saving a checkpoint).
@@ -64,6 +68,16 @@ pub fn run(
     cuda: &CudaAvailability,
     options: &TrainOptions,
 ) -> Result<Exit, Error> {
+    run_measured(resolved, facts, cuda, options).map(|(exit, _)| exit)
+}
+
+/// [`run`], returning the summary written to `train-summary.json` too.
+pub fn run_measured(
+    resolved: &ResolvedConfig,
+    facts: &SystemFacts,
+    cuda: &CudaAvailability,
+    options: &TrainOptions,
+) -> Result<(Exit, TrainSummary), Error> {
     let started = Instant::now();
     let mut session = prepare(resolved, facts, cuda, options, started)?;
     let monitor = match &session.active.plan.target {
@@ -139,7 +153,7 @@ pub fn run(
             session.state.step,
             &format!("loss {loss:.4}  lr {lr:.2e}  {samples_per_s:.1} samples/s"),
         );
-        evaluate_and_checkpoint(&mut session, epoch, &bar, run_started)?;
+        evaluate_and_checkpoint(&mut session, epoch, &bar, run_started, options.checkpoints)?;
     }
     bar.finish();
     finish(
@@ -171,6 +185,7 @@ fn evaluate_and_checkpoint(
     epoch: u64,
     bar: &StepProgress,
     run_started: Instant,
+    checkpoints_wanted: bool,
 ) -> Result<(), Error> {
     let Session {
         train,
@@ -226,7 +241,9 @@ fn evaluate_and_checkpoint(
             )?;
         }
     }
-    if last || (train.checkpoint_every > 0 && state.step % train.checkpoint_every as u64 == 0) {
+    let due =
+        last || (train.checkpoint_every > 0 && state.step % train.checkpoint_every as u64 == 0);
+    if checkpoints_wanted && due {
         let progress = state.progress(inputs.len(), scaler, metric);
         *last_checkpoint = Some(save(checkpoints, params, optimizer, &progress, model_dir)?);
     }
@@ -246,7 +263,11 @@ struct Ending {
 
 /// Saves the checkpoint of an interrupted run, writes `train-summary.json` and the loss plot, and
 /// prints the summary line.
-fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Result<Exit, Error> {
+fn finish(
+    mut session: Session,
+    ending: Ending,
+    options: &TrainOptions,
+) -> Result<(Exit, TrainSummary), Error> {
     let Ending {
         losses,
         interrupted,
@@ -256,7 +277,7 @@ fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Resul
     } = ending;
     let startup_phases = std::mem::take(&mut session.startup.phases);
     let state = &session.state;
-    if interrupted {
+    if interrupted && options.checkpoints {
         let progress = state.progress(session.inputs.len(), &session.scaler, None);
         if session.last_checkpoint.as_deref()
             != Some(session.checkpoints.dir_for(state.step).as_path())
@@ -299,6 +320,7 @@ fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Resul
         first_loss: losses.first,
         last_loss: losses.last,
         samples_per_s: median(measured),
+        samples_per_step: session.samples_per_step,
         seconds: started.elapsed().as_secs_f64(),
         startup_s,
         startup_phases,
@@ -308,6 +330,7 @@ fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Resul
         last_checkpoint: session.last_checkpoint.clone(),
         best_checkpoint,
         interrupted,
+        model_dir: session.model_dir.clone(),
     };
     let summary_path = session.out_dir.join(SUMMARY_FILE);
     write_json_atomic(&summary_path, &summary)
@@ -325,11 +348,12 @@ fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Resul
         })?;
     }
     println!("{}", summary_line(&summary));
-    Ok(if interrupted {
+    let exit = if interrupted {
         Exit::Interrupted
     } else {
         Exit::Success
-    })
+    };
+    Ok((exit, summary))
 }
 
 fn median(values: &[f64]) -> Option<f64> {
