@@ -91,7 +91,11 @@ static void fill(u16* dst, long n, unsigned seed, float amp, std::vector<u16>* k
 
 static void forward(const Problem& p, Buffers& x, float scale) {
     long d = (long)p.h * 64;
+#ifdef ATT_FWD_ROWS
+    dim3 grid((p.nq + ATT_FWD_ROWS - 1) / ATT_FWD_ROWS, p.h, p.b);
+#else
     dim3 grid((p.nq + 63) / 64, p.h, p.b);
+#endif
     attention_fwd_bf16<<<grid, 128>>>(x.q, x.kv, x.kv + d, x.o, x.lse, p.nq, p.nk, p.h, p.q_row,
                                       p.kv_row, d, scale * 1.4426950408889634f, p.causal);
 }

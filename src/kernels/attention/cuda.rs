@@ -17,8 +17,10 @@ use crate::kernels::nvrtc::{cuda_storage, load_module, tensor_from_slice, typed_
 
 /// Head width the kernels are written for.
 pub const HEAD_DIM: usize = 64;
-/// Query rows per forward block and keys per backward block.
+/// Keys per backward block.
 const TILE: usize = 64;
+/// Query rows per forward block (`ATT_FWD_ROWS` of kernel.cu: 4 warps of one 16-row tile).
+const FWD_ROWS: usize = 64;
 /// Shared-memory row stride of the backward kernel's tiles (elements), as `ATT_LD`.
 const SMEM_LD: usize = 72;
 /// Dynamic shared memory of the backward kernel (`ATT_BWD_SHARED`): seven 64-row tiles of 16-bit
@@ -156,9 +158,10 @@ fn qkv_dims(layout: &Layout, heads: usize) -> Result<(usize, usize, usize)> {
     Ok((b, n, d))
 }
 
-fn grid(rows: usize, heads: usize, batch: usize, shared: usize) -> LaunchConfig {
+/// `rows` (queries of a forward, keys of a backward) in blocks of `block_rows`.
+fn grid(rows: usize, block_rows: usize, heads: usize, batch: usize, shared: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows.div_ceil(TILE) as u32, heads as u32, batch as u32),
+        grid_dim: (rows.div_ceil(block_rows) as u32, heads as u32, batch as u32),
         block_dim: (128, 1, 1),
         shared_mem_bytes: shared as u32,
     }
@@ -226,7 +229,7 @@ impl candle_core::CustomOp1 for SelfAttention {
             launch!(
                 dev,
                 &typed.fwd,
-                grid(n, self.heads, b, 0),
+                grid(n, FWD_ROWS, self.heads, b, 0),
                 &q,
                 &k,
                 &v,
@@ -362,7 +365,7 @@ impl candle_core::CustomOp3 for SelfAttentionBackward {
             launch!(
                 dev,
                 &typed.bwd,
-                grid(n, heads, b, BWD_SHARED_BYTES),
+                grid(n, TILE, heads, b, BWD_SHARED_BYTES),
                 &q,
                 &k,
                 &v,
@@ -484,7 +487,7 @@ pub fn forward(
         launch!(
             dev,
             &typed.fwd,
-            grid(at.nq, at.heads, at.batch, 0),
+            grid(at.nq, FWD_ROWS, at.heads, at.batch, 0),
             &qv,
             &kvv,
             &vv,
@@ -591,7 +594,7 @@ pub fn backward(
             launch!(
                 dev,
                 &typed.bwd,
-                grid(at.nk, at.heads, at.batch, BWD_SHARED_BYTES),
+                grid(at.nk, TILE, at.heads, at.batch, BWD_SHARED_BYTES),
                 &qv,
                 &kvv,
                 &vv,

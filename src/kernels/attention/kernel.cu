@@ -30,7 +30,7 @@
 //   A of (rows m0.., cols k0..):                 non-trans, row m0 + L%8 + ((L/8)&1)*8, col k0 + (L/16)*8
 
 #define ATT_D 64      // head dim
-#define ATT_BQ 64     // query rows per block (4 warps x 16)
+#define ATT_BQ 64     // query rows per tile of the backward (4 warps x 16)
 #define ATT_BK 64     // keys per tile
 #define ATT_LD 72     // shared-memory row stride in elements (144 bytes: conflict-free ldmatrix)
 #define ATT_TILE (64 * ATT_LD)  // elements of one 64-row tile in shared memory
@@ -146,43 +146,69 @@ __device__ __forceinline__ const u16* att_trans(const u16* tile, int k0, int n0,
     return tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ATT_LD + n0 + (lane >> 4) * 8;
 }
 
-// Forward. Grid (ceil(nq / 64), heads, batch), 128 threads, static shared memory: K and V tiles,
-// two of each. Writes O (row stride o_row) and lse[(b * heads + h) * nq + i] =
-// log2(sum_j exp2(s_ij)) with s = scale * log2(e) * q.k.
+// Forward. Grid (ceil(nq / ATT_FWD_ROWS), heads, batch), 128 threads, static shared memory: K and
+// V tiles, two of each. Each warp owns ATT_FWD_MT m16 row tiles (16 * ATT_FWD_MT query rows), so
+// every K/V fragment read from shared memory feeds ATT_FWD_MT tensor-core ops. 1, the default,
+// measured best on the H200 (2026-12-03, attention_bench.sh, vision 32x12x577: 0.246 ms; 2, as
+// FlashAttention-2's 128-row blocks, 0.273 ms at 250 registers and two blocks per SM, and half
+// the blocks for 35-query cross-attention: 0.065 vs 0.033 ms). Warps whose rows all lie past nq
+// skip the arithmetic (0.262 ms before). Writes O (row stride o_row) and
+// lse[(b * heads + h) * nq + i] = log2(sum_j exp2(s_ij)) with s = scale * log2(e) * q.k.
 // `causal`: key j is visible to query i iff j <= i (needs nq == nk).
+#ifndef ATT_FWD_MT
+#define ATT_FWD_MT 1
+#endif
+#define ATT_FWD_ROWS (64 * ATT_FWD_MT)
 template <bool BF16>
 __device__ void attention_fwd(const u16* q, const u16* k, const u16* v, u16* o, float* lse,
                               int nq, int nk, int heads, long q_row, long kv_row, long o_row,
                               float scale_log2, int causal) {
     typedef AttType<BF16> T;
+    constexpr int MT = ATT_FWD_MT;
     __shared__ __align__(128) u16 smem[4 * ATT_TILE];  // [K0, V0, K1, V1]
     const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u16* qbase = q + (long)b * nq * q_row + h * ATT_D;
     const u16* kbase = k + (long)b * nk * kv_row + h * ATT_D;
     const u16* vbase = v + (long)b * nk * kv_row + h * ATT_D;
-    const int row0 = qb * ATT_BQ + warp * 16;
-    const int ra = row0 + g, rb = row0 + g + 8;
+    const int row0 = qb * ATT_FWD_ROWS + warp * 16 * MT;
+    // A warp whose rows all lie past nq only helps load the tiles.
+    const bool active = row0 < nq;
+    int ra[MT], rb[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        ra[mt] = row0 + mt * 16 + g;
+        rb[mt] = ra[mt] + 8;
+    }
 
-    const int kend = causal ? min(nk, (qb + 1) * ATT_BQ) : nk;
+    const int kend = causal ? min(nk, (qb + 1) * ATT_FWD_ROWS) : nk;
     const int tiles = (kend + ATT_BK - 1) / ATT_BK;
     att_load_tile(kbase, kv_row, 0, nk, smem);
     att_load_tile(vbase, kv_row, 0, nk, smem + ATT_TILE);
     att_commit();
 
-    unsigned qa[4][4];
+    unsigned qa[MT][4][4];
 #pragma unroll
-    for (int kc = 0; kc < 4; ++kc) {
-        int c = kc * 16 + 2 * t;
-        qa[kc][0] = ra < nq ? att_ld32(qbase + (long)ra * q_row + c) : 0u;
-        qa[kc][1] = rb < nq ? att_ld32(qbase + (long)rb * q_row + c) : 0u;
-        qa[kc][2] = ra < nq ? att_ld32(qbase + (long)ra * q_row + c + 8) : 0u;
-        qa[kc][3] = rb < nq ? att_ld32(qbase + (long)rb * q_row + c + 8) : 0u;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+            int c = kc * 16 + 2 * t;
+            bool oka = ra[mt] < nq, okb = rb[mt] < nq;
+            qa[mt][kc][0] = oka ? att_ld32(qbase + (long)ra[mt] * q_row + c) : 0u;
+            qa[mt][kc][1] = okb ? att_ld32(qbase + (long)rb[mt] * q_row + c) : 0u;
+            qa[mt][kc][2] = oka ? att_ld32(qbase + (long)ra[mt] * q_row + c + 8) : 0u;
+            qa[mt][kc][3] = okb ? att_ld32(qbase + (long)rb[mt] * q_row + c + 8) : 0u;
+        }
     }
-    float m0 = ATT_NEG_INF, m1 = ATT_NEG_INF, l0 = 0.f, l1 = 0.f;
-    float acc[8][4];
+    float m0[MT], m1[MT], l0[MT], l1[MT];
+    float acc[MT][8][4];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt) {
+        m0[mt] = m1[mt] = ATT_NEG_INF;
+        l0[mt] = l1[mt] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+    }
 
     for (int it = 0; it < tiles; ++it) {
         const int k0 = it * ATT_BK;
@@ -198,92 +224,116 @@ __device__ void attention_fwd(const u16* q, const u16* k, const u16* v, u16* o, 
             att_wait<0>();
         }
         __syncthreads();
-        float s[8][4];
+        if (active) {
+            float s[MT][8][4];
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            unsigned bf[8];
-            att_ldsm(bf, att_rows(ks, nt * 8, 0, lane));
-            att_ldsm(bf + 4, att_rows(ks, nt * 8, 32, lane));
+            for (int nt = 0; nt < 8; ++nt) {
+                unsigned bf[8];
+                att_ldsm(bf, att_rows(ks, nt * 8, 0, lane));
+                att_ldsm(bf + 4, att_rows(ks, nt * 8, 32, lane));
 #pragma unroll
-            for (int kc = 0; kc < 4; ++kc) T::mma(s[nt], qa[kc], bf + 2 * kc);
-        }
-        // Keys past nk, and (causal) keys after the query, are masked; only edge tiles need it.
-        const bool edge = k0 + ATT_BK > nk || (causal && k0 + ATT_BK - 1 > row0);
-        float mx0 = ATT_NEG_INF, mx1 = ATT_NEG_INF;
+                for (int mt = 0; mt < MT; ++mt) {
+                    s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[nt][e] * scale_log2;
-                if (edge) {
-                    int col = k0 + nt * 8 + 2 * t + (e & 1);
-                    int row = e < 2 ? ra : rb;
-                    if (col >= nk || (causal && col > row)) x = ATT_NEG_INF;
+                    for (int kc = 0; kc < 4; ++kc) T::mma(s[mt][nt], qa[mt][kc], bf + 2 * kc);
                 }
-                s[nt][e] = x;
             }
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        // A row with every key masked so far keeps max -inf: exponentiate against 0 instead.
-        const float base0 = n0 == ATT_NEG_INF ? 0.f : n0, base1 = n1 == ATT_NEG_INF ? 0.f : n1;
-        const float alpha0 = att_exp2(m0 - base0), alpha1 = att_exp2(m1 - base1);
-        m0 = n0;
-        m1 = n1;
-        l0 *= alpha0;
-        l1 *= alpha1;
+            // Keys past nk, and (causal) keys after the query, are masked; only edge tiles need it.
+            const bool edge = k0 + ATT_BK > nk || (causal && k0 + ATT_BK - 1 > row0);
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            s[nt][0] = att_exp2(s[nt][0] - base0);
-            s[nt][1] = att_exp2(s[nt][1] - base0);
-            s[nt][2] = att_exp2(s[nt][2] - base1);
-            s[nt][3] = att_exp2(s[nt][3] - base1);
-            l0 += s[nt][0] + s[nt][1];
-            l1 += s[nt][2] + s[nt][3];
-            acc[nt][0] *= alpha0;
-            acc[nt][1] *= alpha0;
-            acc[nt][2] *= alpha1;
-            acc[nt][3] *= alpha1;
-        }
+            for (int mt = 0; mt < MT; ++mt) {
+                float mx0 = ATT_NEG_INF, mx1 = ATT_NEG_INF;
 #pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-            unsigned pa[4];
-            pa[0] = T::pack(s[2 * kc][0], s[2 * kc][1]);
-            pa[1] = T::pack(s[2 * kc][2], s[2 * kc][3]);
-            pa[2] = T::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            pa[3] = T::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+                for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt += 2) {
-                unsigned bf[4];
-                att_ldsm_t(bf, att_trans(vs, kc * 16, nt * 8, lane));
-                T::mma(acc[nt], pa, bf);
-                T::mma(acc[nt + 1], pa, bf + 2);
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[mt][nt][e] * scale_log2;
+                        if (edge) {
+                            int col = k0 + nt * 8 + 2 * t + (e & 1);
+                            int row = e < 2 ? ra[mt] : rb[mt];
+                            if (col >= nk || (causal && col > row)) x = ATT_NEG_INF;
+                        }
+                        s[mt][nt][e] = x;
+                    }
+                    mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                    mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+                }
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                const float n0 = fmaxf(m0[mt], mx0), n1 = fmaxf(m1[mt], mx1);
+                // A row with every key masked so far keeps max -inf: exponentiate against 0.
+                const float base0 = n0 == ATT_NEG_INF ? 0.f : n0;
+                const float base1 = n1 == ATT_NEG_INF ? 0.f : n1;
+                const float alpha0 = att_exp2(m0[mt] - base0), alpha1 = att_exp2(m1[mt] - base1);
+                m0[mt] = n0;
+                m1[mt] = n1;
+                l0[mt] *= alpha0;
+                l1[mt] *= alpha1;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    s[mt][nt][0] = att_exp2(s[mt][nt][0] - base0);
+                    s[mt][nt][1] = att_exp2(s[mt][nt][1] - base0);
+                    s[mt][nt][2] = att_exp2(s[mt][nt][2] - base1);
+                    s[mt][nt][3] = att_exp2(s[mt][nt][3] - base1);
+                    l0[mt] += s[mt][nt][0] + s[mt][nt][1];
+                    l1[mt] += s[mt][nt][2] + s[mt][nt][3];
+                    acc[mt][nt][0] *= alpha0;
+                    acc[mt][nt][1] *= alpha0;
+                    acc[mt][nt][2] *= alpha1;
+                    acc[mt][nt][3] *= alpha1;
+                }
+            }
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                unsigned pa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    pa[mt][0] = T::pack(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                    pa[mt][1] = T::pack(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                    pa[mt][2] = T::pack(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                    pa[mt][3] = T::pack(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+                }
+#pragma unroll
+                for (int nt = 0; nt < 8; nt += 2) {
+                    unsigned bf[4];
+                    att_ldsm_t(bf, att_trans(vs, kc * 16, nt * 8, lane));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        T::mma(acc[mt][nt], pa[mt], bf);
+                        T::mma(acc[mt][nt + 1], pa[mt], bf + 2);
+                    }
+                }
             }
         }
         __syncthreads();
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    if (!active) return;
     u16* obase = o + (long)b * nq * o_row + h * ATT_D;
+    float* lrow = lse + ((long)b * heads + h) * nq;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-        int c = nt * 8 + 2 * t;
-        if (ra < nq) att_st32(obase + (long)ra * o_row + c, T::pack(acc[nt][0] * inv0, acc[nt][1] * inv0));
-        if (rb < nq) att_st32(obase + (long)rb * o_row + c, T::pack(acc[nt][2] * inv1, acc[nt][3] * inv1));
-    }
-    if (t == 0) {
-        float* lrow = lse + ((long)b * heads + h) * nq;
-        if (ra < nq) lrow[ra] = m0 + log2f(l0);
-        if (rb < nq) lrow[rb] = m1 + log2f(l1);
+    for (int mt = 0; mt < MT; ++mt) {
+        float s0 = l0[mt], s1 = l1[mt];
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+        const float inv0 = s0 > 0.f ? 1.f / s0 : 0.f, inv1 = s1 > 0.f ? 1.f / s1 : 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            int c = nt * 8 + 2 * t;
+            if (ra[mt] < nq)
+                att_st32(obase + (long)ra[mt] * o_row + c,
+                         T::pack(acc[mt][nt][0] * inv0, acc[mt][nt][1] * inv0));
+            if (rb[mt] < nq)
+                att_st32(obase + (long)rb[mt] * o_row + c,
+                         T::pack(acc[mt][nt][2] * inv1, acc[mt][nt][3] * inv1));
+        }
+        if (t == 0) {
+            if (ra[mt] < nq) lrow[ra[mt]] = m0[mt] + log2f(s0);
+            if (rb[mt] < nq) lrow[rb[mt]] = m1[mt] + log2f(s1);
+        }
     }
 }
 
