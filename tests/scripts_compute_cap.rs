@@ -39,7 +39,10 @@ fn takes_the_gpus_compute_capability_from_nvidia_smi() {
     assert!(stderr.contains("from nvidia-smi"), "{stderr}");
     let (cap, stderr) = compute_cap(&fake_smi(dir.path(), "8.9\\n7.5\\n"), None);
     assert_eq!(cap, "89");
-    assert!(stderr.contains("different compute capabilities"), "{stderr}");
+    assert!(
+        stderr.contains("different compute capabilities"),
+        "{stderr}"
+    );
 }
 
 #[test]
