@@ -185,7 +185,7 @@ fn resume_after_kill_and_torn_line_loses_and_duplicates_nothing() {
     child.wait().unwrap();
     let before = predictions(dir.path()).len();
     assert!(
-        before >= 6 && before < 400,
+        (6..400).contains(&before),
         "killed mid-run with {before} done"
     );
     // Simulate a crash in the middle of a write as well.
