@@ -12,10 +12,10 @@
 # it captions nothing else sensibly. models/demo-blip/vlmrun-model.json labels it `"kind": "demo"`
 # (report.json, report.html and the run summary say so).
 #
-# Deterministic: a CPU f32 run with the same seed is bit-identical however many threads it uses
-# (checked here by training twice, once with RAYON_NUM_THREADS=1, and comparing the weights), so a
-# rerun on the same machine reproduces the committed model.safetensors; another CPU may differ in
-# the last bits through other SIMD kernels. The script prints the SHA-256 of the weights, the
+# Deterministic: a CPU f32 run with the same seed gives the same bits on every rerun, with all
+# threads or one (checked here by training twice, once with RAYON_NUM_THREADS=1, and comparing the
+# weights; measured on a 2-core machine: 2 threads vs 1 identical). The committed weights' SHA-256 is
+# in vlmrun-model.json; another CPU may differ in the last bits through other SIMD kernels. The script prints the SHA-256 of the weights, the
 # training time and the baseline metrics of the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
