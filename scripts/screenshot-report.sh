@@ -4,17 +4,16 @@
 #   scripts/screenshot-report.sh [OUT.png] [-- vlmrun global options...]
 #
 # Runs `vlmrun baseline --fresh` (CPU) into a temporary output directory with the
-# given vlmrun options (default: the embedded demo model on the sample images), then opens its
+# given vlmrun options (default: the built-in demo model on the sample images), then opens its
 # report.html with `chromium --headless --screenshot`. Needs a Chromium on PATH (`chromium` or
 # `chromium-browser`; Debian: `apt-get install chromium`). docs/report-html.png was made with
-# Chromium 156.0.8078.114 (Debian 12) on the checkpoint of the README's CPU training recipe
-# (`train --steps 100` on tests/fixtures/train/overfit16.jsonl, output.dir=runs/train):
+# Chromium 156.0.8078.114 (Debian 12) and the defaults:
 #
-#   scripts/screenshot-report.sh docs/report-html.png -- \
-#     --set model.source=runs/train/checkpoints/step-00000100 \
-#     --set data.path=tests/fixtures/train/overfit16.jsonl --set "generation.prompt=a picture of "
+#   scripts/screenshot-report.sh docs/report-html.png
 #
-# (The embedded demo model has random weights: its captions are gibberish and score 0.)
+# (The demo model, models/demo-blip, has memorised the sample images' captions: the page shows real
+# captions, perfect scores, and the note that says why. Any other model and data:
+#   scripts/screenshot-report.sh out.png -- --set model.source=DIR --set data.path=FILE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_png="${1:-docs/report-html.png}"

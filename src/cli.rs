@@ -1,5 +1,6 @@
 //! Command-line arguments (clap). Parsing only: `commands` runs them, `config` merges them with the file.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -503,5 +504,62 @@ impl FidelityArgs {
             ("--batch-size", "generation.batch_size", &self.batch_size),
         ];
         crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// Every `--set` value on the command line, in order, before and after the subcommand (`args`
+/// without the program name; nothing after a lone `--`). clap keeps only the subcommand's values of
+/// a global option given on both sides of it (clap-rs/clap#1570), which would silently drop the
+/// first of `vlmrun --set seed=1 baseline --set generation.num_beams=3`; `main` uses this list when
+/// it holds more values than clap's.
+pub fn sets_in_order<I, S>(args: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut sets = Vec::new();
+    let mut tokens = args.into_iter().map(Into::into);
+    while let Some(token) = tokens.next() {
+        let Some(text) = token.to_str() else { continue };
+        if text == "--" {
+            break;
+        } else if text == "--set" {
+            if let Some(value) = tokens.next().and_then(|v| v.into_string().ok()) {
+                sets.push(value);
+            }
+        } else if let Some(value) = text.strip_prefix("--set=") {
+            sets.push(value.to_string());
+        }
+    }
+    sets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_on_both_sides_of_the_subcommand_are_all_kept_in_order() {
+        let args = [
+            "--set",
+            "seed=1",
+            "config",
+            "--set=generation.num_beams=3",
+            "--prompt=--set",
+            "--set",
+            "seed=2",
+            "--",
+            "--set",
+            "x=1",
+        ];
+        assert_eq!(
+            sets_in_order(args),
+            ["seed=1", "generation.num_beams=3", "seed=2"]
+        );
+        // clap alone drops the values before the subcommand (the reason for the list above).
+        let parsed =
+            Cli::try_parse_from(["vlmrun", "--set", "seed=1", "config", "--set", "seed=2"])
+                .unwrap();
+        assert_eq!(parsed.global.sets, ["seed=2"]);
     }
 }

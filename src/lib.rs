@@ -15,7 +15,8 @@
 //! models/        the seam (family.rs) and the family registry (registry.rs); BLIP captioning, VQA
 //!                and retrieval, each layer's training forward/backward (blip/backprop/); shared
 //!                layers (linear, norm, projections, CPU GEMV), parameter gradients by name,
-//!                weight formats (GGUF, quantization), the KV cache
+//!                weight formats (GGUF, quantization), the KV cache, a model directory's label
+//!                (vlmrun-model.json: random or demo)
 //! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
 //!                the f32-accumulating softmax; training kernels with a backward pass, one folder
 //!                per op (attention, gelu, layer_norm, cross_entropy, adamw: kernel.cu, cuda.rs,

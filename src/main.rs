@@ -19,13 +19,18 @@ fn main() -> ExitCode {
     };
     let cuda = device::cuda_availability(launcher_result);
 
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
+    // `--set` on both sides of the subcommand: clap keeps one side's only (see `sets_in_order`).
+    let every_set = vlmrun::cli::sets_in_order(std::env::args_os().skip(1));
+    if every_set.len() > cli.global.sets.len() {
+        cli.global.sets = every_set;
+    }
     init_logging(cli.global.verbose, cli.global.quiet);
     match vlmrun::commands::run(cli, cuda) {
         Ok(exit) => ExitCode::from(exit.code()),

@@ -39,7 +39,7 @@ impl Outside {
         self.data
             .path()
             .join(env!("CARGO_PKG_VERSION"))
-            .join("models/tiny-blip")
+            .join("models/demo-blip")
     }
 }
 
@@ -91,11 +91,23 @@ fn caption_works_from_an_empty_directory() {
         .arg(&image));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(!stdout.trim().is_empty());
+    // The demo model was trained on the sample images: it captions this one with one of its
+    // references (tests/fixtures/samples.jsonl), where the random tiny model prints gibberish.
+    let chelsea = [
+        "a tabby cat looking to the side",
+        "an orange and brown cat sitting indoors",
+        "close up of a striped cat's face",
+    ];
+    assert!(chelsea.contains(&stdout.trim()), "{stdout}");
     // The unpacked demo model is byte-identical to the repository's.
-    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vlmrun-model.json",
+    ] {
         let unpacked = std::fs::read(outside.unpacked_model().join(file)).unwrap();
-        let shipped = std::fs::read(Path::new(ROOT).join("models/tiny-blip").join(file)).unwrap();
+        let shipped = std::fs::read(Path::new(ROOT).join("models/demo-blip").join(file)).unwrap();
         assert!(unpacked == shipped, "{file} differs");
     }
     // Same caption as the repository's copy of the model gives.
@@ -122,6 +134,10 @@ fn doctor_is_usable_from_an_empty_directory() {
         .find(|check| check["name"] == "model")
         .unwrap();
     assert_eq!(model["status"], "ok", "{model:#}");
+    // The unpacked default is labelled as the demo model.
+    let message = model["message"].as_str().unwrap();
+    assert!(message.contains("the demo model"), "{message}");
+    assert_eq!(report["model"]["kind"], "demo", "{:#}", report["model"]);
 }
 
 #[test]
@@ -142,6 +158,22 @@ fn baseline_runs_the_built_in_samples() {
         std::fs::read_to_string(outside.work.path().join("out/predictions.jsonl")).unwrap();
     assert_eq!(predictions.lines().count(), 3, "{predictions}");
     assert!(predictions.contains("\"astronaut\""), "{predictions}");
+    // The report names the demo model and labels it; its captions score above zero.
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(outside.work.path().join("out/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["model"]["kind"], "demo", "{:#}", report["model"]);
+    assert_eq!(
+        report["model"]["source"],
+        outside.unpacked_model().display().to_string()
+    );
+    assert!(report["metrics"]["cider"].as_f64().unwrap() > 1.0);
+    let html = std::fs::read_to_string(outside.work.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("id=\"model-caveat\""),
+        "report.html has no caveat"
+    );
 }
 
 #[test]

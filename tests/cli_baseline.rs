@@ -97,6 +97,16 @@ fn embedded_default_writes_predictions_metrics_and_report() {
             > 0.0
     );
     assert!(dir.path().join("out/resolved-config.yaml").is_file());
+    // The default is the demo model (models/demo-blip), trained on these very images: real
+    // captions, scores far above zero, and the run says that they are memorised.
+    assert_eq!(written["model"]["source"], "models/demo-blip");
+    assert_eq!(written["model"]["kind"], "demo");
+    assert!(written["metrics"]["cider"].as_f64().unwrap() > 1.0);
+    assert!(stderr.contains("model "), "{stderr}");
+    assert!(
+        stderr.contains("note: this is the built-in demo model"),
+        "{stderr}"
+    );
 
     // A second run resumes: nothing to do, same predictions, metrics still computed.
     let output = baseline(dir.path(), &[]).output().unwrap();
@@ -104,6 +114,53 @@ fn embedded_default_writes_predictions_metrics_and_report() {
     assert_eq!(predictions(dir.path()).len(), 12);
     assert_eq!(report(dir.path())["counts"]["skipped"], 12);
     assert_eq!(report(dir.path())["metrics"]["n_images"], 12);
+    // No model was loaded this time; the configured directory still names and labels it.
+    assert_eq!(report(dir.path())["model"]["directory"], Value::Null);
+    assert_eq!(report(dir.path())["model"]["kind"], "demo");
+}
+
+#[test]
+fn the_report_labels_a_random_model_and_leaves_an_unlabelled_one_unlabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = root("models/tiny-blip");
+    let sets = ["data.limit=2".to_string(), format!("model.source={tiny}")];
+    let output = baseline(dir.path(), &sets).arg("--fresh").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let written = report(dir.path());
+    assert_eq!(written["model"]["kind"], "random");
+    assert_eq!(written["model"]["source"], tiny.as_str());
+    assert_eq!(written["model"]["directory"], tiny.as_str());
+    assert!(
+        stderr.contains("note: this model has random weights"),
+        "{stderr}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("random weights"),
+        "report.html does not say so"
+    );
+
+    // The same weights without the label file are just a model.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(Path::new(&tiny).join(file), copy.join(file)).unwrap();
+    }
+    let sets = [
+        "data.limit=2".to_string(),
+        format!("model.source={}", copy.display()),
+    ];
+    let output = baseline(dir.path(), &sets).arg("--fresh").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(report(dir.path())["model"]["kind"], Value::Null);
+    assert!(!stderr.contains("note:"), "{stderr}");
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(
+        !html.contains("model-caveat"),
+        "an unlabelled model has no caveat"
+    );
 }
 
 #[test]
@@ -128,7 +185,7 @@ fn resume_after_kill_and_torn_line_loses_and_duplicates_nothing() {
     child.wait().unwrap();
     let before = predictions(dir.path()).len();
     assert!(
-        before >= 6 && before < 400,
+        (6..400).contains(&before),
         "killed mid-run with {before} done"
     );
     // Simulate a crash in the middle of a write as well.

@@ -1,7 +1,7 @@
 //! `vlmrun caption --json` end to end (decode, Pillow-exact resize, model, generation, decode) against
 //! transformers 5.17's token ids and captions (tests/fixtures/blip/expected.json): identical for greedy and
 //! beam 3, with and without prompt, repetition and length penalties, at batch 1 and with all images in
-//! one batch. Then the bad-input paths: a bad image is reported and the others are still captioned.
+//! one batch, on the random tiny model (`models/tiny-blip`). Then the bad-input paths: a bad image is reported and the others are still captioned.
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -94,6 +94,9 @@ fn check_setting(beams: u64, prompt: &str, repetition: f64, length_penalty: f64)
         let repetition_set = format!("generation.repetition_penalty={repetition}");
         let length_set = format!("generation.length_penalty={length_penalty}");
         let mut args = vec![
+            // The random tiny model the transformers fixtures were made with (not the demo default).
+            "--model",
+            "models/tiny-blip",
             "--beams",
             &beams_text,
             "--max-length",

@@ -1,6 +1,7 @@
 //! Command-line conventions: `-V` with the git revision and CUDA support, shell completions,
 //! `--model`/`--limit` on the commands that run a model, command options listed apart from the
-//! global ones, `RUST_LOG`/`VLMRUN_LOG`, and a CPU build that says nothing about CUDA unless asked.
+//! global ones, `--set` on both sides of the command, `RUST_LOG`/`VLMRUN_LOG`, and a CPU build that
+//! says nothing about CUDA unless asked.
 
 use assert_cmd::Command;
 use std::path::Path;
@@ -192,4 +193,21 @@ fn the_cpu_build_says_nothing_about_cuda_unless_asked() {
     // Asked (-v): it says why it runs on the CPU.
     let (_, _, verbose) = output(vlmrun().args(["-v", "--device", "auto", "caption", &image]));
     assert!(verbose.contains("using the CPU because"), "{verbose}");
+}
+
+#[test]
+fn sets_before_and_after_the_command_all_apply() {
+    // clap alone would keep only the ones after `config` (clap-rs/clap#1570).
+    let (code, stdout, stderr) = output(vlmrun().args([
+        "--set",
+        "seed=7",
+        "config",
+        "--set",
+        "generation.num_beams=3",
+        "--set=seed=8",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("num_beams: 3  # --set"), "{stdout}");
+    // Both seeds were applied, in order: the last wins.
+    assert!(stdout.contains("seed: 8  # --set seed=8"), "{stdout}");
 }

@@ -18,7 +18,10 @@ fn vlmrun(out: &Path, sets: &[&str]) -> std::process::Command {
     cmd.current_dir(ROOT)
         .env("VLMRUN_NO_CUDA_LAUNCH", "1")
         .args(["--device", "cpu", "--quiet"])
-        .args(["--set", &format!("output.dir={}", out.display())]);
+        .args(["--set", &format!("output.dir={}", out.display())])
+        // The random tiny model (the default is the demo model, already trained); `sets` may
+        // override it.
+        .args(["--set", "model.source=models/tiny-blip"]);
     for set in sets {
         cmd.args(["--set", set]);
     }
@@ -72,12 +75,19 @@ fn overfitting_16_images_reproduces_their_captions() {
     let last = summary["last_loss"].as_f64().unwrap();
     println!("loss {first} -> {last}");
     assert!(last < 0.1 * first, "loss fell from {first} to {last} only");
+    assert_eq!(summary["base_model_kind"], "random");
+    assert!(summary["base_model"]
+        .as_str()
+        .unwrap()
+        .ends_with("models/tiny-blip"));
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 100);
 
-    // The checkpoint is a model directory: caption the training images with it.
+    // The checkpoint is a model directory: caption the training images with it. It is no longer
+    // the random model, so the base model's label is not copied into it.
     let checkpoint = summary["last_checkpoint"].as_str().unwrap().to_string();
+    assert!(!Path::new(&checkpoint).join("vlmrun-model.json").exists());
     let eval = dir.path().join("eval");
     let output = vlmrun(
         &eval,

@@ -6,7 +6,7 @@ the counterpart of `perf report` on `vlmrun bench` (docs/performance.md, "CPU pr
 
 Pinned: torch==2.11.0 transformers==5.17.0 (the versions pytorch_blip.py pins). No network.
 
-    python scripts/cpu/torch_profile.py --model-dir /work/cpu-bench-base --batch 1 > torch_profile.txt
+    python scripts/cpu/torch_profile.py --model-dir /tmp/cpu-bench-base --batch 1 > torch_profile.txt
 """
 
 import argparse

@@ -34,7 +34,7 @@ use crate::report::memory;
 use crate::report::output::{lock_output_dir, output_error, prepare_output_dir};
 use crate::report::progress::Progress;
 use crate::report::{write_json_atomic, Percentiles};
-use report::{BaselineReport, Counts, Memory, Timings};
+use report::{BaselineReport, Counts, Memory, ModelUsed, Timings};
 
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const ERRORS_FILE: &str = "errors.jsonl";
@@ -129,10 +129,12 @@ fn run_single(
     } else {
         "complete"
     };
+    let model = ModelUsed::describe(&config.model.source, model_dir.as_deref());
     let report = BaselineReport {
         schema: report::SCHEMA.to_string(),
         status: status.to_string(),
         environment: crate::report::describe_environment(&active, facts, cuda, config, model_dir),
+        model,
         timings,
         memory,
         counts,

@@ -101,6 +101,7 @@ pub fn write_html(report: &BaselineReport, inputs: &HtmlInputs<'_>) -> Result<()
         title: format!("vlmrun baseline: {}", inputs.dir.display()),
         status: report.status.clone(),
         prompt: inputs.prompt.trim().to_string(),
+        model_caveat: report.model.caveat(),
         summary: report.summary_rows(),
         metrics,
         metrics_images,

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Scores;
+use crate::models::label::{self, ModelKind};
 use crate::report::{Environment, Percentiles};
 
 pub const SCHEMA: &str = "vlmrun.baseline/1";
@@ -16,6 +17,8 @@ pub struct BaselineReport {
     /// `incomplete` (a shard is missing: see `distributed.missing`).
     pub status: String,
     pub environment: Environment,
+    /// The model used and what its label says (`models::label`: random, demo, or unlabelled).
+    pub model: ModelUsed,
     pub timings: Timings,
     pub memory: Memory,
     pub counts: Counts,
@@ -26,6 +29,60 @@ pub struct BaselineReport {
     /// Data-parallel runs only (the merged report): the ranks, their timings and any missing shard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distributed: Option<DistributedSummary>,
+}
+
+/// The model a run used, and what its label file (`vlmrun-model.json`) says about it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelUsed {
+    /// `model.source` as resolved (the built-in default: its unpacked directory).
+    pub source: String,
+    /// The directory or `.gguf` file loaded; null when no model was loaded (every image done earlier).
+    pub directory: Option<String>,
+    /// `random` or `demo` when the model is labelled so; null for an unlabelled model (a hub or
+    /// `train` checkpoint).
+    pub kind: Option<ModelKind>,
+    /// The label's one sentence for people.
+    pub description: Option<String>,
+}
+
+impl ModelUsed {
+    /// Reads the label of the loaded `directory`, else of `source` when it is a directory. A label
+    /// file that cannot be read is a warning, and the model counts as unlabelled.
+    pub fn describe(source: &str, directory: Option<&str>) -> ModelUsed {
+        let dir = std::path::Path::new(directory.unwrap_or(source));
+        let found = label::read(dir).unwrap_or_else(|err| {
+            tracing::warn!("{err}");
+            None
+        });
+        ModelUsed {
+            source: source.to_string(),
+            directory: directory.map(str::to_string),
+            kind: found.as_ref().map(|l| l.kind),
+            description: found.and_then(|l| l.description),
+        }
+    }
+
+    /// The summary's `model` row: the source, and its kind when labelled (the caveat explains it).
+    pub fn summary(&self) -> String {
+        match self.kind {
+            Some(kind) => format!("{} ({} model)", self.source, kind.as_str()),
+            None => self.source.clone(),
+        }
+    }
+
+    /// A warning for people when the model is known not to be a real captioner.
+    pub fn caveat(&self) -> Option<String> {
+        match self.kind? {
+            ModelKind::Random => Some(
+                "this model has random weights: its captions are gibberish and its scores mean nothing"
+                    .to_string(),
+            ),
+            ModelKind::Demo => Some(
+                "this is the built-in demo model, trained on the sample images: its captions there are memorised, so the scores say nothing about captioning quality; set model.source (or --model) to a real checkpoint such as Salesforce/blip-image-captioning-base"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -201,6 +258,9 @@ impl BaselineReport {
         for (key, value) in rows {
             out.push_str(&format!("  {key:<width$}  {value}\n"));
         }
+        if let Some(caveat) = self.model.caveat() {
+            out.push_str(&format!("  note: {caveat}\n"));
+        }
         out
     }
 
@@ -210,6 +270,7 @@ impl BaselineReport {
             ("status".into(), self.status.clone()),
             ("device".into(), self.environment.device.clone()),
             ("precision".into(), self.environment.precision.clone()),
+            ("model".into(), self.model.summary()),
             (
                 "images".into(),
                 format!(

@@ -41,7 +41,7 @@ pub enum BenchError {
     #[error("{} is not a bench document ({message})\n  fix: pass a file written by `vlmrun bench --out` or benches/reference/pytorch_blip.py", path.display())]
     BadDocument { path: PathBuf, message: String },
 
-    #[error("cannot compare: the baseline was measured on {baseline:?}, this run on {current:?}\n  fix: compare against a baseline taken on the same device (benches/baselines/ holds one per device), or take a new one with `vlmrun bench --out FILE`")]
+    #[error("cannot compare: the baseline was measured on {baseline:?}, this run on {current:?}\n  fix: baselines are per machine: take one on this machine with `vlmrun bench --out FILE` (same flags), then compare later runs with `--compare FILE`")]
     DeviceMismatch { baseline: String, current: String },
 
     #[error("cannot compare: the baseline differs in {what} (baseline {baseline}, this run {current})\n  fix: rerun with the baseline's settings, or take a new baseline")]

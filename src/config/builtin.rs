@@ -1,12 +1,13 @@
-//! What the binary carries so it runs from any directory: the tiny demo model (`models/tiny-blip`)
-//! and the sample dataset (`tests/fixtures/samples.jsonl` and its images), embedded with
+//! What the binary carries so it runs from any directory: the demo model (`models/demo-blip`: the
+//! tiny BLIP trained on the sample images by `scripts/make-demo-model.sh`, labelled `demo` by its
+//! `vlmrun-model.json`, see `models::label`) and the sample dataset (`tests/fixtures/samples.jsonl` and its images), embedded with
 //! `include_bytes!` and unpacked on first use into the data directory:
 //!
 //! `$VLMRUN_DATA_DIR`, else the platform data directory + `vlmrun` (`$XDG_DATA_HOME/vlmrun`, i.e.
 //! `~/.local/share/vlmrun` on Linux; `~/Library/Application Support/vlmrun` on macOS), then
-//! `<version>/models/tiny-blip/` and `<version>/samples/`.
+//! `<version>/models/demo-blip/` and `<version>/samples/`.
 //!
-//! The defaults `model.source: models/tiny-blip` and `data.path: tests/fixtures/samples.jsonl` are
+//! The defaults `model.source: models/demo-blip` and `data.path: tests/fixtures/samples.jsonl` are
 //! relative to the working directory. When a run leaves them at their default and the working
 //! directory does not have them (anywhere outside the repository), they point at the unpacked copies
 //! instead. Unpacking compares each file with the embedded bytes and rewrites only what differs, so
@@ -16,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 /// The default `model.source`, relative to the working directory.
-pub const DEMO_MODEL_SOURCE: &str = "models/tiny-blip";
+pub const DEMO_MODEL_SOURCE: &str = "models/demo-blip";
 /// The default `data.path`, relative to the working directory.
 pub const SAMPLES_PATH: &str = "tests/fixtures/samples.jsonl";
 
@@ -40,16 +41,20 @@ macro_rules! embed {
 
 const DEMO_MODEL: &[Embedded] = &[
     embed!(
-        "models/tiny-blip/config.json",
-        "models/tiny-blip/config.json"
+        "models/demo-blip/config.json",
+        "models/demo-blip/config.json"
     ),
     embed!(
-        "models/tiny-blip/model.safetensors",
-        "models/tiny-blip/model.safetensors"
+        "models/demo-blip/model.safetensors",
+        "models/demo-blip/model.safetensors"
     ),
     embed!(
-        "models/tiny-blip/tokenizer.json",
-        "models/tiny-blip/tokenizer.json"
+        "models/demo-blip/tokenizer.json",
+        "models/demo-blip/tokenizer.json"
+    ),
+    embed!(
+        "models/demo-blip/vlmrun-model.json",
+        "models/demo-blip/vlmrun-model.json"
     ),
 ];
 
@@ -128,7 +133,7 @@ pub fn version_dir() -> PathBuf {
 
 /// Where the demo model is (or will be) unpacked.
 pub fn demo_model_dir() -> PathBuf {
-    version_dir().join("models/tiny-blip")
+    version_dir().join(DEMO_MODEL_SOURCE)
 }
 
 /// Where the sample manifest is (or will be) unpacked.
@@ -195,7 +200,20 @@ mod tests {
     #[test]
     fn embedded_files_match_the_repository_copies() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        assert_eq!(DEMO_MODEL.len(), 3);
+        // Every file of the demo model is embedded, byte for byte.
+        let mut files: Vec<String> = std::fs::read_dir(root.join(DEMO_MODEL_SOURCE))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), DEMO_MODEL.len(), "{files:?}");
+        for file in &files {
+            let wanted = format!("{DEMO_MODEL_SOURCE}/{file}");
+            let found = DEMO_MODEL.iter().find(|f| f.path == wanted);
+            assert!(found.is_some(), "{wanted} is not embedded");
+            let on_disk = std::fs::read(root.join(&wanted)).unwrap();
+            assert_eq!(found.unwrap().bytes, on_disk.as_slice());
+        }
         let manifest = std::str::from_utf8(SAMPLES[0].bytes).unwrap();
         // Every image the manifest names is embedded under the same relative path.
         for line in manifest.lines().filter(|l| !l.trim().is_empty()) {

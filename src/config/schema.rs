@@ -64,7 +64,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            source: "models/tiny-blip".to_string(),
+            source: crate::config::builtin::DEMO_MODEL_SOURCE.to_string(),
             revision: "main".to_string(),
             offline: false,
         }

@@ -76,6 +76,7 @@ pub fn inspect(config: &Config) -> (ModelEntry, Vec<Check>) {
         error: None,
         invalid: None,
         gguf: None,
+        kind: None,
     };
     let opened = if path.is_file() {
         BlipGguf::open(path).map_err(|err| err.to_string())

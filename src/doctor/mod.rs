@@ -20,6 +20,7 @@ use crate::device::{
 use crate::hub;
 use crate::models::blip::gguf::is_gguf_path;
 use crate::models::blip::BlipWeights;
+use crate::models::label::{self, ModelKind};
 
 /// Version of the JSON document's layout; bumped on any incompatible change.
 pub const SCHEMA: &str = "vlmrun.doctor/1";
@@ -87,6 +88,9 @@ pub struct ModelEntry {
     /// What the header of a `.gguf` source says (null for a directory or hub id, and when the
     /// file's metadata could not be read).
     pub gguf: Option<gguf::GgufEntry>,
+    /// `random` or `demo` when the directory's `vlmrun-model.json` labels it so (`models::label`);
+    /// null for an unlabelled model.
+    pub kind: Option<ModelKind>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -439,6 +443,7 @@ fn model_entry(config: &Config) -> ModelEntry {
         error: None,
         invalid: None,
         gguf: None,
+        kind: None,
     };
     match hub::resolve_model_dir(&config.model.source, &config.model.revision) {
         Ok(dir) => {
@@ -447,6 +452,13 @@ fn model_entry(config: &Config) -> ModelEntry {
                 .map(str::to_string)
                 .collect();
             entry.dir = Some(dir.display().to_string());
+            entry.kind = match label::read(&dir) {
+                Ok(found) => found.map(|l| l.kind),
+                Err(err) => {
+                    tracing::warn!("{err}");
+                    None
+                }
+            };
             if entry.missing.is_empty() {
                 // The files as loading checks them: config, complete weights, float dtypes,
                 // finite values.
@@ -476,8 +488,13 @@ fn model_check(model: &ModelEntry) -> Check {
             name: "model".into(),
             status: Status::Ok,
             message: format!(
-                "{} -> {dir}: config.json, weights and tokenizer.json present",
-                model.source
+                "{} -> {dir}: config.json, weights and tokenizer.json present{}",
+                model.source,
+                match model.kind {
+                    Some(ModelKind::Random) => "; random weights (vlmrun-model.json): gibberish captions by design",
+                    Some(ModelKind::Demo) => "; the demo model (vlmrun-model.json): it captions only the sample images it memorised",
+                    None => "",
+                }
             ),
             remedy: None,
         },

@@ -7,6 +7,7 @@ pub mod family;
 pub mod gguf;
 pub mod gradients;
 pub mod kv_cache;
+pub mod label;
 pub mod linear;
 pub mod norm;
 pub mod projections;

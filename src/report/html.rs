@@ -17,7 +17,10 @@ pub struct HtmlReport {
     pub status: String,
     /// The prompt stripped from captions before scoring (empty: none).
     pub prompt: String,
-    /// (label, value) rows: status, device, counts, timings, memory.
+    /// A warning shown above everything when the model is known not to be a real captioner
+    /// (random weights, the demo model).
+    pub model_caveat: Option<String>,
+    /// (label, value) rows: status, device, model, counts, timings, memory.
     pub summary: Vec<(String, String)>,
     /// (metric, value) rows; empty when nothing was scored.
     pub metrics: Vec<(String, String)>,
@@ -134,6 +137,7 @@ mod tests {
             title: "vlmrun baseline <b>runs/x</b>".into(),
             status: "complete".into(),
             prompt: "a picture of".into(),
+            model_caveat: Some("random <weights>".into()),
             summary: vec![("device".into(), "cpu".into())],
             metrics: vec![("CIDEr".into(), "0.5000".into())],
             metrics_images: 2,
@@ -191,6 +195,7 @@ mod tests {
         assert_eq!(texts(&html, "td img, td svg, td b").len(), 0);
         assert_eq!(texts(&html, "h1 b").len(), 0);
         assert_eq!(texts(&html, "h1"), ["vlmrun baseline <b>runs/x</b>"]);
+        assert_eq!(texts(&html, "#model-caveat"), ["random <weights>"]);
         assert_eq!(texts(&html, "ul.refs li")[1], "x < y & \"z\"");
         assert_eq!(
             texts(&html, "table.failures tr.failure td:nth-child(2)"),

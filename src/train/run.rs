@@ -22,6 +22,7 @@ use crate::config::ResolvedConfig;
 use crate::device::{self, CudaAvailability, SystemFacts, Target};
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::models::label::{self, ModelKind};
 use crate::report::memory::GpuMemoryMonitor;
 use crate::report::output::output_error;
 use crate::report::progress::Progress as StepProgress;
@@ -37,6 +38,10 @@ pub struct TrainSummary {
     pub total_steps: u64,
     pub samples_seen: u64,
     pub training_pairs: usize,
+    /// The model training started from (its directory), and its label's kind (`models::label`:
+    /// `random`, `demo`, or null for an unlabelled model). Checkpoints carry no label.
+    pub base_model: PathBuf,
+    pub base_model_kind: Option<ModelKind>,
     pub precision: String,
     pub device: String,
     pub first_loss: Option<f64>,
@@ -315,6 +320,13 @@ fn finish(
         total_steps: session.total_steps,
         samples_seen: state.samples_seen,
         training_pairs: session.inputs.len(),
+        base_model: session.model_dir.clone(),
+        base_model_kind: label::read(&session.model_dir)
+            .unwrap_or_else(|err| {
+                tracing::warn!("{err}");
+                None
+            })
+            .map(|l| l.kind),
         precision: session.dtype.as_str().to_string(),
         device: device::describe_target(&session.active.plan.target),
         first_loss: losses.first,

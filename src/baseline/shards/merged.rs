@@ -13,8 +13,8 @@ use super::collect::{collect, Collected};
 use super::done::{self, RankDone, RankStatus};
 use super::wait::{self, Expected, RankState};
 use crate::baseline::report::{
-    self, BaselineReport, Counts, DistributedSummary, Memory, MissingShard, RankEntry, RankTimings,
-    Timings,
+    self, BaselineReport, Counts, DistributedSummary, Memory, MissingShard, ModelUsed, RankEntry,
+    RankTimings, Timings,
 };
 use crate::baseline::{load_dataset, outputs, score, ERRORS_FILE, PREDICTIONS_FILE, REPORT_FILE};
 use crate::config::Config;
@@ -194,10 +194,12 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
         .values()
         .find_map(|done| done.environment.clone())
         .unwrap_or_else(|| unknown_environment(job.config));
+    let model = ModelUsed::describe(&job.config.model.source, environment.model_dir.as_deref());
     let report = BaselineReport {
         schema: report::SCHEMA.to_string(),
         status: status.to_string(),
         environment,
+        model,
         timings,
         memory,
         counts,
