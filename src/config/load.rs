@@ -15,6 +15,13 @@ pub struct LoadedFile {
 /// Reads and validates a config file. A missing file is an error: a silent fallback to defaults is
 /// exactly the kind of surprise this tool exists to remove.
 pub fn load_file(path: &Path) -> Result<LoadedFile, ConfigError> {
+    // A FIFO would block the read forever; a directory would read as an OS error.
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
