@@ -37,6 +37,10 @@ pub struct TrainSummary {
     pub total_steps: u64,
     pub samples_seen: u64,
     pub training_pairs: usize,
+    /// Training images that could not be read; their pairs are not in `training_pairs`.
+    pub unreadable_images: usize,
+    /// Each of them with the reason.
+    pub unreadable: Vec<UnreadableImage>,
     pub precision: String,
     pub device: String,
     pub first_loss: Option<f64>,
@@ -55,6 +59,13 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     pub best_checkpoint: Option<PathBuf>,
     pub interrupted: bool,
+}
+
+/// A training image left out of the run.
+#[derive(Debug, Serialize)]
+pub struct UnreadableImage {
+    pub image: PathBuf,
+    pub reason: String,
 }
 
 /// Runs the training; returns 0, or 130 when interrupted (after saving a checkpoint).
@@ -294,6 +305,15 @@ fn finish(mut session: Session, ending: Ending, options: &TrainOptions) -> Resul
         total_steps: session.total_steps,
         samples_seen: state.samples_seen,
         training_pairs: session.inputs.len(),
+        unreadable_images: session.unreadable.len(),
+        unreadable: session
+            .unreadable
+            .iter()
+            .map(|(image, reason)| UnreadableImage {
+                image: image.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
         precision: session.dtype.as_str().to_string(),
         device: device::describe_target(&session.active.plan.target),
         first_loss: losses.first,
@@ -353,8 +373,12 @@ fn summary_line(summary: &TrainSummary) -> String {
         .last_checkpoint
         .as_ref()
         .map_or(String::new(), |p| format!("; checkpoint {}", p.display()));
+    let unreadable = match summary.unreadable_images {
+        0 => String::new(),
+        n => format!("; {n} unreadable image(s) left out (train-summary.json lists them)"),
+    };
     format!(
-        "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
+        "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}{unreadable}",
         summary.steps, summary.total_steps, summary.precision
     )
 }
