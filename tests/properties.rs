@@ -353,7 +353,7 @@ fn gguf_seed() -> Vec<u8> {
     bytes.extend(4u64.to_le_bytes());
     bytes.extend(0u32.to_le_bytes()); // F32
     bytes.extend(0u64.to_le_bytes()); // offset
-    while bytes.len() % 32 != 0 {
+    while !bytes.len().is_multiple_of(32) {
         bytes.push(0);
     }
     bytes.extend([0u8; 16]);
@@ -449,7 +449,8 @@ fn an_image_header_claiming_billions_of_pixels_allocates_nothing_of_that_size() 
 #[test]
 fn gguf_alignment_zero_and_overflowing_dimensions_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 4] = [
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Damage); 4] = [
         (
             "alignment 0",
             Box::new(|b: &mut Vec<u8>| b[53..57].copy_from_slice(&0u32.to_le_bytes())),
