@@ -293,7 +293,11 @@ fn missing_empty_and_unsupported_files_give_their_own_errors_naming_the_file() {
     // Named as what it is (and never read: a FIFO would block).
     let err = processor.load_rgb(dir.path()).expect_err("a directory");
     assert!(matches!(err, PreprocessError::NotAFile { .. }), "{err}");
-    assert!(err.to_string().contains("is a directory, not an image file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is a directory, not an image file"),
+        "{err}"
+    );
 }
 
 #[test]
