@@ -20,7 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Unpack(#[from] crate::config::builtin::UnpackError),
 
-    #[error("cannot write {what} to {}: {source}\n  fix: check that the directory exists and is writable, or change output.dir", path.display())]
+    /// The message names the path and, for a full disk, the free space (`paths::write_failure`).
+    #[error("{}", output_message(what, path, source))]
     Output {
         what: &'static str,
         path: std::path::PathBuf,
@@ -51,6 +52,40 @@ pub enum Error {
     Busy(String),
 }
 
+fn output_message(what: &str, path: &std::path::Path, source: &std::io::Error) -> String {
+    let free = crate::paths::is_disk_full(source)
+        .then(|| crate::paths::free_bytes(path))
+        .flatten();
+    crate::paths::write_failure(what, path, source, free)
+}
+
+/// The text `main` prints after `error: `: the error's message, then each cause in its chain that the
+/// message does not already contain (appended to the first line), and one fix line (the first): the
+/// messages here carry their cause and their fix, so printing the whole chain repeated both.
+pub fn render(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        let first = text.lines().next().unwrap_or("").trim();
+        if !first.is_empty() && !message.contains(first) {
+            let end = message.find('\n').unwrap_or(message.len());
+            message.insert_str(end, &format!(": {first}"));
+        }
+        cause = inner.source();
+    }
+    let mut fixes = 0;
+    message
+        .lines()
+        .filter(|line| {
+            let is_fix = line.trim_start().starts_with("fix:");
+            fixes += usize::from(is_fix);
+            !is_fix || fixes == 1
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Error {
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
@@ -63,5 +98,50 @@ impl Error {
             Error::Diverged(_) => Exit::Diverged,
             Error::Busy(_) => Exit::Busy,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read config file c.yaml: {source}\n  fix: pass a readable file")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the shard")]
+    struct Bare {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once_with_one_fix_line() {
+        let outer = Outer {
+            source: std::io::Error::other("Is a directory (os error 21)"),
+        };
+        let text = render(&outer);
+        assert_eq!(text.matches("Is a directory").count(), 1, "{text}");
+        assert_eq!(text.matches("fix:").count(), 1, "{text}");
+
+        // A cause the message leaves out is added to its first line, never lost.
+        let bare = Bare {
+            source: std::io::Error::other("permission denied"),
+        };
+        assert_eq!(render(&bare), "reading the shard: permission denied");
+
+        let output = Error::Output {
+            what: "results",
+            path: "out/predictions.jsonl".into(),
+            source: std::io::Error::other(
+                "cannot access out/predictions.jsonl: boom\n  fix: check that output.dir is writable",
+            ),
+        };
+        let text = render(&output);
+        assert_eq!(text.matches("boom").count(), 1, "{text}");
+        assert_eq!(text.matches("fix:").count(), 1, "{text}");
     }
 }

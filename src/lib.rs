@@ -30,6 +30,7 @@
 //! device/ exit.rs hub/   probe, launcher, device policy and smoke test; exit codes; model files and
 //!                the Hugging Face cache
 //! config/        the run configuration
+//! paths.rs       what a path is when it is not the file expected; write-failure messages (disk full)
 //! ```
 //!
 //! `main.rs` (the binary) stands above them all.
@@ -52,6 +53,7 @@ pub mod hub;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod paths;
 pub mod preprocess;
 pub mod report;
 pub mod train;

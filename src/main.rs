@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(err) => {
             let code = err.exit().code();
-            eprintln!("error: {:#}", anyhow::Error::new(err));
+            eprintln!("error: {}", vlmrun::error::render(&err));
             ExitCode::from(code)
         }
     }

@@ -344,3 +344,89 @@ fn a_corrupt_checkpoint_is_a_model_error_naming_the_file() {
         stderr(&output)
     );
 }
+
+/// `train` without `--quiet` (the warnings are what these tests read).
+fn train_loud(out: &Path, sets: &[String], args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("vlmrun"));
+    cmd.current_dir(ROOT)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args(["--device", "cpu"])
+        .args(["--set", &format!("output.dir={}", out.display())]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    cmd.arg("train").args(args).output().unwrap()
+}
+
+#[test]
+fn resume_checks_changed_settings_names_skipped_checkpoints_and_counts_unreadable_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("train");
+    // The 16 pairs with absolute image paths, plus one image that is not an image.
+    let mut manifest = String::new();
+    for line in std::fs::read_to_string(Path::new(ROOT).join(OVERFIT))
+        .unwrap()
+        .lines()
+    {
+        let mut entry: Value = serde_json::from_str(line).unwrap();
+        let image = Path::new(ROOT)
+            .join("tests/fixtures/train")
+            .join(entry["image"].as_str().unwrap());
+        entry["image"] = image.display().to_string().into();
+        manifest.push_str(&format!("{entry}\n"));
+    }
+    std::fs::write(dir.path().join("broken.png"), b"not a png").unwrap();
+    manifest.push_str("{\"image\": \"broken.png\", \"caption\": \"a broken file\"}\n");
+    std::fs::write(dir.path().join("data.jsonl"), manifest).unwrap();
+    let sets = |extra: &[&str]| {
+        let mut sets = vec![
+            format!("data.path={}", dir.path().join("data.jsonl").display()),
+            "train.batch_size=4".to_string(),
+            "train.checkpoint_every=1".to_string(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        sets
+    };
+
+    let output = train_loud(&out, &sets(&[]), &["--steps", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first = summary(&out);
+    assert_eq!(first["unreadable_images"], 1, "{first}");
+    assert_eq!(first["training_pairs"], 16, "{first}");
+    let listed = first["unreadable"][0]["image"].as_str().unwrap();
+    assert!(listed.ends_with("broken.png"), "{listed}");
+
+    // A refused key: nothing resumes, and the message names the key with both values.
+    let output = train_loud(
+        &out,
+        &sets(&["train.batch_size=2"]),
+        &["--steps", "3", "--resume"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("train.batch_size: 4 -> 2"), "{message}");
+    assert!(!out.join("checkpoints/step-00000003").exists());
+
+    // The newest checkpoint without its optimizer state is named, and the one before is used; a
+    // changed learning rate is a warning naming the key.
+    std::fs::remove_file(out.join("checkpoints/step-00000002/optimizer.safetensors")).unwrap();
+    let output = train_loud(
+        &out,
+        &sets(&["train.lr=2e-5"]),
+        &["--steps", "3", "--resume"],
+    );
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains(
+            "step-00000002 (step 2): optimizer.safetensors missing; resuming from step 1 instead"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("train.lr: 0.00001 -> 0.00002")
+            || message.contains("train.lr: 1e-5 -> 2e-5"),
+        "{message}"
+    );
+    assert_eq!(summary(&out)["steps"], 3);
+}

@@ -467,3 +467,267 @@ fn damaged_weights_are_model_errors_naming_the_tensor_and_doctor_fails_them() {
         assert!(report["model"]["invalid"].is_string());
     }
 }
+
+// ---- Every input item ends in one place; each error printed once, with one fix line. ----
+
+/// Runs `vlmrun` with `args` (no output.dir override) and returns (exit code, stderr), killing it
+/// after 60 s so that a read that blocks (a FIFO) fails the test instead of hanging it.
+fn run_bounded(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("vlmrun"))
+        .current_dir(dir)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args(["--device", "cpu"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("vlmrun {args:?} still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The `error: ...` block of stderr (log lines dropped).
+fn error_text(stderr: &str) -> String {
+    stderr
+        .lines()
+        .skip_while(|line| !line.starts_with("error: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(unix)]
+#[test]
+fn a_folder_file_name_that_is_not_utf8_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let sample = Path::new(ROOT).join("tests/fixtures/images/chelsea.png");
+    std::fs::copy(&sample, images.join("ok.png")).unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    std::fs::copy(&sample, images.join(bad)).unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "data.source=folder",
+            "--set",
+            &format!("data.path={}", images.display()),
+            "--set",
+            "output.dir=out",
+            "baseline",
+        ],
+    );
+    assert_eq!(code, Some(5), "{stderr}");
+    let error = error_text(&stderr);
+    assert!(
+        error.contains("1 file name(s) are not valid UTF-8"),
+        "{error}"
+    );
+    assert!(error.contains("caf\u{FFFD}.png"), "{error}");
+    assert_eq!(error.matches("fix:").count(), 1, "{error}");
+    assert!(!dir.path().join("out/predictions.jsonl").exists());
+}
+
+#[test]
+fn a_coco_image_id_given_twice_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["chelsea.png", "coffee.png", "rocket.png"] {
+        std::fs::copy(
+            Path::new(ROOT).join("tests/fixtures/images").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let annotations = serde_json::json!({
+        "images": [
+            {"id": 7, "file_name": "chelsea.png"},
+            {"id": 9, "file_name": "coffee.png"},
+            {"id": 7, "file_name": "rocket.png"}
+        ],
+        "annotations": [{"image_id": 7, "caption": "a cat"}, {"image_id": 9, "caption": "a cup"}]
+    });
+    std::fs::write(dir.path().join("ann.json"), annotations.to_string()).unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "data.source=coco",
+            "--set",
+            "data.path=ann.json",
+            "--set",
+            "output.dir=out",
+            "baseline",
+        ],
+    );
+    assert_eq!(code, Some(5), "{stderr}");
+    let error = error_text(&stderr);
+    assert!(
+        error.contains("1 image id(s) appear more than once")
+            && error.contains("7 (chelsea.png, rocket.png)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_run_in_which_every_image_fails_exits_5_with_each_failure_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("a.png"), b"not a png").unwrap();
+    std::fs::write(images.join("b.jpg"), b"nor a jpeg").unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "data.source=folder",
+            "--set",
+            &format!("data.path={}", images.display()),
+            "--set",
+            "output.dir=out",
+            "baseline",
+        ],
+    );
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("all 2 image(s) failed"), "{stderr}");
+    let failures = lines(&dir.path().join("out/errors.jsonl"));
+    let ids: Vec<&str> = failures.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a.png", "b.jpg"]);
+    assert_eq!(report(&dir.path().join("out"))["counts"]["failed"], 2);
+}
+
+#[test]
+fn score_refuses_a_duplicated_prediction_id_and_empty_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let refs = dir.path().join("refs.jsonl");
+    std::fs::write(
+        &refs,
+        "{\"id\": \"a\", \"image\": \"a.png\", \"references\": [\"a cat\"]}\n{\"id\": \"b\", \"image\": \"b.png\", \"references\": [\"a dog\"]}\n",
+    )
+    .unwrap();
+    let predictions = dir.path().join("p.jsonl");
+    std::fs::write(
+        &predictions,
+        "{\"id\": \"a\", \"caption\": \"a cat\"}\n{\"id\": \"b\", \"caption\": \"a dog\"}\n{\"id\": \"a\", \"caption\": \"a bird\"}\n",
+    )
+    .unwrap();
+    let args = |p: &Path| {
+        vec![
+            "score".to_string(),
+            "--predictions".to_string(),
+            p.display().to_string(),
+            "--references".to_string(),
+            refs.display().to_string(),
+        ]
+    };
+    let owned = args(&predictions);
+    let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (code, stderr) = run_bounded(dir.path(), &argv);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("1 id(s) have more than one caption: \"a\" (lines 1 and 3)"),
+        "{stderr}"
+    );
+
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let owned = args(&empty);
+    let argv: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (code, stderr) = run_bounded(dir.path(), &argv);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("holds no captions"), "{stderr}");
+}
+
+#[test]
+fn fidelity_limit_0_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "output.dir=out",
+            "fidelity",
+            "--limit",
+            "0",
+            "--variants",
+            "f16",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("fidelity --limit 0: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out/fidelity.json").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn wrong_kind_paths_are_named_as_such_and_each_cause_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.yaml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["--config", "pipe.yaml", "config"],
+            2,
+            "config file pipe.yaml is a FIFO (named pipe), not a file",
+        ),
+        (
+            &["--config", "conf.d", "config"],
+            2,
+            "config file conf.d is a directory, not a file",
+        ),
+        (
+            &[
+                "--set",
+                "data.path=pipe.yaml",
+                "--set",
+                "output.dir=o",
+                "baseline",
+            ],
+            5,
+            "dataset manifest pipe.yaml is a FIFO (named pipe), not a file",
+        ),
+        (
+            &["--set", "output.dir=afile/run", "baseline", "--limit", "1"],
+            6,
+            "afile is a file, not a directory",
+        ),
+        (
+            &["--set", "output.dir=", "baseline"],
+            2,
+            "config key output.dir: must not be empty",
+        ),
+    ];
+    for (args, exit, first_line) in cases {
+        let (code, stderr) = run_bounded(dir.path(), args);
+        let error = error_text(&stderr);
+        assert_eq!(code, Some(exit), "{args:?}: {stderr}");
+        assert!(
+            error.lines().next().unwrap_or("").contains(first_line),
+            "{args:?}: {error}"
+        );
+        assert!(error.matches("fix:").count() <= 1, "{args:?}: {error}");
+        assert!(error.matches("os error").count() <= 1, "{args:?}: {error}");
+    }
+    // The empty output.dir wrote nothing into the working directory.
+    assert!(!dir.path().join("predictions.jsonl").exists());
+}

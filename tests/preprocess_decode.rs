@@ -290,8 +290,14 @@ fn missing_empty_and_unsupported_files_give_their_own_errors_naming_the_file() {
         assert!(err.to_string().contains(name), "{err}");
     }
 
+    // Named as what it is (and never read: a FIFO would block).
     let err = processor.load_rgb(dir.path()).expect_err("a directory");
-    assert!(matches!(err, PreprocessError::Read { .. }), "{err}");
+    assert!(matches!(err, PreprocessError::NotAFile { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is a directory, not an image file"),
+        "{err}"
+    );
 }
 
 #[test]

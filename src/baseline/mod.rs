@@ -167,11 +167,30 @@ fn run_single(
     }
     Ok(if interrupted {
         Exit::Interrupted
+    } else if every_item_failed(&report.counts) {
+        // Always said, even with --quiet: this is the error of the run.
+        eprintln!("{}", all_failed_message(&report.counts, &files.errors));
+        Exit::Input
     } else if report.counts.failed > 0 {
         Exit::CompletedWithFailures
     } else {
         Exit::Success
     })
+}
+
+/// Whether no item of the dataset has a caption and some failed: no usable input (exit 5), not a run
+/// that completed with a few failures (exit 3).
+pub fn every_item_failed(counts: &Counts) -> bool {
+    counts.failed > 0 && counts.done == 0 && counts.skipped == 0 && counts.remaining == 0
+}
+
+/// The error line of a run in which every image failed.
+pub fn all_failed_message(counts: &Counts, errors: &Path) -> String {
+    format!(
+        "error: all {} image(s) failed, none was captioned (each reason is in {})\n  fix: check data.path and the images' format (PNG, JPEG or WebP)",
+        counts.failed,
+        errors.display()
+    )
 }
 
 /// Reads the configured dataset (every file and line checked).

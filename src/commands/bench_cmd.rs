@@ -173,7 +173,7 @@ fn train_document(
     let samples_per_s = summary
         .samples_per_s
         .ok_or_else(|| Error::Internal("the training bench ran no step".into()))?;
-    let model_config = summary.model_dir.join("config.json");
+    let model_config = summary.base_model.join("config.json");
     let text = std::fs::read_to_string(&model_config)
         .map_err(|err| Error::Model(format!("reading {}: {err}", model_config.display())))?;
     let shape = BlipConfig::from_json_str(&text)
@@ -188,7 +188,7 @@ fn train_document(
             facts,
             &context.cuda,
             config,
-            Some(summary.model_dir.display().to_string()),
+            Some(summary.base_model.display().to_string()),
         ),
         model: shape,
         settings: Settings {

@@ -14,6 +14,12 @@ pub const DEFAULT_OUT_FILE: &str = "fidelity.json";
 
 pub fn run(context: &Context, args: &FidelityArgs) -> Result<Exit, Error> {
     let config = &context.config.config;
+    if args.limit == Some(0) {
+        // Zero images would report 100% agreement on nothing.
+        return Err(Error::Usage(
+            "fidelity --limit 0: must be at least 1 (the number of dataset images compared)\n  fix: leave --limit out to compare every image, or give a positive count".to_string(),
+        ));
+    }
     let variants = args
         .variants
         .iter()

@@ -32,6 +32,13 @@ pub fn run(
     };
     let items = dataset::load(&data).map_err(|err| Error::Input(err.to_string()))?;
     let refs = dataset::references(&items);
+    if refs.is_empty() {
+        return Err(Error::Input(format!(
+            "references {} holds no reference captions ({} item(s), none with a caption)\n  fix: pass the dataset's annotations (a manifest with \"references\", a COCO captions or LAVIS file)",
+            references.display(),
+            items.len()
+        )));
+    }
     let captions = read_captions(predictions, &context.config.config.generation.prompt)?;
     let missing: Vec<&String> = captions
         .keys()
@@ -69,6 +76,12 @@ pub fn run(
 /// The reader for a references file, from its content: a COCO or LAVIS annotation file (one JSON
 /// document), else a JSONL manifest. A results file or any other JSON document is refused by name.
 fn reference_source(path: &Path) -> Result<DataSource, Error> {
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(Error::Input(format!(
+            "references {} is {kind}, not a file\n  fix: pass a JSONL manifest, a COCO captions annotation file or a LAVIS annotation file to --references",
+            path.display()
+        )));
+    }
     let Ok(text) = std::fs::read_to_string(path) else {
         // Missing or unreadable: the manifest reader names it.
         return Ok(DataSource::Manifest);
@@ -94,16 +107,40 @@ fn reference_source(path: &Path) -> Result<DataSource, Error> {
 
 /// The captions to score by id, prompt stripped: a COCO results file (a JSON list) as it is, or a
 /// predictions JSONL whose lines' recorded prompt (else `fallback_prompt`, for files from before the
-/// prompt was recorded) is stripped. A later line for an id replaces an earlier one.
+/// prompt was recorded) is stripped. An id on two lines, or a file without any caption, is refused:
+/// one of two captions would be scored silently, or nothing at all.
 fn read_captions(path: &Path, fallback_prompt: &str) -> Result<BTreeMap<String, String>, Error> {
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(Error::Input(format!(
+            "predictions {} is {kind}, not a file\n  fix: pass a predictions.jsonl or a COCO results file to --predictions",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|err| {
         Error::Input(format!("cannot read predictions {}: {err}", path.display()))
     })?;
+    let captions = read_caption_text(path, &text, fallback_prompt)?;
+    if captions.is_empty() {
+        return Err(Error::Input(format!(
+            "predictions {} holds no captions\n  fix: pass the predictions.jsonl or results.json of a run that captioned images",
+            path.display()
+        )));
+    }
+    Ok(captions)
+}
+
+fn read_caption_text(
+    path: &Path,
+    text: &str,
+    fallback_prompt: &str,
+) -> Result<BTreeMap<String, String>, Error> {
     if text.trim_start().starts_with('[') {
-        let entries = results::parse(path, &text).map_err(|err| Error::Input(err.to_string()))?;
+        let entries = results::parse(path, text).map_err(|err| Error::Input(err.to_string()))?;
         return Ok(entries.into_iter().collect());
     }
     let mut captions = BTreeMap::new();
+    let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
+    let mut repeated: Vec<String> = Vec::new();
     for (index, line) in text
         .lines()
         .enumerate()
@@ -123,7 +160,32 @@ fn read_captions(path: &Path, fallback_prompt: &str) -> Result<BTreeMap<String, 
             other => other.to_string(),
         };
         let prompt = value["prompt"].as_str().unwrap_or(fallback_prompt);
+        match first_line.get(&id) {
+            Some(first) => repeated.push(format!("{id:?} (lines {first} and {})", index + 1)),
+            None => {
+                first_line.insert(id.clone(), index + 1);
+            }
+        }
         captions.insert(id, metrics::strip_prompt(caption, prompt));
+    }
+    if !repeated.is_empty() {
+        let shown = repeated
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = repeated.len().saturating_sub(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(Error::Input(format!(
+            "{}: {} id(s) have more than one caption: {shown}{more}; which one to score is not known\n  fix: keep one line per id (a run's predictions.jsonl has one; merged or concatenated files may not)",
+            path.display(),
+            repeated.len()
+        )));
     }
     Ok(captions)
 }

@@ -11,7 +11,10 @@ pub enum ConfigError {
     #[error("config file {} (from VLMRUN_CONFIG) not found\n  fix: point VLMRUN_CONFIG at an existing file, or unset it to use ./configs/config.yaml when present, else the built-in defaults", path.display())]
     EnvNotFound { path: PathBuf },
 
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("config file {} is {kind}, not a file\n  fix: pass the YAML file itself (e.g. configs/config.yaml)", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+
+    #[error("cannot read config file {}: {source}\n  fix: check that the file is readable and is UTF-8 text", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -15,6 +15,13 @@ pub struct LoadedFile {
 /// Reads and validates a config file. A missing file is an error: a silent fallback to defaults is
 /// exactly the kind of surprise this tool exists to remove.
 pub fn load_file(path: &Path) -> Result<LoadedFile, ConfigError> {
+    // A FIFO would block the read forever; a directory would read as an OS error.
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -53,11 +60,13 @@ fn parse_error(err: &serde_saphyr::Error, path: &Path) -> ConfigError {
         .unwrap_or_else(|| "?".to_string());
     // The plain message, without the rendered source snippet (we add our own position).
     let full = err.to_string();
-    let message = first_meaningful_line(&full);
+    let message = super::suggest::plain_words(&first_meaningful_line(&full));
     let hint = unknown_field_hint(&full).unwrap_or_else(|| {
         if message.contains("unknown variant") || message.starts_with("invalid device") {
             "\n  fix: use one of the values listed above".to_string()
-        } else if message.starts_with("invalid") {
+        } else if message.contains("given twice") {
+            "\n  fix: keep one of the two (the later one would silently win elsewhere)".to_string()
+        } else if message.starts_with("invalid") || message.starts_with("not a ") {
             "\n  fix: see the configuration reference in README.md for each key's type".to_string()
         } else {
             "\n  fix: check the YAML syntax at that position (indentation, brackets, quotes)"
@@ -86,5 +95,32 @@ fn first_meaningful_line(text: &str) -> String {
             _ => line.to_string(),
         },
         None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_option_names_and_rust_types_do_not_reach_the_user() {
+        let path = Path::new("c.yaml");
+        let message = |text: &str| match parse_str(text, path) {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("{text:?} parsed"),
+        };
+        let duplicate = message("seed: 1\nseed: 2\n");
+        assert!(
+            duplicate.starts_with("c.yaml:2:1: key seed is given twice"),
+            "{duplicate}"
+        );
+        assert!(!duplicate.contains("DuplicateKeyPolicy"), "{duplicate}");
+        assert_eq!(duplicate.matches("fix:").count(), 1, "{duplicate}");
+        let negative = message("generation:\n  num_beams: -1\n");
+        assert!(
+            negative.contains("not a whole number, 0 or more"),
+            "{negative}"
+        );
+        assert!(!negative.contains("u64"), "{negative}");
     }
 }

@@ -280,6 +280,31 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "generation.repetition_penalty",
             "must be > 0 (1.0 = no penalty)",
         ))
+    } else if config
+        .output
+        .dir
+        .as_os_str()
+        .to_string_lossy()
+        .trim()
+        .is_empty()
+    {
+        // An empty path would write every result into the working directory.
+        Some((
+            "output.dir",
+            "must not be empty (it is the folder a run writes its files to, e.g. runs/default)",
+        ))
+    } else if config
+        .data
+        .path
+        .as_os_str()
+        .to_string_lossy()
+        .trim()
+        .is_empty()
+    {
+        Some((
+            "data.path",
+            "must not be empty (the dataset's folder, manifest or annotation file)",
+        ))
     } else if config.preprocess.max_pixels == 0 {
         Some(("preprocess.max_pixels", "must be at least 1"))
     } else if let Some(problem) = train_problem(&config.train) {

@@ -114,7 +114,9 @@ pub fn apply(
     }
     Err(ConfigError::Override {
         argument: argument.to_string(),
-        message: first_error.unwrap_or_else(|| "invalid value".to_string()),
+        message: super::suggest::plain_words(
+            &first_error.unwrap_or_else(|| "invalid value".to_string()),
+        ),
         fix: "see the configuration reference in README.md for this key's type".to_string(),
     })
 }

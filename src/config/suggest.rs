@@ -31,9 +31,51 @@ pub fn unknown_field_hint(message: &str) -> Option<String> {
     Some(format!("\n  fix: {fix}"))
 }
 
+/// A parser's message in the words of this tool: a duplicated YAML key without the parser's option
+/// name ("set DuplicateKeyPolicy in Options"), Rust type names as the kind of value expected.
+pub fn plain_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("key {key} is given twice in one mapping");
+    }
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("invalid usize", "not a whole number, 0 or more"),
+        ("invalid u64", "not a whole number, 0 or more"),
+        ("invalid u32", "not a whole number, 0 or more"),
+        ("invalid i64", "not a whole number"),
+        ("invalid f64", "not a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parser_wording_is_replaced() {
+        assert_eq!(
+            plain_words(
+                "duplicate mapping key: seed, set DuplicateKeyPolicy in Options if acceptable"
+            ),
+            "key seed is given twice in one mapping"
+        );
+        assert_eq!(
+            plain_words("invalid type: string \"abc\", expected usize"),
+            "invalid type: string \"abc\", expected a whole number, 0 or more"
+        );
+        assert_eq!(plain_words("invalid u64"), "not a whole number, 0 or more");
+    }
 
     #[test]
     fn suggests_the_nearest_key() {

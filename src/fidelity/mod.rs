@@ -145,6 +145,11 @@ pub fn run(
     if let Some(limit) = plan.limit {
         items.truncate(limit);
     }
+    if items.is_empty() {
+        return Err(Error::Usage(
+            "fidelity has no images to compare\n  fix: a positive --limit, and a dataset with images".to_string(),
+        ));
+    }
     let image_size = BlipWeights::locate(&files.weights)
         .map_err(|err| Error::Model(format!("{err:#}")))?
         .config

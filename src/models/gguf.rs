@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,10 @@ pub enum GgufError {
         path: PathBuf,
         source: candle_core::Error,
     },
+    /// Refused before candle's reader sees it (`super::gguf_guard`), or a tensor whose dimensions
+    /// overflow.
+    #[error("{path}: not a readable GGUF file: {reason}\n  fix: copy the file again, or point model.source at a readable GGUF file written by `vlmrun quantize --model DIR --to FORMAT --out FILE.gguf`", path = .path.display())]
+    Refused { path: PathBuf, reason: String },
     #[error("{path}: truncated: its tensor table needs {needed} bytes, the file has {size}\n  fix: copy the file again, or write it again with `vlmrun quantize --model DIR --to FORMAT --out FILE.gguf`", path = .path.display())]
     Truncated {
         path: PathBuf,
@@ -79,10 +83,30 @@ impl GgufFile {
         let file = File::open(path).map_err(open_error)?;
         let size = file.metadata().map_err(open_error)?.len();
         let mut reader = BufReader::new(file);
+        let refused = |reason: String| GgufError::Refused {
+            path: path.to_path_buf(),
+            reason,
+        };
+        super::gguf_guard::check_metadata(&mut reader, size).map_err(refused)?;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(open_error)?;
         let content = Content::read(&mut reader).map_err(|source| GgufError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        for (name, info) in &content.tensor_infos {
+            let dims = info.shape.dims();
+            if dims
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .is_none()
+            {
+                return Err(refused(format!(
+                    "tensor {name} has dimensions {dims:?}, more elements than this machine can address"
+                )));
+            }
+        }
         let needed = content
             .tensor_infos
             .values()

@@ -5,6 +5,7 @@ pub mod cpu_dense;
 pub mod cpu_qgemv;
 pub mod family;
 pub mod gguf;
+pub mod gguf_guard;
 pub mod gradients;
 pub mod kv_cache;
 pub mod label;

@@ -46,6 +46,12 @@ const PNG_COLOR_TYPE_OFFSET: usize = 25;
 
 /// Reads and decodes the image at `path` into Pillow-equivalent RGB.
 pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(PreprocessError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
     let bytes = std::fs::read(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => PreprocessError::NotFound {
             path: path.to_path_buf(),

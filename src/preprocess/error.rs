@@ -9,6 +9,12 @@ pub enum PreprocessError {
     #[error("image file {path} not found: check the path (relative paths start at the working directory)")]
     NotFound { path: PathBuf },
 
+    /// The path is a directory, a FIFO or another non-file (a FIFO would block the read forever).
+    #[error(
+        "image {path} is {kind}, not an image file: point the dataset at the image file itself"
+    )]
+    NotAFile { path: PathBuf, kind: &'static str },
+
     /// The file exists but could not be read.
     #[error("cannot read image file {path}: {source}; check that it is a readable file")]
     Read {

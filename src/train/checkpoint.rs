@@ -134,6 +134,10 @@ pub struct StateFile {
     pub progress: Progress,
     /// Every parameter's name and shape, sorted by name.
     pub architecture: Vec<ParamShape>,
+    /// The settings the run was made with (`super::resume_settings`); empty in checkpoints written
+    /// before they were recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
 /// Whether a lower or a higher eval metric is better (loss: lower; CIDEr: higher).
@@ -180,6 +184,8 @@ pub struct CheckpointEntry {
 pub struct CheckpointDir {
     root: PathBuf,
     retention: Retention,
+    /// Written into every checkpoint's `state.json` (`with_settings`).
+    settings: BTreeMap<String, serde_json::Value>,
 }
 
 impl CheckpointDir {
@@ -190,7 +196,14 @@ impl CheckpointDir {
         Ok(Self {
             root: root.into(),
             retention,
+            settings: BTreeMap::new(),
         })
+    }
+
+    /// Records `settings` in every checkpoint saved from now on.
+    pub fn with_settings(mut self, settings: BTreeMap<String, serde_json::Value>) -> Self {
+        self.settings = settings;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -225,7 +238,14 @@ impl CheckpointDir {
             std::process::id()
         ));
         std::fs::create_dir(&temp).map_err(write_error(&temp))?;
-        let written = write_contents(&temp, params, optimizer, progress, model_dir);
+        let written = write_contents(
+            &temp,
+            params,
+            optimizer,
+            progress,
+            model_dir,
+            &self.settings,
+        );
         if let Err(err) = written {
             let _ = std::fs::remove_dir_all(&temp);
             return Err(err);
@@ -303,6 +323,33 @@ impl CheckpointDir {
         }
         found.sort_by_key(|entry| entry.step);
         Ok(found)
+    }
+
+    /// `step-` directories that [`CheckpointDir::list`] leaves out because a file is missing, with
+    /// the missing files' names, oldest first: a resume names the ones newer than what it uses.
+    pub fn incomplete(&self) -> Vec<(u64, PathBuf, Vec<&'static str>)> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, PathBuf, Vec<&'static str>)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let step = entry
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix(DIR_PREFIX)?
+                    .parse::<u64>()
+                    .ok()?;
+                let dir = entry.path();
+                let missing: Vec<&'static str> = [WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE]
+                    .into_iter()
+                    .filter(|file| !dir.join(file).is_file())
+                    .collect();
+                (!missing.is_empty()).then_some((step, dir, missing))
+            })
+            .collect();
+        found.sort_by_key(|(step, _, _)| *step);
+        found
     }
 
     /// The newest complete checkpoint.
@@ -413,6 +460,7 @@ fn write_contents(
     optimizer: &AdamW,
     progress: &Progress,
     model_dir: &Path,
+    settings: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), CheckpointError> {
     let model: Vec<(String, Tensor)> = params
         .all()
@@ -444,6 +492,7 @@ fn write_contents(
         vlmrun_version: env!("CARGO_PKG_VERSION").to_string(),
         progress: progress.clone(),
         architecture: params.fingerprint(),
+        settings: settings.clone(),
     };
     let state_path = dir.join(STATE_FILE);
     let mut bytes =

@@ -5,7 +5,8 @@
 //! PyTorch's, gradient clipping), `schedule` (warm-up + cosine learning rate), `scaler` (f16
 //! dynamic loss scaling), `checkpoint` (atomic, resumable checkpoint directories that are also
 //! model directories), `log` (`metrics.jsonl` and the loss curve), `eval` (captioning and scoring
-//! the held-out images), `workspace` (run state, output directory, saves), and the loop in its stages: `prepare`
+//! the held-out images), `workspace` (run state, output directory, saves), `resume_settings` (the settings a checkpoint
+//! was made with; what `--resume` refuses or warns about when they changed), and the loop in its stages: `prepare`
 //! (set-up), `step` (one optimizer step) and `run` (the loop, evaluation and checkpoints, finish).
 
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod prepare;
+pub mod resume_settings;
 pub mod run;
 pub mod scaler;
 pub mod schedule;

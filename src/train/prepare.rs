@@ -14,10 +14,11 @@ use super::checkpoint::{CheckpointDir, LoadedCheckpoint, MetricGoal, Retention};
 use super::compute_copy::ComputeCopy;
 use super::data::TrainData;
 use super::eval::Evaluator;
-use super::inputs::InputBuilder;
+use super::inputs::{InputBuilder, Unreadable};
 use super::log::MetricsLog;
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{FreezeRule, TrainParams};
+use super::resume_settings;
 use super::scaler::{LossScaler, ScalerConfig};
 use super::schedule::WarmupCosine;
 use super::workspace::{prepare_output_dir, resume_point, total_steps, RunState};
@@ -89,6 +90,8 @@ pub struct Session<'a> {
     pub compute_copy: Option<ComputeCopy>,
     /// Where the set-up time went, phase by phase.
     pub startup: StartupPhases,
+    /// Training images that could not be read (their pairs left out), with the reason.
+    pub unreadable: Unreadable,
 }
 
 /// Seconds spent in each phase of the set-up before the first step.
@@ -206,9 +209,6 @@ pub fn prepare<'a>(
     let params = load_master_weights(&weights, &dev, &freeze)?;
     startup.mark("master weights");
     let out_dir = prepare_output_dir(&config.output.dir, options.fresh)?;
-    resolved
-        .write_next_to(&out_dir)
-        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
 
     let samples_per_step = (train.batch_size * train.grad_accumulation) as u64;
     let total_steps = total_steps(train, inputs.len());
@@ -229,6 +229,7 @@ pub fn prepare<'a>(
         },
     );
     let mut scaler = LossScaler::new(ScalerConfig::for_compute_dtype(dtype));
+    let settings = resume_settings::record(config, dtype.as_str());
     let checkpoints = CheckpointDir::new(
         out_dir.join(CHECKPOINTS_DIR),
         Retention {
@@ -236,13 +237,15 @@ pub fn prepare<'a>(
             best: evaluator.as_ref().map(|_| MetricGoal::Higher),
         },
     )
-    .map_err(|err| Error::Usage(err.to_string()))?;
+    .map_err(|err| Error::Usage(err.to_string()))?
+    .with_settings(settings.clone());
 
     let resumed = resume_point(&checkpoints, options.resume, options.fresh)?;
     let state = match &resumed {
         Some(entry) => {
             let loaded = LoadedCheckpoint::load(&entry.dir, &params, &dev)
                 .map_err(|err| Error::Model(err.to_string()))?;
+            resume_settings::check(&entry.dir, &loaded.state.settings, &settings)?;
             let progress = loaded
                 .restore(&params, &mut optimizer, &mut scaler)
                 .map_err(|err| Error::Model(err.to_string()))?;
@@ -262,6 +265,10 @@ pub fn prepare<'a>(
         }
         None => RunState::start(config.seed),
     };
+    // After the resume checks, so a refused resume leaves the run's resolved-config.yaml as it was.
+    resolved
+        .write_next_to(&out_dir)
+        .map_err(|source| output_error("the resolved config", &out_dir, source))?;
     let metrics_path = out_dir.join(METRICS_FILE);
     let log =
         MetricsLog::open(&metrics_path, resumed.as_ref().map(|_| state.step)).map_err(|err| {
@@ -326,6 +333,7 @@ pub fn prepare<'a>(
         fused_adamw,
         compute_copy: None,
         startup,
+        unreadable,
     })
 }
 

@@ -42,6 +42,10 @@ pub struct TrainSummary {
     /// `random`, `demo`, or null for an unlabelled model). Checkpoints carry no label.
     pub base_model: PathBuf,
     pub base_model_kind: Option<ModelKind>,
+    /// Training images that could not be read; their pairs are not in `training_pairs`.
+    pub unreadable_images: usize,
+    /// Each of them with the reason.
+    pub unreadable: Vec<UnreadableImage>,
     pub precision: String,
     pub device: String,
     pub first_loss: Option<f64>,
@@ -62,8 +66,13 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     pub best_checkpoint: Option<PathBuf>,
     pub interrupted: bool,
-    /// The model the run started from.
-    pub model_dir: PathBuf,
+}
+
+/// A training image left out of the run.
+#[derive(Debug, Serialize)]
+pub struct UnreadableImage {
+    pub image: PathBuf,
+    pub reason: String,
 }
 
 /// Runs the training; returns 0, or 130 when interrupted (after saving a checkpoint).
@@ -327,6 +336,15 @@ fn finish(
                 None
             })
             .map(|l| l.kind),
+        unreadable_images: session.unreadable.len(),
+        unreadable: session
+            .unreadable
+            .iter()
+            .map(|(image, reason)| UnreadableImage {
+                image: image.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
         precision: session.dtype.as_str().to_string(),
         device: device::describe_target(&session.active.plan.target),
         first_loss: losses.first,
@@ -342,7 +360,6 @@ fn finish(
         last_checkpoint: session.last_checkpoint.clone(),
         best_checkpoint,
         interrupted,
-        model_dir: session.model_dir.clone(),
     };
     let summary_path = session.out_dir.join(SUMMARY_FILE);
     write_json_atomic(&summary_path, &summary)
@@ -389,8 +406,12 @@ fn summary_line(summary: &TrainSummary) -> String {
         .last_checkpoint
         .as_ref()
         .map_or(String::new(), |p| format!("; checkpoint {}", p.display()));
+    let unreadable = match summary.unreadable_images {
+        0 => String::new(),
+        n => format!("; {n} unreadable image(s) left out (train-summary.json lists them)"),
+    };
     format!(
-        "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}",
+        "trained {}/{} steps ({} precision): {loss}{rate}{best}{checkpoint}{unreadable}",
         summary.steps, summary.total_steps, summary.precision
     )
 }

@@ -82,6 +82,24 @@ pub fn resume_point(
     let latest = checkpoints
         .latest()
         .map_err(|err| Error::Model(err.to_string()))?;
+    if resume {
+        // Never skipped without a word: a newer step directory that lacks a file (a copy cut short,
+        // a file deleted by hand) is named, and the resume uses the newest complete one.
+        let used = latest.as_ref().map(|entry| entry.step);
+        for (step, dir, missing) in checkpoints.incomplete() {
+            if used.is_none_or(|used| step > used) {
+                tracing::warn!(
+                    "--resume: skipping checkpoint {} (step {step}): {} missing; {}",
+                    dir.display(),
+                    missing.join(", "),
+                    match used {
+                        Some(used) => format!("resuming from step {used} instead"),
+                        None => "no complete checkpoint is left".to_string(),
+                    }
+                );
+            }
+        }
+    }
     match (latest, resume) {
         (Some(entry), true) => Ok(Some(entry)),
         (Some(entry), false) => Err(Error::Usage(format!(

@@ -236,7 +236,13 @@ pub fn finish(job: MergeJob) -> Result<Exit, Error> {
         );
         return Ok(Exit::CompletedWithFailures);
     }
-    Ok(if report.counts.failed > 0 {
+    Ok(if crate::baseline::every_item_failed(&report.counts) {
+        eprintln!(
+            "{}",
+            crate::baseline::all_failed_message(&report.counts, &job.dir.join(ERRORS_FILE))
+        );
+        Exit::Input
+    } else if report.counts.failed > 0 {
         Exit::CompletedWithFailures
     } else {
         Exit::Success

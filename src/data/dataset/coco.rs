@@ -42,6 +42,18 @@ struct KarpathyImage {
     imgid: Option<u64>,
 }
 
+/// The ids given to more than one entry of sorted `images`, each with its file names.
+fn repeated_ids(images: &[CocoImage]) -> Vec<String> {
+    images
+        .chunk_by(|a, b| a.id == b.id)
+        .filter(|group| group.len() > 1)
+        .map(|group| {
+            let files: Vec<&str> = group.iter().map(|image| image.file_name.as_str()).collect();
+            format!("{} ({})", group[0].id, files.join(", "))
+        })
+        .collect()
+}
+
 pub(super) fn read(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
     let path = &config.path;
     let text = read_text(path, "COCO annotation file")?;
@@ -95,7 +107,21 @@ pub(super) fn read(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
     }
     let mut images = coco.images;
     images.sort_by_key(|image| image.id);
-    images.dedup_by_key(|image| image.id);
+    let repeated = repeated_ids(&images);
+    if !repeated.is_empty() {
+        return Err(DatasetError::Coco {
+            path: path.clone(),
+            message: format!(
+                "{} image id(s) appear more than once in \"images\": {}; each would be one item with two files\n  fix: give each image entry a unique \"id\" (COCO's files have one entry per id)",
+                repeated.len(),
+                repeated.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    + &match repeated.len().saturating_sub(5) {
+                        0 => String::new(),
+                        more => format!(" and {more} more"),
+                    }
+            ),
+        });
+    }
     Ok(images
         .into_iter()
         .filter(|image| keep.as_ref().is_none_or(|keep| keep.contains(&image.id)))

@@ -14,6 +14,14 @@ pub const DECODED_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 const SKIPPED_SHOWN: usize = 5;
 
 pub(super) fn read(dir: &Path) -> Result<Vec<Item>, DatasetError> {
+    if let Some(kind) = crate::paths::not_a_dir(dir) {
+        return Err(DatasetError::NotThatKind {
+            what: "folder",
+            path: dir.to_path_buf(),
+            kind,
+            expected: "folder",
+        });
+    }
     if !dir.is_dir() {
         return Err(DatasetError::NotFound {
             what: "folder",
@@ -24,12 +32,33 @@ pub(super) fn read(dir: &Path) -> Result<Vec<Item>, DatasetError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let files: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| entry.path().is_file())
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
+    let mut files: Vec<String> = Vec::new();
+    let mut unreadable: Vec<String> = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.path().is_file() {
+            continue;
+        }
+        match entry.file_name().into_string() {
+            Ok(name) if name.starts_with('.') => {}
+            Ok(name) => files.push(name),
+            Err(raw) => unreadable.push(raw.to_string_lossy().into_owned()),
+        }
+    }
+    if !unreadable.is_empty() {
+        // An id, a predictions line and the report all need text: such a file cannot be one item,
+        // and dropping it silently would lose it.
+        unreadable.sort();
+        return Err(DatasetError::UnreadableNames {
+            path: dir.to_path_buf(),
+            count: unreadable.len(),
+            names: unreadable
+                .iter()
+                .take(SKIPPED_SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     let (mut names, mut skipped) = split_decodable(files);
     names.sort();
     skipped.sort();

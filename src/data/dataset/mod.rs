@@ -37,7 +37,15 @@ pub enum DatasetError {
     #[error("dataset {what} {} not found\n  fix: check data.path / data.image_root in the config (relative paths are relative to the working directory)", path.display())]
     NotFound { what: &'static str, path: PathBuf },
 
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("dataset {what} {} is {kind}, not a {expected}\n  fix: point data.path (or data.image_root / data.split_file) at the {expected} itself", path.display())]
+    NotThatKind {
+        what: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+        expected: &'static str,
+    },
+
+    #[error("cannot read {}: {source}\n  fix: check that the file is readable and is UTF-8 text", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -70,6 +78,13 @@ pub enum DatasetError {
         id: String,
         first: usize,
         second: usize,
+    },
+
+    #[error("{}: {count} file name(s) are not valid UTF-8 ({names}; undecodable bytes shown as �), so they cannot be ids or lines of predictions.jsonl\n  fix: rename them to UTF-8 names, or list the images in a JSONL manifest", path.display())]
+    UnreadableNames {
+        path: PathBuf,
+        count: usize,
+        names: String,
     },
 
     #[error("data.split_file is set but data.split is not\n  fix: set data.split to the split to run (e.g. test)")]
@@ -130,6 +145,14 @@ pub fn load(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
 
 /// The text of a dataset file (`what` names it in the error when it is missing).
 fn read_text(path: &Path, what: &'static str) -> Result<String, DatasetError> {
+    if let Some(kind) = crate::paths::not_a_file(path) {
+        return Err(DatasetError::NotThatKind {
+            what,
+            path: path.to_path_buf(),
+            kind,
+            expected: "file",
+        });
+    }
     if !path.is_file() {
         return Err(DatasetError::NotFound {
             what,
@@ -148,6 +171,14 @@ fn image_root(config: &DataConfig) -> Result<PathBuf, DatasetError> {
         Some(root) => root.clone(),
         None => folder_of(&config.path),
     };
+    if let Some(kind) = crate::paths::not_a_dir(&root) {
+        return Err(DatasetError::NotThatKind {
+            what: "image root",
+            path: root,
+            kind,
+            expected: "folder",
+        });
+    }
     if !root.is_dir() {
         return Err(DatasetError::NotFound {
             what: "image root",
