@@ -37,7 +37,10 @@ fn images() -> Vec<String> {
         .collect()
 }
 
-fn read(path: &Path) -> (HashMap<String, Vec<Vec<f32>>>, HashMap<String, String>) {
+/// The file's matrices by name, and its metadata.
+type Embeddings = (HashMap<String, Vec<Vec<f32>>>, HashMap<String, String>);
+
+fn read(path: &Path) -> Embeddings {
     let bytes = std::fs::read(path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let metadata = meta.metadata().clone().unwrap_or_default();
