@@ -8,7 +8,7 @@
 //! ```text
 //! commands/      one file per subcommand: parsed arguments -> a job's options -> the job's run
 //! baseline/ bench/ doctor/ fidelity/ train/   the jobs, siblings (baseline/shards/: the ranks of a
-//!                data-parallel baseline, their done files, the merge; baseline/vqa.rs,
+//!                data-parallel baseline, their done files, the merge; baseline/vqa/,
 //!                retrieval.rs: its `task: vqa` and `task: retrieval`);  cli.rs  the command line
 //! engine/        the one assembly of a runnable model from the configuration; the captioner, the
 //!                VQA answerer, the image-text matcher, LAVIS's retrieval evaluation over it
