@@ -2,7 +2,7 @@
 //! - vqa, LAVIS rank mode over a LAVIS VQA JSON: every answer is the one of the LAVIS-formula
 //!   reference (tests/fixtures/vqa/expected.json `rank_cases`), the submission and the accuracy
 //!   (hand-computed from the constructed human answers) in report.json; resume skips the answered
-//!   questions, other settings are refused naming the key;
+//!   questions and redoes a torn last line, other settings are refused naming the key;
 //! - vqa, generate mode over a VQAv2 questions + annotations pair: transformers' greedy answers;
 //! - retrieval over tests/fixtures/retrieval/test.json: report.json's recall equals the reference;
 //! - bad input: an unknown task, rank mode without an answer list, a missing answer list file,
@@ -150,6 +150,17 @@ fn vqa_rank_mode_answers_scores_and_resumes() {
     assert!((accuracy - hand).abs() < 1e-9, "{accuracy} vs {hand}");
     let lines = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 12);
+
+    // A crash mid-line: the torn last line is dropped and that question answered again.
+    let torn = &lines[..lines.len() - 20];
+    std::fs::write(out.join("answers.jsonl"), torn).unwrap();
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("resuming: 11 of 12"), "{stderr}");
+    let again = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
+    assert_eq!(again.lines().count(), 12);
+    assert_eq!(read_json(&out.join("submission.json")), submission);
+    let lines = again;
 
     // Other settings: refused, naming the key, nothing changed.
     let mut other = sets.clone();
