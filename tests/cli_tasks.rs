@@ -4,6 +4,8 @@
 //!   (hand-computed from the constructed human answers) in report.json; resume skips the answered
 //!   questions and redoes a torn last line, other settings are refused naming the key;
 //! - vqa, generate mode over a VQAv2 questions + annotations pair: transformers' greedy answers;
+//!   with `vqa.question_first_token: enc` over a LAVIS file without answers: transformers' greedy
+//!   ids with `[ENC]` first (tests/fixtures/make_vqa_enc_fixtures.py), no accuracy;
 //! - retrieval over tests/fixtures/retrieval/test.json: report.json's recall equals the reference;
 //! - bad input: an unknown task, rank mode without an answer list, a missing answer list file,
 //!   annotations of another split, a missing image and a too-long question among good questions,
@@ -438,4 +440,50 @@ fn retrieval_refuses_a_missing_image_and_too_many_text_tokens() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("retrieval.max_text_tokens"), "{stderr}");
     assert!(!out.join("report.json").exists());
+}
+
+#[test]
+fn vqa_question_first_token_enc_matches_transformers_with_enc_first() {
+    let reference = read_json(&Path::new(ROOT).join("tests/fixtures/vqa/enc_first.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    let entries: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            json!({
+                "question_id": n,
+                "question": c["question"],
+                "image": format!("{}.png", c["image"].as_str().unwrap()),
+            })
+        })
+        .collect();
+    let questions = dir.path().join("q.json");
+    std::fs::write(&questions, Value::Array(entries).to_string()).unwrap();
+    let out = dir.path().join("run");
+    let sets = vec![
+        "task=vqa".to_string(),
+        "model.source=models/tiny-blip-vqa".into(),
+        format!("data.path={}", questions.display()),
+        format!("data.image_root={}", images_dir()),
+        "vqa.question_first_token=enc".into(),
+        "generation.batch_size=1".into(),
+        format!("output.dir={}", out.display()),
+    ];
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), cases.len());
+    for (record, case) in records.iter().zip(cases) {
+        assert_eq!(record["token_ids"], case["token_ids"], "{case}");
+        assert_eq!(record["answer"], case["answer"], "{case}");
+    }
+    // A LAVIS file without answers (a test split): answered, no accuracy.
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["metrics"], Value::Null);
+    assert_eq!(report["counts"]["answered"], 12);
 }
