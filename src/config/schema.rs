@@ -155,6 +155,10 @@ pub struct VqaConfig {
     pub ground_truth: VqaGroundTruth,
     /// The question's first token: `cls` (transformers) or `enc` (LAVIS).
     pub question_first_token: FirstToken,
+    /// Pixels per side the images are resized to, the ViT's position embeddings interpolated
+    /// (bicubic) when it differs from the checkpoint's (LAVIS evaluates VQA at 480); null: the
+    /// checkpoint's `vision_config.image_size`.
+    pub image_size: Option<usize>,
 }
 
 impl Default for VqaConfig {
@@ -166,6 +170,7 @@ impl Default for VqaConfig {
             num_ans_candidates: 128,
             ground_truth: VqaGroundTruth::Official,
             question_first_token: FirstToken::Cls,
+            image_size: None,
         }
     }
 }

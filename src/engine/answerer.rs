@@ -83,9 +83,21 @@ impl Answerer {
             VarBuilder::from_mmaped_safetensors(&weights.weight_files, dtype, &active.device)
         }
         .map_err(|e| Error::Model(format!("{:#}", weights.open_error(e))))?;
-        let model = BlipForQuestionAnswering::new(&weights.config, vb)
+        let mut model = BlipForQuestionAnswering::new(&weights.config, vb)
             .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
-        let processor = image_processor(config, weights.config.vision_config.image_size);
+        let native = weights.config.vision_config.image_size;
+        if let Some(size) = config.vqa.image_size.filter(|&s| s != native) {
+            let patch = weights.config.vision_config.patch_size;
+            if size == 0 || size % patch != 0 {
+                return Err(Error::Usage(format!(
+                    "vqa.image_size is {size}, not a multiple of the model's patch size {patch}\n  fix: use a multiple of {patch} (LAVIS: 480), or null for the checkpoint's {native}"
+                )));
+            }
+            model.interpolate_image_size(size).map_err(|e| {
+                Error::Internal(format!("interpolating the position embeddings: {e}"))
+            })?;
+        }
+        let processor = image_processor(config, model.config().vision_config.image_size);
         let generation = generation_config(config, &weights.config);
         Ok(Answerer {
             model,

@@ -77,6 +77,7 @@ pub fn settings(
         "vqa.question_first_token".to_string(),
         json!(vqa.question_first_token),
     );
+    settings.insert("vqa.image_size".to_string(), json!(vqa.image_size));
     if vqa.inference == VqaInference::Rank {
         settings.insert(
             "vqa.num_ans_candidates".to_string(),
