@@ -229,7 +229,8 @@ impl Matcher {
     }
 
     /// The ITM match logit (index 1) of row i of `image_embeds` `(R, N, D_v)` with `texts[i]`
-    /// (padded to the longest, the padding masked, as LAVIS passes its attention mask).
+    /// (padded to the longest, the padding masked, as LAVIS passes its attention mask); with one
+    /// image `(1, N, D_v)`, every text against it (its keys and values computed once).
     pub fn match_logits(
         &self,
         image_embeds: &Tensor,

@@ -4,7 +4,8 @@
 //!
 //! ITM input: the text ids with `[ENC]` first (LAVIS, `ItmFirstToken::Enc`) or `[CLS]` as
 //! transformers' processor leaves them; ITC always reads `[CLS]` first. Texts are truncated to
-//! `max_text_tokens` (LAVIS 35). ITM rows go through the model `itm_batch` at a time.
+//! `max_text_tokens` (LAVIS 35). ITM rows go through the model `itm_batch` at a time; an image's
+//! candidate texts share its cross-attention keys and values (LAVIS repeats the image per text).
 
 use candle_core::Tensor;
 
@@ -135,10 +136,9 @@ impl RetrievalIndex {
         let i2t = rerank(&itc, k_test, |image, texts| {
             let mut logits = Vec::with_capacity(texts.len());
             for chunk in texts.chunks(batch) {
-                let rows = all_images
-                    .narrow(0, image, 1)
-                    .and_then(|e| e.repeat((chunk.len(), 1, 1)))
-                    .map_err(internal)?;
+                // One image for all the rows: the cross-attention groups the rows over it, so
+                // its keys and values are computed once, not once per candidate text.
+                let rows = all_images.narrow(0, image, 1).map_err(internal)?;
                 let ids: Vec<Vec<u32>> = chunk.iter().map(|&t| itm_ids[t].clone()).collect();
                 logits.extend(matcher.match_logits(&rows, &ids)?);
             }
