@@ -88,7 +88,7 @@ impl Answerer {
         let native = weights.config.vision_config.image_size;
         if let Some(size) = config.vqa.image_size.filter(|&s| s != native) {
             let patch = weights.config.vision_config.patch_size;
-            if size == 0 || size % patch != 0 {
+            if size == 0 || !size.is_multiple_of(patch) {
                 return Err(Error::Usage(format!(
                     "vqa.image_size is {size}, not a multiple of the model's patch size {patch}\n  fix: use a multiple of {patch} (LAVIS: 480), or null for the checkpoint's {native}"
                 )));

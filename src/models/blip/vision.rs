@@ -62,7 +62,7 @@ impl BlipVisionEmbeddings {
     /// `image_size`.
     pub fn interpolate_to(&mut self, image_size: usize) -> Result<()> {
         let p = self.patch_size;
-        if image_size == 0 || image_size % p != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(p) {
             candle_core::bail!(
                 "image size {image_size} is not a positive multiple of the patch size {p}"
             );
