@@ -83,6 +83,8 @@ pub enum Command {
     Vqa(VqaArgs),
     /// How well a text matches images, with a BLIP ITM model (ITM probability and logit, ITC similarity).
     Match(MatchArgs),
+    /// ITC embeddings of images and texts with a BLIP ITM model, written to a safetensors file.
+    Embed(EmbedArgs),
     /// Run the configured dataset: predictions.jsonl, errors.jsonl, metrics, report.json (resumable);
     /// several ranks split it (docs/scaling.md).
     Baseline(BaselineArgs),
@@ -306,6 +308,40 @@ pub struct MatchArgs {
 }
 
 impl MatchArgs {
+    /// The flags that stand for config keys, in a fixed order.
+    pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
+        let pairs: [(&'static str, &'static str, &Option<String>); 2] = [
+            ("--model", "model.source", &self.model),
+            ("--batch-size", "generation.batch_size", &self.batch_size),
+        ];
+        crate::config::FlagOverride::from_flags(&pairs)
+    }
+}
+
+/// `vlmrun embed`: each flag overrides the config key named in its help.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// BlipForImageTextRetrieval model directory or hub id (model.source), e.g. Salesforce/blip-itm-base-coco.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// A text to embed (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub text: Vec<String>,
+    /// A file of texts to embed, one per line (after the --text ones).
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// The safetensors file written: image_embeds, text_embeds and their names in the metadata.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Images or texts per forward pass (generation.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// Image files (PNG, JPEG, WebP), one row each in order.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+impl EmbedArgs {
     /// The flags that stand for config keys, in a fixed order.
     pub fn overrides(&self) -> Vec<crate::config::FlagOverride> {
         let pairs: [(&'static str, &'static str, &Option<String>); 2] = [

@@ -8,9 +8,10 @@
 //! ```text
 //! commands/      one file per subcommand: parsed arguments -> a job's options -> the job's run
 //! baseline/ bench/ doctor/ fidelity/ train/   the jobs, siblings (baseline/shards/: the ranks of a
-//!                data-parallel baseline, their done files, the merge);  cli.rs  the command line
+//!                data-parallel baseline, their done files, the merge; baseline/vqa/,
+//!                retrieval.rs: its `task: vqa` and `task: retrieval`);  cli.rs  the command line
 //! engine/        the one assembly of a runnable model from the configuration; the captioner, the
-//!                VQA answerer, the image-text matcher
+//!                VQA answerer, the image-text matcher, LAVIS's retrieval evaluation over it
 //! generate/      greedy and beam search over the model seam (`models::family::Decoder`)
 //! models/        the seam (family.rs) and the family registry (registry.rs); BLIP captioning, VQA
 //!                and retrieval, each layer's training forward/backward (blip/backprop/); shared
@@ -23,7 +24,7 @@
 //!                the entry point); backprop.rs: each training op's forward and backward, kernel or
 //!                composed
 //! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
-//!                metrics and caption scoring; decode, Pillow-exact resize, normalize, prompt tokens;
+//!                metrics and caption scoring, VQA accuracy, retrieval recall; decode, Pillow-exact resize, normalize, prompt tokens;
 //!                atomic reports, report.html, the GPU memory monitor, charts, the output directory,
 //!                progress
 //! data/ error.rs dataset readers, the predictions and COCO results files; the error every command returns

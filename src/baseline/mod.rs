@@ -14,7 +14,9 @@ pub mod outputs;
 pub mod pipeline;
 pub mod report;
 pub mod resume;
+pub mod retrieval;
 pub mod shards;
+pub mod vqa;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +64,24 @@ pub fn run(
     cuda: &CudaAvailability,
     options: &RunOptions,
 ) -> Result<Exit, Error> {
+    let task = resolved.config.task;
+    if task != crate::config::Task::Caption {
+        if let Some(setup) = options
+            .distributed
+            .as_ref()
+            .filter(|s| s.info.world_size > 1)
+        {
+            return Err(Error::Usage(format!(
+                "task: {task} runs in one process; this is rank {} of {}\n  fix: run it without --rank/--world-size (or the launcher's RANK/WORLD_SIZE), or use task: caption",
+                setup.info.rank, setup.info.world_size
+            )));
+        }
+    }
+    match task {
+        crate::config::Task::Vqa => return vqa::run(resolved, facts, cuda, options),
+        crate::config::Task::Retrieval => return retrieval::run(resolved, facts, cuda, options),
+        crate::config::Task::Caption => {}
+    }
     match &options.distributed {
         Some(setup) if setup.info.world_size > 1 => {
             shards::ranked::run(resolved, facts, cuda, options, setup)
@@ -242,7 +262,12 @@ fn caption_items(
         );
     }
     let settings = resume::current_settings(config, active)?;
-    resume::check_settings(&files.settings, predictions_path, &resumed, &settings)?;
+    resume::check_settings(
+        &files.settings,
+        predictions_path,
+        resumed.predictions.len(),
+        &settings,
+    )?;
     let changed = resume::drop_changed_images(items, &mut resumed, predictions_path)?;
     if changed > 0 {
         tracing::warn!(

@@ -63,10 +63,10 @@ pub fn current_settings(
 pub fn check_settings(
     settings_path: &Path,
     predictions_path: &Path,
-    resumed: &Resumed,
+    existing: usize,
     settings: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), Error> {
-    let has_results = !resumed.predictions.is_empty();
+    let has_results = existing > 0;
     let found = read(settings_path)?;
     let fixes = "  fix: rerun with the settings of that run to resume it, pass --fresh to delete its results and start over, or choose another output.dir";
     match (&found, has_results) {
@@ -76,7 +76,7 @@ pub fn check_settings(
                 return Err(Error::Usage(format!(
                     "{} holds {} predictions made with other settings ({}):\n    {}\n{fixes}",
                     predictions_path.display(),
-                    resumed.predictions.len(),
+                    existing,
                     settings_path.display(),
                     changed.join("\n    ")
                 )));
@@ -87,7 +87,7 @@ pub fn check_settings(
             return Err(Error::Usage(format!(
                 "{} holds {} predictions but no record of the settings that made them ({} is missing: written by an older vlmrun or another tool), so resuming could mix runs\n{fixes}",
                 predictions_path.display(),
-                resumed.predictions.len(),
+                existing,
                 settings_path.display(),
             )))
         }

@@ -5,6 +5,7 @@ mod bench_cmd;
 mod caption_cmd;
 mod config_cmd;
 mod doctor_cmd;
+mod embed_cmd;
 mod fetch_cmd;
 mod fidelity_cmd;
 mod interrupt;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Caption(args) => args.overrides(),
         Command::Vqa(args) => args.overrides(),
         Command::Match(args) => args.overrides(),
+        Command::Embed(args) => args.overrides(),
         Command::Baseline(args) => args.overrides(),
         Command::Bench(args) => args.overrides(),
         Command::Train(args) => args.overrides(),
@@ -67,6 +69,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         Command::Caption(_)
             | Command::Vqa(_)
             | Command::Match(_)
+            | Command::Embed(_)
             | Command::Baseline(_)
             | Command::Bench(_)
             | Command::Train(_)
@@ -102,6 +105,17 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
                 None => &args.images[..],
             };
             matching::run(&context, images, &args.text, args.enc, args.json)
+        }
+        Command::Embed(args) => {
+            let texts = embed_cmd::collect_texts(&args.text, args.texts.as_deref())?;
+            embed_cmd::run(
+                &context,
+                &embed_cmd::EmbedRequest {
+                    images: &args.images,
+                    texts,
+                    out: &args.out,
+                },
+            )
         }
         Command::Completions { .. } => Ok(Exit::Success),
         Command::Baseline(args) => baseline_cmd::run(&context, &args),

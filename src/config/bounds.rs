@@ -21,6 +21,24 @@ pub const MAX_LENGTH: usize = 4096;
 /// The first setting past its bound, as (key, what it must be), on a machine with `cores` cores.
 pub fn problem(config: &Config, cores: usize) -> Option<(&'static str, String)> {
     let generation = &config.generation;
+    if config.retrieval.k_test == 0 {
+        return Some(("retrieval.k_test", "is 0; must be at least 1".to_string()));
+    }
+    if config.retrieval.max_text_tokens < 2 {
+        return Some((
+            "retrieval.max_text_tokens",
+            format!(
+                "is {}; must be at least 2 ([CLS] and [SEP]) and within the model's positions",
+                config.retrieval.max_text_tokens
+            ),
+        ));
+    }
+    if config.vqa.num_ans_candidates == 0 {
+        return Some((
+            "vqa.num_ans_candidates",
+            "is 0; must be at least 1".to_string(),
+        ));
+    }
     let max_workers = cores.max(1) * WORKERS_PER_CORE;
     if config.preprocess.workers > max_workers {
         Some((

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// What `vlmrun baseline` runs over the dataset: `caption`, `vqa` or `retrieval`.
+    pub task: Task,
     /// `cuda`, `cuda:N`, `cpu` or `auto` (CUDA when usable, else CPU with a warning).
     pub device: DeviceSpec,
     /// `f32`, `f16`, `bf16` or `auto` (bf16 on compute capability >= 8.0, f16 on older GPUs, f32 on CPU).
@@ -28,11 +30,16 @@ pub struct Config {
     pub output: OutputConfig,
     /// `vlmrun train` only.
     pub train: TrainConfig,
+    /// `task: vqa` only.
+    pub vqa: VqaConfig,
+    /// `task: retrieval` only.
+    pub retrieval: RetrievalConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            task: Task::Caption,
             device: DeviceSpec::Auto,
             precision: PrecisionSpec::Auto,
             quantization: Quantization::None,
@@ -44,6 +51,151 @@ impl Default for Config {
             generation: GenerationSettings::default(),
             output: OutputConfig::default(),
             train: TrainConfig::default(),
+            vqa: VqaConfig::default(),
+            retrieval: RetrievalConfig::default(),
+        }
+    }
+}
+
+/// The dataset task of `vlmrun baseline`. Any other value is refused naming `task` and the valid
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Task {
+    /// Caption every image (a captioning checkpoint), COCO caption metrics.
+    Caption,
+    /// Answer every question (a `BlipForQuestionAnswering` checkpoint), VQA accuracy.
+    Vqa,
+    /// Image-text retrieval both ways (a `BlipForImageTextRetrieval` checkpoint), recall@1/5/10.
+    Retrieval,
+}
+
+impl Task {
+    pub const NAMES: &'static str = "caption, vqa, retrieval";
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "caption" => Ok(Task::Caption),
+            "vqa" => Ok(Task::Vqa),
+            "retrieval" => Ok(Task::Retrieval),
+            _ => Err(format!(
+                "invalid task `{text}`: the key `task` takes one of {}",
+                Task::NAMES
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Task {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Task> for String {
+    fn from(task: Task) -> String {
+        task.to_string()
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Task::Caption => "caption",
+            Task::Vqa => "vqa",
+            Task::Retrieval => "retrieval",
+        })
+    }
+}
+
+/// The first token of a BLIP text-encoder input: `[CLS]` (transformers' processor) or `[ENC]`
+/// (LAVIS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstToken {
+    Cls,
+    Enc,
+}
+
+/// How `task: vqa` answers: transformers/LAVIS `generate` (the `generation.*` settings) or LAVIS's
+/// `rank` over `vqa.answer_list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VqaInference {
+    Generate,
+    Rank,
+}
+
+/// Ground-truth normalisation of the VQA accuracy: `official` (the VQA evaluation, LAVIS) or
+/// `full` (lmms-eval: every human answer normalised like the prediction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VqaGroundTruth {
+    Official,
+    Full,
+}
+
+/// `task: vqa`: `data.path` is a VQAv2 questions file or a LAVIS VQA JSON list, images under
+/// `data.image_root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VqaConfig {
+    /// VQAv2 annotations of the same split (`v2_mscoco_*_annotations.json`); null: the LAVIS
+    /// file's own `answer` lists, if any.
+    pub annotations: Option<PathBuf>,
+    /// LAVIS `answer_list.json` (a JSON list of strings): the candidates of `rank` mode.
+    pub answer_list: Option<PathBuf>,
+    pub inference: VqaInference,
+    /// `rank` mode: answers kept by their first token's probability (LAVIS 128).
+    pub num_ans_candidates: usize,
+    pub ground_truth: VqaGroundTruth,
+    /// The question's first token: `cls` (transformers) or `enc` (LAVIS).
+    pub question_first_token: FirstToken,
+    /// Pixels per side the images are resized to, the ViT's position embeddings interpolated
+    /// (bicubic) when it differs from the checkpoint's (LAVIS evaluates VQA at 480); null: the
+    /// checkpoint's `vision_config.image_size`.
+    pub image_size: Option<usize>,
+}
+
+impl Default for VqaConfig {
+    fn default() -> Self {
+        VqaConfig {
+            annotations: None,
+            answer_list: None,
+            inference: VqaInference::Generate,
+            num_ans_candidates: 128,
+            ground_truth: VqaGroundTruth::Official,
+            question_first_token: FirstToken::Cls,
+            image_size: None,
+        }
+    }
+}
+
+/// `task: retrieval`: LAVIS's evaluation over the dataset's images and their captions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    /// Candidates per image and per text re-ranked by ITM (LAVIS: 256 COCO, 128 Flickr30k).
+    pub k_test: usize,
+    /// Texts are truncated to this many tokens, `[CLS]` and `[SEP]` included (LAVIS 35).
+    pub max_text_tokens: usize,
+    /// The ITM input's first token: `enc` (LAVIS) or `cls` (transformers).
+    pub itm_first_token: FirstToken,
+    /// Captions through LAVIS's `pre_caption` (lowercase, punctuation, at most 50 words).
+    pub pre_caption: bool,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            k_test: 256,
+            max_text_tokens: 35,
+            itm_first_token: FirstToken::Enc,
+            pre_caption: true,
         }
     }
 }

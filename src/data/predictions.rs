@@ -171,18 +171,27 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(
 
 /// Reads an existing predictions file and truncates a torn tail so appends start on a line boundary.
 pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
-    let read = read_jsonl::<Prediction>(path)?;
+    let (records, dropped_torn_bytes) = recover_records::<Prediction>(path)?;
     let mut resumed = Resumed {
-        predictions: Vec::with_capacity(read.records.len()),
-        dropped_torn_bytes: read.torn_bytes,
+        predictions: Vec::with_capacity(records.len()),
+        dropped_torn_bytes,
     };
     let mut seen = HashSet::new();
-    for prediction in read.records {
+    for prediction in records {
         if seen.insert(prediction.id.clone()) {
             resumed.predictions.push(prediction);
         }
     }
-    if resumed.dropped_torn_bytes > 0 {
+    Ok(resumed)
+}
+
+/// Every complete line of a JSONL results file as a `T`, the file truncated after the last one
+/// (a torn tail from a crash is dropped, so appends start on a line boundary); with the torn bytes.
+pub fn recover_records<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<(Vec<T>, usize), PredictionsError> {
+    let read = read_jsonl::<T>(path)?;
+    if read.torn_bytes > 0 {
         let io = |source| PredictionsError::Io {
             path: path.to_path_buf(),
             source,
@@ -191,7 +200,7 @@ pub fn recover(path: &Path) -> Result<Resumed, PredictionsError> {
         file.set_len(read.complete_len as u64).map_err(io)?;
         file.sync_all().map_err(io)?;
     }
-    Ok(resumed)
+    Ok((read.records, read.torn_bytes))
 }
 
 /// An append-only JSONL writer that flushes after every batch.

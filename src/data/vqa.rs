@@ -4,6 +4,12 @@
 //! "answers": [{"answer", ...}], "answer_type", "question_type"}]}`); and the submission format
 //! `[{"question_id": int, "answer": str}]`. Images are `COCO_<data_subtype>_<image_id:012>.jpg`
 //! under the images folder, as the COCO release names them.
+//!
+//! LAVIS's VQA files too ([`read_lavis_questions`]): `vqa_val_eval.json` is a JSON list of
+//! `{"question_id", "question", "image" (relative to the image folder), "answer"?: [str] | str,
+//! "answer_type"?, "question_type"?}`, and `answer_list.json` ([`read_answer_list`]) a JSON list
+//! of the answers LAVIS's `rank` mode chooses from. [`read_any_questions`] tells the two question
+//! formats apart by their content (an object or a list).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,14 @@ pub enum VqaDataError {
     },
     #[error("question_id {0} appears twice in the questions file")]
     Duplicate(u64),
+    #[error("{path}: entry {index}: {message}\n  fix: a LAVIS VQA file is a JSON list of {{\"question_id\": int, \"question\": str, \"image\": \"dir/x.jpg\", \"answer\"?: [str]}}", path = .path.display())]
+    Lavis {
+        path: PathBuf,
+        index: usize,
+        message: String,
+    },
+    #[error("{path}: {message}\n  fix: vqa.answer_list is LAVIS's answer_list.json, a non-empty JSON list of answer strings", path = .path.display())]
+    AnswerList { path: PathBuf, message: String },
 }
 
 #[derive(Deserialize)]
@@ -169,6 +183,127 @@ pub fn read_annotations(
         .collect())
 }
 
+#[derive(Deserialize)]
+struct RawLavisQuestion {
+    question_id: serde_json::Value,
+    question: String,
+    image: String,
+    #[serde(default)]
+    answer: Option<serde_json::Value>,
+    #[serde(default)]
+    answer_type: Option<String>,
+    #[serde(default)]
+    question_type: Option<String>,
+}
+
+/// The questions of a LAVIS VQA file, images under `images_dir`, and the annotations made of its
+/// `answer` lists when every entry has one (`None` otherwise: a test split).
+pub fn read_lavis_questions(
+    path: &Path,
+    images_dir: &Path,
+) -> Result<(Vec<VqaQuestion>, Option<Vec<AnnotatedQuestion>>), VqaDataError> {
+    let raw: Vec<RawLavisQuestion> =
+        serde_json::from_str(&read(path)?).map_err(|source| VqaDataError::Format {
+            path: path.to_path_buf(),
+            what: "LAVIS VQA",
+            source,
+        })?;
+    let entry_error = |index: usize, message: String| VqaDataError::Lavis {
+        path: path.to_path_buf(),
+        index,
+        message,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut questions = Vec::with_capacity(raw.len());
+    let mut annotations = Vec::with_capacity(raw.len());
+    for (index, q) in raw.into_iter().enumerate() {
+        let question_id = match &q.question_id {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse::<u64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            entry_error(
+                index,
+                format!(
+                    "question_id {} is not a non-negative integer",
+                    q.question_id
+                ),
+            )
+        })?;
+        if !seen.insert(question_id) {
+            return Err(VqaDataError::Duplicate(question_id));
+        }
+        let answers = match q.answer {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(a)) => Some(vec![a]),
+            Some(serde_json::Value::Array(list)) => Some(
+                list.into_iter()
+                    .map(|a| match a {
+                        serde_json::Value::String(a) => Ok(a),
+                        other => Err(entry_error(
+                            index,
+                            format!("answer {other} is not a string"),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(other) => {
+                return Err(entry_error(
+                    index,
+                    format!("answer {other} is neither a string nor a list"),
+                ))
+            }
+        };
+        if let Some(answers) = answers {
+            annotations.push(AnnotatedQuestion {
+                question_id,
+                answers,
+                answer_type: q.answer_type.unwrap_or_default(),
+                question_type: q.question_type.unwrap_or_default(),
+            });
+        }
+        questions.push(VqaQuestion {
+            question_id,
+            image_id: 0,
+            image: images_dir.join(&q.image),
+            question: q.question,
+        });
+    }
+    let complete = annotations.len() == questions.len();
+    Ok((questions, complete.then_some(annotations)))
+}
+
+/// The questions of `path` in either format (a VQAv2 questions object, or a LAVIS list), and the
+/// LAVIS file's own annotations where it has them.
+pub fn read_any_questions(
+    path: &Path,
+    images_dir: &Path,
+) -> Result<(Vec<VqaQuestion>, Option<Vec<AnnotatedQuestion>>), VqaDataError> {
+    let text = read(path)?;
+    if text.trim_start().starts_with('[') {
+        read_lavis_questions(path, images_dir)
+    } else {
+        Ok((read_questions(path, images_dir)?, None))
+    }
+}
+
+/// LAVIS's `answer_list.json`: a non-empty JSON list of strings.
+pub fn read_answer_list(path: &Path) -> Result<Vec<String>, VqaDataError> {
+    let list: Vec<String> =
+        serde_json::from_str(&read(path)?).map_err(|e| VqaDataError::AnswerList {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if list.is_empty() {
+        return Err(VqaDataError::AnswerList {
+            path: path.to_path_buf(),
+            message: "the list is empty".to_string(),
+        });
+    }
+    Ok(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +360,53 @@ mod tests {
         let bad = write(dir.path(), "bad.json", r#"{"images": []}"#);
         let err = read_questions(&bad, Path::new("imgs")).unwrap_err();
         assert!(matches!(err, VqaDataError::Format { .. }), "{err}");
+    }
+
+    #[test]
+    fn reads_lavis_questions_with_and_without_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "vqa_val_eval.json",
+            r#"[{"question_id": 5, "question": "What?", "image": "val2014/a.jpg", "answer": ["x", "y"]},
+                {"question_id": "6", "question": "Who?", "image": "b.jpg", "answer": "z"}]"#,
+        );
+        let (questions, annotations) = read_any_questions(&path, Path::new("/img")).unwrap();
+        assert_eq!(questions[0].image, Path::new("/img/val2014/a.jpg"));
+        assert_eq!(questions[1].question_id, 6);
+        let annotations = annotations.unwrap();
+        assert_eq!(annotations[0].answers, vec!["x", "y"]);
+        assert_eq!(annotations[1].answers, vec!["z"]);
+
+        let test = write(
+            dir.path(),
+            "test.json",
+            r#"[{"question_id": 1, "question": "Q?", "image": "c.jpg"}]"#,
+        );
+        let (questions, annotations) = read_any_questions(&test, Path::new("i")).unwrap();
+        assert_eq!(questions.len(), 1);
+        assert!(annotations.is_none());
+
+        let bad = write(
+            dir.path(),
+            "bad.json",
+            r#"[{"question_id": -1, "question": "Q?", "image": "c.jpg"}]"#,
+        );
+        let err = read_any_questions(&bad, Path::new("i")).unwrap_err();
+        assert!(err.to_string().contains("entry 0"), "{err}");
+    }
+
+    #[test]
+    fn answer_list_must_be_a_non_empty_list_of_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "a.json", r#"["yes", "no"]"#);
+        assert_eq!(read_answer_list(&good).unwrap(), vec!["yes", "no"]);
+        let empty = write(dir.path(), "e.json", "[]");
+        assert!(read_answer_list(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let missing = read_answer_list(&dir.path().join("none.json")).unwrap_err();
+        assert!(matches!(missing, VqaDataError::Io { .. }), "{missing}");
     }
 }

@@ -83,9 +83,21 @@ impl Answerer {
             VarBuilder::from_mmaped_safetensors(&weights.weight_files, dtype, &active.device)
         }
         .map_err(|e| Error::Model(format!("{:#}", weights.open_error(e))))?;
-        let model = BlipForQuestionAnswering::new(&weights.config, vb)
+        let mut model = BlipForQuestionAnswering::new(&weights.config, vb)
             .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
-        let processor = image_processor(config, weights.config.vision_config.image_size);
+        let native = weights.config.vision_config.image_size;
+        if let Some(size) = config.vqa.image_size.filter(|&s| s != native) {
+            let patch = weights.config.vision_config.patch_size;
+            if size == 0 || !size.is_multiple_of(patch) {
+                return Err(Error::Usage(format!(
+                    "vqa.image_size is {size}, not a multiple of the model's patch size {patch}\n  fix: use a multiple of {patch} (LAVIS: 480), or null for the checkpoint's {native}"
+                )));
+            }
+            model.interpolate_image_size(size).map_err(|e| {
+                Error::Internal(format!("interpolating the position embeddings: {e}"))
+            })?;
+        }
+        let processor = image_processor(config, model.config().vision_config.image_size);
         let generation = generation_config(config, &weights.config);
         Ok(Answerer {
             model,
@@ -162,6 +174,75 @@ impl Answerer {
 
     pub fn dtype(&self) -> DType {
         self.model.dtype()
+    }
+
+    /// `ids` with LAVIS's `[ENC]` in place of the first token (`[CLS]`).
+    pub fn with_enc_first(&self, mut ids: Vec<u32>) -> Result<Vec<u32>, Error> {
+        let enc = self.tokenizer.token_id("[ENC]").ok_or_else(|| {
+            Error::Model("the tokenizer has no [ENC] token (BLIP adds it as id 30523)".to_string())
+        })?;
+        if let Some(first) = ids.first_mut() {
+            *first = enc;
+        }
+        Ok(ids)
+    }
+
+    /// LAVIS's answer candidates: each answer tokenized `[CLS] answer [SEP]` with `[DEC]`
+    /// (`bos_token_id`) in place of `[CLS]`.
+    pub fn answer_candidates(&self, answers: &[String]) -> Result<Vec<Vec<u32>>, Error> {
+        let bos = self.model.config().text_config.bos_token_id;
+        answers
+            .iter()
+            .map(|a| {
+                let mut ids = self
+                    .tokenizer
+                    .text_ids(a)
+                    .map_err(|e| Error::Input(format!("answer list entry {a:?}: {e}")))?;
+                ids[0] = bos;
+                Ok(ids)
+            })
+            .collect()
+    }
+
+    /// LAVIS `rank` mode for one question about one image (CHW f32): the top `k` candidates by
+    /// their first token's probability, each scored by minus its label-smoothed (0.1) summed
+    /// cross-entropy; the best (the first of equal scores in top-k order) is returned.
+    pub fn rank_pixels(
+        &self,
+        pixels: &[f32],
+        question: &[u32],
+        candidates: &[Vec<u32>],
+        k: usize,
+    ) -> Result<crate::models::blip::vqa::RankedAnswer, Error> {
+        let internal = |e: candle_core::Error| Error::Internal(format!("rank mode: {e}"));
+        let device = &self.active.device;
+        let batch = self
+            .uploader
+            .upload(
+                &[pixels.to_vec()],
+                self.processor.size,
+                device,
+                self.model.dtype(),
+            )
+            .map_err(internal)?;
+        let ids = Tensor::new(question, device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(internal)?;
+        let context = self
+            .model
+            .question_kv(&batch, &ids, None)
+            .map_err(internal)?;
+        let ranked = self
+            .model
+            .rank_answers(&context, candidates, k, 0.1)
+            .map_err(internal)?;
+        let mut best: Option<crate::models::blip::vqa::RankedAnswer> = None;
+        for candidate in ranked {
+            if best.as_ref().is_none_or(|b| candidate.score > b.score) {
+                best = Some(candidate);
+            }
+        }
+        best.ok_or_else(|| Error::Internal("rank mode: no candidates".to_string()))
     }
 }
 

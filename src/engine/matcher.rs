@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::answerer::wrong_architecture;
+use super::answerer::{padded_questions, wrong_architecture};
 use super::assemble::resolve;
 use super::settings::image_processor;
 use crate::config::Config;
@@ -164,5 +164,89 @@ impl Matcher {
                 itc_score,
             })
             .collect())
+    }
+
+    /// The id of `[ENC]` (LAVIS's first ITM token).
+    pub fn enc_id(&self) -> Result<u32, Error> {
+        self.with_enc_first(&[0]).map(|ids| ids[0])
+    }
+
+    /// The text encoder's positions (`max_position_embeddings`).
+    pub fn max_positions(&self) -> usize {
+        self.model.config().text_config.max_position_embeddings
+    }
+
+    /// `[CLS] text [SEP]` truncated to `max_tokens` ids with the `[SEP]` kept, as LAVIS's
+    /// retrieval evaluation tokenizes (`truncation=True, max_length=35`).
+    pub fn truncated_text_ids(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, Error> {
+        let mut ids = self
+            .tokenizer
+            .text_ids(text)
+            .map_err(|e| Error::Input(e.to_string()))?;
+        if ids.len() > max_tokens && max_tokens >= 2 {
+            let sep = self.model.config().text_config.sep_token_id;
+            ids.truncate(max_tokens - 1);
+            ids.push(sep);
+        }
+        Ok(ids)
+    }
+
+    /// Image embeds `(B, N, D_v)` (kept on the device, for ITM) and the normalised ITC image
+    /// embeddings, one row per image, of `pixels` (CHW f32 each).
+    pub fn embed_images(&self, pixels: &[Vec<f32>]) -> Result<(Tensor, Vec<Vec<f32>>), Error> {
+        let internal = |e: candle_core::Error| Error::Internal(format!("image embeddings: {e}"));
+        let batch = self
+            .uploader
+            .upload(
+                pixels,
+                self.processor.size,
+                &self.active.device,
+                self.model.dtype(),
+            )
+            .map_err(internal)?;
+        let embeds = self.model.image_embeds(&batch).map_err(internal)?;
+        let features = self
+            .model
+            .image_feature(&embeds)
+            .and_then(|f| f.to_vec2::<f32>())
+            .map_err(internal)?;
+        Ok((embeds, features))
+    }
+
+    /// The normalised ITC text embeddings of `texts` (ids with `[CLS]` first), one row each;
+    /// padded to the longest, the padding masked.
+    pub fn embed_texts(&self, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, Error> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let internal = |e: candle_core::Error| Error::Internal(format!("text embeddings: {e}"));
+        let pad = self.model.config().text_config.pad_token_id;
+        let (ids, mask) = padded_questions(texts, pad, &self.active.device).map_err(internal)?;
+        self.model
+            .text_feature(&ids, mask.as_ref())
+            .and_then(|f| f.to_vec2::<f32>())
+            .map_err(internal)
+    }
+
+    /// The ITM match logit (index 1) of row i of `image_embeds` `(R, N, D_v)` with `texts[i]`
+    /// (padded to the longest, the padding masked, as LAVIS passes its attention mask); with one
+    /// image `(1, N, D_v)`, every text against it (its keys and values computed once).
+    pub fn match_logits(
+        &self,
+        image_embeds: &Tensor,
+        texts: &[Vec<u32>],
+    ) -> Result<Vec<f32>, Error> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let internal = |e: candle_core::Error| Error::Internal(format!("ITM: {e}"));
+        let pad = self.model.config().text_config.pad_token_id;
+        let (ids, mask) = padded_questions(texts, pad, &self.active.device).map_err(internal)?;
+        self.model
+            .itm_logits(image_embeds, &ids, mask.as_ref())
+            .and_then(|l| l.narrow(1, 1, 1))
+            .and_then(|l| l.flatten_all())
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(internal)
     }
 }

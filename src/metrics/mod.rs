@@ -10,6 +10,7 @@ mod captions;
 pub mod cider;
 mod ngrams;
 pub mod ptb;
+pub mod retrieval;
 pub mod rouge;
 pub mod vqa;
 

@@ -14,6 +14,7 @@
 
 pub mod decode;
 mod error;
+pub mod lavis_text;
 pub mod normalize;
 pub mod prompt;
 pub mod resize;

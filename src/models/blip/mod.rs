@@ -7,6 +7,7 @@ pub mod backprop;
 pub mod config;
 pub mod decoder;
 pub mod gguf;
+pub mod interpolate;
 pub mod itm;
 pub mod load;
 pub mod load_error;

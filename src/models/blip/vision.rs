@@ -57,6 +57,30 @@ impl BlipVisionEmbeddings {
         })
     }
 
+    /// Resamples the patch positions to `image_size / patch_size` per side (LAVIS's and
+    /// transformers' bicubic interpolation, `super::interpolate`); the input size becomes
+    /// `image_size`.
+    pub fn interpolate_to(&mut self, image_size: usize) -> Result<()> {
+        let p = self.patch_size;
+        if image_size == 0 || !image_size.is_multiple_of(p) {
+            candle_core::bail!(
+                "image size {image_size} is not a positive multiple of the patch size {p}"
+            );
+        }
+        let grid = image_size / p;
+        let positions = super::interpolate::interpolate_positions(&self.position_embedding, grid)?;
+        let d = self.hidden_size;
+        let bias = self.fused_table.narrow(0, 0, 1)?;
+        let class = self.fused_table.narrow(0, 1, 1)?;
+        self.fused_table = Tensor::cat(
+            &[&bias, &class, &positions.reshape((grid * grid + 1, d))?],
+            0,
+        )?;
+        self.position_embedding = positions;
+        self.grid_size = grid;
+        Ok(())
+    }
+
     /// `(B, 3, H, W)` pixels (any float dtype) -> `(B, 1 + grid^2, D)` in the weights' dtype.
     pub fn forward(&self, pixel_values: &Tensor, ops: &FusedOps) -> Result<Tensor> {
         let (b, c, h, w) = pixel_values.dims4()?;
@@ -373,6 +397,12 @@ impl BlipVisionModel {
             exit_params,
             ops,
         })
+    }
+
+    /// Runs on `image_size` x `image_size` pixels with interpolated positions
+    /// ([`BlipVisionEmbeddings::interpolate_to`]).
+    pub fn interpolate_to(&mut self, image_size: usize) -> Result<()> {
+        self.embeddings.interpolate_to(image_size)
     }
 
     /// Replaces the kernel handle (e.g. [`FusedOps::disabled`] for the composed ops).

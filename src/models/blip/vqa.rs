@@ -72,6 +72,15 @@ impl BlipForQuestionAnswering {
         })
     }
 
+    /// Runs the vision tower on `image_size` pixels with its position embeddings interpolated
+    /// (LAVIS evaluates VQA at 480 with the 384-px checkpoints); `config().vision_config.image_size`
+    /// becomes `image_size`.
+    pub fn interpolate_image_size(&mut self, image_size: usize) -> Result<()> {
+        self.vision_model.interpolate_to(image_size)?;
+        self.config.vision_config.image_size = image_size;
+        Ok(())
+    }
+
     pub fn config(&self) -> &BlipConfig {
         &self.config
     }
