@@ -406,11 +406,8 @@ fn damaged_model(
 #[test]
 fn damaged_weights_are_model_errors_naming_the_tensor_and_doctor_fails_them() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(
-        &str,
-        fn(&mut Vec<u8>, usize, &mut serde_json::Map<String, Value>, &str),
-        &str,
-    ); 3] = [
+    type Damage = fn(&mut Vec<u8>, usize, &mut serde_json::Map<String, Value>, &str);
+    let cases: [(&str, Damage, &str); 3] = [
         (
             "nan",
             |bytes, header_len, header, tensor| {

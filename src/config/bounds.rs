@@ -89,7 +89,8 @@ mod tests {
     fn defaults_pass_and_each_bound_names_its_key() {
         let base = Config::default();
         assert_eq!(problem(&base, 2), None);
-        let cases: [(&str, fn(&mut Config)); 5] = [
+        type Case = (&'static str, fn(&mut Config));
+        let cases: [Case; 5] = [
             ("preprocess.workers", |c| c.preprocess.workers = 100_000),
             ("generation.num_beams", |c| {
                 c.generation.num_beams = 1_000_000

@@ -275,7 +275,8 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "generation.min_length",
             "must not exceed generation.max_length",
         ))
-    } else if !(generation.repetition_penalty > 0.0) {
+    } else if generation.repetition_penalty.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        // NaN compares as nothing: refused with the rest.
         Some((
             "generation.repetition_penalty",
             "must be > 0 (1.0 = no penalty)",
@@ -307,10 +308,8 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ))
     } else if config.preprocess.max_pixels == 0 {
         Some(("preprocess.max_pixels", "must be at least 1"))
-    } else if let Some(problem) = train_problem(&config.train) {
-        Some(problem)
     } else {
-        None
+        train_problem(&config.train)
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let problem = problem
