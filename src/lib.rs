@@ -20,9 +20,9 @@
 //!                (vlmrun-model.json: random or demo)
 //! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
 //!                the f32-accumulating softmax; training kernels with a backward pass, one folder
-//!                per op (attention, gelu, layer_norm, cross_entropy, adamw: kernel.cu, cuda.rs,
-//!                the entry point); backprop.rs: each training op's forward and backward, kernel or
-//!                composed
+//!                per op (attention, gelu, layer_norm, add, cross_entropy, adamw: kernel.cu,
+//!                cuda.rs, the entry point; half.cu: the 16-bit loads and stores they share);
+//!                backprop.rs: each training op's forward and backward, kernel or composed
 //! distributed/ metrics/ preprocess/ report/   ranks and shards of a data-parallel run; COCO caption
 //!                metrics and caption scoring, VQA accuracy, retrieval recall; decode, Pillow-exact resize, normalize, prompt tokens;
 //!                atomic reports, report.html, the GPU memory monitor, charts, the output directory,

@@ -252,20 +252,7 @@ fn multi_tensor_cast_and_the_adamw_copy_match_to_dtype() {
             assert_eq!(c.dims(), src.dims());
             let want = src.to_dtype(dtype).unwrap();
             let same = |a: &Tensor, b: &Tensor| {
-                let a: Vec<f32> = a
-                    .flatten_all()
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let b: Vec<f32> = b
-                    .flatten_all()
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let (a, b) = (f32_values(a), f32_values(b));
                 a.iter()
                     .zip(&b)
                     .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
@@ -330,6 +317,16 @@ fn multi_tensor_cast_and_the_adamw_copy_match_to_dtype() {
         "the copy differs from the updated weight's bf16 rounding"
     );
     assert!(moved > 1e-3, "the copy did not move");
+}
+
+/// Every value of `t` as f32 (exact from bf16/f16), in order.
+fn f32_values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn weight_or_bias<'a>(name: &str, weight: &'a Tensor, bias: &'a Tensor) -> Tensor {

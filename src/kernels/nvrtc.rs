@@ -1,4 +1,5 @@
-//! What the CUDA kernel folders share: compiling a `kernel.cu` with NVRTC and loading it, and
+//! What the CUDA kernel folders share: compiling a `kernel.cu` with NVRTC and loading it (most of
+//! them after `half.cu`, the 16-bit loads and stores), and
 //! dispatching on the 16-bit element type.
 
 use std::sync::Arc;

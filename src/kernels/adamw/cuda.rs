@@ -10,7 +10,8 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Storage, Tensor};
 use super::{AdamWItem, AdamWScalars};
 use crate::kernels::nvrtc::load_module;
 
-const SOURCE: &str = include_str!("kernel.cu");
+/// The kernels after what every kernel.cu shares (`../half.cu`).
+const SOURCE: &str = concat!(include_str!("../half.cu"), include_str!("kernel.cu"));
 
 #[derive(Debug)]
 pub struct AdamWKernels {
@@ -193,6 +194,20 @@ fn address<'a>(t: &'a Tensor, stream: &CudaStream) -> Result<Option<(u64, Guard<
     Ok(Some((ptr, Box::new(storage))))
 }
 
+/// The launch of a multi-tensor kernel: tensor y in blockIdx.y, grid-stride over its elements in
+/// up to `max_blocks` blocks of 256 threads (enough for the largest of them).
+fn table_cfg(largest: usize, tensors: usize, max_blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            largest.div_ceil(256).clamp(1, max_blocks) as u32,
+            tensors as u32,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// The `kind` argument of the multi-tensor kernels for a 16-bit dtype.
 fn half_kind(dtype: DType) -> Option<i32> {
     match dtype {
@@ -269,15 +284,7 @@ pub fn update_many(kernels: &AdamWKernels, items: &[AdamWItem<'_>]) -> Result<bo
     let ptrs = stream.clone_htod(&ptrs).w()?;
     let lens = stream.clone_htod(&lens).w()?;
     let scalars = stream.clone_htod(&scalars).w()?;
-    let cfg = LaunchConfig {
-        grid_dim: (
-            largest.div_ceil(256).clamp(1, 128) as u32,
-            items.len() as u32,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = table_cfg(largest, items.len(), 128);
     let mut builder = stream.launch_builder(&kernels.adamw_multi);
     builder.arg(&ptrs).arg(&lens).arg(&scalars).arg(&kind);
     // SAFETY: ptrs holds, per item, the addresses of its parameter, moments and gradient (each
@@ -319,15 +326,7 @@ pub fn global_norm(kernels: &AdamWKernels, grads: &[&Tensor]) -> Result<Option<f
     let ptrs = stream.clone_htod(&ptrs).w()?;
     let lens = stream.clone_htod(&lens).w()?;
     let largest = grads.iter().map(|g| g.elem_count()).max().unwrap_or(0);
-    let cfg = LaunchConfig {
-        grid_dim: (
-            largest.div_ceil(256).clamp(1, 64) as u32,
-            grads.len() as u32,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = table_cfg(largest, grads.len(), 64);
     let mut builder = stream.launch_builder(&kernels.sum_squares_multi);
     builder.arg(&ptrs).arg(&lens).arg(&total);
     // SAFETY: ptrs[i] points at lens[i] contiguous f32 values of a storage borrowed in `held`
@@ -412,15 +411,7 @@ pub fn cast_many(
     let largest = tensors.iter().map(|t| t.elem_count()).max().unwrap_or(0);
     let ptrs = stream.clone_htod(&ptrs).w()?;
     let lens = stream.clone_htod(&lens).w()?;
-    let cfg = LaunchConfig {
-        grid_dim: (
-            largest.div_ceil(256).clamp(1, 128) as u32,
-            tensors.len() as u32,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = table_cfg(largest, tensors.len(), 128);
     let mut builder = stream.launch_builder(func);
     builder.arg(&ptrs).arg(&lens).arg(&kind);
     // SAFETY: per tensor, ptrs holds the address of its lens[i] contiguous source values (f32, or

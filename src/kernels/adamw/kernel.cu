@@ -2,27 +2,7 @@
 // operations of vlmrun's composed update in src/train/optim.rs), optionally writing the updated
 // weight's compute-dtype copy in the same pass; the sum of squares of a gradient accumulated into
 // one f64 (the global gradient norm); multi-tensor casts between f32 and bf16/f16 (the master
-// weights' first compute copy, 16-bit gradients to f32). Compiled with NVRTC, no headers.
-
-typedef unsigned short u16;
-
-__device__ __forceinline__ float o_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ u16 o_st_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (u16)(u >> 16);
-}
-__device__ __forceinline__ float o_ld_f16(u16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
-    return f;
-}
-__device__ __forceinline__ u16 o_st_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
+// weights' first compute copy, 16-bit gradients to f32). Compiled with NVRTC, no headers, after ../half.cu (the 16-bit loads and stores).
 
 // The 16-bit copy kinds of the multi-tensor kernels' `kind` argument.
 #define COPY_BF16 1
@@ -45,7 +25,7 @@ __device__ void adamw_body(float* p, float* m, float* v, const float* g, long n,
         p[i] = pi;
         m[i] = mi;
         v[i] = vi;
-        if (copy) copy[i] = kind == COPY_F16 ? o_st_f16(pi) : o_st_bf16(pi);
+        if (copy) copy[i] = kind == COPY_F16 ? half_st_f16(pi) : half_st_bf16(pi);
     }
 }
 
@@ -81,7 +61,7 @@ extern "C" __global__ void cast_multi_from_f32(const unsigned long long* ptrs, c
     const long n = lens[t];
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x)
-        dst[i] = kind == COPY_F16 ? o_st_f16(src[i]) : o_st_bf16(src[i]);
+        dst[i] = kind == COPY_F16 ? half_st_f16(src[i]) : half_st_bf16(src[i]);
 }
 
 extern "C" __global__ void cast_multi_to_f32(const unsigned long long* ptrs, const long* lens,
@@ -92,7 +72,7 @@ extern "C" __global__ void cast_multi_to_f32(const unsigned long long* ptrs, con
     const long n = lens[t];
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long)gridDim.x * blockDim.x)
-        dst[i] = kind == COPY_F16 ? o_ld_f16(src[i]) : o_ld_bf16(src[i]);
+        dst[i] = kind == COPY_F16 ? half_ld_f16(src[i]) : half_ld_bf16(src[i]);
 }
 
 // Adds sum(g[i]^2) over this block's grid-stride share of g (blockIdx.x of gridDim.x) to *out.

@@ -1,28 +1,9 @@
 // Bias and residual adds of the training step in one pass: y = x + bias[col] + r (bias and r
 // each optional), rows x d in bf16/f16, f32 arithmetic, one rounding. Compiled with NVRTC, no
-// headers. candle composes `x + bias` and `+ r` as two broadcast kernels with per-element index
-// arithmetic and 2-byte accesses; here each thread moves 8 elements (16 bytes) per access
-// (`add_vec`, when d and every pointer allow it) or one (`add_any`).
-
-typedef unsigned short u16;
-
-__device__ __forceinline__ float a_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ u16 a_st_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (u16)(u >> 16);
-}
-__device__ __forceinline__ float a_ld_f16(u16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
-    return f;
-}
-__device__ __forceinline__ u16 a_st_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
+// headers, after ../half.cu (the 16-bit loads and stores). candle composes `x + bias` and `+ r`
+// as two broadcast kernels with per-element index arithmetic and 2-byte accesses; here each
+// thread moves 8 elements (16 bytes) per access (`add_vec`, when d and every pointer allow it) or
+// one (`add_any`).
 
 // Adds the 8 16-bit values of `v` to `acc`.
 #define ADD8(acc, v, LD)                                  \
@@ -68,5 +49,5 @@ __device__ __forceinline__ u16 a_st_f16(float f) {
         }                                                                                          \
     }
 
-ADD_KERNELS(bf16, a_ld_bf16, a_st_bf16)
-ADD_KERNELS(f16, a_ld_f16, a_st_f16)
+ADD_KERNELS(bf16, half_ld_bf16, half_st_bf16)
+ADD_KERNELS(f16, half_ld_f16, half_st_f16)

@@ -6,7 +6,8 @@ use candle_core::{bail, CudaDevice, DType, Result, Tensor};
 
 use crate::kernels::nvrtc::{cuda_storage, load_module, tensor_from_slice, typed_view, with_half};
 
-const SOURCE: &str = include_str!("kernel.cu");
+/// The kernels after what every kernel.cu shares (`../half.cu`).
+const SOURCE: &str = concat!(include_str!("../half.cu"), include_str!("kernel.cu"));
 const THREADS: u32 = 256;
 
 #[derive(Debug)]

@@ -1,31 +1,12 @@
 // Label-smoothed cross-entropy and its gradient in one kernel over rows of V logits (bf16/f16),
 // f32 arithmetic, one block per row; the (rows, V) probabilities are never stored. Compiled with
-// NVRTC, no headers. For row r with target t, weight w_r (0 for prompt and padding positions):
+// NVRTC, no headers, after ../half.cu (the 16-bit loads and stores). For row r with target t, weight w_r (0 for prompt and padding positions):
 //   lse = log sum_v exp(x_v)
 //   loss_r = w_r * ((1 - eps) * (lse - x_t) + eps * (lse - mean_v x_v))     (summed into *loss)
 //   dx_v  = w_r * grad_scale * (exp(x_v - lse) - eps / V - (v == t) * (1 - eps))
 // (PyTorch's CrossEntropyLoss(label_smoothing=eps); grad_scale = loss scale / counted targets).
 
-typedef unsigned short u16;
 #define CE_NEG_INF __int_as_float(0xff800000)
-
-__device__ __forceinline__ float ce_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ u16 ce_st_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (u16)(u >> 16);
-}
-__device__ __forceinline__ float ce_ld_f16(u16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
-    return f;
-}
-__device__ __forceinline__ u16 ce_st_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
 
 // Merges the running (max, sum of exp(x - max)) pair (m, s) with (m2, s2).
 __device__ __forceinline__ void ce_merge(float& m, float& s, float m2, float s2) {
@@ -98,5 +79,5 @@ __device__ __forceinline__ void ce_merge(float& m, float& s, float m2, float s2)
         }                                                                                          \
     }
 
-CE_KERNELS(bf16, ce_ld_bf16, ce_st_bf16)
-CE_KERNELS(f16, ce_ld_f16, ce_st_f16)
+CE_KERNELS(bf16, half_ld_bf16, half_st_bf16)
+CE_KERNELS(f16, half_ld_f16, half_st_f16)

@@ -12,7 +12,8 @@ use candle_core::{
 
 use crate::kernels::nvrtc::{load_module, with_half};
 
-const SOURCE: &str = include_str!("kernel.cu");
+/// The kernels after what every kernel.cu shares (`../half.cu`).
+const SOURCE: &str = concat!(include_str!("../half.cu"), include_str!("kernel.cu"));
 /// Rows each backward block sums its columns' bias gradient over.
 const ROWS_PER_BLOCK: usize = 64;
 

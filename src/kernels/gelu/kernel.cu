@@ -1,28 +1,8 @@
 // Bias + exact (erf) GELU for training, forward and backward, on bf16/f16 rows (x: rows x d,
-// bias: d), f32 arithmetic. Compiled with NVRTC, no headers.
+// bias: d), f32 arithmetic. Compiled with NVRTC, no headers, after ../half.cu (the 16-bit loads and stores).
 //   forward:  u = x + b,  y = 0.5 u (1 + erf(u / sqrt 2))
 //   backward: dx = dy * (0.5 (1 + erf(u / sqrt 2)) + u exp(-u^2 / 2) / sqrt(2 pi)),
 //             db = sum over rows of dx (f32, atomics per column chunk)
-
-typedef unsigned short u16;
-
-__device__ __forceinline__ float g_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ u16 g_st_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (u16)(u >> 16);
-}
-__device__ __forceinline__ float g_ld_f16(u16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
-    return f;
-}
-__device__ __forceinline__ u16 g_st_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
 
 #define GELU_KERNELS(SUFFIX, LD, ST)                                                              \
     extern "C" __global__ void bias_gelu_fwd_##SUFFIX(const u16* x, const u16* b, u16* y, long n, \
@@ -53,8 +33,8 @@ __device__ __forceinline__ u16 g_st_f16(float f) {
         atomicAdd(db + col, acc);                                                                  \
     }
 
-GELU_KERNELS(bf16, g_ld_bf16, g_st_bf16)
-GELU_KERNELS(f16, g_ld_f16, g_st_f16)
+GELU_KERNELS(bf16, half_ld_bf16, half_st_bf16)
+GELU_KERNELS(f16, half_ld_f16, half_st_f16)
 
 // The same with 16-byte accesses (8 elements per thread; d % 8 == 0 and 16-byte aligned
 // pointers): the forward moves one chunk per step, the backward 8 columns per thread.
@@ -112,14 +92,14 @@ GELU_KERNELS(f16, g_ld_f16, g_st_f16)
         _Pragma("unroll") for (int j = 0; j < 8; ++j) atomicAdd(db + col + j, acc[j]);             \
     }
 
-GELU_VEC_KERNELS(bf16, g_ld_bf16, g_st_bf16)
-GELU_VEC_KERNELS(f16, g_ld_f16, g_st_f16)
+GELU_VEC_KERNELS(bf16, half_ld_bf16, half_st_bf16)
+GELU_VEC_KERNELS(f16, half_ld_f16, half_st_f16)
 
 extern "C" __global__ void f32_to_bf16(const float* a, u16* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = g_st_bf16(a[i]);
+    if (i < n) out[i] = half_st_bf16(a[i]);
 }
 extern "C" __global__ void f32_to_f16(const float* a, u16* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = g_st_f16(a[i]);
+    if (i < n) out[i] = half_st_f16(a[i]);
 }

@@ -7,7 +7,8 @@ use candle_core::{bail, CudaDevice, DType, Result, Tensor};
 
 use crate::kernels::nvrtc::{cuda_storage, load_module, tensor_from_slice, typed_view, with_half};
 
-const SOURCE: &str = include_str!("kernel.cu");
+/// The kernels after what every kernel.cu shares (`../half.cu`).
+const SOURCE: &str = concat!(include_str!("../half.cu"), include_str!("kernel.cu"));
 /// Threads per block (one warp per row).
 const THREADS: usize = 256;
 /// Blocks at most: each adds its partial sums to the outputs once, so fewer is cheaper on the

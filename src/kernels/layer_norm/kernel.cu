@@ -1,31 +1,11 @@
 // LayerNorm backward over rows of width d (bf16/f16 x, weight and dy), f32 arithmetic. Compiled
-// with NVRTC, no headers. The forward is candle's LayerNorm kernel; the backward recomputes each
+// with NVRTC, no headers, after ../half.cu (the 16-bit loads and stores). The forward is candle's LayerNorm kernel; the backward recomputes each
 // row's mean and 1/std from x (two passes over a row that stays in L1) instead of storing them:
 //   xhat = (x - mean) * rstd,  g = dy * w
 //   dx = (g - mean(g) - xhat * mean(g * xhat)) * rstd
 //   dw = sum over rows of dy * xhat,  db = sum over rows of dy
 // One warp per row; each block sums dw/db of its rows in shared memory (2 * d floats) and adds
 // them to the f32 outputs with one atomic per column.
-
-typedef unsigned short u16;
-
-__device__ __forceinline__ float ln_ld_bf16(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ u16 ln_st_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (u16)(u >> 16);
-}
-__device__ __forceinline__ float ln_ld_f16(u16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
-    return f;
-}
-__device__ __forceinline__ u16 ln_st_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
 
 __device__ __forceinline__ float ln_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -80,5 +60,5 @@ __device__ __forceinline__ float ln_warp_sum(float v) {
         }                                                                                          \
     }
 
-LN_KERNELS(bf16, ln_ld_bf16, ln_st_bf16)
-LN_KERNELS(f16, ln_ld_f16, ln_st_f16)
+LN_KERNELS(bf16, half_ld_bf16, half_st_bf16)
+LN_KERNELS(f16, half_ld_f16, half_st_f16)
