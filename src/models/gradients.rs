@@ -60,16 +60,17 @@ impl NamedGrads {
         self.wanted.iter().any(|name| name.starts_with(&dotted))
     }
 
-    /// Adds `grad` (any float dtype, reshaped to `shape` when given) to the gradient of `name`.
+    /// Adds `grad` (any float dtype) to the gradient of `name`. Sums are taken in f32; a
+    /// parameter's only gradient stays in its own dtype (the caller converts all of them at once:
+    /// `ParamGrads::from_named_cast`, one launch on CUDA instead of one per parameter).
     pub fn add(&mut self, name: String, grad: &Tensor) -> Result<()> {
         if !self.wanted.contains(&name) {
             return Ok(());
         }
-        let grad = grad.to_dtype(DType::F32)?;
         let sum = match self.grads.remove(&name) {
             Some(previous) => {
-                let grad = grad.reshape(previous.shape())?;
-                (previous + grad)?
+                let grad = grad.to_dtype(DType::F32)?.reshape(previous.shape())?;
+                (previous.to_dtype(DType::F32)? + grad)?
             }
             None => grad.contiguous()?,
         };
@@ -118,5 +119,28 @@ mod tests {
         let map = grads.into_map();
         assert_eq!(map.len(), 1);
         assert_eq!(map["a.w"].to_vec1::<f32>().unwrap(), vec![2.0; 3]);
+    }
+
+    #[test]
+    fn a_single_gradient_keeps_its_dtype_and_sums_are_f32() {
+        let dev = Device::Cpu;
+        let mut grads = NamedGrads::new(["one".to_string(), "two".to_string()]);
+        let half = |v: f32| {
+            Tensor::new(&[v], &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        grads.add("one".into(), &half(1.0)).unwrap();
+        grads.add("two".into(), &half(1.0)).unwrap();
+        // 1 + 2^-8 is not a bf16 value (it would round to 1): the sum must be f32.
+        grads.add("two".into(), &half(1.0 / 256.0)).unwrap();
+        let map = grads.into_map();
+        assert_eq!(map["one"].dtype(), DType::BF16);
+        assert_eq!(map["two"].dtype(), DType::F32);
+        assert_eq!(
+            map["two"].to_vec1::<f32>().unwrap(),
+            vec![1.0 + 1.0 / 256.0]
+        );
     }
 }
