@@ -169,6 +169,17 @@ impl Summary {
     }
 }
 
+impl Settings {
+    /// `peak_gpu_measure` of a vlmrun run on `active`: the NVML process monitor on CUDA, none on
+    /// the CPU.
+    pub fn vlmrun_peak_gpu_measure(active: &crate::device::ActiveDevice) -> Option<String> {
+        match active.plan.target {
+            crate::device::Target::Cuda { .. } => Some("nvml-process".to_string()),
+            crate::device::Target::Cpu => None,
+        }
+    }
+}
+
 impl ModelShape {
     /// The shapes of a BLIP captioning configuration.
     pub fn of(config: &crate::models::blip::BlipConfig) -> Self {

@@ -23,7 +23,7 @@ pub mod synthetic;
 pub use error::BenchError;
 
 use crate::config::ResolvedConfig;
-use crate::device::{ActiveDevice, CudaAvailability, SystemFacts, Target};
+use crate::device::{ActiveDevice, CudaAvailability, SystemFacts};
 use crate::models::linear::QuantizedMatmul;
 use document::{BenchDocument, Settings, SCHEMA};
 use engine::BenchModel;
@@ -128,10 +128,7 @@ pub fn run(
             forced_length: bench.forced_length(),
             warmup: plan.warmup,
             iterations: plan.iterations,
-            peak_gpu_measure: match active.plan.target {
-                Target::Cuda { .. } => Some("nvml-process".to_string()),
-                Target::Cpu => None,
-            },
+            peak_gpu_measure: Settings::vlmrun_peak_gpu_measure(active),
             quantized_matmul: plan
                 .quantized_matmul
                 .and_then(|p| p.name())

@@ -12,7 +12,7 @@ use crate::bench::document::{BenchDocument, ModelShape, Settings, TrainRecord, S
 use crate::bench::{self, compare, markdown, plot, BenchError, BenchPlan};
 use crate::cli::BenchArgs;
 use crate::config::BackwardPass;
-use crate::device::{self, probe_system, ActiveDevice, SystemFacts, Target};
+use crate::device::{self, probe_system, ActiveDevice, SystemFacts};
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::models::blip::BlipConfig;
@@ -200,10 +200,7 @@ fn train_document(
             forced_length: 0,
             warmup: 1,
             iterations: summary.steps.saturating_sub(1) as usize,
-            peak_gpu_measure: match active.plan.target {
-                Target::Cuda { .. } => Some("nvml-process".to_string()),
-                Target::Cpu => None,
-            },
+            peak_gpu_measure: Settings::vlmrun_peak_gpu_measure(active),
             quantized_matmul: None,
         },
         model_load_s: None,

@@ -32,38 +32,11 @@ impl ComputeCopy {
         if dtype == DType::F32 || !kernels.enabled() {
             return Ok(None);
         }
+        // The master weights, frozen ones included, are all f32 (`prepare::load_master_weights`).
         let mut tensors = params.model_tensors();
-        for from in [DType::F32, DType::BF16, DType::F16] {
-            if from == dtype {
-                continue;
-            }
-            let names: Vec<String> = tensors
-                .iter()
-                .filter(|(_, t)| t.dtype() == from)
-                .map(|(n, _)| n.clone())
-                .collect();
-            let sources: Vec<&Tensor> = names.iter().filter_map(|n| tensors.get(n)).collect();
-            if sources.is_empty() {
-                continue;
-            }
-            let cast = if from == DType::F32 {
-                kernels.cast_many(&sources, dtype)?
-            } else {
-                // 16-bit to the other 16-bit dtype: not a kernel of the table (no BLIP weights
-                // are stored that way next to master weights); convert one by one.
-                Some(
-                    sources
-                        .iter()
-                        .map(|t| t.to_dtype(dtype))
-                        .collect::<candle_core::Result<Vec<_>>>()?,
-                )
-            };
-            let Some(cast) = cast else {
-                return Ok(None);
-            };
-            tensors.extend(names.into_iter().zip(cast));
-        }
-        if tensors.values().any(|t| t.dtype() != dtype) {
+        if !cast_entries(&mut tensors, DType::F32, dtype, kernels)?
+            || tensors.values().any(|t| t.dtype() != dtype)
+        {
             return Ok(None);
         }
         Ok(Some(Self { tensors }))
@@ -73,4 +46,28 @@ impl ComputeCopy {
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
     }
+}
+
+/// Replaces every `from` entry of `tensors` by its conversion to `to`, all in one launch of the
+/// multi-tensor cast; `false` (nothing replaced) where that kernel does not apply.
+pub fn cast_entries(
+    tensors: &mut HashMap<String, Tensor>,
+    from: DType,
+    to: DType,
+    kernels: &FusedAdamW,
+) -> candle_core::Result<bool> {
+    let names: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| t.dtype() == from)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let sources: Vec<&Tensor> = names.iter().filter_map(|n| tensors.get(n)).collect();
+    if sources.is_empty() {
+        return Ok(true);
+    }
+    let Some(cast) = kernels.cast_many(&sources, to)? else {
+        return Ok(false);
+    };
+    tensors.extend(names.into_iter().zip(cast));
+    Ok(true)
 }

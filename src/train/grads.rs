@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
+use super::compute_copy::cast_entries;
 use super::params::TrainParams;
 use crate::kernels::adamw::FusedAdamW;
 
@@ -78,25 +79,13 @@ impl ParamGrads {
         kernels: &FusedAdamW,
     ) -> Result<Self, GradsError> {
         for dtype in [DType::BF16, DType::F16] {
-            let names: Vec<String> = params
-                .trainable()
-                .filter(|p| grads.get(&p.name).is_some_and(|g| g.dtype() == dtype))
-                .map(|p| p.name.clone())
-                .collect();
-            let sources: Vec<&Tensor> = names.iter().filter_map(|n| grads.get(n)).collect();
-            if sources.is_empty() {
-                continue;
-            }
-            let cast =
-                kernels
-                    .cast_many(&sources, DType::F32)
-                    .map_err(|source| GradsError::Tensor {
-                        name: format!("{} {dtype:?} gradients (one cast)", sources.len()),
-                        source,
-                    })?;
-            if let Some(cast) = cast {
-                grads.extend(names.into_iter().zip(cast));
-            }
+            // Where the kernel does not apply, `from_named` converts each one.
+            cast_entries(&mut grads, dtype, DType::F32, kernels).map_err(|source| {
+                GradsError::Tensor {
+                    name: format!("the {dtype:?} gradients (one cast)"),
+                    source,
+                }
+            })?;
         }
         Self::from_named(grads, params)
     }
