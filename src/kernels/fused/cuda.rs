@@ -11,49 +11,12 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
+use super::table::{self, Kernel, QGEMV_FORMATS};
 use super::{CacheGeometry, SplitGeometry};
 
 const SOURCE: &str = include_str!("kernels.cu");
 /// Shared memory a block may use without opting in to more.
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
-
-/// Kernels instantiated for f32, f16 and bf16 (`<name>_<dtype>` in kernels.cu).
-#[derive(Debug, Clone, Copy)]
-pub enum Kernel {
-    BiasResidualLn,
-    BiasResidualLn2,
-    EmbedLn,
-    BiasGelu,
-    BiasToF32,
-    SelfAttnDecode,
-    CrossAttnDecode,
-    SplitHeads,
-    MergeHeads,
-    SoftmaxRows,
-    Gemv,
-    GemvF32Out,
-    Patchify,
-    VisionEmbed,
-    LayerNormRows,
-}
-
-const TYPED: [(Kernel, &str); 15] = [
-    (Kernel::BiasResidualLn, "bias_residual_ln"),
-    (Kernel::BiasResidualLn2, "bias_residual_ln2"),
-    (Kernel::EmbedLn, "embed_ln"),
-    (Kernel::BiasGelu, "bias_gelu"),
-    (Kernel::BiasToF32, "bias_to_f32"),
-    (Kernel::SelfAttnDecode, "self_attn_decode"),
-    (Kernel::CrossAttnDecode, "cross_attn_decode"),
-    (Kernel::SplitHeads, "split_heads"),
-    (Kernel::MergeHeads, "merge_heads"),
-    (Kernel::SoftmaxRows, "softmax_rows"),
-    (Kernel::Gemv, "gemv"),
-    (Kernel::GemvF32Out, "gemv_f32out"),
-    (Kernel::Patchify, "patchify"),
-    (Kernel::VisionEmbed, "vision_embed"),
-    (Kernel::LayerNormRows, "layer_norm_rows"),
-];
 
 /// Bias epilogues: blocks over rows and over 256-column chunks.
 fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
@@ -70,26 +33,12 @@ fn epilogue_cfg(rows: usize, d: usize) -> LaunchConfig {
     }
 }
 
-/// GGML formats [`QuantizedGemv`] reads directly (`qgemv_<format>[_f32out]_<dtype>` in kernels.cu).
-const QGEMV_FORMATS: [(GgmlDType, &str); 4] = [
-    (GgmlDType::Q8_0, "q8_0"),
-    (GgmlDType::Q4_0, "q4_0"),
-    (GgmlDType::Q4K, "q4k"),
-    (GgmlDType::Q6K, "q6k"),
-];
-
-const DTYPES: [(DType, &str); 3] = [
-    (DType::F32, "f32"),
-    (DType::F16, "f16"),
-    (DType::BF16, "bf16"),
-];
-
 /// The loaded module's functions.
 #[derive(Debug)]
 pub struct Kernels {
-    /// `TYPED.len() x DTYPES.len()`, in that order.
+    /// [`table::typed_names`], in that order.
     typed: Vec<CudaFunction>,
-    /// `QGEMV_FORMATS.len() x 2 (output in the activation dtype, f32) x DTYPES.len()`.
+    /// [`table::qgemv_names`], in that order.
     qgemv: Vec<CudaFunction>,
     beam_scores: CudaFunction,
     topk_rows: CudaFunction,
@@ -106,54 +55,39 @@ impl Kernels {
             ))
         })?;
         let module = dev.cuda_stream().context().load_module(ptx).w()?;
-        let mut typed = Vec::with_capacity(TYPED.len() * DTYPES.len());
-        for (_, base) in TYPED {
-            for (_, suffix) in DTYPES {
-                typed.push(module.load_function(&format!("{base}_{suffix}")).w()?);
-            }
-        }
-        let mut qgemv = Vec::with_capacity(QGEMV_FORMATS.len() * 2 * DTYPES.len());
-        for (_, format) in QGEMV_FORMATS {
-            for out in ["", "_f32out"] {
-                for (_, suffix) in DTYPES {
-                    qgemv.push(
-                        module
-                            .load_function(&format!("qgemv_{format}{out}_{suffix}"))
-                            .w()?,
-                    );
-                }
-            }
-        }
+        let load = |names: Vec<String>| -> Result<Vec<CudaFunction>> {
+            names
+                .iter()
+                .map(|name| module.load_function(name).w())
+                .collect()
+        };
+        let [beam_scores, topk_rows, set_column, argmax_rows] =
+            table::SEARCH.map(|name| module.load_function(name).w());
         Ok(Self {
-            typed,
-            qgemv,
-            beam_scores: module.load_function("beam_scores_f32").w()?,
-            topk_rows: module.load_function("topk_rows_f32").w()?,
-            set_column: module.load_function("set_column_f32").w()?,
-            argmax_rows: module.load_function("argmax_rows_f32").w()?,
+            typed: load(table::typed_names())?,
+            qgemv: load(table::qgemv_names())?,
+            beam_scores: beam_scores?,
+            topk_rows: topk_rows?,
+            set_column: set_column?,
+            argmax_rows: argmax_rows?,
         })
     }
 
     fn get(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
-        let Some(d) = DTYPES.iter().position(|(t, _)| *t == dtype) else {
+        let Some(i) = table::typed_index(kernel, dtype) else {
             bail!("fused kernels support f32/f16/bf16, got {dtype:?}")
         };
-        match self.typed.get(kernel as usize * DTYPES.len() + d) {
+        match self.typed.get(i) {
             Some(f) => Ok(f),
             None => bail!("fused kernel {kernel:?} not loaded"),
         }
     }
 
     fn get_qgemv(&self, format: GgmlDType, f32_out: bool, dtype: DType) -> Result<&CudaFunction> {
-        let f = QGEMV_FORMATS.iter().position(|(q, _)| *q == format);
-        let d = DTYPES.iter().position(|(t, _)| *t == dtype);
-        let (Some(f), Some(d)) = (f, d) else {
+        let Some(i) = table::qgemv_index(format, f32_out, dtype) else {
             bail!("no quantized GEMV kernel for {format:?} weights and {dtype:?} activations")
         };
-        match self
-            .qgemv
-            .get((f * 2 + f32_out as usize) * DTYPES.len() + d)
-        {
+        match self.qgemv.get(i) {
             Some(func) => Ok(func),
             None => bail!("quantized GEMV kernel for {format:?} not loaded"),
         }

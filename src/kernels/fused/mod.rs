@@ -11,6 +11,7 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod table;
 
 use std::sync::Arc;
 
