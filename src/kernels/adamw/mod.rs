@@ -13,9 +13,7 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
-
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// One step's scalars, as the composed update computes them.
 #[derive(Debug, Clone, Copy)]
@@ -46,37 +44,12 @@ pub struct AdamWItem<'a> {
     pub scalars: AdamWScalars,
 }
 
-/// Handle to the compiled optimizer kernels (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedAdamW {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::AdamWKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled optimizer kernels (none on CPU).
+    pub struct FusedAdamW(cuda::AdamWKernels);
 }
 
 impl FusedAdamW {
-    /// Compiles and loads the kernels when `device` is a CUDA device; disabled otherwise.
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::AdamWKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    /// A disabled handle: every caller takes its composed path.
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad`; `false` (nothing
     /// changed) when the kernel does not apply.
     pub fn update(

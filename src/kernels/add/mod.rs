@@ -9,40 +9,14 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
+use candle_core::{DType, Result, Tensor};
 
-use candle_core::{DType, Device, Result, Tensor};
-
-/// Handle to the compiled kernels (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedAdd {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::AddKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled kernels (none on CPU).
+    pub struct FusedAdd(cuda::AddKernels);
 }
 
 impl FusedAdd {
-    /// Compiles and loads the kernels when `device` is a CUDA device; disabled otherwise.
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::AddKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// `x + bias + residual` for `x` `(..., d)`, `bias` `(d)` and `residual` shaped like `x`
     /// (either may be absent), rounded once; `None` when the kernel does not apply.
     pub fn add(
@@ -67,7 +41,7 @@ impl FusedAdd {
 
     #[cfg(feature = "cuda")]
     fn run(&self, x: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (Some(kernels), Device::Cuda(dev)) = (&self.kernels, x.device()) else {
+        let (Some(kernels), candle_core::Device::Cuda(dev)) = (&self.kernels, x.device()) else {
             candle_core::bail!("the add kernels are not loaded")
         };
         let x = x.contiguous()?;
@@ -101,6 +75,7 @@ pub fn composed_add(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn cpu_tensors_take_the_composed_path() {

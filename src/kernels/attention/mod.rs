@@ -12,55 +12,33 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Head width the kernels support.
 pub const HEAD_DIM: usize = 64;
 
-/// Handle to the compiled attention kernels (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedAttention {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::AttentionKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled attention kernels (none on CPU).
+    pub struct FusedAttention(cuda::AttentionKernels), load = load_if_capable;
+}
+
+/// The kernels on a CUDA device of compute capability 8.0 or newer; `None` on older GPUs (they
+/// take the composed path, said once in the log).
+#[cfg(feature = "cuda")]
+fn load_if_capable(dev: &candle_core::CudaDevice) -> Result<Option<cuda::AttentionKernels>> {
+    let capability = cuda::compute_capability(dev)?;
+    if capability < cuda::MIN_COMPUTE_CAPABILITY {
+        tracing::info!(
+            "fused attention needs compute capability 8.0 or newer (this GPU has {}.{}): composed attention",
+            capability.0,
+            capability.1
+        );
+        return Ok(None);
+    }
+    Ok(Some(cuda::AttentionKernels::load(dev)?))
 }
 
 impl FusedAttention {
-    /// Compiles and loads the kernels when `device` is a CUDA device of compute capability 8.0
-    /// or newer; disabled otherwise (older GPUs take the composed path, said once in the log).
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            let capability = cuda::compute_capability(dev)?;
-            if capability < cuda::MIN_COMPUTE_CAPABILITY {
-                tracing::info!(
-                    "fused attention needs compute capability 8.0 or newer (this GPU has {}.{}): composed attention",
-                    capability.0,
-                    capability.1
-                );
-                return Ok(Self::default());
-            }
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::AttentionKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    /// A disabled handle: every caller takes its composed path.
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    /// Whether the kernels are loaded.
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// Whether [`Self::self_attention`] runs the kernel for a `dtype` tensor of `heads` heads of
     /// width `head_dim` on `device`.
     pub fn applies(&self, device: &Device, dtype: DType, head_dim: usize) -> bool {
@@ -117,7 +95,7 @@ impl FusedAttention {
 #[derive(Debug, Clone)]
 pub struct AttentionStats {
     #[cfg(feature = "cuda")]
-    lse: Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>>,
+    lse: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>>,
 }
 
 /// The explicit forward/backward entry points (training without candle's autograd): the

@@ -9,40 +9,14 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
+use candle_core::{DType, Result, Tensor, D};
 
-use candle_core::{DType, Device, Result, Tensor, D};
-
-/// Handle to the compiled kernel (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedCrossEntropy {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::CrossEntropyKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled kernel (none on CPU).
+    pub struct FusedCrossEntropy(cuda::CrossEntropyKernels);
 }
 
 impl FusedCrossEntropy {
-    /// Compiles and loads the kernel when `device` is a CUDA device; disabled otherwise.
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::CrossEntropyKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// For logits `(R, V)`, targets `(R)` (u32) and per-row weights `(R)` (f32, 0 = not
     /// counted): `(Σ_r w_r * loss_r` as an f32 scalar, `dlogits` `(R, V)` in the logits' dtype`)`
     /// with `loss_r = (1 - eps) * -log p(target) + eps * mean_v(-log p(v))` and
@@ -74,7 +48,8 @@ impl FusedCrossEntropy {
         eps: f64,
         grad_scale: f64,
     ) -> Result<(Tensor, Tensor)> {
-        let (Some(kernels), Device::Cuda(dev)) = (&self.kernels, logits.device()) else {
+        let (Some(kernels), candle_core::Device::Cuda(dev)) = (&self.kernels, logits.device())
+        else {
             candle_core::bail!("the cross-entropy kernel is not loaded")
         };
         cuda::forward_backward(
@@ -125,6 +100,7 @@ pub fn composed_forward_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use candle_core::Var;
 
     /// The composed gradient equals autograd through the composed loss; the loss equals a

@@ -9,40 +9,14 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
+use candle_core::{DType, Result, Tensor};
 
-use candle_core::{DType, Device, Result, Tensor};
-
-/// Handle to the compiled kernels (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedGelu {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::GeluKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled kernels (none on CPU).
+    pub struct FusedGelu(cuda::GeluKernels);
 }
 
 impl FusedGelu {
-    /// Compiles and loads the kernels when `device` is a CUDA device; disabled otherwise.
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::GeluKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// `gelu_erf(xs + bias)` for `xs` `(..., d)` and `bias` `(d)`, differentiable with respect
     /// to both; `None` when the kernel does not apply.
     pub fn bias_gelu(&self, xs: &Tensor, bias: &Tensor) -> Result<Option<Tensor>> {
@@ -124,6 +98,7 @@ impl FusedGelu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn cpu_tensors_take_the_composed_path() {

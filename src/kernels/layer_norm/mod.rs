@@ -9,42 +9,16 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::sync::Arc;
-
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 use crate::kernels::grad_ops::stat_dtype;
 
-/// Handle to the compiled kernel (none on CPU).
-#[derive(Debug, Clone, Default)]
-pub struct FusedLayerNorm {
-    #[cfg(feature = "cuda")]
-    kernels: Option<Arc<cuda::LayerNormKernels>>,
-    #[cfg(not(feature = "cuda"))]
-    kernels: Option<Arc<()>>,
+kernel_handle! {
+    /// Handle to the compiled kernel (none on CPU).
+    pub struct FusedLayerNorm(cuda::LayerNormKernels);
 }
 
 impl FusedLayerNorm {
-    /// Compiles and loads the kernel when `device` is a CUDA device; disabled otherwise.
-    pub fn for_device(device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = device {
-            return Ok(Self {
-                kernels: Some(Arc::new(cuda::LayerNormKernels::load(dev)?)),
-            });
-        }
-        let _ = device;
-        Ok(Self::default())
-    }
-
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.kernels.is_some()
-    }
-
     /// Gradients of `LayerNorm(x; weight, bias, eps)` for output gradient `dy`: `(dx` in `x`'s
     /// dtype, `dweight`, `dbias` in f32`)`; `None` when the kernel does not apply.
     pub fn backward(
@@ -73,7 +47,7 @@ impl FusedLayerNorm {
         dy: &Tensor,
         eps: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (Some(kernels), Device::Cuda(dev)) = (&self.kernels, x.device()) else {
+        let (Some(kernels), candle_core::Device::Cuda(dev)) = (&self.kernels, x.device()) else {
             candle_core::bail!("the LayerNorm kernel is not loaded")
         };
         cuda::backward(
@@ -130,6 +104,7 @@ pub fn composed_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use candle_core::Var;
 
     /// The composed backward equals candle's autograd through an f32 LayerNorm written out.
