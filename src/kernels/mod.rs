@@ -59,6 +59,85 @@ macro_rules! kernel_handle {
     };
 }
 
+/// The CPU side of a candle custom op that only has a CUDA kernel: `name` and a `cpu_fwd` that
+/// refuses (the layers never hand such an op a CPU tensor; they take their composed path).
+/// Inside `impl candle_core::$Trait for Op`, with the same `$Trait`, the op's name, then the
+/// op's own `cuda_fwd`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_macros))]
+macro_rules! cuda_op_shell {
+    (@name $name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+    };
+    (CustomOp1, $name:literal) => {
+        cuda_op_shell!(@name $name);
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::kernels::cuda_only($name)
+        }
+    };
+    (CustomOp2, $name:literal) => {
+        cuda_op_shell!(@name $name);
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::kernels::cuda_only($name)
+        }
+    };
+    (CustomOp3, $name:literal) => {
+        cuda_op_shell!(@name $name);
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::kernels::cuda_only($name)
+        }
+    };
+    (InplaceOp1, $name:literal) => {
+        cuda_op_shell!(@name $name);
+        fn cpu_fwd(
+            &self,
+            _: &mut candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<()> {
+            $crate::kernels::cuda_only($name)
+        }
+    };
+    (InplaceOp3, $name:literal) => {
+        cuda_op_shell!(@name $name);
+        fn cpu_fwd(
+            &self,
+            _: &mut candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<()> {
+            $crate::kernels::cuda_only($name)
+        }
+    };
+}
+
+/// The error of a CUDA-only op given CPU tensors ([`cuda_op_shell!`]).
+#[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
+fn cuda_only<T>(name: &str) -> candle_core::Result<T> {
+    candle_core::bail!("{name} is a CUDA kernel; CPU tensors take the composed path")
+}
+
 pub mod adamw;
 pub mod add;
 pub mod attention;
@@ -71,3 +150,51 @@ pub mod layer_norm;
 #[cfg(feature = "cuda")]
 mod nvrtc;
 pub mod softmax;
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    struct Unary;
+    impl candle_core::CustomOp1 for Unary {
+        cuda_op_shell!(CustomOp1, "test_unary");
+    }
+    struct Ternary;
+    impl candle_core::CustomOp3 for Ternary {
+        cuda_op_shell!(CustomOp3, "test_ternary");
+    }
+    struct Binary;
+    impl candle_core::CustomOp2 for Binary {
+        cuda_op_shell!(CustomOp2, "test_binary");
+    }
+    struct InPlace;
+    impl candle_core::InplaceOp1 for InPlace {
+        cuda_op_shell!(InplaceOp1, "test_in_place");
+    }
+    struct InPlace3;
+    impl candle_core::InplaceOp3 for InPlace3 {
+        cuda_op_shell!(InplaceOp3, "test_in_place3");
+    }
+
+    #[test]
+    fn a_cuda_only_op_refuses_cpu_tensors_by_name() {
+        let x = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = x.apply_op1_no_bwd(&Unary).unwrap_err().to_string();
+        assert!(
+            err.contains("test_unary is a CUDA kernel; CPU tensors take the composed path"),
+            "{err}"
+        );
+        let err = x
+            .apply_op3_no_bwd(&x, &x, &Ternary)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test_ternary is a CUDA kernel"), "{err}");
+        let err = x.apply_op2_no_bwd(&x, &Binary).unwrap_err().to_string();
+        assert!(err.contains("test_binary is a CUDA kernel"), "{err}");
+        let err = x.inplace_op1(&InPlace).unwrap_err().to_string();
+        assert!(err.contains("test_in_place is a CUDA kernel"), "{err}");
+        let (y, z) = (x.zeros_like().unwrap(), x.zeros_like().unwrap());
+        let err = x.inplace_op3(&y, &z, &InPlace3).unwrap_err().to_string();
+        assert!(err.contains("test_in_place3 is a CUDA kernel"), "{err}");
+    }
+}

@@ -64,14 +64,7 @@ struct AdamWOp<'a> {
 }
 
 impl candle_core::InplaceOp1 for AdamWOp<'_> {
-    fn name(&self) -> &'static str {
-        "fused_adamw"
-    }
-
-    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
-        bail!("fused_adamw is a CUDA kernel")
-    }
-
+    cuda_op_shell!(InplaceOp1, "fused_adamw");
     fn cuda_fwd(&self, param: &mut CudaStorage, layout: &Layout) -> Result<()> {
         let Some((start, _)) = layout.contiguous_offsets() else {
             bail!("fused_adamw: the parameter must be contiguous")

@@ -9,9 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 
 use crate::kernels::nvrtc::{cuda_storage, load_module, tensor_from_slice, typed_view, with_half};
 
@@ -199,14 +197,7 @@ impl SelfAttention {
 }
 
 impl candle_core::CustomOp1 for SelfAttention {
-    fn name(&self) -> &'static str {
-        "fused_self_attention"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("fused_self_attention is a CUDA kernel; CPU tensors take the composed path")
-    }
-
+    cuda_op_shell!(CustomOp1, "fused_self_attention");
     fn cuda_fwd(&self, qkv: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = qkv.device().clone();
         let (b, n, d) = qkv_dims(layout, self.heads)?;
@@ -288,22 +279,7 @@ struct SelfAttentionBackward {
 }
 
 impl candle_core::CustomOp3 for SelfAttentionBackward {
-    fn name(&self) -> &'static str {
-        "fused_self_attention_backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("fused_self_attention_backward is a CUDA kernel")
-    }
-
+    cuda_op_shell!(CustomOp3, "fused_self_attention_backward");
     fn cuda_fwd(
         &self,
         qkv: &CudaStorage,

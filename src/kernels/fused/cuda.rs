@@ -8,7 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
 use super::table::{self, Kernel, QGEMV_FORMATS};
@@ -144,10 +144,6 @@ macro_rules! launch {
     }};
 }
 
-fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
-    bail!("{name} is a CUDA kernel; CPU tensors take the composed path")
-}
-
 fn block_for_width(d: usize) -> u32 {
     if d >= 512 {
         256
@@ -171,20 +167,7 @@ pub struct BiasResidualLayerNorm<'a> {
 }
 
 impl candle_core::CustomOp3 for BiasResidualLayerNorm<'_> {
-    fn name(&self) -> &'static str {
-        "bias_residual_layer_norm"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp3, "bias_residual_layer_norm");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -247,20 +230,7 @@ pub struct EmbedLayerNorm<'a> {
 }
 
 impl candle_core::CustomOp3 for EmbedLayerNorm<'_> {
-    fn name(&self) -> &'static str {
-        "embed_layer_norm"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp3, "embed_layer_norm");
     fn cuda_fwd(
         &self,
         ids: &CudaStorage,
@@ -312,18 +282,7 @@ pub struct BiasEpilogue<'a> {
 }
 
 impl candle_core::CustomOp2 for BiasEpilogue<'_> {
-    fn name(&self) -> &'static str {
-        "bias_epilogue"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "bias_epilogue");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -409,20 +368,7 @@ impl SelfAttentionStep<'_> {
 }
 
 impl candle_core::CustomOp3 for SelfAttentionStep<'_> {
-    fn name(&self) -> &'static str {
-        "self_attention_step"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp3, "self_attention_step");
     fn cuda_fwd(
         &self,
         qkv: &CudaStorage,
@@ -511,20 +457,7 @@ impl CrossAttentionStep<'_> {
 }
 
 impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
-    fn name(&self) -> &'static str {
-        "cross_attention_step"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp3, "cross_attention_step");
     fn cuda_fwd(
         &self,
         q: &CudaStorage,
@@ -637,18 +570,7 @@ pub struct SplitHeads<'a> {
 }
 
 impl candle_core::CustomOp2 for SplitHeads<'_> {
-    fn name(&self) -> &'static str {
-        "split_heads"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "split_heads");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -696,20 +618,7 @@ pub struct SplitHeadsInto<'a> {
 }
 
 impl candle_core::InplaceOp3 for SplitHeadsInto<'_> {
-    fn name(&self) -> &'static str {
-        "split_heads_into"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("split_heads_into is a CUDA kernel")
-    }
+    cuda_op_shell!(InplaceOp3, "split_heads_into");
     fn cuda_fwd(
         &self,
         dst: &mut CudaStorage,
@@ -764,12 +673,7 @@ pub struct MergeHeads<'a> {
 }
 
 impl candle_core::CustomOp1 for MergeHeads<'_> {
-    fn name(&self) -> &'static str {
-        "merge_heads"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp1, "merge_heads");
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let [b, h, n, dh] = match xl.shape().dims() {
             [a, b, c, d] => [*a, *b, *c, *d],
@@ -810,12 +714,7 @@ pub struct SoftmaxRows<'a> {
 }
 
 impl candle_core::CustomOp1 for SoftmaxRows<'_> {
-    fn name(&self) -> &'static str {
-        "softmax_rows"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp1, "softmax_rows");
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let stride = last_dim(xl);
         let n = self.valid;
@@ -865,20 +764,7 @@ impl Gemv<'_> {
 }
 
 impl candle_core::CustomOp3 for Gemv<'_> {
-    fn name(&self) -> &'static str {
-        "gemv"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp3, "gemv");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -1044,18 +930,7 @@ impl QuantizedGemv<'_> {
 }
 
 impl candle_core::CustomOp2 for QuantizedGemv<'_> {
-    fn name(&self) -> &'static str {
-        "quantized_gemv"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "quantized_gemv");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -1097,18 +972,7 @@ pub struct BeamScores<'a> {
 }
 
 impl candle_core::CustomOp2 for BeamScores<'_> {
-    fn name(&self) -> &'static str {
-        "beam_scores"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "beam_scores");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -1160,12 +1024,7 @@ pub struct TopKRows<'a> {
 pub const TOPK_MAX: usize = 16;
 
 impl candle_core::CustomOp1 for TopKRows<'_> {
-    fn name(&self) -> &'static str {
-        "topk_rows"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp1, "topk_rows");
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let n = last_dim(xl);
         let rows = xl.shape().elem_count() / n.max(1);
@@ -1198,12 +1057,7 @@ pub struct Patchify<'a> {
 }
 
 impl candle_core::CustomOp1 for Patchify<'_> {
-    fn name(&self) -> &'static str {
-        "patchify"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp1, "patchify");
     fn cuda_fwd(&self, px: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
         let p = self.patch;
         let [b, c, h, w] = match pl.shape().dims() {
@@ -1247,18 +1101,7 @@ pub struct VisionEmbed<'a> {
 }
 
 impl candle_core::CustomOp2 for VisionEmbed<'_> {
-    fn name(&self) -> &'static str {
-        "vision_embed"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "vision_embed");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -1312,12 +1155,7 @@ pub struct SetColumn<'a> {
 }
 
 impl candle_core::InplaceOp1 for SetColumn<'_> {
-    fn name(&self) -> &'static str {
-        "set_column"
-    }
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-        bail!("set_column is a CUDA kernel")
-    }
+    cuda_op_shell!(InplaceOp1, "set_column");
     fn cuda_fwd(&self, x: &mut CudaStorage, xl: &Layout) -> Result<()> {
         let n = last_dim(xl);
         let rows = xl.shape().elem_count() / n.max(1);
@@ -1357,12 +1195,7 @@ pub struct ArgmaxRows<'a> {
 }
 
 impl candle_core::CustomOp1 for ArgmaxRows<'_> {
-    fn name(&self) -> &'static str {
-        "argmax_rows"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp1, "argmax_rows");
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let n = last_dim(xl);
         let rows = xl.shape().elem_count() / n.max(1);
@@ -1388,18 +1221,7 @@ pub struct LayerNormRows<'a> {
 }
 
 impl candle_core::CustomOp2 for LayerNormRows<'_> {
-    fn name(&self) -> &'static str {
-        "layer_norm_rows"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
+    cuda_op_shell!(CustomOp2, "layer_norm_rows");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,

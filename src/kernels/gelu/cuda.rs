@@ -6,9 +6,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 
 use crate::kernels::nvrtc::{load_module, with_half};
 
@@ -100,20 +98,7 @@ pub struct BiasGelu {
 }
 
 impl candle_core::CustomOp2 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "fused_bias_gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("fused_bias_gelu is a CUDA kernel; CPU tensors take the composed path")
-    }
-
+    cuda_op_shell!(CustomOp2, "fused_bias_gelu");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -176,22 +161,7 @@ pub struct BiasGeluBackward {
 }
 
 impl candle_core::CustomOp3 for BiasGeluBackward {
-    fn name(&self) -> &'static str {
-        "fused_bias_gelu_backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("fused_bias_gelu_backward is a CUDA kernel")
-    }
-
+    cuda_op_shell!(CustomOp3, "fused_bias_gelu_backward");
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
