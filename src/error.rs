@@ -50,6 +50,17 @@ pub enum Error {
     /// Another live run holds the output directory's lock (`report::lock`).
     #[error("{0}")]
     Busy(String),
+
+    /// A lower layer's typed error (a dataset reader's, a model loader's), kept as the value it
+    /// is, with its chain, and the exit class of the job boundary that received it. It travels
+    /// boxed because this file sits below `data/` and `models/` in the tree and cannot name their
+    /// types. Build it with [`Error::input`], [`Error::model`] or [`Error::usage`].
+    #[error("{source}")]
+    Layer {
+        class: Exit,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn output_message(what: &str, path: &std::path::Path, source: &std::io::Error) -> String {
@@ -87,6 +98,30 @@ pub fn render(err: &dyn std::error::Error) -> String {
 }
 
 impl Error {
+    /// `source` (a dataset or input error) as an input error (exit 5).
+    pub fn input(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Layer {
+            class: Exit::Input,
+            source: Box::new(source),
+        }
+    }
+
+    /// `source` (a model file or weights error) as a model error (exit 4).
+    pub fn model(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Layer {
+            class: Exit::Model,
+            source: Box::new(source),
+        }
+    }
+
+    /// `source` (a setting the run cannot use) as a usage error (exit 2).
+    pub fn usage(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Layer {
+            class: Exit::Usage,
+            source: Box::new(source),
+        }
+    }
+
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
@@ -97,6 +132,7 @@ impl Error {
             Error::Internal(_) => Exit::Failure,
             Error::Diverged(_) => Exit::Diverged,
             Error::Busy(_) => Exit::Busy,
+            Error::Layer { class, .. } => *class,
         }
     }
 }
@@ -143,5 +179,28 @@ mod tests {
         let text = render(&output);
         assert_eq!(text.matches("boom").count(), 1, "{text}");
         assert_eq!(text.matches("fix:").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_layer_error_keeps_its_type_its_chain_and_its_exit_class() {
+        let err = Error::input(Outer {
+            source: std::io::Error::other("denied"),
+        });
+        assert_eq!(err.exit(), Exit::Input);
+        let Error::Layer { source, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(source.downcast_ref::<Outer>().is_some());
+        let io = std::error::Error::source(&err)
+            .and_then(std::error::Error::source)
+            .map(ToString::to_string);
+        assert_eq!(io.as_deref(), Some("denied"));
+        // Printed as the typed message was before, the fix once.
+        assert_eq!(
+            render(&err),
+            "cannot read config file c.yaml: denied\n  fix: pass a readable file"
+        );
+        assert_eq!(Error::model(std::io::Error::other("x")).exit(), Exit::Model);
+        assert_eq!(Error::usage(std::io::Error::other("x")).exit(), Exit::Usage);
     }
 }

@@ -215,7 +215,7 @@ pub fn all_failed_message(counts: &Counts, errors: &Path) -> String {
 
 /// Reads the configured dataset (every file and line checked).
 fn load_dataset(config: &Config) -> Result<Vec<dataset::Item>, Error> {
-    dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))
+    dataset::load(&config.data).map_err(Error::input)
 }
 
 /// Where one process appends its results.

@@ -112,7 +112,7 @@ pub fn run(
     let started = Instant::now();
     let config = &resolved.config;
     let settings = &config.retrieval;
-    let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
+    let items = dataset::load(&config.data).map_err(Error::input)?;
     check_items(&items, &config.data.path)?;
     let texts = flatten(&items, settings.pre_caption);
     let active = device::activate(config.device, config.precision, facts, cuda)?;

@@ -30,7 +30,7 @@ pub fn run(
             .map(Path::to_path_buf),
         ..DataConfig::default()
     };
-    let items = dataset::load(&data).map_err(|err| Error::Input(err.to_string()))?;
+    let items = dataset::load(&data).map_err(Error::input)?;
     let refs = dataset::references(&items);
     if refs.is_empty() {
         return Err(Error::Input(format!(
@@ -56,8 +56,7 @@ pub fn run(
         .iter()
         .map(|(id, caption)| (id.as_str(), caption.as_str()));
     // The prompts are already stripped (`read_captions`).
-    let scores = metrics::score_captions(captions, &refs, "")
-        .map_err(|err| Error::Input(err.to_string()))?;
+    let scores = metrics::score_captions(captions, &refs, "").map_err(Error::input)?;
     let out = if json {
         let mut s =
             serde_json::to_string_pretty(&scores).map_err(|e| Error::Internal(e.to_string()))?;
@@ -135,7 +134,7 @@ fn read_caption_text(
     fallback_prompt: &str,
 ) -> Result<BTreeMap<String, String>, Error> {
     if text.trim_start().starts_with('[') {
-        let entries = results::parse(path, text).map_err(|err| Error::Input(err.to_string()))?;
+        let entries = results::parse(path, text).map_err(Error::input)?;
         return Ok(entries.into_iter().collect());
     }
     let mut captions = BTreeMap::new();

@@ -31,7 +31,7 @@ pub struct DatasetRun<'a> {
 
 pub fn run(context: &Context, files: &DatasetRun<'_>) -> Result<Exit, Error> {
     let config = &context.config.config;
-    let input = |e: crate::data::vqa::VqaDataError| Error::Input(e.to_string());
+    let input = |e: crate::data::vqa::VqaDataError| Error::input(e);
     let mut questions = read_questions(files.questions, files.images).map_err(input)?;
     if let Some(limit) = files.limit {
         questions.truncate(limit);
@@ -108,8 +108,8 @@ pub fn run(context: &Context, files: &DatasetRun<'_>) -> Result<Exit, Error> {
             .iter()
             .map(|e| (e.question_id, e.answer.clone()))
             .collect();
-        let accuracy = vqa_accuracy(&predictions, &annotations, files.ground_truth)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let accuracy =
+            vqa_accuracy(&predictions, &annotations, files.ground_truth).map_err(Error::input)?;
         summary["accuracy"] = serde_json::json!({
             "overall": accuracy.overall,
             "per_answer_type": accuracy.per_answer_type,

@@ -64,10 +64,8 @@ impl Answerer {
                 "{source}: GGUF files hold captioning models only\n  fix: point --model at a BlipForQuestionAnswering directory or hub id"
             )));
         }
-        let weights = BlipWeights::locate(&dir).map_err(|e| Error::Model(format!("{e:#}")))?;
-        let text = weights
-            .config_text()
-            .map_err(|e| Error::Model(format!("{e:#}")))?;
+        let weights = BlipWeights::locate(&dir).map_err(Error::model)?;
+        let text = weights.config_text().map_err(Error::model)?;
         let found =
             architecture(&text).map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
         if found != Architecture::QuestionAnswering {
@@ -116,10 +114,7 @@ impl Answerer {
 
     /// `[CLS] question [SEP]`, checked against the encoder's positions.
     pub fn question_ids(&self, question: &str) -> Result<Vec<u32>, Error> {
-        let ids = self
-            .tokenizer
-            .text_ids(question)
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let ids = self.tokenizer.text_ids(question).map_err(Error::usage)?;
         let max = self.model.config().text_config.max_position_embeddings;
         if ids.len() > max {
             return Err(Error::Usage(format!(

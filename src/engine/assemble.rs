@@ -55,9 +55,9 @@ impl From<EngineError> for crate::error::Error {
         use crate::error::Error;
         match err {
             EngineError::Hub(err) => Error::Hub(err),
-            EngineError::Load(err) => Error::Model(format!("{err:#}")),
-            EngineError::Tokenizer(_) => Error::Model(err.to_string()),
-            EngineError::Prompt(_) | EngineError::Setting { .. } => Error::Usage(err.to_string()),
+            EngineError::Load(err) => Error::model(err),
+            EngineError::Tokenizer(_) => Error::model(err),
+            EngineError::Prompt(_) | EngineError::Setting { .. } => Error::usage(err),
             EngineError::Synchronize(_) => Error::Internal(err.to_string()),
         }
     }

@@ -89,10 +89,7 @@ impl Matcher {
 
     /// `[CLS] text [SEP]` (transformers), checked against the encoder's positions.
     pub fn text_ids(&self, text: &str) -> Result<Vec<u32>, Error> {
-        let ids = self
-            .tokenizer
-            .text_ids(text)
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let ids = self.tokenizer.text_ids(text).map_err(Error::usage)?;
         let max = self.model.config().text_config.max_position_embeddings;
         if ids.len() > max {
             return Err(Error::Usage(format!(
@@ -179,10 +176,7 @@ impl Matcher {
     /// `[CLS] text [SEP]` truncated to `max_tokens` ids with the `[SEP]` kept, as LAVIS's
     /// retrieval evaluation tokenizes (`truncation=True, max_length=35`).
     pub fn truncated_text_ids(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, Error> {
-        let mut ids = self
-            .tokenizer
-            .text_ids(text)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let mut ids = self.tokenizer.text_ids(text).map_err(Error::input)?;
         if ids.len() > max_tokens && max_tokens >= 2 {
             let sep = self.model.config().text_config.sep_token_id;
             ids.truncate(max_tokens - 1);

@@ -136,12 +136,12 @@ pub fn run(
     let files = resolve_model_files(&config.model.source, &config.model.revision).map_err(
         |err| match err {
             SourceError::Hub(err) => Error::Hub(err),
-            SourceError::Load(err) => Error::Model(format!("{err:#}")),
+            SourceError::Load(err) => Error::model(err),
         },
     )?;
     let checkpoint_elements = checkpoint_elements(&files.weights)?;
 
-    let mut items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
+    let mut items = dataset::load(&config.data).map_err(Error::input)?;
     if let Some(limit) = plan.limit {
         items.truncate(limit);
     }
@@ -151,7 +151,7 @@ pub fn run(
         ));
     }
     let image_size = BlipWeights::locate(&files.weights)
-        .map_err(|err| Error::Model(format!("{err:#}")))?
+        .map_err(Error::model)?
         .config
         .vision_config
         .image_size;
@@ -255,7 +255,7 @@ fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
 
 /// Parameters in the checkpoint of the model directory `dir` (from the safetensors headers).
 fn checkpoint_elements(dir: &Path) -> Result<usize, Error> {
-    let weights = BlipWeights::locate(dir).map_err(|err| Error::Model(format!("{err:#}")))?;
+    let weights = BlipWeights::locate(dir).map_err(Error::model)?;
     // SAFETY: read-only maps of the checkpoint, only the headers are read.
     let tensors = unsafe { MmapedSafetensors::multi(&weights.weight_files) }
         .map_err(|err| Error::Model(format!("{}: {err}", dir.display())))?;

@@ -156,9 +156,8 @@ pub fn prepare<'a>(
             )));
         }
     }
-    let items = dataset::load(&config.data).map_err(|err| Error::Input(err.to_string()))?;
-    let data =
-        TrainData::split(items, train.eval_images).map_err(|err| Error::Input(err.to_string()))?;
+    let items = dataset::load(&config.data).map_err(Error::input)?;
+    let data = TrainData::split(items, train.eval_images).map_err(Error::input)?;
     startup.mark("configuration and dataset index");
     let active = device::activate(config.device, config.precision, facts, cuda)?;
     let (dev, dtype) = (active.device.clone(), active.precision.dtype);
@@ -166,7 +165,7 @@ pub fn prepare<'a>(
 
     let engine::Resolved { files, tokenizer } = engine::resolve(config)?;
     let model_dir = files.weights;
-    let weights = BlipWeights::locate(&model_dir).map_err(|err| Error::Model(err.to_string()))?;
+    let weights = BlipWeights::locate(&model_dir).map_err(Error::model)?;
     let processor = image_processor(config, weights.config.vision_config.image_size);
     let (inputs, unreadable) = InputBuilder::new(
         data.samples,
@@ -175,7 +174,7 @@ pub fn prepare<'a>(
         train.max_tokens,
         processor.clone(),
     )
-    .map_err(|err| Error::Input(err.to_string()))?;
+    .map_err(Error::input)?;
     for (path, why) in &unreadable {
         tracing::warn!("skipping {} in training: {why}", path.display());
     }
@@ -237,18 +236,17 @@ pub fn prepare<'a>(
             best: evaluator.as_ref().map(|_| MetricGoal::Higher),
         },
     )
-    .map_err(|err| Error::Usage(err.to_string()))?
+    .map_err(Error::usage)?
     .with_settings(settings.clone());
 
     let resumed = resume_point(&checkpoints, options.resume, options.fresh)?;
     let state = match &resumed {
         Some(entry) => {
-            let loaded = LoadedCheckpoint::load(&entry.dir, &params, &dev)
-                .map_err(|err| Error::Model(err.to_string()))?;
+            let loaded = LoadedCheckpoint::load(&entry.dir, &params, &dev).map_err(Error::model)?;
             resume_settings::check(&entry.dir, &loaded.state.settings, &settings)?;
             let progress = loaded
                 .restore(&params, &mut optimizer, &mut scaler)
-                .map_err(|err| Error::Model(err.to_string()))?;
+                .map_err(Error::model)?;
             if progress.world_size != 1 {
                 return Err(Error::Usage(format!(
                     "{} was written by a run of {} processes; this run has 1 (the data order depends on it)\n  fix: resume with the same world size, or start over with --fresh",
@@ -362,5 +360,5 @@ pub fn load_master_weights(
             named.push((name, var));
         }
     }
-    TrainParams::from_named(named, freeze).map_err(|err| Error::Model(err.to_string()))
+    TrainParams::from_named(named, freeze).map_err(Error::model)
 }

@@ -72,9 +72,7 @@ pub fn step(
     let mut next_batch = || {
         let indices = order.take(state.samples_seen, train.batch_size);
         state.samples_seen += train.batch_size as u64;
-        inputs
-            .batch(&indices, dtype, dev)
-            .map_err(|err| Error::Input(err.to_string()))
+        inputs.batch(&indices, dtype, dev).map_err(Error::input)
     };
     let mut grads = if explicit_backward(train, &weights.config) {
         // One model build per step (not per micro-batch), from the updated master weights: from

@@ -79,9 +79,7 @@ pub fn resume_point(
     if fresh {
         return Ok(None);
     }
-    let latest = checkpoints
-        .latest()
-        .map_err(|err| Error::Model(err.to_string()))?;
+    let latest = checkpoints.latest().map_err(Error::model)?;
     if resume {
         // Never skipped without a word: a newer step directory that lacks a file (a copy cut short,
         // a file deleted by hand) is named, and the resume uses the newest complete one.

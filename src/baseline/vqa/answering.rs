@@ -116,9 +116,7 @@ pub fn answer_all(
                 } else {
                     ids
                 };
-                let pixels = processor
-                    .process_file(&q.image)
-                    .map_err(|e| Error::Input(e.to_string()))?;
+                let pixels = processor.process_file(&q.image).map_err(Error::input)?;
                 Ok::<_, Error>((pixels, ids, stamp))
             })
             .collect();

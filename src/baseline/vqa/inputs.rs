@@ -24,7 +24,7 @@ pub struct Inputs {
 }
 
 pub fn read_inputs(config: &Config) -> Result<Inputs, Error> {
-    let input = |e: crate::data::vqa::VqaDataError| Error::Input(e.to_string());
+    let input = |e: crate::data::vqa::VqaDataError| Error::input(e);
     let path = &config.data.path;
     let image_root = config
         .data
