@@ -18,7 +18,8 @@
 //!                layers (linear, norm, projections, CPU GEMV), parameter gradients by name,
 //!                weight formats (GGUF, quantization), the KV cache, a model directory's label
 //!                (vlmrun-model.json: random or demo)
-//! kernels/       fused CUDA ops with their launchers and CPU stubs, hand-written backward passes,
+//! kernels/       fused CUDA ops with their launchers and CPU stubs (fused/table.rs: the one list of
+//!                their kernels), hand-written backward passes,
 //!                the f32-accumulating softmax; training kernels with a backward pass, one folder
 //!                per op (attention, gelu, layer_norm, add, cross_entropy, adamw: kernel.cu,
 //!                cuda.rs, the entry point; half.cu: the 16-bit loads and stores they share);
@@ -34,7 +35,8 @@
 //! paths.rs       what a path is when it is not the file expected; write-failure messages (disk full)
 //! ```
 //!
-//! `main.rs` (the binary) stands above them all.
+//! `main.rs` (the binary) stands above them all. `scripts/layout/imports.py` checks the rule
+//! against the imports (docs/layout.md).
 
 pub mod baseline;
 pub mod bench;
