@@ -211,3 +211,26 @@ fn sets_before_and_after_the_command_all_apply() {
     // Both seeds were applied, in order: the last wins.
     assert!(stdout.contains("seed: 8  # --set seed=8"), "{stdout}");
 }
+
+#[test]
+fn caption_says_which_model_it_used_and_its_kind() {
+    let image = image();
+    for (model, kind) in [
+        ("models/demo-blip", "kind demo:"),
+        ("models/tiny-blip", "kind random:"),
+    ] {
+        let (code, stdout, stderr) =
+            output(vlmrun().args(["--device", "cpu", "caption", "--model", model, &image]));
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("model: "))
+            .unwrap_or_else(|| panic!("no model line in {stderr}"));
+        assert!(line.starts_with(&format!("model: {model} ")), "{line}");
+        assert!(line.contains(kind), "{line}");
+    }
+    // --quiet: only the caption.
+    let (_, _, quiet) = output(vlmrun().args(["--quiet", "--device", "cpu", "caption", &image]));
+    assert!(!quiet.contains("model: "), "{quiet}");
+}

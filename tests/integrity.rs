@@ -465,6 +465,46 @@ fn damaged_weights_are_model_errors_naming_the_tensor_and_doctor_fails_them() {
     }
 }
 
+#[test]
+fn logits_that_turn_non_finite_at_run_time_are_a_model_error_naming_where() {
+    // Finite weights (they pass the load-time check) large enough that the LM head's LayerNorm
+    // output overflows f32 on the first step.
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = damaged_model(dir.path(), "overflow", |bytes, header_len, header, _| {
+        for name in [
+            "text_decoder.cls.predictions.transform.LayerNorm.weight",
+            "text_decoder.cls.predictions.transform.LayerNorm.bias",
+        ] {
+            let [start, end] = [0, 1].map(|i| {
+                8 + header_len + header[name]["data_offsets"][i].as_u64().unwrap() as usize
+            });
+            for value in bytes[start..end].chunks_mut(4) {
+                value.copy_from_slice(&3.0e38f32.to_le_bytes());
+            }
+        }
+    });
+    let image = Path::new(ROOT).join("tests/fixtures/images/chelsea.png");
+    let output = vlmrun(
+        &dir.path().join("out"),
+        &[format!("model.source={}", model.display())],
+    )
+    .args(["--precision", "f32", "caption"])
+    .arg(&image)
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let error = error_text(&stderr);
+    assert!(
+        error.contains("logits became NaN or infinite at generation step 0"),
+        "{error}"
+    );
+    assert!(error.contains("chelsea.png"), "{error}");
+    assert!(error.contains(&model.display().to_string()), "{error}");
+    assert!(error.contains("f32"), "{error}");
+    assert!(!error.contains("internal error"), "{error}");
+}
+
 // ---- Every input item ends in one place; each error printed once, with one fix line. ----
 
 /// Runs `vlmrun` with `args` (no output.dir override) and returns (exit code, stderr), killing it
@@ -505,7 +545,7 @@ fn error_text(stderr: &str) -> String {
 
 #[cfg(unix)]
 #[test]
-fn a_folder_file_name_that_is_not_utf8_is_refused_by_name() {
+fn a_folder_file_name_that_is_not_utf8_gets_its_own_errors_line() {
     use std::os::unix::ffi::OsStrExt;
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
@@ -526,15 +566,26 @@ fn a_folder_file_name_that_is_not_utf8_is_refused_by_name() {
             "baseline",
         ],
     );
-    assert_eq!(code, Some(5), "{stderr}");
-    let error = error_text(&stderr);
+    // The other image is captioned; this one is a failure with its own line: exit 3.
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
-        error.contains("1 file name(s) are not valid UTF-8"),
-        "{error}"
+        stderr.contains("1 file name(s) are not valid UTF-8"),
+        "{stderr}"
     );
-    assert!(error.contains("caf\u{FFFD}.png"), "{error}");
-    assert_eq!(error.matches("fix:").count(), 1, "{error}");
-    assert!(!dir.path().join("out/predictions.jsonl").exists());
+    let predictions = lines(&dir.path().join("out/predictions.jsonl"));
+    let ids: Vec<&str> = predictions
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ok.png"]);
+    let errors = lines(&dir.path().join("out/errors.jsonl"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["id"], "caf\\xE9.png");
+    let reason = errors[0]["error"].as_str().unwrap();
+    assert!(reason.contains("not valid UTF-8"), "{reason}");
+    assert!(reason.contains("fix: rename"), "{reason}");
+    let report = report(&dir.path().join("out"));
+    assert_eq!(report["counts"]["failed"], 1, "{}", report["counts"]);
 }
 
 #[test]

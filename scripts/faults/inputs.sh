@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every input item ends in one place. Held: the documented exit code and a message naming the items
-# (a non-UTF-8 file name, a duplicated id), exit 5 when every image fails, `score` and `fidelity`
+# (a non-UTF-8 file name gets its errors.jsonl line, a duplicated id is refused), exit 5 when every image fails, `score` and `fidelity`
 # refusing duplicates and empty inputs.
 source "$(dirname "$0")/common.sh"
 check() {  # check CLASS CASE EXPECTED_EXIT NEEDLE -- ARGS... (run from $WORK, 60 s at most)
@@ -13,7 +13,7 @@ check() {  # check CLASS CASE EXPECTED_EXIT NEEDLE -- ARGS... (run from $WORK, 6
 IMG="$ROOT/tests/fixtures/images"
 mkdir -p "$WORK/nonutf8" "$WORK/bad" "$WORK/coco"
 cp "$IMG/chelsea.png" "$WORK/nonutf8/ok.png"; cp "$IMG/chelsea.png" "$WORK/nonutf8/$(printf 'caf\xe9.png')"
-check inputs "folder file name not UTF-8" 5 "not valid UTF-8" -- --set data.source=folder --set data.path=nonutf8 --set output.dir=o1 baseline
+check inputs "folder file name not UTF-8" 3 "gets an errors.jsonl line" -- --set data.source=folder --set data.path=nonutf8 --set output.dir=o1 baseline
 cp "$IMG/chelsea.png" "$IMG/coffee.png" "$IMG/rocket.png" "$WORK/coco/"
 cat > "$WORK/coco/ann.json" <<'J'
 {"images": [{"id": 7, "file_name": "chelsea.png"}, {"id": 9, "file_name": "coffee.png"}, {"id": 7, "file_name": "rocket.png"}],

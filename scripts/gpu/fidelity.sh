@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Precision and quantization fidelity on the H100 in one device call (docs/precision.md, issue 5):
+# Precision and quantization fidelity on the H100 in one device call (docs/precision.md):
 #  1. random-weight BLIP (base shapes; make_fidelity_model.py: make_full_parity.py's init, gains raised
 #     until at least half the greedy captions are distinct) and >= 64 images (repository samples,
 #     skimage photos, deterministic synthetic ones), written once outside $OUT;

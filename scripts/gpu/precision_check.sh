@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First GPU look at issue 5 (run after scripts/gpu/h100_run.sh has written /tmp/parity-base, or it writes
+# First GPU look at precision and quantization (run after scripts/gpu/h100_run.sh has written /tmp/parity-base, or it writes
 # it): for each quantization format, exact-sequence and per-token greedy agreement with vlmrun bf16 on the
 # parity images, and `vlmrun bench` speed at batch 1 and 64. Expects .device-bin/*.xz like h100_run.sh.
 set -uo pipefail

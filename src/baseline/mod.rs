@@ -474,7 +474,8 @@ fn caption_all(
         }
         if !batch.pixels.is_empty() {
             let generation_started = Instant::now();
-            let captions = captioner.caption_batch(&batch.pixels, &batch.index.to_string())?;
+            let captions =
+                captioner.caption_batch(&batch.pixels, &batch_label(&batch.items, batch.index))?;
             let latency_ms = generation_started.elapsed().as_secs_f64() * 1e3;
             let records: Vec<Prediction> = batch
                 .items
@@ -524,6 +525,21 @@ fn caption_all(
         );
     }
     Ok(outcome)
+}
+
+/// A batch as messages name it: its index and its first ids (`3 (ids a, b, c and 5 more)`).
+fn batch_label(items: &[dataset::Item], index: usize) -> String {
+    const SHOWN: usize = 3;
+    let ids: Vec<&str> = items
+        .iter()
+        .take(SHOWN)
+        .map(|item| item.id.as_str())
+        .collect();
+    let more = match items.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!("{index} (ids {}{more})", ids.join(", "))
 }
 
 /// COCO metrics over every prediction whose item has references (`None` when none has), the prompt

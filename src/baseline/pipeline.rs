@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::data::dataset::Item;
+use crate::data::dataset::{unusable, Item};
 use crate::data::predictions::{image_stamp, Failure};
 use crate::preprocess::ImageProcessor;
 
@@ -54,8 +54,14 @@ pub fn spawn(
                     chunk
                         .par_iter()
                         .map(|item| {
+                            if let Some(reason) = unusable(item) {
+                                return (None, Err(reason));
+                            }
                             let stamp = image_stamp(&item.image);
-                            (stamp, processor.process_file(&item.image))
+                            let pixels = processor
+                                .process_file(&item.image)
+                                .map_err(|err| err.to_string());
+                            (stamp, pixels)
                         })
                         .collect()
                 });
@@ -77,7 +83,7 @@ pub fn spawn(
                         Err(err) => batch.failures.push(Failure {
                             id: item.id.clone(),
                             image: item.image_as_given.clone(),
-                            error: err.to_string(),
+                            error: err,
                         }),
                     }
                 }

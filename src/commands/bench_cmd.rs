@@ -99,6 +99,14 @@ pub fn run(context: &Context, args: &BenchArgs) -> Result<Exit, Error> {
         source,
     })?;
 
+    if !context.quiet {
+        if let Some(dir) = &document.environment.model_dir {
+            eprintln!(
+                "bench {}",
+                crate::models::label::model_line(&config.model.source, Path::new(dir))
+            );
+        }
+    }
     let mut text = markdown::results(&document);
     if let Some(reference) = &reference {
         text.push('\n');

@@ -22,6 +22,12 @@ pub fn run(context: &Context, images: &[String], json: bool) -> Result<Exit, Err
     let facts = probe_system();
     let active = device::activate(config.device, config.precision, &facts, &context.cuda)?;
     let captioner = Captioner::load(config, &active)?;
+    if !context.quiet {
+        eprintln!(
+            "{}",
+            crate::models::label::model_line(&config.model.source, captioner.model_dir())
+        );
+    }
     let processor = captioner.processor().clone();
     let mut failed = 0usize;
     let stdout_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -31,11 +37,13 @@ pub fn run(context: &Context, images: &[String], json: bool) -> Result<Exit, Err
             .map(|image| (image, processor.process_file(std::path::Path::new(image))))
             .collect();
         let mut ok_pixels = Vec::new();
+        let mut ok_images: Vec<&str> = Vec::new();
         let mut lines: Vec<Option<String>> = Vec::with_capacity(chunk.len());
         for (image, result) in processed {
             match result {
                 Ok(values) => {
                     ok_pixels.push(values);
+                    ok_images.push(image.as_str());
                     lines.push(None);
                 }
                 Err(err) => {
@@ -48,7 +56,8 @@ pub fn run(context: &Context, images: &[String], json: bool) -> Result<Exit, Err
                 }
             }
         }
-        let captions = captioner.caption_pixels(&ok_pixels)?;
+        let captions =
+            captioner.caption_batch(&ok_pixels, &format!("of {}", ok_images.join(", ")))?;
         let mut captions = captions.into_iter();
         let mut out = String::new();
         for (image, line) in chunk.iter().zip(lines) {

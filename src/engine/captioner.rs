@@ -154,7 +154,7 @@ impl Captioner {
             }
             other => other,
         }
-        .map_err(|err| Error::Internal(format!("generation failed (batch {label}): {err}")))?;
+        .map_err(|err| self.generation_error(err, label))?;
         sequences
             .into_iter()
             .map(|token_ids| {
@@ -165,6 +165,23 @@ impl Captioner {
                 Ok(Caption { token_ids, text })
             })
             .collect()
+    }
+
+    /// What a failed generation is: non-finite logits that remain (f32 or bf16, or f16 after its
+    /// fallback) are a model error (exit 4) naming the batch, the step, the model and the
+    /// precision; the weights were checked finite at load, so the activations overflowed.
+    fn generation_error(&self, err: GenerateError, label: &str) -> Error {
+        match err {
+            GenerateError::NonFiniteLogits { step } => Error::Model(format!(
+                "the model's logits became NaN or infinite at generation step {step} of batch {label} \
+                 (model {}, {}): its weights are finite (checked at load), so its activations \
+                 overflowed\n  fix: run in f32 (--precision f32); if f32 gives this too, the model \
+                 is unusable (its weights are too large for its activations)",
+                self.model_dir.display(),
+                self.model.dtype().as_str()
+            )),
+            err => Error::Internal(format!("generation failed (batch {label}): {err}")),
+        }
     }
 
     /// Generates for the pixel batch with `model`, cast to the model's dtype if it is not already.

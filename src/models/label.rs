@@ -69,6 +69,37 @@ pub fn read(dir: &Path) -> Result<Option<ModelLabel>, LabelError> {
         .map_err(|e| error(e.to_string()))
 }
 
+/// How a run's `model:` line names a model's kind: the label's kind, or `trained` for an
+/// unlabelled model (a hub or `train` checkpoint, taken for a real captioner).
+pub fn kind_name(kind: Option<ModelKind>) -> &'static str {
+    kind.map_or("trained", ModelKind::as_str)
+}
+
+/// The one line `caption` and `bench` print on stderr about the model they loaded: `source`, the
+/// directory or file `loaded`, the kind, and the label's description (or, unlabelled, that no
+/// label file says otherwise). A label file that cannot be read counts as no label, and is said.
+pub fn model_line(source: &str, loaded: &Path) -> String {
+    let (kind, about) = match read(loaded) {
+        Ok(Some(label)) => (
+            Some(label.kind),
+            label
+                .description
+                .unwrap_or_else(|| "no description".to_string()),
+        ),
+        Ok(None) => (None, format!("unlabelled: no {LABEL_FILE}")),
+        Err(err) => (
+            None,
+            err.to_string().lines().next().unwrap_or("").to_string(),
+        ),
+    };
+    let at = if Path::new(source) == loaded {
+        String::new()
+    } else {
+        format!(" at {}", loaded.display())
+    };
+    format!("model: {source}{at} (kind {}: {about})", kind_name(kind))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +131,24 @@ mod tests {
         let message = read(dir.path()).unwrap_err().to_string();
         assert!(message.contains(LABEL_FILE), "{message}");
         assert!(message.contains("unknown variant"), "{message}");
+    }
+
+    #[test]
+    fn the_model_line_names_source_directory_and_kind() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let demo = model_line("models/demo-blip", &root.join("models/demo-blip"));
+        assert!(demo.starts_with("model: models/demo-blip at "), "{demo}");
+        assert!(demo.contains("(kind demo: demo model:"), "{demo}");
+        let tiny = root.join("models/tiny-blip");
+        let random = model_line(&tiny.display().to_string(), &tiny);
+        assert!(!random.contains(" at "), "{random}");
+        assert!(random.contains("(kind random: random weights"), "{random}");
+        let dir = tempfile::tempdir().unwrap();
+        let trained = model_line("org/name", dir.path());
+        assert!(
+            trained.ends_with("(kind trained: unlabelled: no vlmrun-model.json)"),
+            "{trained}"
+        );
     }
 
     #[test]

@@ -32,32 +32,27 @@ pub(super) fn read(dir: &Path) -> Result<Vec<Item>, DatasetError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut files: Vec<String> = Vec::new();
-    let mut unreadable: Vec<String> = Vec::new();
+    // (id, file name): the id is the name, or for a name that is not UTF-8 the name with each
+    // undecodable byte written as `\xNN`. Such an item is kept, so it ends in errors.jsonl
+    // (`super::unusable`) instead of vanishing.
+    let mut files: Vec<(String, std::ffi::OsString)> = Vec::new();
+    let mut not_utf8: Vec<String> = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         if !entry.path().is_file() {
             continue;
         }
-        match entry.file_name().into_string() {
-            Ok(name) if name.starts_with('.') => {}
-            Ok(name) => files.push(name),
-            Err(raw) => unreadable.push(raw.to_string_lossy().into_owned()),
+        let name = entry.file_name();
+        match name.to_str() {
+            Some(text) if text.starts_with('.') => {}
+            Some(text) => files.push((text.to_string(), name.clone())),
+            None => {
+                let id = escaped_name(&name);
+                if !id.starts_with('.') {
+                    not_utf8.push(id.clone());
+                    files.push((id, name));
+                }
+            }
         }
-    }
-    if !unreadable.is_empty() {
-        // An id, a predictions line and the report all need text: such a file cannot be one item,
-        // and dropping it silently would lose it.
-        unreadable.sort();
-        return Err(DatasetError::UnreadableNames {
-            path: dir.to_path_buf(),
-            count: unreadable.len(),
-            names: unreadable
-                .iter()
-                .take(SKIPPED_SHOWN)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
     }
     let (mut names, mut skipped) = split_decodable(files);
     names.sort();
@@ -65,44 +60,78 @@ pub(super) fn read(dir: &Path) -> Result<Vec<Item>, DatasetError> {
     if !skipped.is_empty() {
         tracing::warn!("{}", skipped_message(dir, &skipped));
     }
+    if !not_utf8.is_empty() {
+        not_utf8.sort();
+        tracing::warn!(
+            "{}: {} file name(s) are not valid UTF-8 ({}; undecodable bytes shown as \\xNN): each gets an errors.jsonl line instead of a caption; rename them to UTF-8 names to caption them",
+            dir.display(),
+            not_utf8.len(),
+            shown(&not_utf8)
+        );
+    }
     Ok(names
         .into_iter()
-        .map(|name| Item {
+        .map(|(id, name)| Item {
             image: dir.join(&name),
-            image_as_given: dir.join(&name).display().to_string(),
-            id: name,
+            image_as_given: dir.join(&id).display().to_string(),
+            id,
             references: Vec::new(),
         })
         .collect())
 }
 
-/// The names with a decoded extension, and the others.
-fn split_decodable(names: Vec<String>) -> (Vec<String>, Vec<String>) {
-    names.into_iter().partition(|name| {
-        Path::new(name)
-            .extension()
-            .and_then(|ext| ext.to_str())
-            .is_some_and(|ext| DECODED_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
-    })
+/// A file name as text: its UTF-8 runs as they are, every other byte as `\xNN` (Unix; elsewhere
+/// the lossy form).
+fn escaped_name(name: &std::ffi::OsStr) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::new();
+        for chunk in name.as_bytes().utf8_chunks() {
+            out.push_str(chunk.valid());
+            for byte in chunk.invalid() {
+                out.push_str(&format!("\\x{byte:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        name.to_string_lossy().into_owned()
+    }
 }
 
-fn skipped_message(dir: &Path, skipped: &[String]) -> String {
-    let shown = skipped
+/// The first [`SKIPPED_SHOWN`] names, and how many more.
+fn shown(names: &[String]) -> String {
+    let list = names
         .iter()
         .take(SKIPPED_SHOWN)
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(", ");
-    let more = skipped.len().saturating_sub(SKIPPED_SHOWN);
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
+    match names.len().saturating_sub(SKIPPED_SHOWN) {
+        0 => list,
+        more => format!("{list} and {more} more"),
+    }
+}
+
+/// The files with a decoded extension (by id), and the ids of the others.
+fn split_decodable<T>(files: Vec<(String, T)>) -> (Vec<(String, T)>, Vec<String>) {
+    let (names, skipped): (Vec<_>, Vec<_>) = files.into_iter().partition(|(id, _)| {
+        Path::new(id)
+            .extension()
+            .and_then(|ext| ext.to_str())
+            .is_some_and(|ext| DECODED_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+    });
+    (names, skipped.into_iter().map(|(id, _)| id).collect())
+}
+
+fn skipped_message(dir: &Path, skipped: &[String]) -> String {
     format!(
-        "{}: skipped {} file(s) this build does not decode: {shown}{more} (it reads .{}; convert other images to PNG)",
+        "{}: skipped {} file(s) this build does not decode: {} (it reads .{}; convert other images to PNG)",
         dir.display(),
         skipped.len(),
+        shown(skipped),
         DECODED_EXTENSIONS.join(" .")
     )
 }
@@ -131,10 +160,32 @@ mod tests {
         let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
         assert_eq!(ids, ["a.jpg", "b.PNG", "c.webp", "d.jpeg"]);
 
-        let (_, skipped) = split_decodable(vec!["e.bmp".into(), "f.gif".into(), "x.png".into()]);
+        let (_, skipped) = split_decodable(vec![
+            ("e.bmp".to_string(), ()),
+            ("f.gif".to_string(), ()),
+            ("x.png".to_string(), ()),
+        ]);
         let message = skipped_message(dir.path(), &skipped);
         assert!(message.contains("skipped 2 file(s)"), "{message}");
         assert!(message.contains("e.bmp, f.gif"), "{message}");
         assert!(message.contains(".png .jpg .jpeg .webp"), "{message}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_an_item_with_an_escaped_id_that_is_unusable() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ok.png"), b"x").unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+        std::fs::write(dir.path().join(bad), b"x").unwrap();
+        let items = read(dir.path()).unwrap();
+        let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+        assert_eq!(ids, ["caf\\xE9.png", "ok.png"]);
+        assert_eq!(items[0].image, dir.path().join(bad));
+        let reason = super::super::unusable(&items[0]).unwrap();
+        assert!(reason.contains("caf\\xE9.png"), "{reason}");
+        assert!(reason.contains("not valid UTF-8"), "{reason}");
+        assert!(super::super::unusable(&items[1]).is_none());
     }
 }

@@ -80,11 +80,11 @@ pub enum DatasetError {
         second: usize,
     },
 
-    #[error("{}: {count} file name(s) are not valid UTF-8 ({names}; undecodable bytes shown as �), so they cannot be ids or lines of predictions.jsonl\n  fix: rename them to UTF-8 names, or list the images in a JSONL manifest", path.display())]
-    UnreadableNames {
+    #[error("{}: {count} id(s) appear more than once: {ids}; their results would overwrite each other\n  fix: give each item a unique id (for parquet: the id column, image_id, img_id, id or cocoid)", path.display())]
+    DuplicateIds {
         path: PathBuf,
         count: usize,
-        names: String,
+        ids: String,
     },
 
     #[error("data.split_file is set but data.split is not\n  fix: set data.split to the split to run (e.g. test)")]
@@ -120,6 +120,7 @@ pub fn load(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
             })
         }
     };
+    refuse_duplicate_ids(&config.path, &items)?;
     let total = items.len();
     let selected: Vec<Item> = items
         .into_iter()
@@ -141,6 +142,50 @@ pub fn load(config: &DataConfig) -> Result<Vec<Item>, DatasetError> {
         });
     }
     Ok(selected)
+}
+
+/// Every reader's ids must be distinct (the manifest, COCO and LAVIS readers say so earlier with
+/// their lines or entries; this catches the others, e.g. a parquet id column with repeats).
+fn refuse_duplicate_ids(path: &Path, items: &[Item]) -> Result<(), DatasetError> {
+    let mut seen = std::collections::HashMap::new();
+    let mut repeated: Vec<&str> = Vec::new();
+    for item in items {
+        let count = seen.entry(item.id.as_str()).or_insert(0usize);
+        *count += 1;
+        if *count == 2 {
+            repeated.push(&item.id);
+        }
+    }
+    if repeated.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = repeated
+        .iter()
+        .take(5)
+        .map(|id| format!("{id:?} ({} times)", seen[id]))
+        .collect();
+    let more = match repeated.len().saturating_sub(5) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Err(DatasetError::DuplicateIds {
+        path: path.to_path_buf(),
+        count: repeated.len(),
+        ids: format!("{}{more}", shown.join(", ")),
+    })
+}
+
+/// Why an item cannot be captioned before its image is even opened, if it cannot: an image path
+/// that is not UTF-8 (a folder file so named) could not be written faithfully into
+/// predictions.jsonl or the report, so the item gets an errors.jsonl line instead.
+pub fn unusable(item: &Item) -> Option<String> {
+    if item.image.to_str().is_some() {
+        return None;
+    }
+    Some(format!(
+        "{}: the file name is not valid UTF-8 (undecodable bytes shown as \\xNN), so it cannot be an id or a line of predictions.jsonl\n  fix: rename the file to a UTF-8 name, or list the images in a JSONL manifest",
+        item.image_as_given
+    ))
 }
 
 /// The text of a dataset file (`what` names it in the error when it is missing).
@@ -202,5 +247,35 @@ fn id_text(value: &serde_json::Value) -> Option<String> {
         serde_json::Value::String(id) => Some(id.clone()),
         serde_json::Value::Number(id) => Some(id.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> Item {
+        Item {
+            id: id.to_string(),
+            image: PathBuf::from(format!("{id}.png")),
+            image_as_given: format!("{id}.png"),
+            references: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn repeated_ids_from_any_reader_are_refused_naming_them() {
+        let path = Path::new("data.parquet");
+        assert!(refuse_duplicate_ids(path, &[item("a"), item("b")]).is_ok());
+        let err = refuse_duplicate_ids(path, &[item("a"), item("b"), item("a"), item("a")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("data.parquet: 1 id(s) appear more than once"),
+            "{err}"
+        );
+        assert!(err.contains("\"a\" (3 times)"), "{err}");
+        assert!(!err.contains("\"b\""), "{err}");
+        assert_eq!(err.matches("fix:").count(), 1, "{err}");
     }
 }
