@@ -573,3 +573,156 @@ fn fused_global_norm_matches_the_host_sum() {
     println!("global norm {norm} vs host {host}");
     assert!((norm - host).abs() / host < 1e-9, "{norm} vs {host}");
 }
+
+/// Greedy search through recorded decode steps (CUDA graphs) gives the token ids of the same
+/// search run eagerly over the same buffers (rows kept: the same kernels, so exactly), in f32 and
+/// bf16, with and without a prompt, for a fresh pool (eager warm-up), its second use (capture) and
+/// its third (replay); in f32 also those of plain greedy search (finished rows dropped); and steps
+/// are recorded at all.
+#[test]
+fn recorded_decode_steps_give_the_eager_token_ids() {
+    use vlmrun::generate::{generate, generate_with, GenerationConfig, StepGraphs};
+    use vlmrun::models::blip::load::load_model;
+    let Some(dev) = gpu() else { return };
+    // vlmrun's device policy turns cudarc's per-launch events off (one stream); capture needs it.
+    if let Device::Cuda(cuda) = &dev {
+        unsafe { cuda.disable_event_tracking() };
+    }
+    let dir = [
+        "models/demo-blip",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo-blip"),
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.join("config.json").exists())
+    .expect("models/demo-blip (run from the repository root)");
+    for dtype in [DType::F32, DType::BF16] {
+        let model = load_model(&dir, dtype, &dev).unwrap();
+        let size = model.config().vision_config.image_size;
+        let graphs = StepGraphs::new(true);
+        let unrecorded = StepGraphs::unrecorded();
+        let prompted = GenerationConfig {
+            max_length: 14,
+            min_length: 6,
+            repetition_penalty: 1.3,
+            ..GenerationConfig::default()
+        };
+        for (prompt, cfg) in [
+            (vec![], GenerationConfig::default()),
+            (vec![30522, 1037, 3861], prompted),
+        ] {
+            for round in 0..3 {
+                let pixels = Tensor::randn(0f32, 1.0, (6, 3, size, size), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let eager = generate_with(&model, &pixels, &prompt, &cfg, &unrecorded).unwrap();
+                let graphed = generate_with(&model, &pixels, &prompt, &cfg, &graphs).unwrap();
+                assert_eq!(
+                    graphed, eager,
+                    "{dtype:?}, prompt {prompt:?}, round {round}"
+                );
+                if dtype == DType::F32 {
+                    let dropped = generate(&model, &pixels, &prompt, &cfg).unwrap();
+                    assert_eq!(graphed, dropped, "f32, prompt {prompt:?}, round {round}");
+                }
+            }
+        }
+        assert!(
+            graphs.recorded() > 0,
+            "{dtype:?}: no decode step was recorded"
+        );
+        eprintln!("{dtype:?}: {} decode steps recorded", graphs.recorded());
+    }
+}
+
+/// `softmax(q K^T) V` over the first `valid` keys, composed in f32: q `(images*g, d)` plus bias,
+/// kv `(2, images, heads, padded, dh)`.
+fn composed_cross_attention(
+    q: &Tensor,
+    bias: &Tensor,
+    kv: &Tensor,
+    g: usize,
+    valid: usize,
+) -> Tensor {
+    let (_, images, heads, _, dh) = kv.dims5().unwrap();
+    let d = heads * dh;
+    let qh = q
+        .broadcast_add(&bias)
+        .unwrap()
+        .reshape((images, g, heads, dh))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let keys = kv
+        .get(0)
+        .unwrap()
+        .narrow(2, 0, valid)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let values = kv
+        .get(1)
+        .unwrap()
+        .narrow(2, 0, valid)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let probs = softmax_last_dim(&qh.matmul(&keys.t().unwrap()).unwrap()).unwrap();
+    probs
+        .matmul(&values)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((images * g, d))
+        .unwrap()
+}
+
+/// The one-token cross-attention kernel (split over the image keys, then merged) against the
+/// composed ops `softmax(q K^T) V` over the real keys, for one image (the most splits), a few
+/// images with beams (g queries per image) and padding past the real tokens. Tolerances relative
+/// to the largest output entry: f32 1e-5 (summation order), 16-bit 2^-7 (one rounding of the
+/// output plus the probabilities in f32).
+#[test]
+fn split_cross_attention_step_matches_the_composed_ops() {
+    use vlmrun::kernels::fused::FusedOps;
+    let Some(dev) = gpu() else { return };
+    let ops = FusedOps::for_device(&dev).unwrap();
+    let (heads, dh) = (12, 64);
+    for (images, g, valid, padded) in [
+        (1, 1, 577, 584),
+        (3, 3, 577, 584),
+        (2, 1, 40, 40),
+        (5, 2, 1, 8),
+    ] {
+        let d = heads * dh;
+        let q = Tensor::randn(0f32, 0.3, (images * g, d), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.1, d, &dev).unwrap();
+        let kv = Tensor::randn(0f32, 1.0, (2, images, heads, padded, dh), &dev).unwrap();
+        for (dtype, tolerance) in [
+            (DType::F32, 1e-5f32),
+            (DType::BF16, 2f32.powi(-7)),
+            (DType::F16, 2f32.powi(-7)),
+        ] {
+            let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let wide = |t: &Tensor| cast(t).to_dtype(DType::F32).unwrap();
+            // The reference sees the same rounded inputs: the error measured is the kernel's.
+            let expected = composed_cross_attention(&wide(&q), &wide(&bias), &wide(&kv), g, valid);
+            let got = ops
+                .cross_attention_step(&cast(&q), &cast(&bias), &cast(&kv), g, valid)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let err = rel_max_error(&got, &expected);
+            eprintln!(
+                "cross-attention step {dtype:?} images {images} g {g} keys {valid}: {err:.2e}"
+            );
+            assert!(
+                err < tolerance,
+                "{dtype:?} images {images} g {g} keys {valid}: {err:e}"
+            );
+        }
+    }
+}

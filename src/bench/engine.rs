@@ -11,8 +11,8 @@ use super::BenchError;
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::engine::{assemble, Assembled};
-use crate::generate::{decoder_start, generate, GenerationConfig};
-use crate::models::blip::BlipForConditionalGeneration;
+use crate::generate::{decoder_start, generate_with, GenerationConfig, StepGraphs};
+use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
 use crate::preprocess::ImageProcessor;
@@ -27,6 +27,9 @@ pub struct BenchModel {
     /// Generation settings from the config with both lengths set to `prompt.len() + generated_tokens`.
     generation: GenerationConfig,
     generated_tokens: usize,
+    /// Recorded decode steps of `model` (`generation.cuda_graphs`).
+    graphs: StepGraphs<CrossAttentionKv>,
+    cuda_graphs: bool,
     active: ActiveDevice,
     model_dir: PathBuf,
     /// Seconds spent resolving the directory, reading the tokenizer and loading the weights (synchronised).
@@ -81,6 +84,8 @@ impl BenchModel {
             prompt,
             generation,
             generated_tokens,
+            graphs: StepGraphs::new(config.generation.cuda_graphs),
+            cuda_graphs: config.generation.cuda_graphs,
             active: active.clone(),
             model_dir,
             load_seconds,
@@ -91,8 +96,10 @@ impl BenchModel {
         &self.model
     }
 
-    /// The model, to change how it computes (e.g. how quantized projections multiply).
+    /// The model, to change how it computes (e.g. how quantized projections multiply); the
+    /// decode steps recorded so far are dropped.
     pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
+        self.graphs = StepGraphs::new(self.cuda_graphs);
         &mut self.model
     }
 
@@ -162,11 +169,12 @@ impl BenchModel {
         batch: &Tensor,
         num_beams: usize,
     ) -> Result<Vec<Vec<u32>>, BenchError> {
-        let sequences = generate(
+        let sequences = generate_with(
             &self.model,
             batch,
             &self.prompt,
             &self.generation(num_beams),
+            &self.graphs,
         )?;
         for sequence in &sequences {
             let found = sequence.len().saturating_sub(self.prompt.len());

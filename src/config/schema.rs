@@ -326,6 +326,9 @@ pub struct GenerationSettings {
     pub repetition_penalty: f32,
     /// Images per forward pass.
     pub batch_size: usize,
+    /// Greedy search on CUDA records each decode step as a CUDA graph and replays it (the same
+    /// token ids, far fewer kernel launches); `false` runs every step eagerly.
+    pub cuda_graphs: bool,
 }
 
 impl Default for GenerationSettings {
@@ -338,6 +341,7 @@ impl Default for GenerationSettings {
             length_penalty: 1.0,
             repetition_penalty: 1.0,
             batch_size: 8,
+            cuda_graphs: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! device usable.
 
 pub mod build_info;
+pub mod graph;
 pub mod launcher;
 pub mod policy;
 pub mod probe;

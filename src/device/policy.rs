@@ -294,7 +294,20 @@ pub fn open(plan: &mut DevicePlan) -> Result<Device, DeviceError> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(index: usize, requested: &str) -> Result<Device, DeviceError> {
-    Device::new_cuda(index).map_err(|err| classify_cuda_error(requested, &err.to_string()))
+    let device =
+        Device::new_cuda(index).map_err(|err| classify_cuda_error(requested, &err.to_string()))?;
+    if let Device::Cuda(cuda) = &device {
+        // candle runs everything on one non-default stream, which puts cudarc in its
+        // multi-stream mode: it records and waits on an event for every buffer of every launch.
+        // vlmrun queues all its work on that one stream, so the events order nothing; without
+        // them a launch costs less host time, and a decode step can be recorded as a CUDA graph
+        // (events recorded outside a capture cannot be waited on inside it).
+        // SAFETY: no tensor of this device is used on another stream (the fused kernels, cuBLAS
+        // and the pinned uploads all take `cuda_stream()`), and it is called before any tensor
+        // exists.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 #[cfg(not(feature = "cuda"))]

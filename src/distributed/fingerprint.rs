@@ -69,7 +69,8 @@ pub fn config(config: &Config) -> String {
 /// The settings that decide a caption, by key (`precision` as used, `model.files`: the model files'
 /// identity). Left out, because they do not change a caption: `device` (each rank its GPU; the
 /// precision used is recorded instead), `preprocess.workers`, `generation.batch_size` (images per
-/// forward pass: a smaller batch after running out of memory must still resume), `model.offline`,
+/// forward pass: a smaller batch after running out of memory must still resume), `generation.cuda_graphs`
+/// (recorded steps give the same ids), `model.offline`,
 /// `data.*` (each line names its own item; an item's image is checked line by line), `output`,
 /// `train` and `seed`.
 pub fn settings(
@@ -117,7 +118,7 @@ pub fn settings(
     add(
         "generation",
         serde_json::to_value(&config.generation),
-        &["batch_size"],
+        &["batch_size", "cuda_graphs"],
     );
     out.insert("model.files".to_string(), Value::from(model_files));
     out

@@ -12,9 +12,9 @@ use super::assemble::{assemble, Assembled};
 use crate::config::{Config, PrecisionFallback};
 use crate::device::ActiveDevice;
 use crate::error::Error;
-use crate::generate::{generate, GenerateError, GenerationConfig};
+use crate::generate::{generate, generate_with, GenerateError, GenerationConfig, StepGraphs};
 use crate::models::blip::load::load_model_with;
-use crate::models::blip::BlipForConditionalGeneration;
+use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::preprocess::upload::BatchUploader;
 use crate::preprocess::ImageProcessor;
@@ -35,6 +35,9 @@ pub struct Captioner {
     /// Host -> device copies of the pixel batches (pinned staging on CUDA).
     uploader: BatchUploader,
     generation: GenerationConfig,
+    /// Recorded decode steps of `model` (`generation.cuda_graphs`; the fallback model runs eagerly).
+    graphs: StepGraphs<CrossAttentionKv>,
+    cuda_graphs: bool,
     prompt_ids: Vec<u32>,
     model_dir: PathBuf,
     active: ActiveDevice,
@@ -67,6 +70,8 @@ impl Captioner {
             processor,
             uploader: BatchUploader::new(),
             generation,
+            graphs: StepGraphs::new(config.generation.cuda_graphs),
+            cuda_graphs: config.generation.cuda_graphs,
             prompt_ids,
             model_dir,
             active: active.clone(),
@@ -102,8 +107,10 @@ impl Captioner {
         &self.model
     }
 
-    /// The model, to change how it computes (e.g. [`BlipForConditionalGeneration::set_quantized_matmul`]).
+    /// The model, to change how it computes (e.g. [`BlipForConditionalGeneration::set_quantized_matmul`]);
+    /// the decode steps recorded so far are dropped.
     pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
+        self.graphs = StepGraphs::new(self.cuda_graphs);
         &mut self.model
     }
 
@@ -191,7 +198,17 @@ impl Captioner {
         batch: &Tensor,
     ) -> Result<Vec<Vec<u32>>, GenerateError> {
         let batch = batch.to_dtype(model.dtype())?;
-        generate(model, &batch, &self.prompt_ids, &self.generation)
+        if std::ptr::eq(model, &self.model) {
+            generate_with(
+                model,
+                &batch,
+                &self.prompt_ids,
+                &self.generation,
+                &self.graphs,
+            )
+        } else {
+            generate(model, &batch, &self.prompt_ids, &self.generation)
+        }
     }
 
     /// The model in the fallback dtype, loaded on the first call.

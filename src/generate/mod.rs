@@ -7,12 +7,15 @@
 
 pub mod beam;
 pub mod beam_state;
+pub mod graphed;
 pub mod greedy;
 pub mod logits;
 
+pub use graphed::StepGraphs;
+
 use candle_core::Tensor;
 
-use crate::models::blip::BlipForConditionalGeneration;
+use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
 use crate::models::family::Decoder;
 
 /// Decoding parameters (HF `GenerationConfig` fields that BLIP captioning uses).
@@ -129,12 +132,31 @@ pub fn decoder_start(prompt_ids: &[u32], bos: u32) -> Vec<u32> {
 
 /// Captions every image of `pixel_values` `(B, 3, S, S)` (f32 or the model dtype). Returns, per
 /// image, the full sequence as transformers returns it: bos, prompt, generated ids, and the final
-/// eos when one was generated; never padding. Each caption depends only on its own image.
+/// eos when one was generated; never padding. Each caption depends only on its own image. Every
+/// step runs eagerly; [`generate_with`] replays recorded steps.
 pub fn generate(
     model: &BlipForConditionalGeneration,
     pixel_values: &Tensor,
     prompt_ids: &[u32],
     cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    generate_with(
+        model,
+        pixel_values,
+        prompt_ids,
+        cfg,
+        &StepGraphs::new(false),
+    )
+}
+
+/// [`generate`], with greedy search on CUDA replaying the decode steps recorded in `graphs` (see
+/// [`StepGraphs`]): the same token ids.
+pub fn generate_with(
+    model: &BlipForConditionalGeneration,
+    pixel_values: &Tensor,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+    graphs: &StepGraphs<CrossAttentionKv>,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
     cfg.validate(model)?;
     let dims = pixel_values.dims().to_vec();
@@ -148,7 +170,7 @@ pub fn generate(
     let image_kv = model
         .text_decoder()
         .image_kv(&model.image_embeds(pixel_values)?)?;
-    search(model, image_kv, &prompt, cfg)
+    search(model, image_kv, &prompt, cfg, graphs)
 }
 
 /// Generates from the decoder start `prompt_ids` for every group of `context` (e.g. one image's
@@ -159,12 +181,23 @@ pub fn generate_from<M: Decoder>(
     prompt_ids: &[u32],
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
+    generate_from_with(model, context, prompt_ids, cfg, &StepGraphs::new(false))
+}
+
+/// [`generate_from`] through the decode steps recorded in `graphs` where they apply.
+pub fn generate_from_with<M: Decoder>(
+    model: &M,
+    context: M::Context,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+    graphs: &StepGraphs<M::Context>,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
     cfg.validate(model)?;
     let prompt = checked_prompt(prompt_ids, cfg)?;
     if model.context_groups(&context)? == 0 {
         return Ok(Vec::new());
     }
-    search(model, context, &prompt, cfg)
+    search(model, context, &prompt, cfg, graphs)
 }
 
 /// The decoder start sequence for `prompt_ids`, checked to leave room for one token.
@@ -179,14 +212,17 @@ fn checked_prompt(prompt_ids: &[u32], cfg: &GenerationConfig) -> Result<Vec<u32>
     Ok(prompt)
 }
 
-/// Greedy or beam search, as `cfg.num_beams` says.
+/// Greedy or beam search, as `cfg.num_beams` says; greedy through `graphs` where they apply.
 fn search<M: Decoder>(
     model: &M,
     context: M::Context,
     prompt: &[u32],
     cfg: &GenerationConfig,
+    graphs: &StepGraphs<M::Context>,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
-    if cfg.num_beams == 1 {
+    if graphs.applies(model, cfg) {
+        graphs.greedy_search(model, context, prompt, cfg)
+    } else if cfg.num_beams == 1 {
         greedy::greedy_search(model, context, prompt, cfg)
     } else {
         beam::beam_search(model, context, prompt, cfg)

@@ -38,6 +38,13 @@ pub trait Decoder {
     /// Keeps groups `indices` (u32 on the decoder's device) of `context`, in that order.
     fn select_groups(&self, context: &Self::Context, indices: &Tensor) -> Result<Self::Context>;
 
+    /// The shape of `context` (what a recorded decoder step depends on besides the rows and the
+    /// cache length): two contexts of equal dims can share one recorded step.
+    fn context_dims(&self, context: &Self::Context) -> Vec<usize>;
+
+    /// Overwrites `dst` in place with `src`, of equal [`Decoder::context_dims`].
+    fn copy_context(&self, dst: &Self::Context, src: &Self::Context) -> Result<()>;
+
     /// Runs `input_ids` `(R, T)` (u32, at positions `cache.len()..`) and returns the f32 logits
     /// of the last position `(R, V)`; `R` is a multiple of the groups in `context`. Advances
     /// `cache` by `T`.

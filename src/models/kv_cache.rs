@@ -120,6 +120,19 @@ impl KvCache {
         ))
     }
 
+    /// Forgets every position (the buffer keeps its rows and its stale contents, which no step
+    /// reads: attention covers positions below the length only), so the same buffer serves the
+    /// next batch of equal size.
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Back to `len` positions (at most the current length): undoes an [`KvCache::advance`]
+    /// whose work never ran.
+    pub fn rewind(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Marks `t` more positions as written (after a forward pass over `t` tokens).
     pub fn advance(&mut self, t: usize) {
         self.len += t;

@@ -443,16 +443,39 @@ pub struct CrossAttentionStep<'a> {
 /// Threads of a cross-attention block (8 warps).
 const CROSS_BLOCK: usize = 256;
 
+/// Keys of one cross-attention block at most (its scores live in shared memory).
+const CROSS_MAX_CHUNK: usize = 1024;
+
+/// Blocks a cross-attention step aims for: two per SM of an H100/H200 (132 SMs), so that the
+/// image keys/values stream at the memory bandwidth even for one image.
+const CROSS_TARGET_BLOCKS: usize = 264;
+
+/// Keys per split of one block, at least this many (fewer leave the 256 threads idle).
+const CROSS_MIN_CHUNK: usize = 32;
+
 impl CrossAttentionStep<'_> {
-    fn shared_bytes(group: usize, n: usize, head_dim: usize) -> usize {
-        (group * head_dim + group * n + (CROSS_BLOCK / 32) * group * head_dim + 32) * 4
+    fn shared_bytes(group: usize, chunk: usize, head_dim: usize) -> usize {
+        (group * head_dim + group * chunk + (CROSS_BLOCK / 32) * group * head_dim + 2 * group + 32)
+            * 4
     }
 
     /// Whether the kernel handles `group` (<= 8) queries over `n` keys of width `head_dim` (<= 128).
     pub fn fits(group: usize, n: usize, head_dim: usize) -> bool {
         (1..=8).contains(&group)
             && head_dim <= 128
-            && Self::shared_bytes(group, n, head_dim) <= MAX_SHARED_BYTES
+            && Self::shared_bytes(group, n.min(CROSS_MAX_CHUNK), head_dim) <= MAX_SHARED_BYTES
+    }
+
+    /// `(splits, chunk)`: the `valid` keys cut into `splits` runs of `chunk` (the last shorter,
+    /// none empty) so that `heads * images * splits` blocks fill the GPU.
+    pub fn split(valid: usize, heads: usize, images: usize) -> (usize, usize) {
+        let blocks = (heads * images).max(1);
+        let wanted = CROSS_TARGET_BLOCKS.div_ceil(blocks);
+        let most = valid.div_ceil(CROSS_MIN_CHUNK).max(1);
+        let least = valid.div_ceil(CROSS_MAX_CHUNK).max(1);
+        let splits = wanted.min(most).max(least);
+        let chunk = valid.div_ceil(splits);
+        (valid.div_ceil(chunk), chunk)
     }
 }
 
@@ -489,10 +512,11 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
         }
         let dev = q.device().clone();
         let func = self.kernels.get(Kernel::CrossAttnDecode, q.dtype())?;
+        let (splits, chunk) = Self::split(self.valid, heads, images);
         let cfg = LaunchConfig {
-            grid_dim: (heads as u32, images as u32, 1),
+            grid_dim: (heads as u32, images as u32, splits as u32),
             block_dim: (CROSS_BLOCK as u32, 1, 1),
-            shared_mem_bytes: Self::shared_bytes(self.group, n, dh) as u32,
+            shared_mem_bytes: Self::shared_bytes(self.group, chunk, dh) as u32,
         };
         let elem = q.dtype().size_in_bytes();
         let vec_ok = dh % (16 / elem) == 0 && (kl.start_offset() * elem) % 16 == 0;
@@ -504,18 +528,37 @@ impl candle_core::CustomOp3 for CrossAttentionStep<'_> {
             n,
             dh,
             vec_ok as usize,
+            chunk,
         ]
         .map(|v| v as i32);
         with_dtype!(q.dtype(), T, {
             let qv = view(q.as_cuda_slice::<T>()?, ql, "q")?;
             let bv = view(bias.as_cuda_slice::<T>()?, bl, "bias")?;
             let kvv = view(kv.as_cuda_slice::<T>()?, kl, "image kv")?;
-            // SAFETY: every element is written by the kernel.
+            // SAFETY: every element is written by the kernel (with one split) or by the combine.
             let out = unsafe { dev.alloc::<T>(rows * dm)? };
+            // With one split the kernel writes `out` and never reads this.
+            let partial_len = if splits > 1 {
+                rows * heads * splits * (dh + 2)
+            } else {
+                1
+            };
+            // SAFETY: every element the combine reads is written by the split kernel.
+            let partial = unsafe { dev.alloc::<f32>(partial_len)? };
             launch!(
-                dev, func, cfg, &qv, &bv, &kvv, &out, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
-                &a[6]
+                dev, func, cfg, &qv, &bv, &kvv, &out, &partial, &a[0], &a[1], &a[2], &a[3], &a[4],
+                &a[5], &a[6], &a[7]
             );
+            if splits > 1 {
+                let combine = self.kernels.get(Kernel::CrossAttnCombine, q.dtype())?;
+                let cfg = LaunchConfig {
+                    grid_dim: ((rows * heads) as u32, 1, 1),
+                    block_dim: (dh.next_multiple_of(32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let b = [images, self.group, heads, dh, splits].map(|v| v as i32);
+                launch!(dev, combine, cfg, &partial, &out, &b[0], &b[1], &b[2], &b[3], &b[4]);
+            }
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
                 Shape::from((rows, dm)),

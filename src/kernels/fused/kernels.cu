@@ -288,20 +288,30 @@ __device__ void vision_embed(const T* patches, const T* table, T* out, int b, in
 // One-token cross-attention: the g queries of each image attend over that image's n keys/values.
 // q: (images*g, heads*dh) projection output without bias; bias: (heads*dh);
 // kv: (2, images, heads, stride, dh) of which the first n tokens are real.
-// grid (heads, images), block 256; g <= 8, dh <= 128.
-// shared: (g*dh + g*n + 8*g*dh + 32) floats. Scores: one thread per key (16-byte loads when
-// vec_ok); output: warps split the keys, lanes the head dimension, then a cross-warp sum.
+// grid (heads, images, splits), block 256; g <= 8, dh <= 128. Block z takes the keys
+// [z*chunk, min(n, (z+1)*chunk)): with one split it writes the normalised output to `out`; with
+// more (flash-decoding: a batch of one image has only `heads` blocks otherwise, and reads its keys
+// far below the memory bandwidth) it writes, per query, its unnormalised sum of e^(s - m) v, then m
+// and z = sum e^(s - m), to partial[((b*heads + h)*splits + z)*g + qi][dh + 2], and
+// cross_attn_combine merges the splits.
+// shared: (g*dh + g*chunk + 8*g*dh + 2*g + 32) floats. Scores: one thread per key (16-byte loads
+// when vec_ok); output: warps split the keys, lanes the head dimension, then a cross-warp sum.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-__device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T* out,
-                                  int images, int g, int heads, int n, int stride, int dh, int vec_ok) {
+__device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T* out, float* partial,
+                                  int images, int g, int heads, int n_all, int stride, int dh, int vec_ok,
+                                  int chunk) {
     const int V = 16 / sizeof(T);
     extern __shared__ float smem[];
     int nwarps = blockDim.x >> 5;
+    int splits = gridDim.z, split = blockIdx.z;
+    int first = split * chunk;
+    int n = min(n_all, first + chunk) - first;  // keys of this block (>= 1: the launcher's split)
     float* q = smem;
     float* p = q + g * dh;
-    float* part = p + g * n;
-    float* scratch = part + nwarps * g * dh;
+    float* part = p + g * chunk;
+    float* stats = part + nwarps * g * dh;
+    float* scratch = stats + 2 * g;
     int h = blockIdx.x, b = blockIdx.y, dm = heads * dh;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int i = threadIdx.x; i < g * dh; i += blockDim.x) {
@@ -309,8 +319,8 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
         q[i] = ld(q_raw, ((long)b * g + qi) * dm + h * dh + e) + ld(bias, h * dh + e);
     }
     __syncthreads();
-    const T* keys = kv + ((long)b * heads + h) * stride * dh;
-    const T* values = kv + (((long)images + b) * heads + h) * stride * dh;
+    const T* keys = kv + (((long)b * heads + h) * stride + first) * dh;
+    const T* values = kv + ((((long)images + b) * heads + h) * stride + first) * dh;
     int lpk = dh / V;  // lanes per key when each lane loads 16 bytes
     if (vec_ok && dh % V == 0 && lpk <= 32 && (32 % lpk) == 0) {
         // A warp reads 32/lpk whole key rows per step (coalesced), lanes of one key reduce.
@@ -356,36 +366,76 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
         for (int j = threadIdx.x; j < n; j += blockDim.x) { float e = expf(pq[j] - m); pq[j] = e; z += e; }
         z = block_sum(z, scratch);
         __syncthreads();
-        float inv = 1.0f / z;
-        for (int j = threadIdx.x; j < n; j += blockDim.x) pq[j] *= inv;
+        if (splits == 1) {
+            float inv = 1.0f / z;
+            for (int j = threadIdx.x; j < n; j += blockDim.x) pq[j] *= inv;
+        } else if (threadIdx.x == 0) {
+            stats[2 * qi] = m;
+            stats[2 * qi + 1] = z;
+        }
         __syncthreads();
     }
-    // Weighted sum of values: warp w takes keys [j0, j1), lane covers e = lane + 32u.
-    int per = (n + nwarps - 1) / nwarps;
-    int j0 = warp * per, j1 = min(n, j0 + per);
-    float acc[8][4];
+    if (vec_ok && dh % V == 0 && lpk <= 32 && (32 % lpk) == 0) {
+        // Weighted sum of values with 16-byte loads: as for the scores, a warp reads 32/lpk whole
+        // value rows per step; lane `part` of each row accumulates V consecutive entries, then the
+        // rows of a warp are summed with shuffles and the warps through shared memory.
+        int kpw = 32 / lpk, sub = lane / lpk, part_e = (lane - sub * lpk) * V;
+        float acc[8][V];
 #pragma unroll
-    for (int qi = 0; qi < 8; ++qi)
+        for (int qi = 0; qi < 8; ++qi)
 #pragma unroll
-        for (int u = 0; u < 4; ++u) acc[qi][u] = 0.f;
-    for (int j = j0; j < j1; ++j) {
+            for (int t = 0; t < V; ++t) acc[qi][t] = 0.f;
+        for (int j = warp * kpw + sub; j < n; j += nwarps * kpw) {
+            float vv[V];
+            load16(values + (long)j * dh + part_e, vv);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            int e = lane + 32 * u;
-            if (e < dh) {
-                float v = ld(values, (long)j * dh + e);
+            for (int qi = 0; qi < 8; ++qi) {
+                if (qi < g) {
+                    float pj = p[qi * n + j];
 #pragma unroll
-                for (int qi = 0; qi < 8; ++qi) if (qi < g) acc[qi][u] += p[qi * n + j] * v;
+                    for (int t = 0; t < V; ++t) acc[qi][t] += pj * vv[t];
+                }
             }
         }
-    }
 #pragma unroll
-    for (int qi = 0; qi < 8; ++qi) {
-        if (qi < g) {
+        for (int qi = 0; qi < 8; ++qi) {
+            if (qi < g) {
+#pragma unroll
+                for (int t = 0; t < V; ++t) {
+                    float v = acc[qi][t];
+                    for (int o = lpk; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                    if (sub == 0) part[(warp * g + qi) * dh + part_e + t] = v;
+                }
+            }
+        }
+    } else {
+        // Weighted sum of values: warp w takes keys [j0, j1), lane covers e = lane + 32u.
+        int per = (n + nwarps - 1) / nwarps;
+        int j0 = warp * per, j1 = min(n, j0 + per);
+        float acc[8][4];
+#pragma unroll
+        for (int qi = 0; qi < 8; ++qi)
+#pragma unroll
+            for (int u = 0; u < 4; ++u) acc[qi][u] = 0.f;
+        for (int j = j0; j < j1; ++j) {
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 int e = lane + 32 * u;
-                if (e < dh) part[(warp * g + qi) * dh + e] = acc[qi][u];
+                if (e < dh) {
+                    float v = ld(values, (long)j * dh + e);
+#pragma unroll
+                    for (int qi = 0; qi < 8; ++qi) if (qi < g) acc[qi][u] += p[qi * n + j] * v;
+                }
+            }
+        }
+#pragma unroll
+        for (int qi = 0; qi < 8; ++qi) {
+            if (qi < g) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    int e = lane + 32 * u;
+                    if (e < dh) part[(warp * g + qi) * dh + e] = acc[qi][u];
+                }
             }
         }
     }
@@ -394,7 +444,37 @@ __device__ void cross_attn_decode(const T* q_raw, const T* bias, const T* kv, T*
         int qi = i / dh, e = i - qi * dh;
         float s = 0.f;
         for (int w = 0; w < nwarps; ++w) s += part[(w * g + qi) * dh + e];
-        st(out, ((long)b * g + qi) * dm + h * dh + e, s);
+        if (splits == 1) {
+            st(out, ((long)b * g + qi) * dm + h * dh + e, s);
+        } else {
+            partial[((((long)b * heads + h) * splits + split) * g + qi) * (dh + 2) + e] = s;
+        }
+    }
+    if (splits > 1 && threadIdx.x < g) {
+        long at = ((((long)b * heads + h) * splits + split) * g + threadIdx.x) * (dh + 2) + dh;
+        partial[at] = stats[2 * threadIdx.x];
+        partial[at + 1] = stats[2 * threadIdx.x + 1];
+    }
+}
+
+// Merges cross_attn_decode's splits: out = sum_z e^(m_z - M) o_z / sum_z e^(m_z - M) z_z with
+// M = max_z m_z. grid (images*g*heads), block >= dh threads.
+template <typename T>
+__device__ void cross_attn_combine(const float* partial, T* out, int images, int g, int heads, int dh,
+                                   int splits) {
+    int idx = blockIdx.x, h = idx % heads, qi = (idx / heads) % g, b = idx / (heads * g);
+    if (b >= images) return;
+    long step = (long)g * (dh + 2);
+    const float* base = partial + ((((long)b * heads + h) * splits) * g + qi) * (dh + 2);
+    float mx = NEG_INF;
+    for (int z = 0; z < splits; ++z) mx = fmaxf(mx, base[z * step + dh]);
+    float total = 0.f;
+    for (int z = 0; z < splits; ++z) total += base[z * step + dh + 1] * expf(base[z * step + dh] - mx);
+    float inv = 1.0f / total;
+    for (int e = threadIdx.x; e < dh; e += blockDim.x) {
+        float acc = 0.f;
+        for (int z = 0; z < splits; ++z) acc += base[z * step + e] * expf(base[z * step + dh] - mx);
+        st(out, ((long)b * g + qi) * heads * dh + h * dh + e, acc * inv);
     }
 }
 
@@ -766,8 +846,11 @@ extern "C" __global__ void bias_to_f32_##S(const T* x, const T* b, float* o, int
 extern "C" __global__ void self_attn_decode_##S(const T* qkv, const T* b, T* kv, T* o, int rows, int heads, int cap, int dh, int len) { \
     self_attn_decode(qkv, b, kv, o, rows, heads, cap, dh, len);                                        \
 }                                                                                                      \
-extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, int images, int g, int heads, int n, int stride, int dh, int vec_ok) { \
-    cross_attn_decode(q, b, kv, o, images, g, heads, n, stride, dh, vec_ok);                           \
+extern "C" __global__ void cross_attn_decode_##S(const T* q, const T* b, const T* kv, T* o, float* part, int images, int g, int heads, int n, int stride, int dh, int vec_ok, int chunk) { \
+    cross_attn_decode(q, b, kv, o, part, images, g, heads, n, stride, dh, vec_ok, chunk);              \
+}                                                                                                      \
+extern "C" __global__ void cross_attn_combine_##S(const float* part, T* o, int images, int g, int heads, int dh, int splits) { \
+    cross_attn_combine(part, o, images, g, heads, dh, splits);                                         \
 }                                                                                                      \
 extern "C" __global__ void split_heads_##S(const T* x, const T* b, T* o, int bsz, int n, int npad, int heads, int dh, int nproj) { \
     split_heads(x, b, o, bsz, n, npad, heads, dh, nproj);                                              \

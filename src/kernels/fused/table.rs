@@ -33,6 +33,7 @@ fused_kernels! {
     BiasToF32 => "bias_to_f32",
     SelfAttnDecode => "self_attn_decode",
     CrossAttnDecode => "cross_attn_decode",
+    CrossAttnCombine => "cross_attn_combine",
     SplitHeads => "split_heads",
     MergeHeads => "merge_heads",
     SoftmaxRows => "softmax_rows",

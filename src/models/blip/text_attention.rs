@@ -223,6 +223,27 @@ impl CrossAttentionKv {
         })
     }
 
+    /// The shape of the keys/values, `(layers, 2, images, heads, padded_tokens, head_dim)`, with
+    /// the real token count last: equal for two contexts a decoder step treats alike.
+    pub fn dims(&self) -> Vec<usize> {
+        let mut dims = self.all.dims().to_vec();
+        dims.push(self.tokens);
+        dims
+    }
+
+    /// Overwrites these keys/values with `src`'s (same [`CrossAttentionKv::dims`]) in place, so
+    /// that work recorded against this buffer reads `src`'s values.
+    pub fn copy_from(&self, src: &CrossAttentionKv) -> Result<()> {
+        if self.dims() != src.dims() {
+            candle_core::bail!(
+                "cross-attention kv: cannot copy {:?} into {:?}",
+                src.dims(),
+                self.dims()
+            );
+        }
+        self.all.slice_set(&src.all, 0, 0)
+    }
+
     fn layer(&self, idx: usize) -> Result<Tensor> {
         if idx >= self.all.dim(0)? {
             candle_core::bail!("cross-attention kv has no layer {idx}");
@@ -330,7 +351,9 @@ impl BlipTextCrossAttention {
         let (h, dh) = (self.num_heads, self.head_dim);
         let context =
             if ops.enabled() && t == 1 && r < 16 && ops.cross_attention_fits(g, padded, dh) {
-                // Few rows: one fused kernel per step.
+                // Few rows: one fused kernel per step, split over the image keys (measured on
+                // the H200, bf16, BLIP-base: 1.9x the bench at batch 1 and 1.46x at 8 over the
+                // batched GEMMs below, which win at 64 rows: 880 against 830-850 images/s).
                 let q = self
                     .query
                     .forward_fused(xs, ops, Epilogue::None)?

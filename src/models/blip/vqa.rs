@@ -267,6 +267,14 @@ impl Decoder for BlipForQuestionAnswering {
         context.select_images(indices)
     }
 
+    fn context_dims(&self, context: &CrossAttentionKv) -> Vec<usize> {
+        context.dims()
+    }
+
+    fn copy_context(&self, dst: &CrossAttentionKv, src: &CrossAttentionKv) -> Result<()> {
+        dst.copy_from(src)
+    }
+
     fn next_token_logits(
         &self,
         input_ids: &Tensor,
