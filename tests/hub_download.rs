@@ -2,8 +2,8 @@
 //! 127.0.0.1 that serves the hub's file-resolution endpoint (`/{org}/{name}/resolve/{revision}/{file}`,
 //! HEAD and GET, with the `ETag` and `X-Repo-Commit` headers the hub sends) from a temporary folder.
 //! Covered: download into the Python-compatible cache layout, a cache hit with the server gone, a
-//! pinned commit, offline misses (HF_HUB_OFFLINE and model.offline), a 404, a wrong revision, and a
-//! gated repository that needs HF_TOKEN.
+//! pinned commit, offline misses (HF_HUB_OFFLINE and model.offline), a 404, a wrong revision, a
+//! gated repository that needs HF_TOKEN, and a repository with only `pytorch_model.bin`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +19,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const REPO: &str = "test-org/tiny-blip";
 const GATED: &str = "test-org/gated-blip";
+/// A repository with PyTorch weights only (tests/fixtures/pth/caption.bin: tiny-blip in f16).
+const PTH_REPO: &str = "test-org/pth-blip";
 const TOKEN: &str = "hf_test_token";
 
 /// A minimal hub: `root/{org}/{name}/{file}` at revision `main` (= COMMIT) or COMMIT itself.
@@ -44,6 +46,20 @@ impl LocalHub {
                 .unwrap();
             }
         }
+        let pth = root.path().join(PTH_REPO);
+        std::fs::create_dir_all(&pth).unwrap();
+        for file in ["config.json", "tokenizer.json"] {
+            std::fs::copy(
+                Path::new(ROOT).join("models/tiny-blip").join(file),
+                pth.join(file),
+            )
+            .unwrap();
+        }
+        std::fs::copy(
+            Path::new(ROOT).join("tests/fixtures/pth/caption.bin"),
+            pth.join("pytorch_model.bin"),
+        )
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -498,4 +514,60 @@ fn a_gated_repository_needs_hf_token() {
     .env("HF_TOKEN", TOKEN));
     assert_eq!(allowed.code, Some(0), "{}", allowed.stderr);
     assert_eq!(allowed.stdout.lines().count(), 1);
+}
+
+#[test]
+fn a_repository_with_only_pytorch_weights_downloads_and_captions() {
+    let hub = LocalHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    let image = image();
+    let args = ["--precision", "f16", "caption", "--model", PTH_REPO, &image];
+    let fetched = run(&mut vlmrun(&hub.endpoint(), cache.path(), &args));
+    assert_eq!(fetched.code, Some(0), "{}", fetched.stderr);
+    let mut local = Command::cargo_bin("vlmrun").unwrap();
+    local
+        .current_dir(ROOT)
+        .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+        .args([
+            "--device",
+            "cpu",
+            "--precision",
+            "f16",
+            "caption",
+            "--model",
+            "models/tiny-blip",
+        ])
+        .arg(&image);
+    assert_eq!(
+        fetched.stdout,
+        run(&mut local).stdout,
+        "same weights, same caption"
+    );
+    let requests = hub.requests();
+    for file in [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.ends_with(&format!("/{PTH_REPO}/resolve/main/{file}"))),
+            "{file} asked for: {requests:?}"
+        );
+    }
+    let snapshot = repo_cache(cache.path(), PTH_REPO)
+        .join("snapshots")
+        .join(COMMIT);
+    assert_eq!(
+        std::fs::read(snapshot.join("pytorch_model.bin")).unwrap(),
+        std::fs::read(Path::new(ROOT).join("tests/fixtures/pth/caption.bin")).unwrap()
+    );
+    assert!(!snapshot.join("model.safetensors").exists());
+    // Cached: the next run asks nothing.
+    let before = hub.requests().len();
+    let again = run(&mut vlmrun(&hub.endpoint(), cache.path(), &args));
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(again.stdout, fetched.stdout);
+    assert_eq!(hub.requests().len(), before, "{:?}", hub.requests());
 }

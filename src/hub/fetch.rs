@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 
 use super::{
-    cache_dir, endpoint, HubError, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    cache_dir, endpoint, HubError, CONFIG_FILE, PYTORCH_WEIGHTS_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
 };
 
 /// Shows bytes downloaded per file on an indicatif bar; without a bar, one line per file that is
@@ -91,8 +92,8 @@ fn describe(err: hf_hub::HFError, id: &str, revision: &str, file: &str) -> HubEr
     }
 }
 
-/// Downloads config.json, tokenizer.json and the weights (single file, or index + shards) of `id` at
-/// `revision`; returns the snapshot directory. Files already in the cache are not downloaded again
+/// Downloads config.json, tokenizer.json and the weights (`model.safetensors`, else the index and its
+/// shards, else `pytorch_model.bin`) of `id` at `revision`; returns the snapshot directory. Files already in the cache are not downloaded again
 /// (hf-hub asks the hub whether they changed, unless `offline`).
 pub fn fetch(
     id: &str,
@@ -150,7 +151,18 @@ pub fn fetch(
     let weights = match download(WEIGHTS_FILE) {
         Ok(path) => path,
         Err(single_error @ HubError::NotOnHub { .. }) => {
-            let index_path = download(WEIGHTS_INDEX_FILE).map_err(|_| single_error)?;
+            let index_path = match download(WEIGHTS_INDEX_FILE) {
+                Ok(path) => path,
+                Err(HubError::NotOnHub { .. }) => {
+                    // No safetensors at all: the PyTorch file, as from_pretrained falls back to it.
+                    return match download(PYTORCH_WEIGHTS_FILE) {
+                        Ok(path) => Ok(snapshot_of(&path)),
+                        Err(HubError::NotOnHub { .. }) => Err(single_error),
+                        Err(other) => Err(other),
+                    };
+                }
+                Err(other) => return Err(other),
+            };
             let index_text = std::fs::read_to_string(&index_path)
                 .map_err(|err| failed(WEIGHTS_INDEX_FILE, err.to_string()))?;
             let index: serde_json::Value = serde_json::from_str(&index_text)
@@ -172,8 +184,12 @@ pub fn fetch(
         }
         Err(other) => return Err(other),
     };
-    Ok(weights
-        .parent()
+    Ok(snapshot_of(&weights))
+}
+
+/// The snapshot directory a downloaded file lies in.
+fn snapshot_of(file: &std::path::Path) -> PathBuf {
+    file.parent()
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".")))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
