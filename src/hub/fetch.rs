@@ -1,6 +1,7 @@
 //! Downloads a BLIP model's files into the Hugging Face cache through hf-hub (cargo feature `hub`, on
 //! by default), one progress bar per file on a terminal (one line per file otherwise), so later runs
-//! resolve the id offline. `HF_ENDPOINT` and `HF_TOKEN` (or the token file under `HF_HOME`) are read
+//! resolve the id offline. A partial download left by an interrupted run is continued first
+//! ([`super::resume`]), so hf-hub finds the blob complete. `HF_ENDPOINT` and `HF_TOKEN` (or the token file under `HF_HOME`) are read
 //! by hf-hub; the cache directory is [`cache_dir`]'s, so `HF_HUB_CACHE`/`HF_HOME` apply.
 
 use std::collections::HashMap;
@@ -111,8 +112,9 @@ pub fn fetch(
         .split_once('/')
         .ok_or_else(|| failed("-", "a hub id looks like owner/name".to_string()))?;
     let (cache, _) = cache_dir();
+    let endpoint = endpoint();
     let client = hf_hub::HFClient::builder()
-        .cache_dir(cache)
+        .cache_dir(cache.clone())
         .build_sync()
         .map_err(|err| failed("-", err.to_string()))?;
     let repo = client.model(owner, name);
@@ -130,6 +132,42 @@ pub fn fetch(
         } else {
             indicatif::ProgressBar::hidden()
         };
+        let request = super::resume::Request {
+            endpoint: &endpoint,
+            id,
+            revision,
+            file,
+            cache: &cache,
+        };
+        let resumed = if offline {
+            super::resume::Resumed::Nothing
+        } else {
+            super::resume::resume(&request, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .inspect_err(|_| bar.finish_and_clear())?
+        };
+        if let (
+            super::resume::Resumed::Completed {
+                from,
+                total,
+                ranged,
+            },
+            true,
+        ) = (&resumed, show_progress && !terminal)
+        {
+            let how = if *ranged {
+                "the rest asked for with a Range request"
+            } else {
+                "the server sent it whole"
+            };
+            eprintln!(
+                "resumed {id} {file}: {} of {} were on disk, {how}",
+                indicatif::HumanBytes(*from),
+                indicatif::HumanBytes(*total)
+            );
+        }
         let progress = BarProgress {
             bar: bar.clone(),
             per_file: Mutex::new(HashMap::new()),

@@ -5,6 +5,8 @@
 
 #[cfg(feature = "hub")]
 pub mod fetch;
+#[cfg(feature = "hub")]
+pub mod resume;
 
 use std::path::{Path, PathBuf};
 
