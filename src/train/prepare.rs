@@ -51,6 +51,8 @@ pub struct TrainOptions {
     pub dump_grads: Option<PathBuf>,
     /// Write checkpoints (false: a measurement run, `vlmrun bench --train`, keeps none).
     pub checkpoints: bool,
+    /// stderr as the logger shares it: the progress bar attaches to it.
+    pub console: crate::report::console::Console,
 }
 
 /// A training run set up and ready for its next step: what [`prepare`] built, and where the run
