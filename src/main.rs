@@ -31,8 +31,9 @@ fn main() -> ExitCode {
     if every_set.len() > cli.global.sets.len() {
         cli.global.sets = every_set;
     }
-    init_logging(cli.global.verbose, cli.global.quiet);
-    match vlmrun::commands::run(cli, cuda) {
+    let console = vlmrun::report::console::Console::stderr();
+    init_logging(cli.global.verbose, cli.global.quiet, console.clone());
+    match vlmrun::commands::run(cli, cuda, console) {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(err) => {
             let code = err.exit().code();
@@ -42,10 +43,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr. Filter: `VLMRUN_LOG`, else `RUST_LOG` (both in tracing's EnvFilter syntax,
+/// Log lines go to stderr through `console` (above the progress bar while one is drawn). Filter: `VLMRUN_LOG`, else `RUST_LOG` (both in tracing's EnvFilter syntax,
 /// e.g. `debug` or `vlmrun=debug,hf_hub=info`), else `-v`/`-vv`/`--quiet`. Colour only on a terminal
 /// and never when `NO_COLOR` is set to anything non-empty (https://no-color.org).
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, console: vlmrun::report::console::Console) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -72,14 +73,30 @@ fn init_logging(verbose: u8, quiet: bool) {
         None => tracing_subscriber::EnvFilter::new(format!("vlmrun={level}")),
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
-    tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!no_color && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_writer(console)
+        .with_ansi(!no_color && terminal)
+        .with_target(false);
+    // Where stderr is a log file (CI, Slurm), lines carry the UTC time as the progress lines do.
+    if terminal {
+        builder.without_time().init();
+    } else {
+        builder.with_timer(UtcSeconds).init();
+    }
     if let Some(message) = bad_filter {
         tracing::warn!("{message}");
+    }
+}
+
+/// The log lines' time where stderr is not a terminal: UTC, to the second, as the progress lines.
+struct UtcSeconds;
+
+impl tracing_subscriber::fmt::time::FormatTime for UtcSeconds {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&vlmrun::report::console::utc_timestamp(
+            std::time::SystemTime::now(),
+        ))
     }
 }

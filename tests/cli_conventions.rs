@@ -1,7 +1,8 @@
 //! Command-line conventions: `-V` with the git revision and CUDA support, shell completions,
 //! `--model`/`--limit` on the commands that run a model, command options listed apart from the
-//! global ones, `--set` on both sides of the command, `RUST_LOG`/`VLMRUN_LOG`, and a CPU build that
-//! says nothing about CUDA unless asked.
+//! global ones, `--set` on both sides of the command, `RUST_LOG`/`VLMRUN_LOG`, a CPU build that
+//! says nothing about CUDA unless asked, and progress lines without a terminal (a UTC timestamp, the
+//! rate in its unit, the elapsed time; a warning emitted mid-run on a line of its own).
 
 use assert_cmd::Command;
 use std::path::Path;
@@ -233,4 +234,77 @@ fn caption_says_which_model_it_used_and_its_kind() {
     // --quiet: only the caption.
     let (_, _, quiet) = output(vlmrun().args(["--quiet", "--device", "cpu", "caption", &image]));
     assert!(!quiet.contains("model: "), "{quiet}");
+}
+
+/// `2026-12-03T13:05:09Z` at the start of `line`: the rest of the line.
+fn after_timestamp(line: &str) -> Option<&str> {
+    let (stamp, rest) = line.split_once(' ')?;
+    let b = stamp.as_bytes();
+    let shaped = stamp.len() == 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'Z'
+        && stamp
+            .chars()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19].contains(&i) || c.is_ascii_digit());
+    shaped.then_some(rest)
+}
+
+#[test]
+fn progress_lines_without_a_terminal_carry_time_rate_and_elapsed_and_warnings_stand_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for stem in ["astronaut", "coffee", "rocket"] {
+        std::fs::copy(
+            Path::new(ROOT).join(format!("tests/fixtures/images/{stem}.png")),
+            images.join(format!("{stem}.png")),
+        )
+        .unwrap();
+    }
+    // Sorted between the good ones: its warning comes while the run is under way.
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let (code, _, stderr) = output(vlmrun().args([
+        "--device",
+        "cpu",
+        "--set",
+        "data.source=folder",
+        "--set",
+        &format!("data.path={}", images.display()),
+        "--set",
+        &format!("output.dir={}", dir.path().join("out").display()),
+        "--set",
+        "generation.batch_size=1",
+        "baseline",
+    ]));
+    assert_eq!(code, Some(3), "completed with one failure: {stderr}");
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.contains("progress:")).collect();
+    assert!(progress.len() >= 2, "the first and the last: {stderr}");
+    for line in &progress {
+        let rest = after_timestamp(line).unwrap_or_else(|| panic!("no timestamp: {line}"));
+        assert!(rest.starts_with("progress: "), "{line}");
+        assert!(rest.contains(" images, "), "{line}");
+        let rate = rest.split(", ").nth(1).unwrap();
+        let (number, unit) = rate.split_once(' ').unwrap();
+        assert!(number.parse::<f64>().unwrap() > 0.0, "{line}");
+        assert_eq!(unit, "images/s", "{line}");
+        assert!(rest.contains(", elapsed "), "{line}");
+        assert!(rest.contains(", ETA "), "{line}");
+    }
+    assert!(
+        progress.last().unwrap().contains("progress: 4/4 images"),
+        "{stderr}"
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("broken.png"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let warning = after_timestamp(warnings[0]).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(warning.trim_start().starts_with("WARN "), "{warning}");
+    assert!(!warning.contains("progress:"), "{warning}");
 }

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// This process's rank in a data-parallel run; `None` (or world size 1) is a single process.
     pub distributed: Option<shards::ranked::RankSetup>,
+    /// stderr as the logger shares it: the progress bar attaches to it.
+    pub console: crate::report::console::Console,
 }
 
 /// Runs the baseline; returns the exit status (0, 3 completed with failures or a shard missing,
@@ -449,7 +451,8 @@ fn caption_all(
         options.quiet,
         label,
         "images",
-        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+        "{wide_bar} {pos}/{len} images  {msg}  elapsed {elapsed}  ETA {eta}",
+        &options.console,
     );
     let started = Instant::now();
     let mut outcome = Outcome {
@@ -501,8 +504,7 @@ fn caption_all(
         }
         outcome.preprocess_ms.push(batch.preprocess_ms);
         handled += batch.items.len() + batch.failures.len();
-        let rate = handled as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.update(handled as u64, &format!("{rate:.1} images/s"));
+        progress.update(handled as u64, "");
         if options.interrupted.load(Ordering::Relaxed) {
             outcome.interrupted = true;
             break;

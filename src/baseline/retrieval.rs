@@ -153,7 +153,8 @@ pub fn run(
         options.quiet,
         None,
         "images",
-        "{bar:40} {pos}/{len} images embedded  {msg}",
+        "{wide_bar} {pos}/{len} images embedded  {msg}  elapsed {elapsed}  ETA {eta}",
+        &options.console,
     );
     let processor = matcher.processor().clone();
     for (b, chunk) in items.chunks(batch).enumerate() {
@@ -208,7 +209,8 @@ pub fn run(
             options.quiet,
             None,
             "rows",
-            "{bar:40} {pos}/{len} images + texts re-ranked  {msg}",
+            "{wide_bar} {pos}/{len} images + texts re-ranked  {msg}  elapsed {elapsed}  ETA {eta}",
+            &options.console,
         );
         let first = match settings.itm_first_token {
             FirstToken::Enc => ItmFirstToken::Enc,

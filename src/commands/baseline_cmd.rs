@@ -44,6 +44,7 @@ pub fn run(context: &Context, args: &BaselineArgs) -> Result<Exit, Error> {
         interrupted,
         quiet: context.quiet,
         distributed,
+        console: context.console.clone(),
     };
     baseline::run(&context.config, &facts, &context.cuda, &options)
 }

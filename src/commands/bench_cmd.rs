@@ -175,6 +175,7 @@ fn train_document(
         plot: None,
         dump_grads: None,
         checkpoints: false,
+        console: context.console.clone(),
     };
     let (_, summary) = train::run::run_measured(&resolved, facts, &context.cuda, &options)?;
     let config = &resolved.config;

@@ -22,6 +22,7 @@ use crate::config::{self, ConfigRequest};
 use crate::device::CudaAvailability;
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::report::console::Console;
 
 /// Everything a subcommand gets: the resolved configuration and what the launcher found about CUDA.
 pub struct Context {
@@ -29,10 +30,12 @@ pub struct Context {
     pub cuda: CudaAvailability,
     /// `--quiet`: no progress or summary on stderr.
     pub quiet: bool,
+    /// stderr, shared by the logger and the progress bars.
+    pub console: crate::report::console::Console,
 }
 
 /// Runs `cli`; returns the exit status of a command that finished (errors are returned, not printed).
-pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
+pub fn run(cli: Cli, cuda: CudaAvailability, console: Console) -> Result<Exit, Error> {
     // Needs no configuration: works even where the config file is broken.
     if let Command::Completions { shell } = cli.command {
         return completions(shell);
@@ -63,6 +66,7 @@ pub fn run(cli: Cli, cuda: CudaAvailability) -> Result<Exit, Error> {
         config: config::resolve(&request)?,
         cuda,
         quiet: cli.global.quiet,
+        console,
     };
     let runs_a_model = matches!(
         cli.command,

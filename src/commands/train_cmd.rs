@@ -25,6 +25,7 @@ pub fn run(context: &Context, args: &TrainArgs) -> Result<Exit, Error> {
         plot: args.plot.clone(),
         dump_grads: args.dump_grads.clone(),
         checkpoints: true,
+        console: context.console.clone(),
     };
     run::run(&context.config, &facts, &context.cuda, &options)
 }

@@ -7,7 +7,6 @@
 //! `[DEC]` through `generate` (greedy or beam, transformers semantics) -> decode.
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::assemble::resolve;
 use super::settings::{generation_config, image_processor};
@@ -76,11 +75,9 @@ impl Answerer {
             ));
         }
         let dtype = active.precision.dtype;
-        // SAFETY: read-only mapping; tensors are copied out while the model is built.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&weights.weight_files, dtype, &active.device)
-        }
-        .map_err(|e| Error::Model(format!("{:#}", weights.open_error(e))))?;
+        let vb = weights
+            .var_builder(dtype, &active.device)
+            .map_err(|e| Error::Model(format!("{e:#}")))?;
         let mut model = BlipForQuestionAnswering::new(&weights.config, vb)
             .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
         let native = weights.config.vision_config.image_size;

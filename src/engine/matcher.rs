@@ -3,7 +3,6 @@
 //! processor, bound to one device and dtype.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use super::answerer::{padded_questions, wrong_architecture};
 use super::assemble::resolve;
@@ -62,15 +61,9 @@ impl Matcher {
             ));
         }
         let embed = image_text_hidden_size(&text).map_err(|e| model_error(e.to_string()))?;
-        // SAFETY: read-only mapping; tensors are copied out while the model is built.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(
-                &weights.weight_files,
-                active.precision.dtype,
-                &active.device,
-            )
-        }
-        .map_err(|e| model_error(format!("{:#}", weights.open_error(e))))?;
+        let vb = weights
+            .var_builder(active.precision.dtype, &active.device)
+            .map_err(|e| model_error(format!("{e:#}")))?;
         let model = BlipForImageTextRetrieval::new(&weights.config, embed, vb)
             .map_err(|e| model_error(format!("{:#}", classify_build_error(e, &dir))))?;
         let processor = image_processor(config, weights.config.vision_config.image_size);

@@ -10,7 +10,6 @@ pub mod variant;
 
 use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ResolvedConfig;
@@ -253,15 +252,9 @@ fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
     }
 }
 
-/// Parameters in the checkpoint of the model directory `dir` (from the safetensors headers).
+/// Parameters in the checkpoint of the model directory `dir` (from the safetensors headers, or the
+/// PyTorch file).
 fn checkpoint_elements(dir: &Path) -> Result<usize, Error> {
     let weights = BlipWeights::locate(dir).map_err(Error::model)?;
-    // SAFETY: read-only maps of the checkpoint, only the headers are read.
-    let tensors = unsafe { MmapedSafetensors::multi(&weights.weight_files) }
-        .map_err(|err| Error::Model(format!("{}: {err}", dir.display())))?;
-    Ok(tensors
-        .tensors()
-        .iter()
-        .map(|(_, view)| view.shape().iter().product::<usize>())
-        .sum())
+    weights.element_count().map_err(Error::model)
 }

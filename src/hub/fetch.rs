@@ -1,6 +1,7 @@
 //! Downloads a BLIP model's files into the Hugging Face cache through hf-hub (cargo feature `hub`, on
 //! by default), one progress bar per file on a terminal (one line per file otherwise), so later runs
-//! resolve the id offline. `HF_ENDPOINT` and `HF_TOKEN` (or the token file under `HF_HOME`) are read
+//! resolve the id offline. A partial download left by an interrupted run is continued first
+//! ([`super::resume`]), so hf-hub finds the blob complete. `HF_ENDPOINT` and `HF_TOKEN` (or the token file under `HF_HOME`) are read
 //! by hf-hub; the cache directory is [`cache_dir`]'s, so `HF_HUB_CACHE`/`HF_HOME` apply.
 
 use std::collections::HashMap;
@@ -10,7 +11,8 @@ use std::sync::Mutex;
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 
 use super::{
-    cache_dir, endpoint, HubError, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    cache_dir, endpoint, HubError, CONFIG_FILE, PYTORCH_WEIGHTS_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
 };
 
 /// Shows bytes downloaded per file on an indicatif bar; without a bar, one line per file that is
@@ -91,8 +93,8 @@ fn describe(err: hf_hub::HFError, id: &str, revision: &str, file: &str) -> HubEr
     }
 }
 
-/// Downloads config.json, tokenizer.json and the weights (single file, or index + shards) of `id` at
-/// `revision`; returns the snapshot directory. Files already in the cache are not downloaded again
+/// Downloads config.json, tokenizer.json and the weights (`model.safetensors`, else the index and its
+/// shards, else `pytorch_model.bin`) of `id` at `revision`; returns the snapshot directory. Files already in the cache are not downloaded again
 /// (hf-hub asks the hub whether they changed, unless `offline`).
 pub fn fetch(
     id: &str,
@@ -110,8 +112,9 @@ pub fn fetch(
         .split_once('/')
         .ok_or_else(|| failed("-", "a hub id looks like owner/name".to_string()))?;
     let (cache, _) = cache_dir();
+    let endpoint = endpoint();
     let client = hf_hub::HFClient::builder()
-        .cache_dir(cache)
+        .cache_dir(cache.clone())
         .build_sync()
         .map_err(|err| failed("-", err.to_string()))?;
     let repo = client.model(owner, name);
@@ -129,6 +132,42 @@ pub fn fetch(
         } else {
             indicatif::ProgressBar::hidden()
         };
+        let request = super::resume::Request {
+            endpoint: &endpoint,
+            id,
+            revision,
+            file,
+            cache: &cache,
+        };
+        let resumed = if offline {
+            super::resume::Resumed::Nothing
+        } else {
+            super::resume::resume(&request, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .inspect_err(|_| bar.finish_and_clear())?
+        };
+        if let (
+            super::resume::Resumed::Completed {
+                from,
+                total,
+                ranged,
+            },
+            true,
+        ) = (&resumed, show_progress && !terminal)
+        {
+            let how = if *ranged {
+                "the rest asked for with a Range request"
+            } else {
+                "the server sent it whole"
+            };
+            eprintln!(
+                "resumed {id} {file}: {} of {} were on disk, {how}",
+                indicatif::HumanBytes(*from),
+                indicatif::HumanBytes(*total)
+            );
+        }
         let progress = BarProgress {
             bar: bar.clone(),
             per_file: Mutex::new(HashMap::new()),
@@ -150,7 +189,18 @@ pub fn fetch(
     let weights = match download(WEIGHTS_FILE) {
         Ok(path) => path,
         Err(single_error @ HubError::NotOnHub { .. }) => {
-            let index_path = download(WEIGHTS_INDEX_FILE).map_err(|_| single_error)?;
+            let index_path = match download(WEIGHTS_INDEX_FILE) {
+                Ok(path) => path,
+                Err(HubError::NotOnHub { .. }) => {
+                    // No safetensors at all: the PyTorch file, as from_pretrained falls back to it.
+                    return match download(PYTORCH_WEIGHTS_FILE) {
+                        Ok(path) => Ok(snapshot_of(&path)),
+                        Err(HubError::NotOnHub { .. }) => Err(single_error),
+                        Err(other) => Err(other),
+                    };
+                }
+                Err(other) => return Err(other),
+            };
             let index_text = std::fs::read_to_string(&index_path)
                 .map_err(|err| failed(WEIGHTS_INDEX_FILE, err.to_string()))?;
             let index: serde_json::Value = serde_json::from_str(&index_text)
@@ -172,8 +222,12 @@ pub fn fetch(
         }
         Err(other) => return Err(other),
     };
-    Ok(weights
-        .parent()
+    Ok(snapshot_of(&weights))
+}
+
+/// The snapshot directory a downloaded file lies in.
+fn snapshot_of(file: &std::path::Path) -> PathBuf {
+    file.parent()
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".")))
+        .unwrap_or_else(|| PathBuf::from("."))
 }

@@ -5,20 +5,24 @@
 
 #[cfg(feature = "hub")]
 pub mod fetch;
+#[cfg(feature = "hub")]
+pub mod resume;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// Files a BLIP model directory needs (weights: one of the two).
+/// Files a BLIP model directory needs (weights: one of the three).
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// PyTorch weights, used only when a repository or directory has no safetensors.
+pub const PYTORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("model directory {} not found{reason}\n  fix: set model.source (or --model) to a directory holding config.json, model.safetensors and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base; leave it unset for the built-in demo model", path.display())]
+    #[error("model directory {} not found{reason}\n  fix: set model.source (or --model) to a directory holding config.json, model.safetensors (or pytorch_model.bin) and tokenizer.json, or to a hub id such as Salesforce/blip-image-captioning-base; leave it unset for the built-in demo model", path.display())]
     LocalNotFound {
         path: PathBuf,
         /// Empty, or why it was not taken for a hub id.
@@ -62,7 +66,7 @@ pub enum HubError {
         message: String,
     },
 
-    #[error("model directory {} is missing {missing}\n  fix: a BLIP model directory needs config.json, model.safetensors (or model.safetensors.index.json and its shards) and tokenizer.json; see models/README.md", dir.display())]
+    #[error("model directory {} is missing {missing}\n  fix: a BLIP model directory needs config.json, model.safetensors (or model.safetensors.index.json and its shards, or pytorch_model.bin) and tokenizer.json; see models/README.md", dir.display())]
     MissingFiles { dir: PathBuf, missing: String },
 }
 
@@ -339,7 +343,10 @@ pub fn missing_files(dir: &Path) -> Vec<&'static str> {
     if !dir.join(CONFIG_FILE).is_file() {
         missing.push(CONFIG_FILE);
     }
-    if !dir.join(WEIGHTS_FILE).is_file() && !dir.join(WEIGHTS_INDEX_FILE).is_file() {
+    if !dir.join(WEIGHTS_FILE).is_file()
+        && !dir.join(WEIGHTS_INDEX_FILE).is_file()
+        && !dir.join(PYTORCH_WEIGHTS_FILE).is_file()
+    {
         missing.push(WEIGHTS_FILE);
     }
     if !dir.join(TOKENIZER_FILE).is_file() {

@@ -4,6 +4,7 @@
 //! and `progress` (the progress bar or lines).
 
 pub mod chart;
+pub mod console;
 mod environment;
 pub mod html;
 pub mod lock;

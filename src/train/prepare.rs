@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::kernels::adamw::FusedAdamW;
 use crate::kernels::backprop::TrainOps;
 use crate::kernels::fused::FusedOps;
+use crate::models::blip::weights::WeightFormat;
 use crate::models::blip::BlipWeights;
 use crate::preprocess::prompt::PromptTokenizer;
 use crate::report::output::output_error;
@@ -50,6 +51,8 @@ pub struct TrainOptions {
     pub dump_grads: Option<PathBuf>,
     /// Write checkpoints (false: a measurement run, `vlmrun bench --train`, keeps none).
     pub checkpoints: bool,
+    /// stderr as the logger shares it: the progress bar attaches to it.
+    pub console: crate::report::console::Console,
 }
 
 /// A training run set up and ready for its next step: what [`prepare`] built, and where the run
@@ -347,8 +350,22 @@ pub fn load_master_weights(
 ) -> Result<TrainParams, Error> {
     let mut named = Vec::new();
     for file in &weights.weight_files {
-        let tensors = candle_core::safetensors::load(file, dev)
-            .map_err(|err| Error::Model(format!("reading {}: {err}", file.display())))?;
+        let tensors = match weights.format {
+            WeightFormat::Safetensors => candle_core::safetensors::load(file, dev)
+                .map_err(|err| Error::Model(format!("reading {}: {err}", file.display())))?,
+            WeightFormat::Pytorch => {
+                let mut tensors = std::collections::HashMap::new();
+                for (name, tensor) in
+                    crate::models::blip::pth::read_checked(file).map_err(Error::model)?
+                {
+                    let tensor = tensor.to_device(dev).map_err(|err| {
+                        Error::Model(format!("{name} in {}: {err}", file.display()))
+                    })?;
+                    tensors.insert(name, tensor);
+                }
+                tensors
+            }
+        };
         for (name, tensor) in tensors {
             if !tensor.dtype().is_float() {
                 continue;

@@ -111,7 +111,8 @@ pub fn run_measured(
         options.quiet,
         None,
         "steps",
-        "{bar:30} step {pos}/{len}  {msg}  ETA {eta}",
+        "{wide_bar} step {pos}/{len}  {msg}  elapsed {elapsed}  ETA {eta}",
+        &options.console,
     );
     let run_started = Instant::now();
     let startup_s = started.elapsed().as_secs_f64();

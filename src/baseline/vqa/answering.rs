@@ -97,7 +97,8 @@ pub fn answer_all(
         options.quiet,
         None,
         "questions",
-        "{bar:40} {pos}/{len} questions  {msg}",
+        "{wide_bar} {pos}/{len} questions  {msg}  elapsed {elapsed}  ETA {eta}",
+        &options.console,
     );
     let started = Instant::now();
     let mut outcome = Outcome::default();
@@ -187,8 +188,7 @@ pub fn answer_all(
             outcome.records.extend(records);
         }
         handled += chunk.len();
-        let rate = handled as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.update(handled as u64, &format!("{rate:.1} questions/s"));
+        progress.update(handled as u64, "");
         if options.interrupted.load(Ordering::Relaxed) {
             outcome.interrupted = handled < total;
             break;

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -95,11 +94,7 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
     let weights = BlipWeights::locate(&request.model_dir)?;
     weights.verify()?;
     let config_json = weights.config_text()?;
-    let open = || {
-        // SAFETY: read-only maps; the files must not be truncated while this runs.
-        unsafe { MmapedSafetensors::multi(&weights.weight_files) }
-            .map_err(|source| weights.open_error(source))
-    };
+    let open = || weights.backend();
     // Dense tensors are recorded as the model reads them; projections are read through `staging`.
     let dense_names = Arc::new(Mutex::new(BTreeSet::new()));
     let recording = Recording {
@@ -107,7 +102,7 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
         names: dense_names.clone(),
     };
     let vb = VarBuilder::from_backend(Box::new(recording), DType::F32, Device::Cpu);
-    let staging = VarBuilder::from_backend(Box::new(open()?), DType::F32, Device::Cpu);
+    let staging = VarBuilder::from_backend(open()?, DType::F32, Device::Cpu);
     let mut projections = ProjectionLoader::quantizing(request.target, staging).recording();
     BlipForConditionalGeneration::new_with_projections(&weights.config, vb, &mut projections)
         .map_err(|err| classify_build_error(err, &weights.dir))?;
@@ -137,7 +132,9 @@ pub fn export(request: &ExportRequest, out: &Path) -> Result<ExportSummary, Load
             source: candle_core::Error::Msg("tensor name record poisoned".to_string()),
         })?;
     for name in names {
-        let tensor = source.load(&name, &Device::Cpu).map_err(build_error)?;
+        let tensor = source
+            .get_unchecked(&name, DType::F32, &Device::Cpu)
+            .map_err(build_error)?;
         tensors.push((name, as_dense(&tensor, dense_format).map_err(build_error)?));
     }
     for (name, linear) in built {
@@ -403,7 +400,7 @@ fn read_header(file: &GgufFile) -> Result<GgufHeader, LoadError> {
 /// Records the names of the tensors a model reads through it (the dense ones, when the
 /// projections are read through another `VarBuilder`).
 struct Recording {
-    inner: MmapedSafetensors,
+    inner: Box<dyn SimpleBackend>,
     names: Arc<Mutex<BTreeSet<String>>>,
 }
 
@@ -427,7 +424,7 @@ impl SimpleBackend for Recording {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = SimpleBackend::get(&self.inner, shape, name, init, dtype, device)?;
+        let tensor = self.inner.get(shape, name, init, dtype, device)?;
         self.record(name)?;
         Ok(tensor)
     }
@@ -438,12 +435,12 @@ impl SimpleBackend for Recording {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = SimpleBackend::get_unchecked(&self.inner, name, dtype, device)?;
+        let tensor = self.inner.get_unchecked(name, dtype, device)?;
         self.record(name)?;
         Ok(tensor)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        SimpleBackend::contains_tensor(&self.inner, name)
+        self.inner.contains_tensor(name)
     }
 }

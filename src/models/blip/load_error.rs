@@ -21,7 +21,7 @@ pub enum LoadError {
     },
     #[error("{path}: {source}", path = .path.display())]
     Config { path: PathBuf, source: ConfigError },
-    #[error("{dir}: no model.safetensors or model.safetensors.index.json (download the weights into this directory)", dir = .dir.display())]
+    #[error("{dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin (download the weights into this directory)", dir = .dir.display())]
     MissingWeights { dir: PathBuf },
     #[error("{path}: malformed shard index: {reason}", path = .path.display())]
     BadIndex { path: PathBuf, reason: String },
@@ -59,6 +59,8 @@ pub enum LoadError {
     },
     #[error("{path}: not a usable safetensors file: {reason}\n  fix: replace it with the model's original file", path = .path.display())]
     BadWeights { path: PathBuf, reason: String },
+    #[error("{path}: not a usable PyTorch checkpoint: {reason}\n  fix: a download or copy cut short leaves a damaged archive; fetch the file again (vlmrun fetch ID, or copy it again), or use the model's model.safetensors", path = .path.display())]
+    BadPytorch { path: PathBuf, reason: String },
     #[error("tensor {name} in {path} is stored as {dtype}; the model needs floats (F32, F16, BF16 or F64)\n  fix: this file was converted wrongly or is not a BLIP checkpoint; use the model's original weights", path = .path.display())]
     WrongDtype {
         name: String,

@@ -11,6 +11,7 @@ pub mod interpolate;
 pub mod itm;
 pub mod load;
 pub mod load_error;
+pub mod pth;
 pub mod text;
 pub mod text_attention;
 pub mod text_encoder;

@@ -1,6 +1,7 @@
 //! A BLIP captioning model in a Hugging Face style directory: `config.json` plus
-//! `model.safetensors` or a sharded `model.safetensors.index.json`, memory-mapped and converted
-//! to the requested dtype on the requested device, the projections optionally quantized on the
+//! `model.safetensors` or a sharded `model.safetensors.index.json` (memory-mapped), or, when neither
+//! exists, a PyTorch `pytorch_model.bin` (read through [`super::pth`]); converted to the requested
+//! dtype on the requested device, the projections optionally quantized on the
 //! way (on the CPU, so that their dense copies never reach the device). [`LoadError`] is every
 //! loader's error (this one's, `super::gguf`'s and `super::load`'s).
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Shape};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 pub use super::load_error::LoadError;
@@ -18,17 +20,29 @@ use super::BlipForConditionalGeneration;
 use crate::models::projections::ProjectionLoader;
 use crate::models::quantize::{format_name, QuantizationSummary};
 
+/// How a model directory stores its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// `model.safetensors` or the shards of `model.safetensors.index.json`.
+    Safetensors,
+    /// `pytorch_model.bin` (torch.save's zip format), used only when no safetensors exist.
+    Pytorch,
+}
+
 /// The files of a model directory, with its config already parsed.
 #[derive(Debug, Clone)]
 pub struct BlipWeights {
     pub dir: PathBuf,
     pub config: BlipConfig,
-    /// `model.safetensors`, or every shard named by the index (sorted, deduplicated).
+    /// `model.safetensors`, or every shard named by the index (sorted, deduplicated), or
+    /// `pytorch_model.bin`.
     pub weight_files: Vec<PathBuf>,
+    pub format: WeightFormat,
 }
 
 impl BlipWeights {
-    /// Finds and parses `config.json` and the safetensors file(s) in `dir`; reads no tensor yet.
+    /// Finds and parses `config.json` and the weight file(s) in `dir` (safetensors first, else
+    /// `pytorch_model.bin`); reads no tensor yet.
     pub fn locate(dir: &Path) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
@@ -45,10 +59,13 @@ impl BlipWeights {
 
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let weight_files = if single.is_file() {
-            vec![single]
+        let pytorch = dir.join(super::pth::PTH_FILE);
+        let (weight_files, format) = if single.is_file() {
+            (vec![single], WeightFormat::Safetensors)
         } else if index.is_file() {
-            shard_files(dir, &index)?
+            (shard_files(dir, &index)?, WeightFormat::Safetensors)
+        } else if pytorch.is_file() {
+            (vec![pytorch], WeightFormat::Pytorch)
         } else {
             return Err(LoadError::MissingWeights {
                 dir: dir.to_path_buf(),
@@ -58,16 +75,86 @@ impl BlipWeights {
             dir: dir.to_path_buf(),
             config,
             weight_files,
+            format,
         })
     }
 
-    /// Checks every weight file as loading needs it ([`super::verify::check_file`]): complete,
-    /// float tensors only, every value finite.
+    /// Checks every weight file as loading needs it ([`super::verify::check_file`], or
+    /// [`super::pth::read_checked`] for a PyTorch file): complete, float tensors only, every
+    /// value finite.
     pub fn verify(&self) -> Result<(), LoadError> {
         for file in &self.weight_files {
-            super::verify::check_file(file)?;
+            match self.format {
+                WeightFormat::Safetensors => {
+                    super::verify::check_file(file)?;
+                }
+                WeightFormat::Pytorch => {
+                    super::pth::read_checked(file)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The tensors as a candle backend, without the value checks for safetensors (call
+    /// [`BlipWeights::verify`] first) and with them for a PyTorch file (read once, checked, kept
+    /// in CPU memory).
+    pub fn backend(&self) -> Result<Box<dyn SimpleBackend>, LoadError> {
+        match self.format {
+            WeightFormat::Safetensors => {
+                // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
+                // truncating them while the model is being built (tensors are copied out during `new`).
+                let mapped = unsafe {
+                    candle_core::safetensors::MmapedSafetensors::multi(&self.weight_files)
+                }
+                .map_err(|source| self.open_error(source))?;
+                Ok(Box::new(mapped))
+            }
+            WeightFormat::Pytorch => {
+                let mut tensors = std::collections::HashMap::new();
+                for file in &self.weight_files {
+                    tensors.extend(super::pth::read_checked(file)?);
+                }
+                Ok(Box::new(tensors))
+            }
+        }
+    }
+
+    /// Every weight checked ([`BlipWeights::verify`]) and offered as a `VarBuilder` in `dtype` on
+    /// `device`, whatever the file format.
+    pub fn var_builder(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<VarBuilder<'static>, LoadError> {
+        if self.format == WeightFormat::Safetensors {
+            self.verify()?;
+        }
+        Ok(VarBuilder::from_backend(
+            self.backend()?,
+            dtype,
+            device.clone(),
+        ))
+    }
+
+    /// How many values the weight files hold, from the headers (the whole file, checked, for a
+    /// PyTorch one).
+    pub fn element_count(&self) -> Result<usize, LoadError> {
+        let mut count = 0;
+        for file in &self.weight_files {
+            count += match self.format {
+                WeightFormat::Safetensors => super::verify::read_header(file)?
+                    .tensors
+                    .iter()
+                    .map(|entry| entry.shape.iter().product::<usize>())
+                    .sum::<usize>(),
+                WeightFormat::Pytorch => super::pth::read_checked(file)?
+                    .values()
+                    .map(|tensor| tensor.elem_count())
+                    .sum(),
+            };
+        }
+        Ok(count)
     }
 
     /// The text of `config.json`.
@@ -107,11 +194,7 @@ impl BlipWeights {
         device: &Device,
         quantization: Option<GgmlDType>,
     ) -> Result<BlipForConditionalGeneration, LoadError> {
-        self.verify()?;
-        // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
-        // truncating them while the model is being built (tensors are copied out during `new`).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
-            .map_err(|source| self.open_error(source))?;
+        let vb = self.var_builder(dtype, device)?;
         let mut projections = match quantization {
             None => ProjectionLoader::dense(),
             Some(target) => ProjectionLoader::quantizing(
