@@ -306,3 +306,84 @@ fn rank_mode_matches_the_lavis_formula() {
         assert_eq!(rank.answer_list[best.index], case.answer);
     }
 }
+
+/// Rank mode batched: all twelve (image, question) pairs in one padded batch (questions of 13, 10
+/// and 19 tokens, the padding masked in the encoder and in the decoder's cross-attention as LAVIS
+/// does in this mode) against each pair alone: the same top-k candidates in the same order and the
+/// same chosen answer, probabilities and scores within 1e-5 relative (only summation order
+/// differs); and within 1e-4 of the LAVIS-formula reference.
+#[test]
+fn batched_rank_mode_matches_one_question_at_a_time() {
+    let fx = fixture();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/vqa/expected.json")).unwrap();
+    let rank: RankExpected = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Vec<u32>> = rank
+        .answer_list
+        .iter()
+        .map(|answer| {
+            let mut ids = fx.tokenizer.text_ids(answer).unwrap();
+            ids[0] = fx.expected.bos;
+            ids
+        })
+        .collect();
+    let questions: Vec<Vec<u32>> = rank
+        .rank_cases
+        .iter()
+        .map(|case| fx.expected.question_ids[case.question].clone())
+        .collect();
+    let stems: Vec<&str> = rank.rank_cases.iter().map(|c| c.image.as_str()).collect();
+    let (ids, mask) = padded_questions(&questions, fx.expected.pad, &Device::Cpu).unwrap();
+    let mask = mask.expect("questions of different lengths are padded");
+    let kv = fx
+        .model
+        .question_kv(&pixels(&fx, &stems), &ids, Some(&mask))
+        .unwrap()
+        .with_key_mask(&mask)
+        .unwrap();
+    let batched = fx
+        .model
+        .rank_answers_batch(&kv, &answers, rank.rank_k, rank.label_smoothing)
+        .unwrap();
+    assert_eq!(batched.len(), rank.rank_cases.len());
+
+    let close = |a: f32, b: f32, rel: f32, floor: f32| (a - b).abs() <= rel * b.abs().max(floor);
+    for ((case, question), together) in rank.rank_cases.iter().zip(&questions).zip(&batched) {
+        let alone_ids = Tensor::new(question.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let alone_kv = fx
+            .model
+            .question_kv(&pixels(&fx, &[&case.image]), &alone_ids, None)
+            .unwrap();
+        let alone = fx
+            .model
+            .rank_answers(&alone_kv, &answers, rank.rank_k, rank.label_smoothing)
+            .unwrap();
+        let label = format!("{} {}", case.image, case.question);
+        let indices = |r: &[vlmrun::models::blip::vqa::RankedAnswer]| -> Vec<usize> {
+            r.iter().map(|c| c.index).collect()
+        };
+        assert_eq!(indices(together), indices(&alone), "{label}");
+        assert_eq!(indices(together), case.top_k, "{label}");
+        for ((t, a), &s) in together.iter().zip(&alone).zip(&case.scores) {
+            assert!(
+                close(t.first_token_prob, a.first_token_prob, 1e-5, 1e-3),
+                "{label}: {t:?} vs {a:?}"
+            );
+            assert!(
+                close(t.score, a.score, 1e-5, 1.0),
+                "{label}: {t:?} vs {a:?}"
+            );
+            assert!(
+                close(t.score, s, 1e-4, 1.0),
+                "{label}: {t:?} vs reference {s}"
+            );
+        }
+        let best = together
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .unwrap();
+        assert_eq!(rank.answer_list[best.index], case.answer, "{label}");
+    }
+}
