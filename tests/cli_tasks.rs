@@ -540,3 +540,36 @@ fn vqa_and_retrieval_refuse_to_run_as_a_rank_saying_why() {
         assert!(!out.exists(), "{task}: nothing written");
     }
 }
+
+/// `quantization: q8_0` for VQA goes through the captioner's quantization path at load; on the
+/// tiny model rank mode's 12 answers stay the dense model's (tests/blip_vqa_parity.rs measures
+/// the agreement model-side), and the setting is part of the run's identity.
+#[test]
+fn vqa_rank_mode_runs_quantized_to_q8_0() {
+    let expected = expected_vqa();
+    let dir = tempfile::tempdir().unwrap();
+    let (questions, list, want) = lavis_files(dir.path(), &expected);
+    let out = dir.path().join("run");
+    let mut sets = rank_sets(&questions, &list, &out);
+    sets.push("quantization=q8_0".into());
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let submission = read_json(&out.join("submission.json"));
+    let got: Vec<(u64, String)> = submission
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["question_id"].as_u64().unwrap(),
+                e["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Resuming the same directory dense is refused, naming the key.
+    sets.pop();
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("quantization"), "{stderr}");
+}

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::assemble::resolve;
-use super::settings::{generation_config, image_processor};
+use super::settings::{generation_config, image_processor, log_quantization, projection_loader};
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::error::Error;
@@ -54,7 +54,8 @@ pub fn wrong_architecture(source: &str, found: Architecture, wanted: Architectur
 
 impl Answerer {
     /// Resolves `model.source`, checks that it is a question-answering checkpoint and loads it in
-    /// the active precision (dense; GGUF files and quantization are captioning-only for now).
+    /// the active precision, its projections quantized when `quantization` asks for it (as the
+    /// captioner's; GGUF files are captioning-only).
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Answerer, Error> {
         let resolved = resolve(config)?;
         let dir = resolved.files.weights;
@@ -81,8 +82,11 @@ impl Answerer {
             VarBuilder::from_mmaped_safetensors(&weights.weight_files, dtype, &active.device)
         }
         .map_err(|e| Error::Model(format!("{:#}", weights.open_error(e))))?;
-        let mut model = BlipForQuestionAnswering::new(&weights.config, vb)
-            .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
+        let mut projections = projection_loader(config, &vb);
+        let mut model =
+            BlipForQuestionAnswering::new_with_projections(&weights.config, vb, &mut projections)
+                .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
+        log_quantization(config, "vqa", &projections);
         let native = weights.config.vision_config.image_size;
         if let Some(size) = config.vqa.image_size.filter(|&s| s != native) {
             let patch = weights.config.vision_config.patch_size;

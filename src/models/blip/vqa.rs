@@ -42,6 +42,16 @@ impl BlipForQuestionAnswering {
     /// through `encoder_hidden_size`-wide projections (as transformers builds them), so the two
     /// must agree (768 in both VQA checkpoints).
     pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_projections(cfg, vb, &mut ProjectionLoader::dense())
+    }
+
+    /// [`BlipForQuestionAnswering::new`] with the projections of all three parts built by
+    /// `projections` (the captioner's quantization path: quantized at load, or dense).
+    pub fn new_with_projections(
+        cfg: &BlipConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let text = &cfg.text_config;
         if text.encoder_hidden_size != text.hidden_size {
             candle_core::bail!(
@@ -51,20 +61,23 @@ impl BlipForQuestionAnswering {
             );
         }
         let ops = FusedOps::for_device(vb.device())?;
-        let mut projections = ProjectionLoader::dense();
         Ok(Self {
             vision_model: BlipVisionModel::new_with_ops(
                 &cfg.vision_config,
                 vb.pp("vision_model"),
                 ops.clone(),
-                &mut projections,
+                projections,
             )?,
-            text_encoder: BlipTextModel::new(text, vb.pp("text_encoder"))?,
+            text_encoder: BlipTextModel::new_with_projections(
+                text,
+                vb.pp("text_encoder"),
+                projections,
+            )?,
             text_decoder: BlipTextLMHeadModel::new_with_ops(
                 text,
                 vb.pp("text_decoder"),
                 ops,
-                &mut projections,
+                projections,
             )?,
             config: cfg.clone(),
             dtype: vb.dtype(),
