@@ -306,3 +306,190 @@ fn rank_mode_matches_the_lavis_formula() {
         assert_eq!(rank.answer_list[best.index], case.answer);
     }
 }
+
+/// Rank mode batched: all twelve (image, question) pairs in one padded batch (questions of 13, 10
+/// and 19 tokens, the padding masked in the encoder and in the decoder's cross-attention as LAVIS
+/// does in this mode) against each pair alone: the same top-k candidates in the same order and the
+/// same chosen answer, probabilities and scores within 1e-5 relative (only summation order
+/// differs); and within 1e-4 of the LAVIS-formula reference.
+#[test]
+fn batched_rank_mode_matches_one_question_at_a_time() {
+    let fx = fixture();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/vqa/expected.json")).unwrap();
+    let rank: RankExpected = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Vec<u32>> = rank
+        .answer_list
+        .iter()
+        .map(|answer| {
+            let mut ids = fx.tokenizer.text_ids(answer).unwrap();
+            ids[0] = fx.expected.bos;
+            ids
+        })
+        .collect();
+    let questions: Vec<Vec<u32>> = rank
+        .rank_cases
+        .iter()
+        .map(|case| fx.expected.question_ids[case.question].clone())
+        .collect();
+    let stems: Vec<&str> = rank.rank_cases.iter().map(|c| c.image.as_str()).collect();
+    let (ids, mask) = padded_questions(&questions, fx.expected.pad, &Device::Cpu).unwrap();
+    let mask = mask.expect("questions of different lengths are padded");
+    let kv = fx
+        .model
+        .question_kv(&pixels(&fx, &stems), &ids, Some(&mask))
+        .unwrap()
+        .with_key_mask(&mask)
+        .unwrap();
+    let batched = fx
+        .model
+        .rank_answers_batch(&kv, &answers, rank.rank_k, rank.label_smoothing)
+        .unwrap();
+    assert_eq!(batched.len(), rank.rank_cases.len());
+
+    let close = |a: f32, b: f32, rel: f32, floor: f32| (a - b).abs() <= rel * b.abs().max(floor);
+    for ((case, question), together) in rank.rank_cases.iter().zip(&questions).zip(&batched) {
+        let alone_ids = Tensor::new(question.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let alone_kv = fx
+            .model
+            .question_kv(&pixels(&fx, &[&case.image]), &alone_ids, None)
+            .unwrap();
+        let alone = fx
+            .model
+            .rank_answers(&alone_kv, &answers, rank.rank_k, rank.label_smoothing)
+            .unwrap();
+        let label = format!("{} {}", case.image, case.question);
+        let indices = |r: &[vlmrun::models::blip::vqa::RankedAnswer]| -> Vec<usize> {
+            r.iter().map(|c| c.index).collect()
+        };
+        assert_eq!(indices(together), indices(&alone), "{label}");
+        assert_eq!(indices(together), case.top_k, "{label}");
+        for ((t, a), &s) in together.iter().zip(&alone).zip(&case.scores) {
+            assert!(
+                close(t.first_token_prob, a.first_token_prob, 1e-5, 1e-3),
+                "{label}: {t:?} vs {a:?}"
+            );
+            assert!(
+                close(t.score, a.score, 1e-5, 1.0),
+                "{label}: {t:?} vs {a:?}"
+            );
+            assert!(
+                close(t.score, s, 1e-4, 1.0),
+                "{label}: {t:?} vs reference {s}"
+            );
+        }
+        let best = together
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .unwrap();
+        assert_eq!(rank.answer_list[best.index], case.answer, "{label}");
+    }
+}
+
+/// q8_0 VQA through the captioner's quantization path (`ProjectionLoader::quantizing`: every
+/// projection of the vision tower, question encoder and answer decoder quantized at load) against
+/// the dense f32 model on the 12 (image, question) pairs in one padded batch: the agreement of
+/// greedy answers and rank-mode choices (printed, and bounded below by what was measured), the
+/// first-step answer logits different (so the weights really are quantized) by under 2% of their
+/// scale.
+#[test]
+fn q8_0_answers_agree_with_the_dense_model() {
+    use candle_core::quantized::GgmlDType;
+    use vlmrun::models::projections::ProjectionLoader;
+    let fx = fixture();
+    let dir = repo().join("models/tiny-blip-vqa");
+    let weights = BlipWeights::locate(&dir).unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&weights.weight_files, DType::F32, &Device::Cpu)
+    }
+    .unwrap();
+    let mut projections = ProjectionLoader::quantizing(GgmlDType::Q8_0, vb.clone());
+    let quantized =
+        BlipForQuestionAnswering::new_with_projections(&weights.config, vb, &mut projections)
+            .unwrap();
+    let summary = projections.summary();
+    assert!(summary.quantized_layers > 0, "{summary:?}");
+    assert!(summary.quantized_bytes < summary.dense_bytes, "{summary:?}");
+
+    let stems: Vec<&str> = fx.expected.pairs.iter().map(|p| p.image.as_str()).collect();
+    let questions: Vec<Vec<u32>> = fx
+        .expected
+        .pairs
+        .iter()
+        .map(|p| fx.expected.question_ids[p.question].clone())
+        .collect();
+    let (ids, mask) = padded_questions(&questions, fx.expected.pad, &Device::Cpu).unwrap();
+    let batch = pixels(&fx, &stems);
+    let greedy: Vec<&Case> = fx
+        .expected
+        .cases
+        .iter()
+        .filter(|c| c.batched && c.setting == "greedy")
+        .collect();
+    let settings = generation(&fx, greedy[0]);
+    let dense_kv = fx.model.question_kv(&batch, &ids, mask.as_ref()).unwrap();
+    let q_kv = quantized.question_kv(&batch, &ids, mask.as_ref()).unwrap();
+    let dense = generate_from(&fx.model, dense_kv.clone(), &[], &settings).unwrap();
+    let q = generate_from(&quantized, q_kv.clone(), &[], &settings).unwrap();
+    let same_greedy = dense.iter().zip(&q).filter(|(a, b)| a == b).count();
+
+    let start = Tensor::new(vec![vec![fx.expected.bos]; stems.len()], &Device::Cpu).unwrap();
+    let dense_logits = fx.model.answer_logits(&dense_kv, &start).unwrap();
+    let q_logits = quantized.answer_logits(&q_kv, &start).unwrap();
+    let err = max_rel_err(&q_logits, &dense_logits);
+
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/vqa/expected.json")).unwrap();
+    let rank: RankExpected = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Vec<u32>> = rank
+        .answer_list
+        .iter()
+        .map(|answer| {
+            let mut ids = fx.tokenizer.text_ids(answer).unwrap();
+            ids[0] = fx.expected.bos;
+            ids
+        })
+        .collect();
+    let best = |ranked: Vec<Vec<vlmrun::models::blip::vqa::RankedAnswer>>| -> Vec<usize> {
+        ranked
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .max_by(|a, b| a.score.total_cmp(&b.score))
+                    .unwrap()
+                    .index
+            })
+            .collect()
+    };
+    let mask = mask.unwrap();
+    let rank_of = |model: &BlipForQuestionAnswering,
+                   kv: &vlmrun::models::blip::CrossAttentionKv| {
+        best(
+            model
+                .rank_answers_batch(
+                    &kv.with_key_mask(&mask).unwrap(),
+                    &answers,
+                    rank.rank_k,
+                    rank.label_smoothing,
+                )
+                .unwrap(),
+        )
+    };
+    let (dense_rank, q_rank) = (rank_of(&fx.model, &dense_kv), rank_of(&quantized, &q_kv));
+    let same_rank = dense_rank
+        .iter()
+        .zip(&q_rank)
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "q8_0 vs f32: greedy answers {same_greedy}/12 identical, rank-mode answers {same_rank}/12, first-step logits max relative error {err:.2e}, {} projections quantized ({} -> {} bytes)",
+        summary.quantized_layers, summary.dense_bytes, summary.quantized_bytes
+    );
+    // Measured (2026-12-03): greedy 6/12, rank 12/12, logits 9.5e-3. The random tiny model's
+    // answer logits are nearly flat, so a 1% change flips greedy choices that real weights keep;
+    // rank mode sums whole answers and holds.
+    assert!(err > 0.0 && err < 0.02, "first-step logits: {err}");
+    assert!(same_greedy >= 5, "greedy: {same_greedy}/12");
+    assert!(same_rank >= 11, "rank: {same_rank}/12");
+}

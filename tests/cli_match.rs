@@ -96,3 +96,51 @@ fn a_vqa_checkpoint_is_refused_with_exit_4() {
         "{stderr}"
     );
 }
+
+/// `quantization: q8_0` quantizes the matching model's encoders at load (the captioner's path):
+/// every score moves (the weights really are quantized) but by little (measured and printed).
+#[test]
+fn q8_0_scores_stay_close_to_the_dense_ones() {
+    let scores = |quantization: &str| -> Vec<(f64, f64)> {
+        let output = Command::cargo_bin("vlmrun")
+            .unwrap()
+            .current_dir(ROOT)
+            .env("VLMRUN_NO_CUDA_LAUNCH", "1")
+            .args(["--device", "cpu", "--precision", "f32", "--set"])
+            .arg(format!("quantization={quantization}"))
+            .args(["match", "--model", "models/tiny-blip-itm", "--json"])
+            .args(["--text", "a photo of a cat"])
+            .args([
+                "tests/fixtures/images/chelsea.png",
+                "tests/fixtures/images/rocket.png",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["itm_score"].as_f64().unwrap(),
+                    v["itc_score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (dense, q8) = (scores("none"), scores("q8_0"));
+    let diffs: Vec<(f64, f64)> = dense
+        .iter()
+        .zip(&q8)
+        .map(|(d, q)| ((d.0 - q.0).abs(), (d.1 - q.1).abs()))
+        .collect();
+    eprintln!("q8_0 vs f32 (itm p(match), itc) differences: {diffs:?}");
+    for (itm, itc) in &diffs {
+        assert!(*itm > 0.0 || *itc > 0.0, "{diffs:?}: nothing moved");
+        assert!(*itm < 0.02 && *itc < 0.02, "{diffs:?}");
+    }
+}

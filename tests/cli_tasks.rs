@@ -153,6 +153,33 @@ fn vqa_rank_mode_answers_scores_and_resumes() {
     let lines = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 12);
 
+    // report.html: every question once (earlier runs' included), worst first, each with its
+    // official accuracy and its answer.
+    let html =
+        scraper::Html::parse_document(&std::fs::read_to_string(out.join("report.html")).unwrap());
+    let row = scraper::Selector::parse("table.questions tbody tr.question").unwrap();
+    let answer = scraper::Selector::parse("td.answer").unwrap();
+    let rows: Vec<(u64, f64, String)> = html
+        .select(&row)
+        .map(|tr| {
+            (
+                tr.value().attr("data-id").unwrap().parse().unwrap(),
+                tr.value().attr("data-accuracy").unwrap().parse().unwrap(),
+                tr.select(&answer).next().unwrap().text().collect(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.windows(2).all(|w| w[0].1 <= w[1].1), "{rows:?}");
+    for (n, (id, answer)) in want.iter().enumerate() {
+        let (_, got, shown) = rows.iter().find(|r| r.0 == *id).unwrap();
+        assert!(
+            (got - 100.0 * accuracy_of(matches_of(n))).abs() < 1e-9,
+            "{id}: {got}"
+        );
+        assert_eq!(shown, answer);
+    }
+
     // A crash mid-line: the torn last line is dropped and that question answered again.
     let torn = &lines[..lines.len() - 20];
     std::fs::write(out.join("answers.jsonl"), torn).unwrap();
@@ -486,4 +513,63 @@ fn vqa_question_first_token_enc_matches_transformers_with_enc_first() {
     let report = read_json(&out.join("report.json"));
     assert_eq!(report["metrics"], Value::Null);
     assert_eq!(report["counts"]["answered"], 12);
+}
+
+/// A rank of a data-parallel run is refused for both tasks, saying why, before anything is read
+/// or written.
+#[test]
+fn vqa_and_retrieval_refuse_to_run_as_a_rank_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for (task, why) in [
+        ("vqa", "sharding its questions is not built yet"),
+        ("retrieval", "ranks every image against every text"),
+    ] {
+        let out = dir.path().join(task);
+        let sets = vec![
+            format!("task={task}"),
+            format!("data.path={}", dir.path().join("absent.json").display()),
+            format!("output.dir={}", out.display()),
+        ];
+        let (code, stderr) = baseline(&sets, &["--rank", "1", "--world-size", "2"]);
+        assert_eq!(code, Some(2), "{task}: {stderr}");
+        assert!(
+            stderr.contains(&format!("task: {task} runs in one process")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "{task}: {stderr}");
+        assert!(!out.exists(), "{task}: nothing written");
+    }
+}
+
+/// `quantization: q8_0` for VQA goes through the captioner's quantization path at load; on the
+/// tiny model rank mode's 12 answers stay the dense model's (tests/blip_vqa_parity.rs measures
+/// the agreement model-side), and the setting is part of the run's identity.
+#[test]
+fn vqa_rank_mode_runs_quantized_to_q8_0() {
+    let expected = expected_vqa();
+    let dir = tempfile::tempdir().unwrap();
+    let (questions, list, want) = lavis_files(dir.path(), &expected);
+    let out = dir.path().join("run");
+    let mut sets = rank_sets(&questions, &list, &out);
+    sets.push("quantization=q8_0".into());
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let submission = read_json(&out.join("submission.json"));
+    let got: Vec<(u64, String)> = submission
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["question_id"].as_u64().unwrap(),
+                e["answer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Resuming the same directory dense is refused, naming the key.
+    sets.pop();
+    let (code, stderr) = baseline(&sets, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("quantization"), "{stderr}");
 }

@@ -588,6 +588,91 @@ fn a_folder_file_name_that_is_not_utf8_gets_its_own_errors_line() {
     assert_eq!(report["counts"]["failed"], 1, "{}", report["counts"]);
 }
 
+/// A folder of two copies of a sample image, one named `ok.png`, one with a name that is not UTF-8.
+#[cfg(unix)]
+fn folder_with_a_non_utf8_name(dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let sample = Path::new(ROOT).join("tests/fixtures/images/chelsea.png");
+    std::fs::copy(&sample, images.join("ok.png")).unwrap();
+    std::fs::copy(
+        &sample,
+        images.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png")),
+    )
+    .unwrap();
+    images
+}
+
+#[cfg(unix)]
+#[test]
+fn fidelity_lists_a_folder_file_whose_name_is_not_utf8_as_left_out_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = folder_with_a_non_utf8_name(dir.path());
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "data.source=folder",
+            "--set",
+            &format!("data.path={}", images.display()),
+            "--set",
+            &format!("model.source={ROOT}/models/tiny-blip"),
+            "fidelity",
+            "--variants",
+            "f32",
+            "--beams",
+            "1",
+            "--out",
+            "f.json",
+        ],
+    );
+    // The other image is compared; this one is named, never dropped: exit 3.
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("fidelity leaves caf\\xE9.png out"),
+        "{stderr}"
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("f.json")).unwrap()).unwrap();
+    assert_eq!(doc["image_ids"], serde_json::json!(["ok.png"]));
+    assert_eq!(
+        doc["left_out"][0]["id"], "caf\\xE9.png",
+        "{}",
+        doc["left_out"]
+    );
+    let reason = doc["left_out"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not valid UTF-8"), "{reason}");
+}
+
+#[cfg(unix)]
+#[test]
+fn train_on_a_folder_counts_a_file_whose_name_is_not_utf8_in_its_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = folder_with_a_non_utf8_name(dir.path());
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "--set",
+            "data.source=folder",
+            "--set",
+            &format!("data.path={}", images.display()),
+            "--set",
+            &format!("model.source={ROOT}/models/tiny-blip"),
+            "--set",
+            "output.dir=out",
+            "train",
+            "--steps",
+            "1",
+        ],
+    );
+    // A folder has no captions, so nothing can be trained on (exit 5, before a model is loaded);
+    // the message counts the file it could not have used either way.
+    assert_eq!(code, Some(5), "{stderr}");
+    let error = error_text(&stderr);
+    assert!(error.contains("1 training images, none with a non-empty reference caption (1 more left out: their file names are not valid UTF-8)"), "{error}");
+}
+
 #[test]
 fn a_coco_image_id_given_twice_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -479,3 +479,106 @@ fn gguf_alignment_zero_and_overflowing_dimensions_are_errors() {
         }
     }
 }
+
+// ---- The parquet reader (feature `parquet`). ----
+
+/// The two committed parquet fixtures (pyarrow, the Hugging Face datasets layout).
+#[cfg(feature = "parquet")]
+fn parquet_seeds() -> Vec<Vec<u8>> {
+    ["captions_list.parquet", "captions_text.parquet"]
+        .iter()
+        .map(|name| {
+            std::fs::read(Path::new(ROOT).join("tests/fixtures/parquet").join(name)).unwrap()
+        })
+        .collect()
+}
+
+/// A seed with bytes overwritten in its footer (the thrift-encoded file metadata and its length,
+/// the last `8 + length` bytes), where every count and size the reader trusts is written.
+#[cfg(feature = "parquet")]
+fn damaged_footer(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let len = seed.len();
+    let footer = u32::from_le_bytes(seed[len - 8..len - 4].try_into().unwrap()) as usize + 8;
+    let start = len.saturating_sub(footer);
+    prop::collection::vec((start..len, any::<u8>()), 1..6).prop_map(move |edits| {
+        let mut bytes = seed.clone();
+        for (at, byte) in edits {
+            bytes[at] = byte;
+        }
+        bytes
+    })
+}
+
+/// A seed whose footer length field claims `claim` bytes.
+#[cfg(feature = "parquet")]
+fn with_footer_length(mut bytes: Vec<u8>, claim: u32) -> Vec<u8> {
+    let len = bytes.len();
+    bytes[len - 8..len - 4].copy_from_slice(&claim.to_le_bytes());
+    bytes
+}
+
+/// Extracted row images go under the target directory, not the user's data directory; and the
+/// panic hook's own allocations (the symbols of a backtrace under `RUST_BACKTRACE`, megabytes) are
+/// not counted as the reader's: the parquet library panics on some damaged pages, which the reader
+/// turns into its error.
+#[cfg(feature = "parquet")]
+fn parquet_setup() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        std::env::set_var(
+            "VLMRUN_DATA_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("properties-parquet"),
+        );
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let was = MEASURING.with(|measuring| measuring.replace(false));
+            previous(info);
+            MEASURING.with(|measuring| measuring.set(was));
+        }));
+    });
+}
+
+/// Bytes a parquet file may make the reader allocate at once, beyond [`SLACK`]: the fixtures'
+/// pages decompress to a few KiB; a page or footer claiming more than the file could hold is
+/// refused first.
+#[cfg(feature = "parquet")]
+const PARQUET_BOUND: usize = 4 << 20;
+
+#[cfg(feature = "parquet")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn the_parquet_reader_returns_a_typed_result_within_the_bound(
+        bytes in prop_oneof![
+            3 => prop::sample::select(parquet_seeds()).prop_flat_map(damaged),
+            3 => prop::sample::select(parquet_seeds()).prop_flat_map(damaged_footer),
+            1 => (prop::sample::select(parquet_seeds()), any::<u32>())
+                .prop_map(|(seed, claim)| with_footer_length(seed, claim)),
+        ],
+    ) {
+        parquet_setup();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_temp(dir.path(), "data.parquet", &bytes);
+        let data = DataConfig { source: DataSource::Parquet, path, ..DataConfig::default() };
+        let outcome = std::panic::catch_unwind(|| largest_allocation(|| dataset::load(&data)));
+        MEASURING.with(|measuring| measuring.set(false));
+        let Ok((result, largest)) = outcome else {
+            return Err(TestCaseError::fail(format!("the reader panicked on {} bytes", bytes.len())));
+        };
+        match result {
+            Ok(items) => {
+                let mut ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+                ids.sort();
+                ids.dedup();
+                prop_assert_eq!(ids.len(), items.len());
+            }
+            Err(err) => {
+                // Named with the file, and an input error (exit 5) as every dataset problem is.
+                prop_assert!(err.to_string().contains("data.parquet"), "{err}");
+                prop_assert_eq!(vlmrun::error::Error::input(err).exit(), vlmrun::exit::Exit::Input);
+            }
+        }
+        prop_assert!(largest <= PARQUET_BOUND + 64 * bytes.len() + SLACK, "{largest} bytes for a {}-byte file", bytes.len());
+    }
+}

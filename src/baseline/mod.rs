@@ -73,8 +73,12 @@ pub fn run(
             .as_ref()
             .filter(|s| s.info.world_size > 1)
         {
+            let why = match task {
+                crate::config::Task::Retrieval => "(its ITC top-k ranks every image against every text, so a shard is not independent)",
+                _ => "(sharding its questions is not built yet)",
+            };
             return Err(Error::Usage(format!(
-                "task: {task} runs in one process; this is rank {} of {}\n  fix: run it without --rank/--world-size (or the launcher's RANK/WORLD_SIZE), or use task: caption",
+                "task: {task} runs in one process {why}; this is rank {} of {}\n  fix: run it without --rank/--world-size (or the launcher's RANK/WORLD_SIZE), or use task: caption",
                 setup.info.rank, setup.info.world_size
             )));
         }

@@ -63,5 +63,10 @@ pub fn run(context: &Context, args: &FidelityArgs) -> Result<Exit, Error> {
         source,
     })?;
     print_stdout(&report::markdown(&document))?;
-    Ok(Exit::Success)
+    // Items left out are named in the document and on stderr; the run is not a full success.
+    if document.left_out.is_empty() {
+        Ok(Exit::Success)
+    } else {
+        Ok(Exit::CompletedWithFailures)
+    }
 }

@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 
 use super::assemble::resolve;
-use super::settings::{generation_config, image_processor};
+use super::settings::{generation_config, image_processor, log_quantization, projection_loader};
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::error::Error;
@@ -53,7 +53,8 @@ pub fn wrong_architecture(source: &str, found: Architecture, wanted: Architectur
 
 impl Answerer {
     /// Resolves `model.source`, checks that it is a question-answering checkpoint and loads it in
-    /// the active precision (dense; GGUF files and quantization are captioning-only for now).
+    /// the active precision, its projections quantized when `quantization` asks for it (as the
+    /// captioner's; GGUF files are captioning-only).
     pub fn load(config: &Config, active: &ActiveDevice) -> Result<Answerer, Error> {
         let resolved = resolve(config)?;
         let dir = resolved.files.weights;
@@ -78,8 +79,11 @@ impl Answerer {
         let vb = weights
             .var_builder(dtype, &active.device)
             .map_err(|e| Error::Model(format!("{e:#}")))?;
-        let mut model = BlipForQuestionAnswering::new(&weights.config, vb)
-            .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
+        let mut projections = projection_loader(config, &vb);
+        let mut model =
+            BlipForQuestionAnswering::new_with_projections(&weights.config, vb, &mut projections)
+                .map_err(|e| Error::Model(format!("{:#}", classify_build_error(e, &dir))))?;
+        log_quantization(config, "vqa", &projections);
         let native = weights.config.vision_config.image_size;
         if let Some(size) = config.vqa.image_size.filter(|&s| s != native) {
             let patch = weights.config.vision_config.patch_size;
@@ -196,45 +200,60 @@ impl Answerer {
             .collect()
     }
 
-    /// LAVIS `rank` mode for one question about one image (CHW f32): the top `k` candidates by
-    /// their first token's probability, each scored by minus its label-smoothed (0.1) summed
-    /// cross-entropy; the best (the first of equal scores in top-k order) is returned.
+    /// LAVIS `rank` mode for a batch: `questions[i]` about image `pixels[i]` (CHW f32 each),
+    /// encoded together (right-padded, the padding masked in the encoder and, as LAVIS does in
+    /// this mode, in the answer decoder's cross-attention), every question's top `k` candidates
+    /// by their first token's probability scored together by minus their label-smoothed (0.1)
+    /// summed cross-entropy. Per question the best (the first of equal scores in top-k order).
     pub fn rank_pixels(
         &self,
-        pixels: &[f32],
-        question: &[u32],
+        pixels: &[Vec<f32>],
+        questions: &[Vec<u32>],
         candidates: &[Vec<u32>],
         k: usize,
-    ) -> Result<crate::models::blip::vqa::RankedAnswer, Error> {
+    ) -> Result<Vec<crate::models::blip::vqa::RankedAnswer>, Error> {
+        if pixels.len() != questions.len() {
+            return Err(Error::Internal(format!(
+                "{} images but {} questions",
+                pixels.len(),
+                questions.len()
+            )));
+        }
+        if pixels.is_empty() {
+            return Ok(Vec::new());
+        }
         let internal = |e: candle_core::Error| Error::Internal(format!("rank mode: {e}"));
         let device = &self.active.device;
         let batch = self
             .uploader
-            .upload(
-                &[pixels.to_vec()],
-                self.processor.size,
-                device,
-                self.model.dtype(),
-            )
+            .upload(pixels, self.processor.size, device, self.model.dtype())
             .map_err(internal)?;
-        let ids = Tensor::new(question, device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(internal)?;
+        let (ids, mask) =
+            padded_questions(questions, self.generation.pad, device).map_err(internal)?;
         let context = self
             .model
-            .question_kv(&batch, &ids, None)
+            .question_kv(&batch, &ids, mask.as_ref())
             .map_err(internal)?;
+        let context = match &mask {
+            Some(mask) => context.with_key_mask(mask).map_err(internal)?,
+            None => context,
+        };
         let ranked = self
             .model
-            .rank_answers(&context, candidates, k, 0.1)
+            .rank_answers_batch(&context, candidates, k, 0.1)
             .map_err(internal)?;
-        let mut best: Option<crate::models::blip::vqa::RankedAnswer> = None;
-        for candidate in ranked {
-            if best.as_ref().is_none_or(|b| candidate.score > b.score) {
-                best = Some(candidate);
-            }
-        }
-        best.ok_or_else(|| Error::Internal("rank mode: no candidates".to_string()))
+        ranked
+            .into_iter()
+            .map(|candidates| {
+                let mut best: Option<crate::models::blip::vqa::RankedAnswer> = None;
+                for candidate in candidates {
+                    if best.as_ref().is_none_or(|b| candidate.score > b.score) {
+                        best = Some(candidate);
+                    }
+                }
+                best.ok_or_else(|| Error::Internal("rank mode: no candidates".to_string()))
+            })
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::answerer::{padded_questions, wrong_architecture};
 use super::assemble::resolve;
-use super::settings::image_processor;
+use super::settings::{image_processor, log_quantization, projection_loader};
 use crate::config::Config;
 use crate::device::ActiveDevice;
 use crate::error::Error;
@@ -64,8 +64,15 @@ impl Matcher {
         let vb = weights
             .var_builder(active.precision.dtype, &active.device)
             .map_err(|e| model_error(format!("{e:#}")))?;
-        let model = BlipForImageTextRetrieval::new(&weights.config, embed, vb)
-            .map_err(|e| model_error(format!("{:#}", classify_build_error(e, &dir))))?;
+        let mut projections = projection_loader(config, &vb);
+        let model = BlipForImageTextRetrieval::new_with_projections(
+            &weights.config,
+            embed,
+            vb,
+            &mut projections,
+        )
+        .map_err(|e| model_error(format!("{:#}", classify_build_error(e, &dir))))?;
+        log_quantization(config, "matching", &projections);
         let processor = image_processor(config, weights.config.vision_config.image_size);
         Ok(Matcher {
             model,

@@ -1,6 +1,6 @@
 //! The configuration's settings as the model code takes them: the image processor
 //! (`preprocess.*`), the generation settings (`generation.*` with the model's special ids) and the
-//! GGML format of `quantization`.
+//! GGML format of `quantization` (and the projections' loader it asks for).
 
 use candle_core::quantized::GgmlDType;
 
@@ -75,4 +75,44 @@ pub fn quantization_format(quantization: Quantization) -> Option<GgmlDType> {
         Quantization::Q4k => Some(GgmlDType::Q4K),
         Quantization::Q6k => Some(GgmlDType::Q6K),
     }
+}
+
+/// The projections' loader for `config.quantization` over the checkpoint `vb`: dense, or quantized
+/// at load (read on the CPU in f32, quantized there, placed on the device quantized) as the
+/// captioner's weights are (`BlipWeights::load_with`).
+pub fn projection_loader<'a>(
+    config: &Config,
+    vb: &candle_nn::VarBuilder<'a>,
+) -> crate::models::projections::ProjectionLoader<'a> {
+    use crate::models::projections::ProjectionLoader;
+    match quantization_format(config.quantization) {
+        None => ProjectionLoader::dense(),
+        Some(target) => ProjectionLoader::quantizing(
+            target,
+            vb.clone()
+                .set_device(candle_core::Device::Cpu)
+                .set_dtype(candle_core::DType::F32),
+        ),
+    }
+}
+
+/// Logs what quantizing did (nothing for dense weights).
+pub fn log_quantization(
+    config: &Config,
+    what: &str,
+    projections: &crate::models::projections::ProjectionLoader,
+) {
+    if config.quantization == Quantization::None {
+        return;
+    }
+    let summary = projections.summary();
+    tracing::info!(
+        "{what}: quantized {} projections to {}: weights {} -> {} bytes ({} in a fallback format, {} kept dense)",
+        summary.quantized_layers,
+        config.quantization,
+        summary.dense_bytes,
+        summary.quantized_bytes,
+        summary.fallbacks.len(),
+        summary.kept_dense.len()
+    );
 }

@@ -44,12 +44,23 @@ pub struct FidelityDocument {
     pub environment: Environment,
     pub model_source: String,
     pub image_ids: Vec<String>,
+    /// Dataset items that could not be compared (a folder file whose name is not UTF-8), each
+    /// with the reason: never silently dropped, and the command exits 3 when there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
     pub settings: Settings,
     pub reference: RunFacts,
     /// The reference's sequences per beam count (as in `settings.beams`), per image: for
     /// comparing with another framework's reference.
     pub reference_sequences: Vec<Vec<Vec<u32>>>,
     pub variants: Vec<VariantReport>,
+}
+
+/// A dataset item left out of the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub id: String,
+    pub reason: String,
 }
 
 /// Generation settings shared by every run.
@@ -149,6 +160,16 @@ pub fn run(
             "fidelity has no images to compare\n  fix: a positive --limit, and a dataset with images".to_string(),
         ));
     }
+    let (items, left_out) = usable_items(items);
+    for left in &left_out {
+        tracing::warn!("fidelity leaves {} out: {}", left.id, left.reason);
+    }
+    if items.is_empty() {
+        return Err(Error::Input(format!(
+            "fidelity has no images to compare: all {} dataset item(s) were left out (listed above)\n  fix: rename the files to UTF-8 names, or list the images in a JSONL manifest",
+            left_out.len()
+        )));
+    }
     let image_size = BlipWeights::locate(&files.weights)
         .map_err(Error::model)?
         .config
@@ -223,6 +244,7 @@ pub fn run(
         ),
         model_source: config.model.source.clone(),
         image_ids,
+        left_out,
         settings: Settings {
             prompt: settings.prompt.clone(),
             max_length: settings.max_length,
@@ -236,6 +258,23 @@ pub fn run(
         reference_sequences: reference.sequences.clone(),
         variants,
     })
+}
+
+/// The items fidelity can compare, and the others with the reason (`dataset::unusable`: the
+/// same items the caption baseline gives an errors.jsonl line).
+fn usable_items(items: Vec<dataset::Item>) -> (Vec<dataset::Item>, Vec<LeftOut>) {
+    let mut usable = Vec::with_capacity(items.len());
+    let mut left_out = Vec::new();
+    for item in items {
+        match dataset::unusable(&item) {
+            Some(reason) => left_out.push(LeftOut {
+                id: item.id,
+                reason,
+            }),
+            None => usable.push(item),
+        }
+    }
+    (usable, left_out)
 }
 
 fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
@@ -257,4 +296,37 @@ fn facts_of(variant: &Variant, outputs: &VariantOutputs) -> RunFacts {
 fn checkpoint_elements(dir: &Path) -> Result<usize, Error> {
     let weights = BlipWeights::locate(dir).map_err(Error::model)?;
     weights.element_count().map_err(Error::model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn an_item_whose_path_is_not_utf8_is_left_out_with_its_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let item = |id: &str, image: std::path::PathBuf| dataset::Item {
+            id: id.to_string(),
+            image,
+            image_as_given: format!("dir/{id}"),
+            references: Vec::new(),
+        };
+        let bad = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"dir/caf\xe9.png"));
+        let items = vec![
+            item("a.png", "dir/a.png".into()),
+            item("caf\\xE9.png", bad),
+            item("b.png", "dir/b.png".into()),
+        ];
+        let (usable, left_out) = usable_items(items);
+        let ids: Vec<&str> = usable.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a.png", "b.png"]);
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].id, "caf\\xE9.png");
+        assert!(
+            left_out[0].reason.contains("not valid UTF-8"),
+            "{}",
+            left_out[0].reason
+        );
+    }
 }

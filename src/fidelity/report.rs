@@ -39,6 +39,14 @@ pub fn markdown(doc: &FidelityDocument) -> String {
         doc.settings.max_length,
         doc.settings.batch_size
     );
+    if !doc.left_out.is_empty() {
+        let ids: Vec<&str> = doc.left_out.iter().map(|l| l.id.as_str()).collect();
+        out.push_str(&format!(
+            "{} dataset item(s) left out, not compared (reasons in the JSON document's left_out): {}\n\n",
+            ids.len(),
+            ids.join(", ")
+        ));
+    }
     out.push_str(&format!("| {} |\n", header.join(" | ")));
     out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
     let mib =

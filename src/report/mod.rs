@@ -1,6 +1,6 @@
 //! What jobs report and how: the shared environment block, atomic JSON writes (temp file + fsync +
 //! rename, so a reader or a crash never sees half a report) and the latency statistics they carry;
-//! `html` (report.html), `lock` (one writer per output directory), `memory` (peak GPU and host memory), `chart` (the SVG plot style), `output` (the output directory)
+//! `html` (report.html; `vqa_html` for `task: vqa`), `lock` (one writer per output directory), `memory` (peak GPU and host memory), `chart` (the SVG plot style), `output` (the output directory)
 //! and `progress` (the progress bar or lines).
 
 pub mod chart;
@@ -11,6 +11,7 @@ pub mod lock;
 pub mod memory;
 pub mod output;
 pub mod progress;
+pub mod vqa_html;
 
 pub use environment::{cpu_model, describe as describe_environment, device_name, Environment};
 

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::dataset::Item;
+use crate::data::dataset::{self, Item};
 
 /// One training pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,10 @@ pub struct TrainData {
     pub samples: Vec<Sample>,
     /// The last `eval_images` items of the dataset (with their references), never trained on.
     pub eval_items: Vec<Item>,
+    /// Training images that cannot be used before they are opened (`dataset::unusable`: a
+    /// folder file whose name is not UTF-8), as given (undecodable bytes written `\xNN`), with the
+    /// reason: counted as unreadable, never silently dropped.
+    pub unusable: Vec<(PathBuf, String)>,
 }
 
 impl TrainData {
@@ -53,6 +57,15 @@ impl TrainData {
         }
         let mut train_items = items;
         let eval_items = train_items.split_off(images - eval_images);
+        let mut unusable = Vec::new();
+        train_items.retain(|item| match dataset::unusable(item) {
+            Some(reason) => {
+                // The name as text (undecodable bytes as \xNN), so train-summary.json can hold it.
+                unusable.push((PathBuf::from(&item.image_as_given), reason));
+                false
+            }
+            None => true,
+        });
         let samples: Vec<Sample> = train_items
             .iter()
             .flat_map(|item| {
@@ -67,9 +80,13 @@ impl TrainData {
             })
             .collect();
         if samples.is_empty() {
+            let names = match unusable.len() {
+                0 => String::new(),
+                n => format!(" ({n} more left out: their file names are not valid UTF-8)"),
+            };
             return Err(TrainDataError::NoSamples {
                 detail: format!(
-                    "{} training images, none with a non-empty reference caption",
+                    "{} training images, none with a non-empty reference caption{names}",
                     train_items.len()
                 ),
             });
@@ -77,6 +94,7 @@ impl TrainData {
         Ok(Self {
             samples,
             eval_items,
+            unusable,
         })
     }
 }
@@ -173,6 +191,34 @@ mod tests {
         assert_eq!(captions, ["one", "two", "three"]);
         assert_eq!(data.eval_items.len(), 1);
         assert_eq!(data.eval_items[0].id, "c");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_image_whose_name_is_not_utf8_is_counted_unusable_with_its_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"dir/caf\xe9.png"));
+        let mut odd = item("caf\\xE9.png", &["a caption"]);
+        odd.image = bad;
+        odd.image_as_given = "dir/caf\\xE9.png".to_string();
+        let data = TrainData::split(vec![item("a", &["one"]), odd.clone()], 0).unwrap();
+        let ids: Vec<&str> = data.samples.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a"], "no pair from the unusable image");
+        assert_eq!(data.unusable.len(), 1);
+        assert_eq!(data.unusable[0].0, PathBuf::from("dir/caf\\xE9.png"));
+        assert!(
+            data.unusable[0].1.contains("dir/caf\\xE9.png"),
+            "{}",
+            data.unusable[0].1
+        );
+
+        // Nothing else to train on: the refusal counts it.
+        let err = TrainData::split(vec![item("b", &[]), odd], 0).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1 more left out: their file names are not valid UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn prepare<'a>(
     let model_dir = files.weights;
     let weights = BlipWeights::locate(&model_dir).map_err(Error::model)?;
     let processor = image_processor(config, weights.config.vision_config.image_size);
-    let (inputs, unreadable) = InputBuilder::new(
+    let (inputs, decode_failures) = InputBuilder::new(
         data.samples,
         &tokenizer,
         &train.prompt,
@@ -178,6 +178,9 @@ pub fn prepare<'a>(
         processor.clone(),
     )
     .map_err(Error::input)?;
+    // Images unusable by name (counted before any is opened), then those that failed to decode.
+    let mut unreadable = data.unusable;
+    unreadable.extend(decode_failures);
     for (path, why) in &unreadable {
         tracing::warn!("skipping {} in training: {why}", path.display());
     }

@@ -154,13 +154,16 @@ pub fn answer_all(
                 }
                 Some(candidates) => {
                     let list = inputs.answer_list.as_deref().unwrap_or_default();
-                    ok.iter()
-                        .map(|(_, (pixels, ids, _))| {
-                            let best = answerer.rank_pixels(pixels, ids, candidates, k)?;
+                    let pixels: Vec<Vec<f32>> = ok.iter().map(|(_, (p, _, _))| p.clone()).collect();
+                    let ids: Vec<Vec<u32>> = ok.iter().map(|(_, (_, i, _))| i.clone()).collect();
+                    answerer
+                        .rank_pixels(&pixels, &ids, candidates, k)?
+                        .into_iter()
+                        .map(|best| {
                             let answer = list.get(best.index).cloned().unwrap_or_default();
-                            Ok((answer, Vec::new(), Some(best.score)))
+                            (answer, Vec::new(), Some(best.score))
                         })
-                        .collect::<Result<_, Error>>()?
+                        .collect()
                 }
             };
             let latency_ms = batch_started.elapsed().as_secs_f64() * 1e3;

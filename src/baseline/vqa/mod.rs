@@ -1,11 +1,12 @@
 //! `task: vqa`: answers every question of `data.path` (a VQAv2 questions file, or a LAVIS VQA JSON
 //! list; images under `data.image_root`, default the file's folder) with a
 //! `BlipForQuestionAnswering` checkpoint, in `generate` mode (the `generation.*` settings, batches
-//! of `generation.batch_size`) or LAVIS's `rank` mode over `vqa.answer_list` (one question at a
-//! time, `vqa.num_ans_candidates`). Outputs: `answers.jsonl` (appended after every batch),
+//! of `generation.batch_size`) or LAVIS's `rank` mode over `vqa.answer_list` (batches of
+//! `generation.batch_size` questions, `vqa.num_ans_candidates` candidates each). Outputs: `answers.jsonl` (appended after every batch),
 //! `errors.jsonl` (questions that failed, with the reason), `submission.json` (the official
 //! `[{"question_id", "answer"}]`), `report.json` (schema `vlmrun.vqa/1`, the VQA accuracy of the
-//! official evaluation when there are answers: `vqa.annotations` or the LAVIS file's own), and
+//! official evaluation when there are answers: `vqa.annotations` or the LAVIS file's own),
+//! `report.html` (every question with its answer and accuracy, worst first: `html`) and
 //! `settings.json`.
 //!
 //! Resume as the caption baseline: a rerun skips questions already in `answers.jsonl` (a torn
@@ -16,6 +17,7 @@
 //! whose image cannot be read is recorded in `errors.jsonl` and the rest answered (exit 3).
 
 pub mod answering;
+mod html;
 pub mod inputs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -62,6 +64,7 @@ pub fn run(
             super::REPORT_FILE,
             super::SETTINGS_FILE,
             SUBMISSION_FILE,
+            html::HTML_FILE,
         ],
     )?;
     resolved
@@ -160,18 +163,22 @@ pub fn run(
         .chain(outcome.records.iter().cloned())
         .map(|r| (r.question_id, r))
         .collect();
-    let submission: Vec<SubmissionEntry> = inputs
+    let answered: Vec<AnswerRecord> = inputs
         .questions
         .iter()
         .filter_map(|q| answers.remove(&q.question_id))
+        .collect();
+    let submission: Vec<SubmissionEntry> = answered
+        .iter()
         .map(|r| SubmissionEntry {
             question_id: r.question_id,
-            answer: r.answer,
+            answer: r.answer.clone(),
         })
         .collect();
     let submission_path = out_dir.join(SUBMISSION_FILE);
     write_json_atomic(&submission_path, &submission)
         .map_err(|source| output_error("the VQA submission", &submission_path, source))?;
+    let mut scores = None;
     let accuracy = match &inputs.annotations {
         Some(annotations) if !submission.is_empty() => {
             let predictions: BTreeMap<u64, String> = submission
@@ -184,13 +191,15 @@ pub fn run(
             };
             let a = vqa_accuracy(&predictions, annotations, mode)
                 .map_err(|e| Error::Internal(format!("VQA accuracy: {e}")))?;
-            Some(json!({
+            let summary = json!({
                 "overall": a.overall,
                 "per_answer_type": a.per_answer_type,
                 "per_question_type": a.per_question_type,
                 "ground_truth": a.ground_truth,
                 "questions": a.n_questions,
-            }))
+            });
+            scores = Some(a);
+            Some(summary)
         }
         _ => None,
     };
@@ -230,6 +239,14 @@ pub fn run(
     let report_path = out_dir.join(super::REPORT_FILE);
     write_json_atomic(&report_path, &report)
         .map_err(|source| output_error("the report", &report_path, source))?;
+    html::write(
+        &out_dir,
+        &report,
+        &answered,
+        scores.as_ref(),
+        inputs.annotations.as_deref(),
+        &paths.errors,
+    )?;
     if !options.quiet {
         let accuracy = report["metrics"]["vqa_accuracy"]["overall"]
             .as_f64()

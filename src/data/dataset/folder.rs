@@ -63,7 +63,7 @@ pub(super) fn read(dir: &Path) -> Result<Vec<Item>, DatasetError> {
     if !not_utf8.is_empty() {
         not_utf8.sort();
         tracing::warn!(
-            "{}: {} file name(s) are not valid UTF-8 ({}; undecodable bytes shown as \\xNN): each gets an errors.jsonl line instead of a caption; rename them to UTF-8 names to caption them",
+            "{}: {} file name(s) are not valid UTF-8 ({}; undecodable bytes shown as \\xNN): each is reported instead of used (baseline: an errors.jsonl line; train: counted unreadable; fidelity: left out, listed); rename them to UTF-8 names to use them",
             dir.display(),
             not_utf8.len(),
             shown(&not_utf8)

@@ -11,6 +11,8 @@ mod lavis;
 mod manifest;
 #[cfg(feature = "parquet")]
 mod parquet;
+#[cfg(feature = "parquet")]
+mod parquet_pages;
 pub mod sniff;
 
 use std::collections::BTreeMap;

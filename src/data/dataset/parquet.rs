@@ -12,10 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 
-use super::{DatasetError, Item};
+use super::{parquet_pages, DatasetError, Item};
 use crate::config::builtin;
 
 /// Columns read as references, in order of preference.
@@ -70,6 +71,11 @@ fn read_file(path: &Path, items: &mut Vec<Item>) -> Result<(), DatasetError> {
     })?;
     let reader = SerializedFileReader::new(file)
         .map_err(|err| bad(format!("not a readable parquet file: {err}")))?;
+    check_chunks(path, reader.metadata(), meta.len()).map_err(|message| {
+        bad(format!(
+            "not a readable parquet file: {message}\n  fix: the file is damaged; download or write it again"
+        ))
+    })?;
     let columns: Vec<String> = reader
         .metadata()
         .file_metadata()
@@ -96,6 +102,37 @@ fn read_file(path: &Path, items: &mut Vec<Item>) -> Result<(), DatasetError> {
         path: cache.clone(),
         source,
     })?;
+    // The parquet library asserts (panics) on some damaged pages instead of returning an error
+    // (a dictionary-encoded page without its dictionary, found by tests/properties.rs): such a
+    // file is refused as this reader's error like any other damage, never a crash.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_rows(&reader, path, &cache, caption_column, id_column, items)
+    }));
+    decoded.unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no detail".to_string());
+        Err(bad(format!(
+            "not a readable parquet file: its pages cannot be decoded ({detail})\n  fix: the file is damaged; download or write it again"
+        )))
+    })
+}
+
+/// Reads every row of `reader` into `items`, writing each image's bytes under `cache`.
+fn read_rows(
+    reader: &SerializedFileReader<std::fs::File>,
+    path: &Path,
+    cache: &Path,
+    caption_column: Option<&str>,
+    id_column: Option<&str>,
+    items: &mut Vec<Item>,
+) -> Result<(), DatasetError> {
+    let bad = |message: String| DatasetError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
     let rows = reader
         .get_row_iter(None)
         .map_err(|err| bad(format!("cannot read its rows: {err}")))?;
@@ -146,6 +183,45 @@ fn read_file(path: &Path, items: &mut Vec<Item>) -> Result<(), DatasetError> {
             image_as_given: as_given,
             references,
         });
+    }
+    Ok(())
+}
+
+/// Every column chunk's byte range lies inside the file (the footer of a damaged file can claim a
+/// negative offset or size, which the parquet library asserts against, a panic, when it reads the
+/// rows, or a range past the end), and its pages' headers claim sizes its bytes can hold
+/// (`parquet_pages`: the library allocates what a header claims before decoding).
+fn check_chunks(path: &Path, metadata: &ParquetMetaData, file_len: u64) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    for (group, row_group) in metadata.row_groups().iter().enumerate() {
+        if row_group.num_rows() < 0 {
+            return Err(format!(
+                "row group {group} claims {} rows",
+                row_group.num_rows()
+            ));
+        }
+        for (index, chunk) in row_group.columns().iter().enumerate() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or_else(|| chunk.data_page_offset());
+            let len = chunk.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(start, len)| start.checked_add(len));
+            if end.is_none_or(|end| end > file_len) || chunk.data_page_offset() < 0 {
+                return Err(format!(
+                    "row group {group}, column {index} claims bytes {start}..{start}+{len} of a {file_len}-byte file"
+                ));
+            }
+            let chunk = parquet_pages::Chunk {
+                start: start as u64,
+                len: len as u64,
+                codec: chunk.compression(),
+            };
+            parquet_pages::check_chunk(&file, &chunk)
+                .map_err(|e| format!("row group {group}, column {index}: {e}"))?;
+        }
     }
     Ok(())
 }

@@ -54,16 +54,31 @@ impl BlipForImageTextRetrieval {
     /// Builds the model with dense weights from `vb` (root of the HF checkpoint); `embed_dim` is
     /// config.json's `image_text_hidden_size` ([`image_text_hidden_size`]).
     pub fn new(cfg: &BlipConfig, embed_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_projections(cfg, embed_dim, vb, &mut ProjectionLoader::dense())
+    }
+
+    /// [`BlipForImageTextRetrieval::new`] with the vision and text encoders' projections built
+    /// by `projections` (quantized at load, or dense); the small heads (`vision_proj`,
+    /// `text_proj`, `itm_head`) stay dense.
+    pub fn new_with_projections(
+        cfg: &BlipConfig,
+        embed_dim: usize,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let (dv, d) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
-        let mut projections = ProjectionLoader::dense();
         Ok(Self {
             vision_model: BlipVisionModel::new_with_ops(
                 &cfg.vision_config,
                 vb.pp("vision_model"),
                 FusedOps::for_device(vb.device())?,
-                &mut projections,
+                projections,
             )?,
-            text_encoder: BlipTextModel::new(&cfg.text_config, vb.pp("text_encoder"))?,
+            text_encoder: BlipTextModel::new_with_projections(
+                &cfg.text_config,
+                vb.pp("text_encoder"),
+                projections,
+            )?,
             vision_proj: Linear::load(dv, embed_dim, vb.pp("vision_proj"))?,
             text_proj: Linear::load(d, embed_dim, vb.pp("text_proj"))?,
             itm_head: Linear::load(d, 2, vb.pp("itm_head"))?,

@@ -194,20 +194,63 @@ pub struct CrossAttentionKv {
     pub(super) all: Tensor,
     /// Image tokens that are real (the rest is alignment padding).
     pub(super) tokens: usize,
+    /// Per image, an additive key mask `(images, 1, 1, padded_tokens)` in the keys' dtype: 0 for
+    /// a key to attend to, -10000 for one to ignore (a padded question token of a batch).
+    /// `None`: every real token is attended to (images, and `generate`'s question states).
+    pub(super) key_mask: Option<Tensor>,
 }
 
 impl CrossAttentionKv {
     /// Wraps a `(layers, 2, images, heads, padded_tokens, head_dim)` tensor of which the first
     /// `tokens` positions are real.
     pub fn from_tensor(all: Tensor, tokens: usize) -> Self {
-        Self { all, tokens }
+        Self {
+            all,
+            tokens,
+            key_mask: None,
+        }
     }
 
     /// Stacks per-layer `(2, images, heads, image_tokens, head_dim)` tensors (no padding).
     pub fn from_layers(layers: &[Tensor]) -> Result<Self> {
         let all = Tensor::stack(layers, 0)?;
         let tokens = all.dim(4)?;
-        Ok(Self { all, tokens })
+        Ok(Self {
+            all,
+            tokens,
+            key_mask: None,
+        })
+    }
+
+    /// The same keys/values with the key positions where `mask` `(images, tokens)` (u32 1/0)
+    /// is 0 ignored by every query (LAVIS's `encoder_attention_mask` in rank mode: a padded
+    /// question of a batch then scores as it does alone). Steps with a mask take the batched
+    /// attention path, never the one-token fused kernel.
+    pub fn with_key_mask(&self, mask: &Tensor) -> Result<Self> {
+        let (images, tokens) = mask.dims2()?;
+        let padded = self.all.dim(4)?;
+        if images != self.images()? || tokens != self.tokens {
+            candle_core::bail!(
+                "key mask ({images}, {tokens}) for {} images of {} tokens",
+                self.images()?,
+                self.tokens
+            );
+        }
+        let dtype = self.all.dtype();
+        // 1 -> 0, 0 -> -10000 (BERT's classic additive mask: exp underflows to exactly 0 after
+        // the softmax's max subtraction, in every dtype, and no kernel sees an infinity).
+        let blocked = Tensor::full(-10_000f32, (images, tokens), mask.device())?;
+        let zeros = blocked.zeros_like()?;
+        let additive = mask
+            .to_dtype(candle_core::DType::U32)?
+            .eq(0u32)?
+            .where_cond(&blocked, &zeros)?;
+        let additive = additive.pad_with_zeros(1, 0, padded - tokens)?;
+        Ok(Self {
+            all: self.all.clone(),
+            tokens: self.tokens,
+            key_mask: Some(additive.to_dtype(dtype)?.reshape((images, 1, 1, padded))?),
+        })
     }
 
     /// Number of images.
@@ -220,23 +263,30 @@ impl CrossAttentionKv {
         Ok(Self {
             all: self.all.index_select(indices, 2)?,
             tokens: self.tokens,
+            key_mask: self
+                .key_mask
+                .as_ref()
+                .map(|mask| mask.index_select(indices, 0))
+                .transpose()?,
         })
     }
 
     /// The shape of the keys/values, `(layers, 2, images, heads, padded_tokens, head_dim)`, with
-    /// the real token count last: equal for two contexts a decoder step treats alike.
+    /// the real token count and whether a key mask is set last: equal for two contexts a decoder
+    /// step treats alike.
     pub fn dims(&self) -> Vec<usize> {
         let mut dims = self.all.dims().to_vec();
         dims.push(self.tokens);
+        dims.push(usize::from(self.key_mask.is_some()));
         dims
     }
 
     /// Overwrites these keys/values with `src`'s (same [`CrossAttentionKv::dims`]) in place, so
     /// that work recorded against this buffer reads `src`'s values.
     pub fn copy_from(&self, src: &CrossAttentionKv) -> Result<()> {
-        if self.dims() != src.dims() {
+        if self.key_mask.is_some() || src.key_mask.is_some() || self.dims() != src.dims() {
             candle_core::bail!(
-                "cross-attention kv: cannot copy {:?} into {:?}",
+                "cross-attention kv: cannot copy {:?} into {:?} (masked keys are not copied)",
                 src.dims(),
                 self.dims()
             );
@@ -349,64 +399,77 @@ impl BlipTextCrossAttention {
         }
         let g = r / b;
         let (h, dh) = (self.num_heads, self.head_dim);
-        let context =
-            if ops.enabled() && t == 1 && r < 16 && ops.cross_attention_fits(g, padded, dh) {
-                // Few rows: one fused kernel per step, split over the image keys (measured on
-                // the H200, bf16, BLIP-base: 1.9x the bench at batch 1 and 1.46x at 8 over the
-                // batched GEMMs below, which win at 64 rows: 880 against 830-850 images/s).
-                let q = self
-                    .query
-                    .forward_fused(xs, ops, Epilogue::None)?
-                    .reshape((r, d))?;
-                let bias = self.query.expect_bias("cross-attention query")?;
-                ops.cross_attention_step(&q, bias, &kv, g, valid)?
-                    .reshape((r, 1, d))?
-            } else if ops.enabled() {
-                // Many rows: batched GEMMs over the (aligned, padded) image keys/values.
-                let q = self.query.forward_fused(xs, ops, Epilogue::None)?;
-                let geometry = SplitGeometry {
-                    batch: b,
-                    tokens: g * t,
-                    padded: g * t,
-                    heads: h,
-                    head_dim: dh,
-                    nproj: 1,
-                };
-                let q = ops
-                    .split_heads(
-                        &q,
-                        self.query.expect_bias("cross-attention query")?,
-                        geometry,
-                    )?
-                    .get(0)?;
-                let scores = q.matmul(&kv.get(0)?.t()?)?;
-                let probs = match ops.softmax_last_dim(&scores, valid)? {
-                    Some(p) => p,
-                    None => softmax_last_dim(&scores.narrow(3, 0, valid)?)?.pad_with_zeros(
-                        3,
-                        0,
-                        padded - valid,
-                    )?,
-                };
-                ops.merge_heads(&probs.matmul(&kv.get(1)?)?)?
-                    .reshape((r, t, d))?
-            } else {
-                // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
-                let q = self
-                    .query
-                    .forward(xs)?
-                    .reshape((b, g * t, h, dh))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-                let keys = kv.get(0)?.narrow(2, 0, valid)?;
-                let scores = q.matmul(&keys.t()?)?;
-                let probs = softmax_last_dim(&scores)?;
-                // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
-                probs
-                    .matmul(&kv.get(1)?.narrow(2, 0, valid)?)?
-                    .transpose(1, 2)?
-                    .reshape((r, t, d))?
+        let mask = image_kv.key_mask.as_ref();
+        let context = if mask.is_none()
+            && ops.enabled()
+            && t == 1
+            && r < 16
+            && ops.cross_attention_fits(g, padded, dh)
+        {
+            // Few rows: one fused kernel per step, split over the image keys (measured on the
+            // H200, bf16, BLIP-base: 1.9x the bench at batch 1 and 1.46x at 8 over the batched
+            // GEMMs below, which win at 64 rows: 880 against 830-850 images/s).
+            let q = self
+                .query
+                .forward_fused(xs, ops, Epilogue::None)?
+                .reshape((r, d))?;
+            let bias = self.query.expect_bias("cross-attention query")?;
+            ops.cross_attention_step(&q, bias, &kv, g, valid)?
+                .reshape((r, 1, d))?
+        } else if ops.enabled() {
+            // Many rows: batched GEMMs over the (aligned, padded) image keys/values.
+            let q = self.query.forward_fused(xs, ops, Epilogue::None)?;
+            let geometry = SplitGeometry {
+                batch: b,
+                tokens: g * t,
+                padded: g * t,
+                heads: h,
+                head_dim: dh,
+                nproj: 1,
             };
+            let q = ops
+                .split_heads(
+                    &q,
+                    self.query.expect_bias("cross-attention query")?,
+                    geometry,
+                )?
+                .get(0)?;
+            let scores = q.matmul(&kv.get(0)?.t()?)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            let probs = match ops.softmax_last_dim(&scores, valid)? {
+                Some(p) => p,
+                None => softmax_last_dim(&scores.narrow(3, 0, valid)?)?.pad_with_zeros(
+                    3,
+                    0,
+                    padded - valid,
+                )?,
+            };
+            ops.merge_heads(&probs.matmul(&kv.get(1)?)?)?
+                .reshape((r, t, d))?
+        } else {
+            // (B*g, T, D) -> (B, g*T, H, Dh) -> (B, H, g*T, Dh)
+            let q = self
+                .query
+                .forward(xs)?
+                .reshape((b, g * t, h, dh))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let keys = kv.get(0)?.narrow(2, 0, valid)?;
+            let scores = q.matmul(&keys.t()?)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(&mask.narrow(3, 0, valid)?)?,
+                None => scores,
+            };
+            let probs = softmax_last_dim(&scores)?;
+            // (B, H, g*T, Dh) -> (B, g*T, H, Dh) -> (B*g, T, D)
+            probs
+                .matmul(&kv.get(1)?.narrow(2, 0, valid)?)?
+                .transpose(1, 2)?
+                .reshape((r, t, d))?
+        };
         self.output.forward(&context, xs, ops)
     }
 }

@@ -121,11 +121,19 @@ pub struct BlipTextModel {
 impl BlipTextModel {
     /// Builds the encoder from `vb` (the `text_encoder` prefix), dense projections.
     pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_projections(cfg, vb, &mut ProjectionLoader::dense())
+    }
+
+    /// [`BlipTextModel::new`] with the projections built by `projections` (dense or quantized).
+    pub fn new_with_projections(
+        cfg: &BlipTextConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let embeddings = BlipTextEmbeddings::new(cfg, vb.pp("embeddings"))?;
         let layers_vb = vb.pp("encoder").pp("layer");
-        let mut projections = ProjectionLoader::dense();
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BlipTextEncoderLayer::new(cfg, i, layers_vb.pp(i), &mut projections))
+            .map(|i| BlipTextEncoderLayer::new(cfg, i, layers_vb.pp(i), projections))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,

@@ -12,7 +12,7 @@
 //!
 //! As a [`Decoder`] the context is the question's cross-attention keys/values, one group per
 //! question ([`BlipForQuestionAnswering::question_kv`]). LAVIS's `rank` answer mode (scoring a
-//! fixed answer list instead of generating) is [`BlipForQuestionAnswering::rank_answers`].
+//! fixed answer list instead of generating) is [`BlipForQuestionAnswering::rank_answers_batch`].
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -42,6 +42,16 @@ impl BlipForQuestionAnswering {
     /// through `encoder_hidden_size`-wide projections (as transformers builds them), so the two
     /// must agree (768 in both VQA checkpoints).
     pub fn new(cfg: &BlipConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_projections(cfg, vb, &mut ProjectionLoader::dense())
+    }
+
+    /// [`BlipForQuestionAnswering::new`] with the projections of all three parts built by
+    /// `projections` (the captioner's quantization path: quantized at load, or dense).
+    pub fn new_with_projections(
+        cfg: &BlipConfig,
+        vb: VarBuilder,
+        projections: &mut ProjectionLoader,
+    ) -> Result<Self> {
         let text = &cfg.text_config;
         if text.encoder_hidden_size != text.hidden_size {
             candle_core::bail!(
@@ -51,20 +61,23 @@ impl BlipForQuestionAnswering {
             );
         }
         let ops = FusedOps::for_device(vb.device())?;
-        let mut projections = ProjectionLoader::dense();
         Ok(Self {
             vision_model: BlipVisionModel::new_with_ops(
                 &cfg.vision_config,
                 vb.pp("vision_model"),
                 ops.clone(),
-                &mut projections,
+                projections,
             )?,
-            text_encoder: BlipTextModel::new(text, vb.pp("text_encoder"))?,
+            text_encoder: BlipTextModel::new_with_projections(
+                text,
+                vb.pp("text_encoder"),
+                projections,
+            )?,
             text_decoder: BlipTextLMHeadModel::new_with_ops(
                 text,
                 vb.pp("text_decoder"),
                 ops,
-                &mut projections,
+                projections,
             )?,
             config: cfg.clone(),
             dtype: vb.dtype(),
@@ -155,14 +168,13 @@ pub struct RankedAnswer {
     pub score: f32,
 }
 
+/// Bytes of f32 candidate logits `(rows, tokens, vocab)` one teacher-forced pass of rank mode may
+/// hold (questions are scored in groups under it; the log-softmax needs as much again).
+const RANK_LOGIT_BYTES: usize = 256 << 20;
+
 impl BlipForQuestionAnswering {
-    /// LAVIS `blip_vqa._rank_answers` for ONE question (`question_kv` with one group, so the
-    /// question needs no padding mask): one decoder step from `[DEC]`, the softmax probability of
-    /// every answer's first token (`answers[i][1]`; each answer is `[DEC] tokens... [SEP]`), the
-    /// `k` most probable (ties: the lower index first), then each teacher-forced and scored by minus
-    /// its summed cross-entropy with label smoothing `label_smoothing` (LAVIS 0.1, `med.py`),
-    /// padding ignored. Returns the candidates in top-k order; the best is the one of highest
-    /// score.
+    /// LAVIS `blip_vqa._rank_answers` for ONE question: [`Self::rank_answers_batch`] with one
+    /// group in `question_kv`.
     pub fn rank_answers(
         &self,
         question_kv: &CrossAttentionKv,
@@ -171,38 +183,114 @@ impl BlipForQuestionAnswering {
         label_smoothing: f64,
     ) -> Result<Vec<RankedAnswer>> {
         if question_kv.images()? != 1 {
-            candle_core::bail!("rank_answers takes one question at a time");
+            candle_core::bail!("rank_answers takes one question; use rank_answers_batch");
         }
+        let mut ranked = self.rank_answers_batch(question_kv, answers, k, label_smoothing)?;
+        Ok(ranked.pop().unwrap_or_default())
+    }
+
+    /// LAVIS `blip_vqa._rank_answers` for a batch of questions (`question_kv`: one group per
+    /// question; a padded batch carries its question mask, [`CrossAttentionKv::with_key_mask`],
+    /// as LAVIS passes `encoder_attention_mask` here): one decoder step from `[DEC]` for all
+    /// questions, per question the softmax probability of every answer's first token
+    /// (`answers[i][1]`; each answer is `[DEC] tokens... [SEP]`) and the `k` most probable (ties:
+    /// the lower index first), then every question's candidates teacher-forced together (the
+    /// question's keys/values shared by its `k` rows, never repeated) and scored by minus the
+    /// summed cross-entropy with label smoothing `label_smoothing` (LAVIS 0.1, `med.py`), padding
+    /// ignored. Returns per question the candidates in top-k order; the best is the one of
+    /// highest score.
+    pub fn rank_answers_batch(
+        &self,
+        question_kv: &CrossAttentionKv,
+        answers: &[Vec<u32>],
+        k: usize,
+        label_smoothing: f64,
+    ) -> Result<Vec<Vec<RankedAnswer>>> {
         if answers.iter().any(|a| a.len() < 2) {
             candle_core::bail!("every answer needs [DEC] and at least one token");
         }
+        let questions = question_kv.images()?;
+        let k = k.min(answers.len());
+        if questions == 0 || k == 0 {
+            return Ok(vec![Vec::new(); questions]);
+        }
         let bos = self.config.text_config.bos_token_id;
-        let pad = self.config.text_config.pad_token_id;
-        let start = Tensor::new(&[[bos]], &self.device)?;
-        let first = self.answer_logits(question_kv, &start)?.flatten_all()?;
-        let probs = candle_nn::ops::softmax_last_dim(&first)?.to_vec1::<f32>()?;
-        let mut order: Vec<(usize, f32)> = answers
+        let start = Tensor::from_vec(vec![bos; questions], (questions, 1), &self.device)?;
+        let first = self.answer_logits(question_kv, &start)?.squeeze(1)?;
+        let probs = candle_nn::ops::softmax_last_dim(&first)?.to_vec2::<f32>()?;
+        let orders: Vec<Vec<(usize, f32)>> = probs
             .iter()
-            .enumerate()
-            .map(|(i, a)| (i, probs.get(a[1] as usize).copied().unwrap_or(0.0)))
+            .map(|probs| {
+                let mut order: Vec<(usize, f32)> = answers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (i, probs.get(a[1] as usize).copied().unwrap_or(0.0)))
+                    .collect();
+                order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                order.truncate(k);
+                order
+            })
             .collect();
-        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        order.truncate(k.min(answers.len()));
 
-        let longest = order
+        let longest = answers.iter().map(Vec::len).max().unwrap_or(2);
+        let vocab = self.config.text_config.vocab_size.max(1);
+        let per_question = k * longest * vocab * std::mem::size_of::<f32>();
+        let group = (RANK_LOGIT_BYTES / per_question.max(1)).clamp(1, questions);
+        let mut out = Vec::with_capacity(questions);
+        for first_question in (0..questions).step_by(group) {
+            let members: Vec<u32> = (first_question..questions.min(first_question + group))
+                .map(|q| q as u32)
+                .collect();
+            let context = if members.len() == questions {
+                question_kv.clone()
+            } else {
+                let indices = Tensor::new(members.as_slice(), &self.device)?;
+                question_kv.select_images(&indices)?
+            };
+            let group_orders = &orders[first_question..first_question + members.len()];
+            let scores = self.score_candidates(&context, answers, group_orders, label_smoothing)?;
+            for (order, scores) in group_orders.iter().zip(scores.chunks(k)) {
+                out.push(
+                    order
+                        .iter()
+                        .zip(scores)
+                        .map(|(&(index, first_token_prob), &score)| RankedAnswer {
+                            index,
+                            first_token_prob,
+                            score,
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Minus the label-smoothed summed cross-entropy of each question's candidates (`orders`,
+    /// `k` per question, rows in that order) over `context` (one group per question).
+    fn score_candidates(
+        &self,
+        context: &CrossAttentionKv,
+        answers: &[Vec<u32>],
+        orders: &[Vec<(usize, f32)>],
+        label_smoothing: f64,
+    ) -> Result<Vec<f32>> {
+        let pad = self.config.text_config.pad_token_id;
+        let longest = orders
             .iter()
+            .flatten()
             .map(|&(i, _)| answers[i].len())
             .max()
             .unwrap_or(0);
-        let mut ids = Vec::with_capacity(order.len() * longest);
-        for &(i, _) in &order {
+        let rows = orders.iter().map(Vec::len).sum::<usize>();
+        let mut ids = Vec::with_capacity(rows * longest);
+        for &(i, _) in orders.iter().flatten() {
             ids.extend(answers[i].iter().copied());
             ids.extend(std::iter::repeat_n(pad, longest - answers[i].len()));
         }
-        let rows = order.len();
         let ids = Tensor::from_vec(ids, (rows, longest), &self.device)?;
         // Right padding needs no mask in the causal decoder; the pads' targets are ignored below.
-        let logits = self.answer_logits(question_kv, &ids)?;
+        let logits = self.answer_logits(context, &ids)?;
         let log_probs = candle_nn::ops::log_softmax(
             &logits.narrow(1, 0, longest - 1)?,
             candle_core::D::Minus1,
@@ -215,16 +303,7 @@ impl BlipForQuestionAnswering {
         let smooth = log_probs.mean(2)?.neg()?;
         let per_token = ((nll * (1.0 - label_smoothing))? + (smooth * label_smoothing)?)?;
         let keep = targets.ne(pad)?.to_dtype(per_token.dtype())?;
-        let scores = (per_token * keep)?.sum(1)?.neg()?.to_vec1::<f32>()?;
-        Ok(order
-            .into_iter()
-            .zip(scores)
-            .map(|((index, first_token_prob), score)| RankedAnswer {
-                index,
-                first_token_prob,
-                score,
-            })
-            .collect())
+        (per_token * keep)?.sum(1)?.neg()?.to_vec1::<f32>()
     }
 }
 
