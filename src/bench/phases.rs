@@ -2,20 +2,22 @@
 //! every decode step, and whole batches end to end. Every clock is read after `synchronize`, so GPU
 //! times are the device's, not the launch queue's.
 //!
-//! The prefill and decode-step timings drive the decoder directly (`text_decoder().image_kv`,
-//! `forward_hidden`, `logits`, the KV cache), as one step of `generate` does; the search's own
+//! The prefill and decode-step timings drive the decoder through the model seam
+//! (`models::family::Decoder::next_token_logits` over the KV cache), as one step of `generate`
+//! does (eagerly: `generate` replays recorded steps on CUDA, see `generate::graphed`); the search's own
 //! bookkeeping (beam ranking, finished-row removal) is not in them, but it is in
 //! `decode_step_in_generate_ms`, derived from the whole `generate` time.
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 use super::document::{Record, Summary};
 use super::engine::BenchModel;
 use super::BenchError;
 use crate::device::Target;
 use crate::models::blip::{BlipForConditionalGeneration, CrossAttentionKv};
+use crate::models::family::Decoder;
 use crate::models::kv_cache::KvCache;
 use crate::report::memory::GpuMemoryMonitor;
 
@@ -204,38 +206,30 @@ fn prefill(
     prompt: &[u32],
     capacity: usize,
 ) -> candle_core::Result<(CrossAttentionKv, KvCache, Tensor)> {
-    let decoder = model.text_decoder();
     let images = embeds.dim(0)?;
-    let image_kv = decoder.image_kv(embeds)?;
+    let image_kv = model.text_decoder().image_kv(embeds)?;
     let mut cache = model.new_cache(images, capacity)?;
     let input = Tensor::new(prompt, model.device())?
         .unsqueeze(0)?
         .repeat((images, 1))?;
-    let hidden = decoder.forward_hidden(&input, &image_kv, &mut cache)?;
-    let last = hidden
-        .narrow(1, prompt.len().saturating_sub(1), 1)?
-        .squeeze(1)?;
-    let next = decoder
-        .logits(&last)?
-        .to_dtype(DType::F32)?
-        .argmax(D::Minus1)?;
-    std::hint::black_box(next.to_vec1::<u32>()?);
+    let next = read_back_argmax(&model.next_token_logits(&input, &image_kv, &mut cache)?)?;
     Ok((image_kv, cache, next))
 }
 
-/// One token for every row: decoder with the cache, logits, argmax read back. Returns the tokens.
-fn decode_step(
-    model: &BlipForConditionalGeneration,
+/// One token for every row through the model seam (the step `generate` takes): decoder with the
+/// cache, f32 logits, argmax read back. Returns the tokens.
+fn decode_step<M: Decoder>(
+    model: &M,
     tokens: &Tensor,
-    image_kv: &CrossAttentionKv,
+    context: &M::Context,
     cache: &mut KvCache,
 ) -> candle_core::Result<Tensor> {
-    let decoder = model.text_decoder();
-    let hidden = decoder.forward_hidden(&tokens.unsqueeze(1)?, image_kv, cache)?;
-    let next = decoder
-        .logits(&hidden.squeeze(1)?)?
-        .to_dtype(DType::F32)?
-        .argmax(D::Minus1)?;
+    read_back_argmax(&model.next_token_logits(&tokens.unsqueeze(1)?, context, cache)?)
+}
+
+/// The argmax of each row of f32 `logits`, also read back to the host (as search does each step).
+fn read_back_argmax(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let next = logits.argmax(D::Minus1)?;
     std::hint::black_box(next.to_vec1::<u32>()?);
     Ok(next)
 }
