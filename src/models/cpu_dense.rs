@@ -5,12 +5,14 @@
 //! threads but each elementwise op on ONE thread (candle's CPU unary/binary maps are serial),
 //! and writes the `(rows, out)` output three times. Here the output buffer starts as the bias
 //! rows and the GEMM accumulates into it (`dst = dst + x W^T`: candle's own `gemm` crate, the
-//! same kernels candle calls), and GELU runs in place on every thread, with candle's `erf_f32`,
-//! the function its `gelu_erf` uses.
+//! same kernels candle calls), and GELU runs in place on every thread with the vectorised erf
+//! of [`super::cpu_math`]. Up to [`cpu_gemv::MAX_ROWS`] rows (decoding) take
+//! [`cpu_gemv::gemv`] instead of the GEMM (which runs a single row on one thread).
 
-use candle_core::cpu::erf::erf_f32;
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
+
+use super::{cpu_gemv, cpu_math};
 
 /// Whether [`linear`] takes `xs` and `weight`: f32 CPU tensors, `xs` `(rows, in)` and
 /// `weight` `(out, in)` contiguous, outside an autograd graph (no backward pass here).
@@ -62,54 +64,72 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -
         if x.len() < m * k || w.len() < n * k {
             candle_core::bail!("cpu linear: storage smaller than its layout");
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
+        if m <= cpu_gemv::MAX_ROWS {
+            // A handful of rows (decoding): every weight row read once, on all threads.
+            let product = cpu_gemv::gemv(x, m, k, w, n);
+            dst.par_chunks_mut(n.max(1))
+                .zip(product.par_chunks(n.max(1)))
+                .for_each(|(d, p)| {
+                    for (d, p) in d.iter_mut().zip(p) {
+                        *d += *p;
+                    }
+                });
         } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: dst is (m, n) row-major (column stride 1, row stride n), x is (m, k) row-major,
-        // w is (n, k) row-major read as W^T (k, n): column stride k, row stride 1; the lengths
-        // were checked above and dst is exclusively borrowed. dst = 1 * dst + 1 * x W^T.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                bias.is_some(),
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+            gemm_accumulate(&mut dst, x, w, m, n, k, bias.is_some());
         }
     }
     if gelu {
         let chunk = (m * n).div_ceil(4 * rayon::current_num_threads()).max(4096);
-        dst.par_chunks_mut(chunk).for_each(|part| {
-            for v in part {
-                *v = gelu_erf(*v);
-            }
-        });
+        dst.par_chunks_mut(chunk)
+            .for_each(cpu_math::gelu_erf_in_place);
     }
     Tensor::from_vec(dst, (m, n), &Device::Cpu)
 }
 
-/// candle's f32 `gelu_erf`, value for value.
-#[inline(always)]
-fn gelu_erf(v: f32) -> f32 {
-    (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+/// `dst (m, n) [+]= x (m, k) · w (n, k)^T` through candle's own `gemm` crate on rayon's pool
+/// (`read_dst`: accumulate onto what `dst` holds).
+fn gemm_accumulate(
+    dst: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    read_dst: bool,
+) {
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    debug_assert!(dst.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
+    // SAFETY: dst is (m, n) row-major (column stride 1, row stride n), x is (m, k) row-major,
+    // w is (n, k) row-major read as W^T (k, n): column stride k, row stride 1; the caller
+    // checked the lengths and dst is exclusively borrowed. dst = 1 * dst + 1 * x W^T.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 #[cfg(test)]

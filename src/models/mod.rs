@@ -1,7 +1,10 @@
 //! Model definitions (candle): shared layers and one module per model family.
 
 pub mod blip;
+pub mod cpu_attention;
 pub mod cpu_dense;
+pub mod cpu_gemv;
+pub mod cpu_math;
 pub mod cpu_qgemv;
 pub mod family;
 pub mod gguf;

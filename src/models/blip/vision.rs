@@ -8,6 +8,7 @@ use super::config::{Activation, BlipVisionConfig};
 use super::text_attention::residual_norm_params;
 use crate::kernels::attention::composed_self_attention;
 use crate::kernels::fused::{FusedOps, SplitGeometry};
+use crate::models::cpu_attention;
 use crate::models::linear::{Epilogue, Linear};
 use crate::models::norm::{layer_norm, softmax_last_dim, LayerNorm};
 use crate::models::projections::ProjectionLoader;
@@ -172,6 +173,10 @@ impl BlipAttention {
             .self_attention(&qkv, self.num_heads, 1.0, false)?
         {
             Some(context) => context,
+            // The CPU (f32, inference): heads read in place, no score tensors.
+            None if cpu_attention::applies(&qkv) => {
+                cpu_attention::self_attention(&qkv, self.num_heads, 1.0, false)?
+            }
             None => composed_self_attention(&qkv, self.num_heads, 1.0, false, softmax_last_dim)?,
         };
         self.projection.forward(&context)
