@@ -17,8 +17,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
+use super::greedy::greedy_tokens;
 use super::logits::{eos_suppression, RepetitionPenalty};
 use super::{prompt_tensor, GenerateError, GenerationConfig};
 use crate::device::graph::{capture, with_upload_cache, Graph};
@@ -235,28 +236,21 @@ fn search<M: Decoder>(
     };
     let mut cur_len = prompt.len();
     loop {
-        let mut scores = match prefill.take() {
+        let scores = match prefill.take() {
             Some(ids) => model.next_token_logits(&ids, &pool.context, &mut pool.cache)?,
             None => pool.step(model)?,
         };
         // 0 * x is 0 for every finite x and NaN for NaN and +-inf: a row's sum is finite iff
         // all its logits are. Read back with the tokens, in one copy.
         let probes = scores.affine(0.0, 0.0)?.sum(1)?;
-        if let Some(p) = &penalty {
-            scores = p.apply(&scores)?;
-        }
-        if cur_len < cfg.min_length {
-            if ops.enabled() {
-                ops.set_column(&scores, cfg.eos as usize, f32::NEG_INFINITY)?;
-            } else {
-                scores = scores.broadcast_add(&eos_block)?;
-            }
-        }
-        let next = if ops.enabled() {
-            ops.argmax_rows(&scores)?
-        } else {
-            scores.argmax(D::Minus1)?
-        };
+        let next = greedy_tokens(
+            scores,
+            penalty.as_ref(),
+            cur_len < cfg.min_length,
+            &eos_block,
+            cfg.eos,
+            ops,
+        )?;
         let rows_back =
             Tensor::cat(&[&next.to_dtype(DType::F32)?, &probes], 0)?.to_vec1::<f32>()?;
         let (tokens, probes) = rows_back.split_at(rows);

@@ -2,10 +2,11 @@
 //! step. Rows that finish leave the batch (their cache rows and image keys/values are dropped),
 //! so finished captions cost nothing; the others are unaffected.
 
-use candle_core::D;
+use candle_core::{Tensor, D};
 
 use super::logits::{eos_suppression, RepetitionPenalty};
 use super::{ensure_finite, index_tensor, prompt_tensor, GenerateError, GenerationConfig};
+use crate::kernels::fused::FusedOps;
 use crate::models::family::Decoder;
 
 /// Greedy decoding of every image in `image_kv` from the decoder start sequence `prompt`.
@@ -30,23 +31,16 @@ pub fn greedy_search<M: Decoder>(
     let mut input = prompt_tensor(prompt, batch, &device)?;
     let mut cur_len = prompt.len();
     loop {
-        let mut scores = model.next_token_logits(&input, &image_kv, &mut cache)?;
+        let scores = model.next_token_logits(&input, &image_kv, &mut cache)?;
         ensure_finite(&scores, cur_len - prompt.len())?;
-        if let Some(p) = &penalty {
-            scores = p.apply(&scores)?;
-        }
-        if cur_len < cfg.min_length {
-            if ops.enabled() {
-                ops.set_column(&scores, cfg.eos as usize, f32::NEG_INFINITY)?;
-            } else {
-                scores = scores.broadcast_add(&eos_block)?;
-            }
-        }
-        let next = if ops.enabled() {
-            ops.argmax_rows(&scores)?
-        } else {
-            scores.argmax(D::Minus1)?
-        };
+        let next = greedy_tokens(
+            scores,
+            penalty.as_ref(),
+            cur_len < cfg.min_length,
+            &eos_block,
+            cfg.eos,
+            ops,
+        )?;
         let tokens = next.to_vec1::<u32>()?;
         cur_len += 1;
 
@@ -82,4 +76,32 @@ pub fn greedy_search<M: Decoder>(
         input = next.unsqueeze(1)?;
     }
     Ok(sequences)
+}
+
+/// The greedy choice for every row of the f32 logits `scores` `(rows, V)`: the repetition
+/// `penalty` applied, then `eos` blocked while `below_min_length` (by the fused kernel, or by
+/// adding `eos_block`, the `(1, V)` row of [`eos_suppression`]), then the argmax `(rows,)` u32.
+pub(super) fn greedy_tokens(
+    mut scores: Tensor,
+    penalty: Option<&RepetitionPenalty>,
+    below_min_length: bool,
+    eos_block: &Tensor,
+    eos: u32,
+    ops: &FusedOps,
+) -> candle_core::Result<Tensor> {
+    if let Some(p) = penalty {
+        scores = p.apply(&scores)?;
+    }
+    if below_min_length {
+        if ops.enabled() {
+            ops.set_column(&scores, eos as usize, f32::NEG_INFINITY)?;
+        } else {
+            scores = scores.broadcast_add(eos_block)?;
+        }
+    }
+    if ops.enabled() {
+        ops.argmax_rows(&scores)
+    } else {
+        scores.argmax(D::Minus1)
+    }
 }
