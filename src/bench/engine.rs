@@ -29,7 +29,6 @@ pub struct BenchModel {
     generated_tokens: usize,
     /// Recorded decode steps of `model` (`generation.cuda_graphs`).
     graphs: StepGraphs<CrossAttentionKv>,
-    cuda_graphs: bool,
     active: ActiveDevice,
     model_dir: PathBuf,
     /// Seconds spent resolving the directory, reading the tokenizer and loading the weights (synchronised).
@@ -85,7 +84,6 @@ impl BenchModel {
             generation,
             generated_tokens,
             graphs: StepGraphs::new(config.generation.cuda_graphs),
-            cuda_graphs: config.generation.cuda_graphs,
             active: active.clone(),
             model_dir,
             load_seconds,
@@ -99,7 +97,7 @@ impl BenchModel {
     /// The model, to change how it computes (e.g. how quantized projections multiply); the
     /// decode steps recorded so far are dropped.
     pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
-        self.graphs = StepGraphs::new(self.cuda_graphs);
+        self.graphs.clear();
         &mut self.model
     }
 

@@ -37,7 +37,6 @@ pub struct Captioner {
     generation: GenerationConfig,
     /// Recorded decode steps of `model` (`generation.cuda_graphs`; the fallback model runs eagerly).
     graphs: StepGraphs<CrossAttentionKv>,
-    cuda_graphs: bool,
     prompt_ids: Vec<u32>,
     model_dir: PathBuf,
     active: ActiveDevice,
@@ -71,7 +70,6 @@ impl Captioner {
             uploader: BatchUploader::new(),
             generation,
             graphs: StepGraphs::new(config.generation.cuda_graphs),
-            cuda_graphs: config.generation.cuda_graphs,
             prompt_ids,
             model_dir,
             active: active.clone(),
@@ -110,7 +108,7 @@ impl Captioner {
     /// The model, to change how it computes (e.g. [`BlipForConditionalGeneration::set_quantized_matmul`]);
     /// the decode steps recorded so far are dropped.
     pub fn model_mut(&mut self) -> &mut BlipForConditionalGeneration {
-        self.graphs = StepGraphs::new(self.cuda_graphs);
+        self.graphs.clear();
         &mut self.model
     }
 

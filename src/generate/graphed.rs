@@ -60,6 +60,12 @@ impl<C> StepGraphs<C> {
         }
     }
 
+    /// Drops every recorded step and pool (after the model changed how it computes), keeping
+    /// the settings.
+    pub fn clear(&mut self) {
+        self.pools = Mutex::new(Vec::new());
+    }
+
     /// Whether greedy search over `model` with `cfg` goes through recorded steps.
     pub fn applies<M: Decoder<Context = C>>(&self, model: &M, cfg: &GenerationConfig) -> bool {
         self.enabled
